@@ -1,0 +1,234 @@
+"""Command-line configuration: every option of the paper's code, parsed strictly.
+
+Defaults are those of the paper's public code unless a help text says otherwise. Parsing is strict
+where the paper's code was lax: an unknown option is an error naming the closest valid ones,
+booleans accept only true/false/yes/no/1/0, and list options are read with ``ast.literal_eval`` or
+as comma-separated names (never ``eval``). A repeated option takes its last value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+TRUE_WORDS = ("true", "yes", "1")
+FALSE_WORDS = ("false", "no", "0")
+
+
+def str2bool(text: str) -> bool:
+    """Strict boolean: true/false/yes/no/1/0 in any case, nothing else."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {text!r}")
+
+
+def str_list(text: str) -> list[str]:
+    """A list of names: ``"['tanh', 'ReLU']"`` (Python literal) or ``tanh,ReLU``."""
+    text = text.strip()
+    if text.startswith(("[", "(")):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as err:
+            raise argparse.ArgumentTypeError(f"not a list literal: {text!r}") from err
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise argparse.ArgumentTypeError(f"expected a list of names, got {text!r}")
+        items = [v.strip() for v in value]
+    else:
+        items = [v.strip() for v in text.split(",")]
+    if not items or any(not v for v in items):
+        raise argparse.ArgumentTypeError(f"empty name in list {text!r}")
+    return items
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    """A string type restricted to ``options`` (the error lists them)."""
+
+    def parse(text: str) -> str:
+        if text not in options:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(options)}")
+        return text
+
+    parse.__name__ = "choice"
+    return parse
+
+
+class StrictParser(argparse.ArgumentParser):
+    """argparse that names close matches for unknown options and prints one-line errors."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            known = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+            problems = []
+            for item in unknown:
+                flag = item.split("=", 1)[0]
+                if not flag.startswith("-"):
+                    problems.append(f"unexpected argument {item!r}")
+                    continue
+                close = difflib.get_close_matches(flag, known, n=3, cutoff=0.6)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                problems.append(f"unknown option {flag}{hint}")
+            self.error("; ".join(problems))
+        return parsed
+
+
+def build_parser() -> StrictParser:
+    p = StrictParser(
+        prog="main.py",
+        description="ENAS architecture search with Weight Plasticity Loss (Benyahia, Yu et al., ICML 2019).",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    b = str2bool
+
+    g = p.add_argument_group("WPL (weight plasticity loss)")
+    g.add_argument("--start_using_fisher", type=int, default=0, help="first epoch (0-based) with the WPL penalty and Fisher updates")
+    g.add_argument("--num_batch_per_iter", type=int, default=10, help="training batches per sampled architecture in the shared phase")
+    g.add_argument("--set_fisher_zero_per_iter", type=int, default=-1, help="zero the Fisher at the start of every epoch divisible by this (<= 0: never)")
+    g.add_argument("--lambda_fisher", type=float, default=0.9, help="weight of the new squared gradient in the Fisher update")
+    g.add_argument("--fisher_clip_by_norm", type=float, default=0.0, help="rescale each Fisher tensor to this norm when larger (0: no clip)")
+    g.add_argument("--alpha_fisher", type=float, default=1.0, help="WPL strength alpha (0 disables WPL)")
+    g.add_argument("--wpl_alpha_mode", type=choice("compound", "loss"), default="compound",
+                   help="compound: alpha multiplies the stored Fisher at every update, as the paper's code does; "
+                        "loss: textbook (alpha/2) sum F (theta-theta*)^2 with alpha applied at loss time")
+    g.add_argument("--momentum", type=b, default=True, help="Fisher as a moving average ((1-lambda) F + lambda g^2) instead of a sum")
+    g.add_argument("--alpha_decay", type=float, default=2.0, help="alpha decrement (mode 1) or factor (mode 2) per epoch once decay starts")
+    g.add_argument("--alpha_decay_after", type=float, default=15.0, help="epoch at which alpha starts to decay")
+    g.add_argument("--alpha_decay_mode", type=int, choices=(1, 2), default=1, help="1: linear decay, 2: geometric decay")
+    g.add_argument("--alpha_small_scale", type=float, default=0.0, help="floor that alpha never goes below once decay has started")
+    g.add_argument("--shared_valid_fisher", type=b, default=True, help="Fisher from one validation batch after each step (else from the last training batch)")
+    g.add_argument("--shared_ce_fisher", type=b, default=True, help="Fisher from the cross-entropy gradient only (else from the full loss)")
+    g.add_argument("--controller_update_fisher", type=b, default=False, help="accepted for compatibility with the paper's code; has no effect")
+    g.add_argument("--train_controller", type=b, default=False, help="run the controller (REINFORCE) phase")
+    g.add_argument("--start_training_controller", type=int, default=0, help="first epoch with a controller phase")
+    g.add_argument("--stop_training_controller", type=int, default=1000, help="epoch from which the controller phase stops")
+    g.add_argument("--nb_batch_reward_controller", type=int, default=1, help="validation batches per controller reward")
+    g.add_argument("--start_evaluate_diff", type=int, default=0, help="first epoch with the forgetting metric")
+    g.add_argument("--forgetting_eval_batches", type=int, default=4, help="fixed validation batches for the forgetting metric (eval mode)")
+    g.add_argument("--forgetting_models", type=int, default=20, help="--mode=forgetting: architectures trained in turn")
+    g.add_argument("--forgetting_variants", type=str_list, default=["none", "compound", "loss"], help="--mode=forgetting: WPL variants compared")
+
+    g = p.add_argument_group("network")
+    g.add_argument("--network_type", type=choice("rnn", "micro_cnn"), default="rnn", help="search space")
+    g.add_argument("--num_blocks", type=int, default=12, help="nodes of the RNN cell / blocks of a CNN cell")
+    g.add_argument("--tie_weights", type=b, default=True, help="tie the RNN encoder and decoder (needs shared_embed == shared_hid)")
+    g.add_argument("--controller_hid", type=int, default=100, help="controller LSTM hidden size")
+    g.add_argument("--shared_wdrop", type=float, default=0.5, help="DropConnect on hidden-to-hidden weights")
+    g.add_argument("--shared_dropout", type=float, default=0.4, help="locked dropout on the cell output")
+    g.add_argument("--shared_dropoute", type=float, default=0.1, help="embedding (word) dropout")
+    g.add_argument("--shared_dropouti", type=float, default=0.65, help="locked dropout on the embedded input")
+    g.add_argument("--shared_embed", type=int, default=1000, help="RNN embedding size")
+    g.add_argument("--shared_hid", type=int, default=1000, help="RNN hidden size")
+    g.add_argument("--shared_rnn_max_length", type=int, default=35, help="BPTT length")
+    g.add_argument("--shared_rnn_activations", type=str_list, default=["tanh", "ReLU", "identity", "sigmoid"], help="RNN node activations")
+    g.add_argument("--rnn_next_state", type=choice("avg", "last"), default="avg",
+                   help="state carried to the next time step: avg of loose ends (ENAS paper) or last node (carpedm20 code)")
+    g.add_argument("--activation_regularization", type=b, default=False, help="AR penalty on dropped outputs")
+    g.add_argument("--activation_regularization_amount", type=float, default=2.0, help="AR weight")
+    g.add_argument("--temporal_activation_regularization", type=b, default=False, help="TAR penalty on output slowness")
+    g.add_argument("--temporal_activation_regularization_amount", type=float, default=1.0, help="TAR weight")
+    g.add_argument("--norm_stabilizer_regularization", type=b, default=False, help="norm-stabiliser penalty on hidden norms")
+    g.add_argument("--norm_stabilizer_regularization_amount", type=float, default=1.0, help="norm-stabiliser weight")
+    g.add_argument("--norm_stabilizer_fixed_point", type=float, default=5.0, help="target hidden norm of the norm stabiliser")
+    g.add_argument("--search_mode", type=choice("micro", "macro"), default="micro", help="CNN search space (only micro is implemented)")
+    g.add_argument("--output_classes", type=int, default=10, help="accepted for compatibility; the dataset sets the classes")
+    g.add_argument("--cnn_height", type=int, default=32, help="accepted for compatibility; the dataset sets the image size")
+    g.add_argument("--cnn_width", type=int, default=32, help="accepted for compatibility; the dataset sets the image size")
+    g.add_argument("--cnn_input_channels", type=int, default=3, help="accepted for compatibility; the dataset sets the channels")
+    g.add_argument("--cnn_final_filter_size", type=int, default=384, help="channels of the last CNN module")
+    g.add_argument("--cnn_num_repeat_normal", type=int, default=6, help="normal cells per CNN module")
+    g.add_argument("--cnn_num_modules", type=int, default=3, help="CNN modules (reduction cells between them)")
+    g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes for image data")
+    g.add_argument("--cnn_hid", type=int, default=64, help="accepted for compatibility with the paper's code")
+    g.add_argument("--shared_cnn_types", type=str_list, default=["identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5"], help="CNN ops (both cells) unless overridden below")
+    g.add_argument("--shared_cnn_normal_types", type=str_list, default=None, help="CNN ops of normal cells (default: shared_cnn_types)")
+    g.add_argument("--shared_cnn_reduce_types", type=str_list, default=None, help="CNN ops of reduction cells (default: shared_cnn_types)")
+
+    g = p.add_argument_group("learning")
+    g.add_argument("--dataset", type=str, default="ptb", help="ptb, wikitext2, cifar10, mnist, or a folder name under data_dir")
+    g.add_argument("--mode", type=choice("train", "derive", "test", "forgetting", "retrain"), default="train", help="what to run")
+    g.add_argument("--arch", type=str, default="", help="architecture JSON file for test/retrain, or 'random'")
+    g.add_argument("--batch_size", type=int, default=64, help="training batch size")
+    g.add_argument("--test_batch_size", type=int, default=1, help="batch size of the test split")
+    g.add_argument("--max_epoch", type=int, default=100, help="search epochs")
+    g.add_argument("--entropy_mode", type=choice("reward", "regularizer"), default="reward", help="entropy bonus in the reward or as a loss term")
+    g.add_argument("--policy_batch_size", type=int, default=5, help="architectures per controller step")
+    g.add_argument("--ppl_square", type=b, default=False, help="reward reward_c/ppl^2 (CNN: reward_c*acc^2)")
+    g.add_argument("--reward_c", type=float, default=80.0, help="reward constant")
+    g.add_argument("--ema_baseline_decay", type=float, default=0.95, help="decay of the reward's moving-average baseline")
+    g.add_argument("--discount", type=float, default=1.0, help="discount of the reward over the controller's decisions")
+    g.add_argument("--controller_max_step", type=int, default=1500, help="controller steps per epoch")
+    g.add_argument("--controller_optim", type=choice("adam", "sgd"), default="adam", help="controller optimiser")
+    g.add_argument("--controller_lr", type=float, default=3.5e-4, help="controller learning rate")
+    g.add_argument("--controller_lr_cosine", type=b, default=False, help="cosine controller lr from controller_lr_max to controller_lr_min over max_epoch")
+    g.add_argument("--controller_lr_max", type=float, default=0.05, help="cosine schedule maximum")
+    g.add_argument("--controller_lr_min", type=float, default=0.001, help="cosine schedule minimum")
+    g.add_argument("--controller_grad_clip", type=float, default=0.0, help="controller gradient norm clip (0: none)")
+    g.add_argument("--tanh_c", type=float, default=2.5, help="logit squashing tanh_c * tanh(logits) while training")
+    g.add_argument("--softmax_temperature", type=float, default=5.0, help="controller logits are divided by this")
+    g.add_argument("--entropy_coeff", type=float, default=1e-4, help="entropy bonus weight")
+    g.add_argument("--shared_initial_step", type=int, default=0, help="warm-up shared steps before the first epoch")
+    g.add_argument("--shared_max_step", type=int, default=50, help="shared steps (sampled architectures) per epoch")
+    g.add_argument("--shared_num_sample", type=int, default=1, help="architectures sampled per shared step")
+    g.add_argument("--shared_optim", type=choice("sgd", "adam"), default="sgd", help="shared-weight optimiser")
+    g.add_argument("--shared_lr", type=float, default=20.0, help="shared-weight learning rate (RNN)")
+    g.add_argument("--shared_decay", type=float, default=0.96, help="shared lr factor per epoch after shared_decay_after")
+    g.add_argument("--shared_decay_after", type=float, default=15.0, help="epoch after which the shared lr decays")
+    g.add_argument("--shared_l2_reg", type=float, default=1e-7, help="shared-weight L2 regularisation")
+    g.add_argument("--shared_grad_clip", type=float, default=0.25, help="shared gradient norm clip")
+    g.add_argument("--derive_num_sample", type=int, default=100, help="architectures scored when deriving")
+
+    g = p.add_argument_group("misc")
+    g.add_argument("--load_path", type=str, default="", help="run directory or checkpoint file to load (derive/test/forgetting)")
+    g.add_argument("--log_step", type=int, default=50, help="steps between progress log lines")
+    g.add_argument("--save_epoch", type=int, default=5, help="derive, draw and checkpoint every this many epochs")
+    g.add_argument("--max_save_num", type=int, default=4, help="numbered checkpoints kept")
+    g.add_argument("--log_level", type=choice("INFO", "DEBUG", "WARN"), default="INFO", help="log level (DEBUG also shows tracebacks)")
+    g.add_argument("--log_dir", type=str, default="logs", help="where run directories are created")
+    g.add_argument("--data_dir", type=str, default="data", help="where datasets live (downloaded when missing)")
+    g.add_argument("--num_gpu", type=int, default=1, help="0: CPU; >= 1: CUDA when available (one GPU is used)")
+    g.add_argument("--random_seed", type=int, default=12345, help="seed of every random generator")
+    g.add_argument("--deterministic", type=b, default=False, help="deterministic algorithms (slower on GPU)")
+    g.add_argument("--use_tensorboard", type=b, default=True, help="write TensorBoard events")
+    g.add_argument("--comment", type=str, default="", help="run name suffix: <log_dir>/<dataset>_<comment> (default: a timestamp)")
+    g.add_argument("--resume", type=b, default=False, help="continue <log_dir>/<dataset>_<comment> from its latest checkpoint")
+    g.add_argument("--resume_with_new_params", type=b, default=False, help="on resume, take this command line's hyper-parameters instead of the saved ones")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+# Options that describe where and how a run executes rather than what it computes: on a resume
+# without new parameters they still come from the command line.
+RUNTIME_KEYS = frozenset({
+    "load_path", "log_dir", "data_dir", "num_gpu", "log_level", "use_tensorboard", "num_workers",
+    "resume", "resume_with_new_params", "mode", "comment", "dataset", "max_epoch", "log_step",
+})
+
+# Options that fix the shape of the saved weights: a derive/test/forgetting run always takes these
+# from the checkpoint it loads.
+SHAPE_KEYS = frozenset({
+    "network_type", "dataset", "num_blocks", "shared_embed", "shared_hid", "tie_weights", "shared_rnn_activations",
+    "controller_hid", "cnn_final_filter_size", "cnn_num_repeat_normal", "cnn_num_modules", "shared_cnn_types",
+    "shared_cnn_normal_types", "shared_cnn_reduce_types", "search_mode", "batch_size", "valid_size",
+})
+
+
+def explicit_options(argv: Sequence[str]) -> set[str]:
+    """Names of the options the command line actually gave (as opposed to defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))

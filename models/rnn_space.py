@@ -1,0 +1,230 @@
+"""The recurrent-cell search space as a trainer plug-in: data streams, losses, rewards, drawings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from data.text import Corpus, batchify, get_batch
+from models import rnn
+from models.rnn import RNNArch, SharedRNN
+from models.space import Loss, OptimSpec
+from utils import render_dot
+
+
+@dataclass(frozen=True)
+class RNNSpaceConfig:
+    num_blocks: int = 12
+    shared_embed: int = 1000
+    shared_hid: int = 1000
+    shared_rnn_activations: tuple[str, ...] = ("tanh", "ReLU", "identity", "sigmoid")
+    shared_dropout: float = 0.4
+    shared_dropoute: float = 0.1
+    shared_dropouti: float = 0.65
+    shared_wdrop: float = 0.5
+    tie_weights: bool = True
+    rnn_next_state: str = "avg"
+    batch_size: int = 64
+    test_batch_size: int = 1
+    shared_rnn_max_length: int = 35
+    forgetting_eval_batches: int = 4
+    activation_regularization: bool = False
+    activation_regularization_amount: float = 2.0
+    temporal_activation_regularization: bool = False
+    temporal_activation_regularization_amount: float = 1.0
+    norm_stabilizer_regularization: bool = False
+    norm_stabilizer_regularization_amount: float = 1.0
+    norm_stabilizer_fixed_point: float = 5.0
+    shared_lr: float = 20.0
+    shared_l2_reg: float = 1e-7
+    shared_grad_clip: float = 0.25
+    shared_decay: float = 0.96
+    shared_decay_after: float = 15.0
+
+
+class TextStream:
+    """A cursor over a batchified split that carries the hidden state from slice to slice.
+
+    At the end of the split it wraps around to the start with a fresh (zero) state.
+    """
+
+    def __init__(self, data: Tensor, bptt: int) -> None:
+        self.data = data
+        self.bptt = bptt
+        self.pos = 0
+        self.hidden: Tensor | None = None
+
+    def next(self, model: SharedRNN) -> tuple[Tensor, Tensor, Tensor]:
+        if self.pos >= self.data.size(0) - 1:
+            self.pos, self.hidden = 0, None
+        x, y = get_batch(self.data, self.pos, self.bptt)
+        self.pos += x.size(0)
+        hidden = self.hidden if self.hidden is not None else model.init_hidden(self.data.size(1))
+        return x, y, hidden
+
+    def carry(self, hidden: Tensor) -> None:
+        self.hidden = hidden.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pos": self.pos, "hidden": self.hidden}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pos = int(state["pos"])
+        hidden = state["hidden"]
+        self.hidden = hidden.to(self.data.device) if hidden is not None else None
+
+
+class RNNSpace:
+    """ENAS recurrent cells on a word-level corpus; the metric is perplexity."""
+
+    metric = "ppl"
+    error_unit = "nats (mean cross-entropy)"
+
+    def __init__(self, corpus: Corpus, cfg: RNNSpaceConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.activations = list(cfg.shared_rnn_activations)
+        self.model = SharedRNN(
+            corpus.ntokens, cfg.shared_embed, cfg.shared_hid, cfg.num_blocks,
+            dropout=cfg.shared_dropout, dropoute=cfg.shared_dropoute, dropouti=cfg.shared_dropouti,
+            wdrop=cfg.shared_wdrop, tie_weights=cfg.tie_weights, next_state=cfg.rnn_next_state,
+        ).to(device)
+        bptt = cfg.shared_rnn_max_length
+        self.train_data = batchify(corpus.train, cfg.batch_size).to(device)
+        self.valid_data = batchify(corpus.valid, cfg.batch_size).to(device)
+        self.test_data = batchify(corpus.test, cfg.test_batch_size).to(device)
+        self.streams = {
+            "train": TextStream(self.train_data, bptt),
+            "fisher": TextStream(self.valid_data, bptt),
+            "reward": TextStream(self.valid_data, bptt),
+        }
+        # Fixed, evenly spread validation slices for the forgetting metric, each read from a zero state.
+        last = self.valid_data.size(0) - 1
+        n = max(1, min(cfg.forgetting_eval_batches, last // bptt))
+        starts = torch.linspace(0, last - min(bptt, last), n).long().tolist()
+        self.fixed_batches = [get_batch(self.valid_data, s, bptt) for s in starts]
+
+    # ------------------------------------------------------------------------ architectures
+    @property
+    def decision_sizes(self) -> list[int]:
+        return rnn.decision_sizes(self.cfg.num_blocks, len(self.activations))
+
+    def decode(self, tokens: Sequence[int]) -> RNNArch:
+        return rnn.decode(tokens, self.activations)
+
+    def encode(self, arch: RNNArch) -> list[int]:
+        return rnn.encode(arch, self.activations)
+
+    def arch_from_dict(self, d: dict[str, Any]) -> RNNArch:
+        arch = RNNArch.from_dict(d)
+        if arch.num_nodes != self.cfg.num_blocks:
+            raise ValueError(f"architecture has {arch.num_nodes} nodes but --num_blocks={self.cfg.num_blocks}")
+        return arch
+
+    def random_arch(self, generator: torch.Generator) -> RNNArch:
+        tokens = [int(torch.randint(n, (1,), generator=generator)) for n in self.decision_sizes]
+        return self.decode(tokens)
+
+    def wpl_groups(self) -> dict[str, list[nn.Parameter]]:
+        return self.model.edge_groups()
+
+    def groups_for(self, arch: RNNArch) -> list[str]:
+        return [SharedRNN.edge_name(i, j) for i, j in arch.edges]
+
+    def optim_spec(self) -> OptimSpec:
+        c = self.cfg
+        return OptimSpec(lr=c.shared_lr, weight_decay=c.shared_l2_reg, grad_clip=c.shared_grad_clip,
+                         schedule="decay", decay=c.shared_decay, decay_after=c.shared_decay_after)
+
+    # ------------------------------------------------------------------------------ losses
+    def _regularizers(self, out: rnn.RNNOutput) -> Tensor:
+        c = self.cfg
+        extra = out.raw.new_zeros(())
+        if c.activation_regularization:
+            extra = extra + c.activation_regularization_amount * out.dropped.pow(2).mean()
+        if c.temporal_activation_regularization:
+            extra = extra + c.temporal_activation_regularization_amount * (out.raw[1:] - out.raw[:-1]).pow(2).mean()
+        if c.norm_stabilizer_regularization:
+            norms = out.raw.norm(dim=-1)
+            extra = extra + c.norm_stabilizer_regularization_amount * (norms - c.norm_stabilizer_fixed_point).pow(2).mean()
+        return extra
+
+    def _stream_loss(self, stream: TextStream, arch: RNNArch) -> Loss:
+        x, y, hidden = stream.next(self.model)
+        out = self.model(x, hidden, arch)
+        stream.carry(out.hidden)
+        ce = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
+        return Loss(ce + self._regularizers(out), ce, None)
+
+    def train_loss(self, arch: RNNArch) -> Loss:
+        self.model.train()
+        return self._stream_loss(self.streams["train"], arch)
+
+    def fisher_loss(self, arch: RNNArch) -> Loss:
+        self.model.eval()
+        return self._stream_loss(self.streams["fisher"], arch)
+
+    @torch.inference_mode()
+    def error(self, arch: RNNArch) -> float:
+        self.model.eval()
+        total, count = 0.0, 0
+        for x, y in self.fixed_batches:
+            out = self.model(x, self.model.init_hidden(x.size(1)), arch)
+            total += float(F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), reduction="sum"))
+            count += y.numel()
+        return total / count
+
+    @torch.inference_mode()
+    def reward(self, arch: RNNArch, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
+        self.model.eval()
+        ces = [float(self._stream_loss(self.streams["reward"], arch).ce) for _ in range(num_batches)]
+        ppl = math.exp(sum(ces) / len(ces))
+        return reward_c / (ppl**2 if square else ppl), ppl
+
+    @torch.inference_mode()
+    def evaluate(self, arch: RNNArch, split: str) -> dict[str, float]:
+        """Perplexity ``exp(total NLL / total tokens)`` over the whole split, state carried."""
+        self.model.eval()
+        data = self.valid_data if split == "valid" else self.test_data
+        hidden = self.model.init_hidden(data.size(1))
+        nll, count = 0.0, 0
+        for i in range(0, data.size(0) - 1, self.cfg.shared_rnn_max_length):
+            x, y = get_batch(data, i, self.cfg.shared_rnn_max_length)
+            out = self.model(x, hidden, arch)
+            hidden = out.hidden
+            nll += float(F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), reduction="sum"))
+            count += y.numel()
+        return {f"{split}_ppl": math.exp(nll / count), f"{split}_nll": nll / count, f"{split}_tokens": count}
+
+    # ----------------------------------------------------------------------------- drawing
+    def draw(self, arch: RNNArch, path: Path) -> Path:
+        return render_dot(rnn_dot(arch), path)
+
+    # ------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {name: s.state_dict() for name, s in self.streams.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, s in self.streams.items():
+            s.load_state_dict(state[name])
+
+
+def rnn_dot(arch: RNNArch) -> str:
+    """Graphviz source of a recurrent cell: inputs, nodes with their activations, averaged loose ends."""
+    lines = ["digraph cell {", '  rankdir=LR; node [fontname="Helvetica", style=filled];',
+             '  x [label="x[t]", shape=box, fillcolor=lightskyblue];',
+             '  h_prev [label="h[t-1]", shape=box, fillcolor=lightskyblue];',
+             '  avg [label="avg", shape=ellipse, fillcolor=palegoldenrod];',
+             '  h [label="h[t]", shape=box, fillcolor=lightgreen];']
+    for j, act in enumerate(arch.activations):
+        lines.append(f'  n{j} [label="{j}: {act}", shape=ellipse, fillcolor=white];')
+    lines += ["  x -> n0;", "  h_prev -> n0;"]
+    lines += [f"  n{i} -> n{j};" for i, j in arch.edges]
+    lines += [f"  n{j} -> avg;" for j in arch.loose_ends]
+    lines += ["  avg -> h;", "}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,87 @@
+"""The interface every search space plugs into the trainer with.
+
+A search space owns its shared model, its architecture type, the controller's decision layout and
+its data streams. The trainer only sees this interface, so the same loop (shared phase with WPL,
+controller phase, forgetting metric, derive, checkpoints) serves the RNN cell and the micro-CNN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, Sequence, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+
+class Loss(NamedTuple):
+    total: Tensor  # what is back-propagated: cross-entropy plus the space's own regularisers
+    ce: Tensor  # mean cross-entropy of the batch
+    accuracy: Tensor | None  # fraction of the batch classified correctly (image spaces), else None
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """How the shared weights are optimised; the trainer builds the optimiser from it."""
+
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    schedule: str = "decay"  # "decay": lr * decay ** k after decay_after; "cosine": to 0 over max_epoch
+    decay: float = 1.0
+    decay_after: float = 0.0
+
+
+class SearchSpace(Protocol):
+    model: nn.Module
+    metric: str  # name of the evaluation metric: "ppl" (lower is better) or "acc" (higher is better)
+    error_unit: str  # unit of the forgetting metric's error, for logs and the README
+
+    @property
+    def decision_sizes(self) -> list[int]: ...
+
+    def decode(self, tokens: Sequence[int]) -> Any: ...
+
+    def arch_from_dict(self, d: dict[str, Any]) -> Any: ...
+
+    def random_arch(self, generator: torch.Generator) -> Any: ...
+
+    def wpl_groups(self) -> dict[str, list[nn.Parameter]]: ...
+
+    def groups_for(self, arch: Any) -> list[str]: ...
+
+    def optim_spec(self) -> OptimSpec: ...
+
+    def train_loss(self, arch: Any) -> Loss:
+        """Forward the next training batch through ``arch`` in training mode."""
+
+    def fisher_loss(self, arch: Any) -> Loss:
+        """Forward the next validation batch (eval mode, with gradients) for the Fisher."""
+
+    def error(self, arch: Any) -> float:
+        """Error on the fixed forgetting batches, eval mode (RNN: mean CE in nats; CNN: error %)."""
+
+    def reward(self, arch: Any, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
+        """Controller reward and the metric it came from, on the next validation batches."""
+
+    def evaluate(self, arch: Any, split: str) -> dict[str, float]:
+        """The metric over a whole split ("valid" or "test"), e.g. ``{"valid_ppl": 81.2}``."""
+
+    def draw(self, arch: Any, path: Path) -> Path: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Data cursors and carried state, so a resumed run sees the same batches."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+C = TypeVar("C")
+
+
+def pick(cls: type[C], options: Any, **overrides: Any) -> C:
+    """Build the dataclass ``cls`` from the same-named attributes of ``options`` (an argparse namespace)."""
+    values = {f.name: getattr(options, f.name) for f in fields(cls) if f.name not in overrides}  # type: ignore[arg-type]
+    return cls(**values, **overrides)

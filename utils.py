@@ -1,0 +1,159 @@
+"""Small shared helpers: user-facing errors, seeding and RNG state, atomic files, logging, drawing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("wpl")
+
+
+class UserError(Exception):
+    """A problem with the user's input (flags, files, data): reported as one line, no traceback."""
+
+
+# ------------------------------------------------------------------------------------------- RNG
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator's state, in a form ``torch.load(weights_only=True)`` accepts."""
+    state: dict[str, Any] = {
+        "python": _py_state_to_tensor(random.getstate()),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_py_state_from_tensor(state["python"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py_state_to_tensor(state: tuple) -> torch.Tensor:
+    version, internal, gauss = state
+    assert gauss is None, "random.gauss state is not saved"
+    return torch.tensor([version, *internal], dtype=torch.int64)
+
+
+def _py_state_from_tensor(t: torch.Tensor) -> tuple:
+    values = t.tolist()
+    return values[0], tuple(values[1:]), None
+
+
+# ----------------------------------------------------------------------------------------- files
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def load_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise UserError(f"{path} does not exist") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from err
+
+
+# --------------------------------------------------------------------------------------- logging
+def setup_logging(level: str, logfile: Path | None = None) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel({"WARN": logging.WARNING}.get(level, getattr(logging, level)))
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(logfile)
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def choose_device(num_gpu: int) -> torch.device:
+    """``num_gpu=0`` is the CPU; ``>= 1`` is CUDA when present, else the CPU with one warning."""
+    if num_gpu <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        log.warning("num_gpu=%d but CUDA is not available: running on the CPU", num_gpu)
+        return torch.device("cpu")
+    if num_gpu > 1:
+        log.warning("num_gpu=%d: multi-GPU training is not implemented, using one GPU", num_gpu)
+    return torch.device("cuda")
+
+
+# --------------------------------------------------------------------------------------- drawing
+_warned_no_dot = False
+
+
+def dot_program() -> str | None:
+    """Graphviz's ``dot``, or the pip-installable ``graphviz-pure`` port with the same flags."""
+    return shutil.which("dot") or shutil.which("graphviz-pure")
+
+
+def render_dot(source: str, png_path: Path) -> Path:
+    """Write ``source`` as ``.gv`` beside ``png_path`` and render it; returns the file written.
+
+    Without a dot program the ``.gv`` source is kept and a warning is logged once per process.
+    """
+    global _warned_no_dot
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    gv_path = png_path.with_suffix(".gv")
+    gv_path.write_text(source)
+    program = dot_program()
+    if program is None:
+        if not _warned_no_dot:
+            log.warning("no 'dot' program found (install graphviz or graphviz-pure): writing .gv sources only")
+            _warned_no_dot = True
+        return gv_path
+    result = subprocess.run([program, "-Tpng", str(gv_path), "-o", str(png_path)], capture_output=True, text=True)
+    if result.returncode != 0 or not png_path.is_file():
+        log.warning("%s failed to draw %s: %s", program, gv_path, result.stderr.strip()[:200])
+        return gv_path
+    gv_path.unlink()
+    return png_path
