@@ -153,6 +153,16 @@ def build_parser() -> StrictParser:
     g.add_argument("--shared_cnn_types", type=str_list, default=["identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5"], help="CNN ops (both cells) unless overridden below")
     g.add_argument("--shared_cnn_normal_types", type=str_list, default=None, help="CNN ops of normal cells (default: shared_cnn_types)")
     g.add_argument("--shared_cnn_reduce_types", type=str_list, default=None, help="CNN ops of reduction cells (default: shared_cnn_types)")
+    g.add_argument("--cnn_cell_output", type=choice("concat", "avg"), default="concat",
+                   help="how a CNN cell joins its loose ends: concatenation + 1x1 projection, or averaging")
+    g.add_argument("--shared_cnn_lr", type=float, default=0.05,
+                   help="CNN shared lr (ENAS micro search: SGD, Nesterov momentum 0.9, cosine from 0.05 to 0.0005); "
+                        "the RNN's shared_lr of 20 diverges on images")
+    g.add_argument("--shared_cnn_lr_min", type=float, default=0.0005, help="end of the CNN's cosine lr schedule")
+    g.add_argument("--shared_cnn_momentum", type=float, default=0.9, help="CNN shared SGD (Nesterov) momentum")
+    g.add_argument("--shared_cnn_l2_reg", type=float, default=1e-4, help="CNN shared weight decay (ENAS micro search)")
+    g.add_argument("--shared_cnn_grad_clip", type=float, default=5.0, help="CNN shared gradient norm clip (ENAS micro search)")
+    g.add_argument("--valid_size", type=int, default=5000, help="images held out of the training set for validation (class-stratified)")
 
     g = p.add_argument_group("learning")
     g.add_argument("--dataset", type=str, default="ptb", help="ptb, wikitext2, cifar10, mnist, or a folder name under data_dir")

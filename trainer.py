@@ -88,7 +88,7 @@ def build_shared_optimizer(spec: OptimSpec, params: Any, kind: str) -> torch.opt
 
 def scheduled_lr(spec: OptimSpec, epoch: int, max_epoch: int) -> float:
     if spec.schedule == "cosine":
-        return 0.5 * spec.lr * (1 + math.cos(math.pi * epoch / max(1, max_epoch)))
+        return spec.lr_min + 0.5 * (spec.lr - spec.lr_min) * (1 + math.cos(math.pi * epoch / max(1, max_epoch)))
     return spec.lr * spec.decay ** max(0, math.floor(epoch - spec.decay_after + 1))
 
 

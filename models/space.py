@@ -30,7 +30,8 @@ class OptimSpec:
     grad_clip: float
     momentum: float = 0.0
     nesterov: bool = False
-    schedule: str = "decay"  # "decay": lr * decay ** k after decay_after; "cosine": to 0 over max_epoch
+    schedule: str = "decay"  # "decay": lr * decay ** k after decay_after; "cosine": lr -> lr_min over max_epoch
+    lr_min: float = 0.0
     decay: float = 1.0
     decay_after: float = 0.0
 
