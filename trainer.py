@@ -235,7 +235,7 @@ class Trainer:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", wpl=f"{stats['wpl']:.3g}")
             if self.run:
                 self.run.scalars({"shared/loss": stats["loss"], "shared/ce": stats["ce"], "shared/wpl": stats["wpl"],
-                                  "shared/ppl": math.exp(min(stats["ce"], 50)),
+                                  f"shared/{self.space.metric}": self._metric(stats["ce"], stats["accuracy"]),
                                   "shared/lr": self.shared_optim.param_groups[0]["lr"], "wpl/alpha": alpha if use_wpl else 0.0,
                                   "wpl/fisher_norm": fisher_norms[-1][0] if use_wpl else 0.0,
                                   "wpl/fisher_max": fisher_norms[-1][1] if use_wpl else 0.0}, self.shared_step)
@@ -246,7 +246,7 @@ class Trainer:
         if per_step:
             mean = {k: float(np.mean([s[k] for s in per_step])) for k in ("loss", "ce", "wpl", "accuracy")}
             record = {"shared_loss": mean["loss"], "shared_ce": mean["ce"], "shared_wpl": mean["wpl"],
-                      "shared_" + self.space.metric: (math.exp(min(mean["ce"], 50)) if self.space.metric == "ppl" else 100.0 * mean["accuracy"]),
+                      "shared_" + self.space.metric: self._metric(mean["ce"], mean["accuracy"]),
                       "alpha": alpha if use_wpl else 0.0, "wpl_ce_ratio": mean["wpl"] / mean["ce"] if mean["ce"] else 0.0,
                       "fisher_norm": float(np.mean([f[0] for f in fisher_norms])) if fisher_norms else 0.0,
                       "fisher_max": float(np.max([f[1] for f in fisher_norms])) if fisher_norms else 0.0,
@@ -256,6 +256,10 @@ class Trainer:
             record.update({"forgetting_mean_diff": float(np.mean(diffs)), "forgetting_max_diff": float(np.max(diffs)),
                            "forgetting_std_diff": float(np.std(diffs)), "forgetting_mean_diff_ci95": ci95_half_width(diffs)})
         return record
+
+    def _metric(self, ce: float, accuracy: float) -> float:
+        """Training metric of a step: perplexity from the cross-entropy, or accuracy in percent."""
+        return math.exp(min(ce, 50.0)) if self.space.metric == "ppl" else 100.0 * accuracy
 
     # --------------------------------------------------------------------- controller phase
     def controller_phase(self, epoch: int) -> dict[str, float]:

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny generated text corpus and the paper's RNN command."""
+
+from __future__ import annotations
+
+import random
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PAPER_RNN_COMMAND = (
+    "--comment='rnn-train' --train_controller=True --start_training_controller=1 --start_using_fisher=5 "
+    "--max_epoch=150 --shared_max_step=60 --save_epoch=30 --fisher_clip_by_norm=10.0 --alpha_fisher=60.0 "
+    "--alpha_decay=1. --alpha_decay_after=15 --set_fisher_zero_per_iter=2 --policy_batch_size=1 "
+    "--controller_max_step=2000 --num_blocks=12 --num_batch_per_iter=7 --alpha_decay=1. --alpha_decay_after=15 "
+    "--alpha_small_scale=.0001 --reward_c=80"
+)
+
+
+def paper_rnn_args() -> list[str]:
+    """The README command of the paper, split as a shell would split it."""
+    return shlex.split(PAPER_RNN_COMMAND)
+
+
+def write_corpus(folder: Path, seed: int = 0, vocab: int = 40) -> Path:
+    """A small corpus with learnable structure: each word mostly predicts the next one."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(vocab)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, lines in (("train", 300), ("valid", 60), ("test", 60)):
+        with open(folder / f"{split}.txt", "w") as f:
+            for _ in range(lines):
+                w = rng.randrange(vocab)
+                sentence = []
+                for _ in range(rng.randint(4, 12)):
+                    sentence.append(words[w])
+                    w = (w * 7 + rng.choice((1, 1, 1, 2))) % vocab
+                f.write(" " + " ".join(sentence) + " \n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_corpus(root / "tiny")
+    return root

@@ -1,0 +1,76 @@
+"""The command line: the paper's command parses, and bad input is refused clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+import config
+from conftest import paper_rnn_args
+
+
+def test_paper_command_parses_to_expected_values() -> None:
+    args = config.parse_args(paper_rnn_args())
+    assert args.comment == "rnn-train"
+    assert args.train_controller is True
+    assert (args.start_training_controller, args.start_using_fisher, args.max_epoch) == (1, 5, 150)
+    assert (args.shared_max_step, args.save_epoch, args.num_batch_per_iter) == (60, 30, 7)
+    assert args.fisher_clip_by_norm == 10.0 and args.alpha_fisher == 60.0
+    assert args.alpha_decay == 1.0 and args.alpha_decay_after == 15.0 and args.alpha_small_scale == 1e-4
+    assert args.set_fisher_zero_per_iter == 2 and args.policy_batch_size == 1
+    assert args.controller_max_step == 2000 and args.num_blocks == 12
+    assert isinstance(args.reward_c, float) and args.reward_c == 80.0
+    # untouched defaults are the paper code's
+    assert args.lambda_fisher == 0.9 and args.momentum is True and args.shared_lr == 20.0
+    assert args.shared_rnn_activations == ["tanh", "ReLU", "identity", "sigmoid"]
+    assert args.wpl_alpha_mode == "compound" and args.mode == "train"
+
+
+@pytest.mark.parametrize("text,value", [("True", True), ("yes", True), ("1", True), ("FALSE", False), ("No", False), ("0", False)])
+def test_booleans_accept_the_six_words(text: str, value: bool) -> None:
+    assert config.parse_args([f"--momentum={text}"]).momentum is value
+
+
+@pytest.mark.parametrize("text", ["t", "y", "ture", "2", "", "on"])
+def test_booleans_reject_anything_else(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        config.parse_args([f"--momentum={text}"])
+    assert exc.value.code == 2
+    assert "true/false/yes/no/1/0" in capsys.readouterr().err
+
+
+def test_unknown_option_names_the_closest(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        config.parse_args(["--alpha_fishr=3"])
+    err = capsys.readouterr().err
+    assert "unknown option --alpha_fishr" in err and "--alpha_fisher" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_abbreviations_are_not_accepted() -> None:
+    with pytest.raises(SystemExit):
+        config.parse_args(["--alpha_fish=3"])
+
+
+def test_repeated_option_takes_the_last_value() -> None:
+    assert config.parse_args(["--alpha_decay=1.", "--alpha_decay=3"]).alpha_decay == 3.0
+
+
+@pytest.mark.parametrize("text", ["['tanh', 'ReLU']", "tanh,ReLU", "('tanh','ReLU')"])
+def test_list_options(text: str) -> None:
+    assert config.parse_args([f"--shared_rnn_activations={text}"]).shared_rnn_activations == ["tanh", "ReLU"]
+
+
+@pytest.mark.parametrize("text", ["[__import__('os')]", "[1, 2]", "tanh,,ReLU"])
+def test_list_options_are_parsed_safely(text: str) -> None:
+    with pytest.raises(SystemExit):
+        config.parse_args([f"--shared_rnn_activations={text}"])
+
+
+def test_malformed_number_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        config.parse_args(["--reward_c=eighty"])
+    assert "reward_c" in capsys.readouterr().err
+
+
+def test_explicit_options_lists_only_what_was_given() -> None:
+    assert config.explicit_options(["--max_epoch=3", "--comment=x"]) == {"max_epoch", "comment"}

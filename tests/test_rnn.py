@@ -1,0 +1,153 @@
+"""The recurrent cell, its architecture type, the controller and perplexity, checked by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from data.text import batchify, build_corpus
+from models.controller import Controller
+from models.rnn import RNNArch, SharedRNN, decision_sizes, decode, encode
+from models.rnn_space import RNNSpace, RNNSpaceConfig
+
+ACTS = ["tanh", "ReLU", "identity", "sigmoid"]
+
+
+def tiny_model(num_blocks: int, next_state: str = "avg", hid: int = 3) -> SharedRNN:
+    torch.manual_seed(0)
+    model = SharedRNN(7, hid, hid, num_blocks, tie_weights=False, next_state=next_state)
+    for p in model.parameters():  # larger weights than the init so every term matters
+        torch.nn.init.normal_(p, std=0.7)
+    return model.eval()
+
+
+def reference_step(model: SharedRNN, arch: RNNArch, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The cell equations written out with separate W^c / W^h matrices."""
+    fns = {"tanh": torch.tanh, "ReLU": torch.relu, "identity": lambda v: v, "sigmoid": torch.sigmoid}
+    H = model.hid
+    wxc, wxh = model.w_x0[:H], model.w_x0[H:]
+    whc, whh = model.w_h0[:H], model.w_h0[H:]
+    c0 = torch.sigmoid(x @ wxc.t() + h @ whc.t())
+    nodes = [c0 * fns[arch.activations[0]](x @ wxh.t() + h @ whh.t()) + (1 - c0) * h]
+    for j, i in enumerate(arch.parents, start=1):
+        edge = model.edges[f"{i}_{j}"]
+        c = torch.sigmoid(nodes[i] @ edge.w_c.t())
+        nodes.append(c * fns[arch.activations[j]](nodes[i] @ edge.w_h.t()) + (1 - c) * nodes[i])
+    return torch.stack([nodes[j] for j in arch.loose_ends]).mean(0), nodes
+
+
+@pytest.mark.parametrize("arch", [
+    RNNArch(("tanh", "ReLU", "identity"), (0, 0)),  # loose ends 1 and 2
+    RNNArch(("sigmoid", "tanh", "ReLU"), (0, 1)),  # a chain: loose end 2 only
+    RNNArch(("identity", "sigmoid"), (0,)),
+])
+def test_cell_matches_the_equations(arch: RNNArch) -> None:
+    model = tiny_model(arch.num_nodes)
+    tokens = torch.tensor([[1, 4], [2, 0], [6, 3]])  # (time, batch)
+    h = torch.randn(2, model.hid) * 0.5
+    out = model(tokens, h, arch)
+    state = h
+    for t in range(tokens.size(0)):
+        expected, _ = reference_step(model, arch, model.encoder(tokens[t]), state)
+        assert torch.allclose(out.raw[t], expected, atol=1e-6)
+        state = expected  # norms stay far below the clip of 25
+    assert torch.allclose(out.hidden, state, atol=1e-6)
+    assert torch.allclose(out.logits, model.decoder(out.raw), atol=1e-6)
+
+
+def test_loose_ends_are_averaged_and_last_state_option() -> None:
+    arch = RNNArch(("tanh", "ReLU", "identity", "tanh"), (0, 0, 1))
+    assert arch.loose_ends == [2, 3]
+    x = torch.tensor([[3]])
+    h = torch.zeros(1, 3)
+    avg_model = tiny_model(4, "avg")
+    out = avg_model(x, h, arch)
+    expected, nodes = reference_step(avg_model, arch, avg_model.encoder(x[0]), h)
+    assert torch.allclose(out.raw[0], (nodes[2] + nodes[3]) / 2, atol=1e-6)
+    last_model = tiny_model(4, "last")
+    assert torch.allclose(last_model(x, h, arch).hidden, nodes[3], atol=1e-6)
+
+
+def test_hidden_norm_is_clipped_at_25() -> None:
+    model = tiny_model(2)
+    arch = RNNArch(("identity", "identity"), (0,))
+    big = torch.full((1, 3), 100.0)
+    out = model(torch.tensor([[1]]), big, arch)
+    assert float(out.hidden.norm()) == pytest.approx(25.0, rel=1e-5)
+
+
+def test_arch_json_round_trip_and_validation() -> None:
+    arch = RNNArch(("tanh", "ReLU", "sigmoid"), (0, 1))
+    again = RNNArch.from_dict(json.loads(json.dumps(arch.to_dict())))
+    assert again == arch and hash(again) == hash(arch)
+    assert decode(encode(arch, ACTS), ACTS) == arch
+    with pytest.raises(ValueError):
+        RNNArch(("tanh", "tanh"), (1,))  # node 1 cannot read itself
+    with pytest.raises(ValueError):
+        RNNArch(("tanh", "swish"), (0,))
+
+
+def test_decision_layout() -> None:
+    assert decision_sizes(4, 4) == [4, 1, 4, 2, 4, 3, 4]
+
+
+def test_controller_log_probs_are_log_softmax_at_the_sampled_actions() -> None:
+    torch.manual_seed(0)
+    sizes = decision_sizes(4, 4)
+    ctrl = Controller(sizes, hidden=8, temperature=5.0, tanh_c=2.5).train()
+    sample = ctrl(3, generator=torch.Generator().manual_seed(1))
+    assert sample.tokens.shape == (3, len(sizes))
+    x = torch.zeros(3, 8)
+    state = (torch.zeros(3, 8), torch.zeros(3, 8))
+    offset = 0
+    for t, n in enumerate(sizes):
+        state = ctrl.lstm(x, state)
+        logits = 2.5 * torch.tanh(ctrl.heads[t](state[0]) / 5.0)
+        logp = F.log_softmax(logits, -1)
+        action = sample.tokens[:, t]
+        assert torch.all(action < n)
+        assert torch.allclose(sample.log_probs[:, t], logp[torch.arange(3), action], atol=1e-6)
+        assert torch.allclose(sample.entropies[:, t], -(logp.exp() * logp).sum(-1), atol=1e-6)
+        x = ctrl.embed(action + offset)
+        offset += n
+    rescored = ctrl(tokens=sample.tokens)
+    assert torch.allclose(rescored.log_probs, sample.log_probs)
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(data_dir: Path) -> None:
+    corpus = build_corpus(data_dir / "tiny")
+    space = RNNSpace(corpus, RNNSpaceConfig(num_blocks=3, shared_embed=8, shared_hid=8, tie_weights=False,
+                                            batch_size=4, test_batch_size=2), torch.device("cpu"))
+    torch.nn.init.zeros_(space.model.decoder.weight)
+    torch.nn.init.zeros_(space.model.decoder.bias)
+    arch = RNNArch(("tanh", "ReLU", "tanh"), (0, 1))
+    result = space.evaluate(arch, "test")
+    assert result["test_ppl"] == pytest.approx(corpus.ntokens, rel=1e-5)
+    assert result["test_tokens"] == (len(corpus.test) // 2 - 1) * 2
+
+
+def test_perplexity_is_exp_of_total_nll_over_tokens(data_dir: Path) -> None:
+    corpus = build_corpus(data_dir / "tiny")
+    cfg = RNNSpaceConfig(num_blocks=3, shared_embed=8, shared_hid=8, batch_size=4, test_batch_size=3, shared_rnn_max_length=5)
+    space = RNNSpace(corpus, cfg, torch.device("cpu"))
+    arch = RNNArch(("tanh", "sigmoid", "ReLU"), (0, 0))
+    data = batchify(corpus.test, 3)
+    model = space.model.eval()
+    with torch.no_grad():  # one long sequence, state carried across every step
+        out = model(data[:-1], model.init_hidden(3), arch)
+        nll = F.cross_entropy(out.logits.flatten(0, 1), data[1:].flatten(), reduction="sum")
+    assert space.evaluate(arch, "test")["test_ppl"] == pytest.approx(math.exp(float(nll) / data[1:].numel()), rel=1e-4)
+
+
+def test_wpl_groups_are_the_edges_of_the_architecture(data_dir: Path) -> None:
+    corpus = build_corpus(data_dir / "tiny")
+    space = RNNSpace(corpus, RNNSpaceConfig(num_blocks=4, shared_embed=8, shared_hid=8, batch_size=4), torch.device("cpu"))
+    assert len(space.wpl_groups()) == 6  # every i < j edge of 4 nodes
+    arch = RNNArch(("tanh",) * 4, (0, 0, 2))
+    assert space.groups_for(arch) == ["0_1", "0_2", "2_3"]
+    assert all(len(space.wpl_groups()[g]) == 2 for g in space.groups_for(arch))
