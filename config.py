@@ -209,6 +209,8 @@ def build_parser() -> StrictParser:
     g.add_argument("--num_gpu", type=int, default=1, help="0: CPU; >= 1: CUDA when available (one GPU is used)")
     g.add_argument("--random_seed", type=int, default=12345, help="seed of every random generator")
     g.add_argument("--deterministic", type=b, default=False, help="deterministic algorithms (slower on GPU)")
+    g.add_argument("--amp", type=b, default=False, help="bfloat16 autocast for the shared model (GPU speed; off by default)")
+    g.add_argument("--compile", type=b, default=False, help="torch.compile the shared model's hot paths (off by default)")
     g.add_argument("--use_tensorboard", type=b, default=True, help="write TensorBoard events")
     g.add_argument("--comment", type=str, default="", help="run name suffix: <log_dir>/<dataset>_<comment> (default: a timestamp)")
     g.add_argument("--resume", type=b, default=False, help="continue <log_dir>/<dataset>_<comment> from its latest checkpoint")

@@ -105,7 +105,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     except FileNotFoundError as err:
         raise UserError(f"checkpoint {path} does not exist") from err
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise UserError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__}: {str(err)[:120]})") from err
+        raise UserError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__})") from err
     if not isinstance(state, dict) or state.get("format") != 1:
         raise UserError(f"{path} is not a checkpoint of this project")
     return state

@@ -1,0 +1,384 @@
+"""Image datasets for the micro-CNN search (CIFAR-10, MNIST or an image folder) and endless batch streams.
+
+Every split is a set of *un-augmented* uint8 images ``(C, H, W)`` with integer labels. CIFAR-10 and
+MNIST come through torchvision (downloaded and checksummed when missing) and live in memory as one
+tensor; an image folder ``<data_dir>/<name>/{train,valid,test}/<class>/*.{jpg,jpeg,png}`` is decoded
+on demand in DataLoader workers. Validation is always held out of the training images (unless the
+folder has its own ``valid/``): the official test split is only read by ``--mode=test``.
+
+Augmentation (zero-pad + random crop, horizontal flip) and normalisation run per batch on the
+model's device, drawing from a generator seeded by ``(seed, stream, epoch, position)``. Workers
+therefore only decode, and a stream's whole state is two integers: a resumed run sees exactly the
+batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from utils import UserError
+
+log = logging.getLogger("wpl")
+
+CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)  # the paper code's per-channel statistics
+CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+STATS_SAMPLE = 2000  # folder datasets: training images read to estimate the normalisation
+
+
+class ImageSet(Protocol):
+    """A split: uint8 images and int64 labels, fetched a batch at a time (DataLoader's ``__getitems__``)."""
+
+    labels: Tensor
+    lazy: bool  # decoded on demand (worth DataLoader workers) rather than held in memory
+
+    def __len__(self) -> int: ...
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]: ...
+
+    def subset(self, indices: Tensor) -> "ImageSet": ...
+
+
+class TensorImages:
+    """A split held in memory as one ``(N, C, H, W)`` uint8 tensor: a batch is a single gather.
+
+    Workers would only add inter-process copies to a gather, so streams read it in the main process.
+    """
+
+    lazy = False
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
+            raise ValueError(f"expected (N, C, H, W) uint8 images and N labels, got {tuple(images.shape)} {images.dtype}")
+        self.images = images
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[idx], self.labels[idx]
+
+    def subset(self, indices: Tensor) -> "TensorImages":
+        return TensorImages(self.images[indices], self.labels[indices])
+
+
+class FolderImages:
+    """Image files decoded on demand into ``channels`` x ``size``; other sizes are resized to it."""
+
+    lazy = True
+
+    def __init__(self, paths: Sequence[str], labels: Tensor, channels: int, size: tuple[int, int]) -> None:
+        from torchvision.io import ImageReadMode
+
+        self.paths = list(paths)
+        self.labels = labels.long()
+        self.channels = channels
+        self.size = size
+        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def decode(self, index: int) -> Tensor:
+        from torchvision.io import decode_image
+        from torchvision.transforms.v2.functional import resize
+
+        try:
+            image = decode_image(self.paths[index], mode=self.mode)
+        except RuntimeError as err:
+            raise UserError(f"cannot decode {self.paths[index]}: {err}") from err
+        if tuple(image.shape[1:]) != self.size:
+            image = resize(image, list(self.size), antialias=True)
+        return image
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return torch.stack([self.decode(int(i)) for i in idx]), self.labels[idx]
+
+    def subset(self, indices: Tensor) -> "FolderImages":
+        return FolderImages([self.paths[int(i)] for i in indices], self.labels[indices], self.channels, self.size)
+
+
+@dataclass
+class ImageData:
+    """The three splits of a dataset and what the model and the augmentation need to know about it."""
+
+    name: str
+    classes: list[str]
+    channels: int
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool  # horizontal flips keep the label (not for digits)
+    train: ImageSet
+    valid: ImageSet
+    test: ImageSet | None  # an image folder may have no test split
+    valid_held_out: bool = True  # False when an image folder brings its own valid/
+
+    @property
+    def padding(self) -> int:
+        """Zero padding before the random crop: 4 pixels for 32x32 images, as the paper code."""
+        return max(1, min(self.size) // 8)
+
+
+# -------------------------------------------------------------------------------------- loading
+def load_images(data_dir: str | Path, name: str, valid_size: int, seed: int) -> ImageData:
+    """``cifar10`` or ``mnist`` (torchvision, downloaded when missing) or the folder ``<data_dir>/<name>``."""
+    root = Path(data_dir)
+    if name == "cifar10":
+        (train, test), classes = _cifar10(root)
+        data = ImageData(name, classes, 3, (32, 32), CIFAR_MEAN, CIFAR_STD, True, train, train, test)
+    elif name == "mnist":
+        (train, test), classes = _mnist(root)
+        data = ImageData(name, classes, 1, (28, 28), MNIST_MEAN, MNIST_STD, False, train, train, test)
+    else:
+        return _image_folder(root / name, valid_size, seed)
+    train_idx, valid_idx = stratified_holdout(data.train.labels, valid_size, seed)
+    data.train, data.valid = data.train.subset(train_idx), data.train.subset(valid_idx)
+    return data
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:160] if text else type(err).__name__
+
+
+def _cifar10(root: Path) -> tuple[tuple[TensorImages, TensorImages], list[str]]:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        splits = [CIFAR10(str(root), train=train, download=True) for train in (True, False)]
+    except (OSError, RuntimeError) as err:
+        raise UserError(f"CIFAR-10 is missing and could not be downloaded ({_first_line(err)}): put the extracted "
+                        f"cifar-10-batches-py folder (python version) at {root / 'cifar-10-batches-py'}") from err
+    tensors = tuple(TensorImages(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets))
+                    for s in splits)
+    return tensors, list(splits[0].classes)  # type: ignore[return-value]
+
+
+def _mnist(root: Path) -> tuple[tuple[TensorImages, TensorImages], list[str]]:
+    from torchvision.datasets import MNIST
+
+    try:
+        splits = [MNIST(str(root), train=train, download=True) for train in (True, False)]
+    except (OSError, RuntimeError) as err:
+        raise UserError(f"MNIST is missing and could not be downloaded ({_first_line(err)}): put its four "
+                        f"*-ubyte.gz files in {root / 'MNIST' / 'raw'}") from err
+    tensors = tuple(TensorImages(s.data.unsqueeze(1).contiguous(), s.targets) for s in splits)
+    return tensors, list(splits[0].classes)  # type: ignore[return-value]
+
+
+def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[str], Tensor]:
+    """Class names, image paths and labels of ``folder/<class>/*``; ``classes`` fixes the label order."""
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if classes is None:
+        classes = found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise UserError(f"{folder} has classes the training split lacks: {', '.join(unknown[:5])}")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        directory = folder / name
+        files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if directory.is_dir() else []
+        paths += [str(p) for p in files]
+        labels += [label] * len(files)
+    if not paths:
+        raise UserError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {folder}/<class>/")
+    return classes, paths, torch.tensor(labels)
+
+
+def _image_folder(folder: Path, valid_size: int, seed: int) -> ImageData:
+    from torchvision.io import decode_image
+
+    if not (folder / "train").is_dir():
+        raise UserError(f"no dataset {folder.name!r}: expected cifar10, mnist or an image folder "
+                        f"{folder}/train/<class>/*.jpg (with optional valid/ and test/ beside train/)")
+    classes, paths, labels = _scan(folder / "train", None)
+    first = decode_image(paths[0])
+    channels = 1 if first.size(0) in (1, 2) else 3  # grey (+alpha) or colour (+alpha)
+    size = (int(first.size(1)), int(first.size(2)))
+    train = FolderImages(paths, labels, channels, size)
+    if (folder / "valid").is_dir():
+        _, valid_paths, valid_labels = _scan(folder / "valid", classes)
+        valid = FolderImages(valid_paths, valid_labels, channels, size)
+        held_out = False
+    else:
+        held_out = True
+        train_idx, valid_idx = stratified_holdout(labels, valid_size, seed)
+        train, valid = train.subset(train_idx), train.subset(valid_idx)
+    test = None
+    if (folder / "test").is_dir():
+        _, test_paths, test_labels = _scan(folder / "test", classes)
+        test = FolderImages(test_paths, test_labels, channels, size)
+    mean, std = _channel_stats(train, seed)
+    return ImageData(folder.name, classes, channels, size, mean, std, True, train, valid, test, held_out)
+
+
+def _channel_stats(images: FolderImages, seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of up to ``STATS_SAMPLE`` seeded training images, in [0, 1] units."""
+    n = min(len(images), STATS_SAMPLE)
+    picked = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    pixels = images.__getitems__(picked.tolist())[0].float().div_(255).transpose(0, 1).flatten(1)
+    std = pixels.std(1).clamp_min(1e-3)  # a constant channel would divide by zero
+    return tuple(pixels.mean(1).tolist()), tuple(std.tolist())
+
+
+def stratified_holdout(labels: Tensor, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Sorted ``(train, valid)`` indices with ``size`` images held out, every class in proportion.
+
+    Each class is shuffled (seeded); its k-th of n images gets the rank (k + 0.5) / n and the ``size``
+    lowest ranks are held out, so each class gives its share up to rounding.
+    """
+    n = len(labels)
+    if not 0 < size < n:
+        raise UserError(f"--valid_size={size} must be between 1 and {n - 1} (the training split has {n} images)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[perm]
+    order = torch.argsort(shuffled, stable=True)  # class by class, shuffled order inside each class
+    counts = torch.bincount(shuffled)
+    starts = counts.cumsum(0) - counts
+    within = torch.empty(n, dtype=torch.long)
+    within[order] = torch.arange(n) - starts[shuffled[order]]
+    rank = (within + 0.5) / counts[shuffled]
+    held = torch.zeros(n, dtype=torch.bool)
+    held[torch.argsort(rank, stable=True)[:size]] = True
+    return perm[~held].sort().values, perm[held].sort().values
+
+
+# -------------------------------------------------------------------------------------- batches
+def mixed_seed(*parts: int) -> int:
+    """A well-mixed 32-bit seed from several integers (seed, stream, epoch, position)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class Preprocess:
+    """uint8 batches to normalised float batches on ``device``, with the training augmentation if asked."""
+
+    def __init__(self, data: ImageData, device: torch.device) -> None:
+        self.device = device
+        self.padding = data.padding
+        self.flip = data.flip
+        mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std), mean / std
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if generator is not None:
+            images = self.augment(images, generator)
+        return images.float() * self.scale - self.shift
+
+    def augment(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Random crop of the zero-padded image (torchvision's RandomCrop(padding=p)), then a random flip."""
+        n, _, h, w = images.shape
+        p = self.padding
+        padded = F.pad(images, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=generator)
+        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=generator)
+        rows, cols = dy + torch.arange(h), dx + torch.arange(w)
+        if self.flip:
+            flipped = torch.rand(n, 1, generator=generator) < 0.5
+            cols = torch.where(flipped, cols.flip(1), cols)
+        rows, cols = rows.to(self.device), cols.to(self.device)
+        batch = torch.arange(n, device=self.device)[:, None, None]
+        return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()  # (n, h, w, c) -> NCHW
+
+
+def _as_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """``__getitems__`` already returns a stacked batch."""
+    return batch
+
+
+class _EpochBatches(Sampler[list[int]]):
+    """The batches of one epoch from position ``start`` on: a permutation seeded by (seed, stream, epoch)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, salt: int, shuffle: bool) -> None:
+        self.size, self.batch_size, self.seed, self.salt, self.shuffle = size, batch_size, seed, salt, shuffle
+        self.epoch = 0
+        self.start = 0
+
+    @property
+    def per_epoch(self) -> int:
+        return self.size // self.batch_size
+
+    def __len__(self) -> int:
+        return self.per_epoch - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(mixed_seed(self.seed, self.salt, self.epoch)))
+        else:
+            order = torch.arange(self.size)
+        batches = order[: self.per_epoch * self.batch_size].view(self.per_epoch, self.batch_size)
+        for batch in batches[self.start :]:
+            yield batch.tolist()
+
+
+def make_loader(images: ImageSet, batch_sampler: Sampler[list[int]], num_workers: int, device: torch.device,
+                persistent: bool) -> DataLoader:
+    """A DataLoader whose workers decode lazy splits; in-memory splits are gathered in-process."""
+    workers = num_workers if images.lazy else 0
+    return DataLoader(images, batch_sampler=batch_sampler, num_workers=workers, collate_fn=_as_batch,  # type: ignore[arg-type]
+                      pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0)
+
+
+class BatchStream:
+    """Endless full batches of one split, reshuffled every epoch; its state is ``(epoch, position)``.
+
+    The DataLoader iterator persists across calls (workers keep prefetching) and rolls over to the
+    next epoch when exhausted. ``load_state_dict`` restarts it at the saved position without decoding
+    the skipped batches, and the augmentation is re-drawn from the same seeds.
+    """
+
+    def __init__(self, images: ImageSet, batch_size: int, preprocess: Preprocess, *, seed: int, salt: int,
+                 augment: bool, num_workers: int) -> None:
+        if len(images) < batch_size:
+            raise UserError(f"a split of {len(images)} images is smaller than the batch size {batch_size}")
+        self.preprocess, self.seed, self.salt, self.augment = preprocess, seed, salt, augment
+        self.sampler = _EpochBatches(len(images), batch_size, seed, salt, shuffle=True)
+        self.loader = make_loader(images, self.sampler, num_workers, preprocess.device, persistent=True)
+        self.epoch, self.pos = 0, 0
+        self._iter: Iterator[tuple[Tensor, Tensor]] | None = None
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        """The next ``(images, labels)`` on the device, images normalised (and augmented if asked)."""
+        while True:
+            if self._iter is None:
+                self.sampler.epoch, self.sampler.start = self.epoch, self.pos
+                self._iter = iter(self.loader)
+            try:
+                images, labels = next(self._iter)
+                break
+            except StopIteration:
+                self.epoch, self.pos, self._iter = self.epoch + 1, 0, None
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.salt, self.epoch, self.pos)) if self.augment else None
+        self.pos += 1
+        return self.preprocess(images, generator), labels.to(self.preprocess.device, non_blocking=True)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._iter = None
+
+
+def iterate_split(images: ImageSet, batch_size: int, preprocess: Preprocess, num_workers: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Every image of a split once, in order, un-augmented (the last batch may be smaller)."""
+    starts = range(0, len(images), batch_size)
+    batches = [list(range(s, min(s + batch_size, len(images)))) for s in starts]
+    for images_, labels in make_loader(images, batches, num_workers, preprocess.device, persistent=False):  # type: ignore[arg-type]
+        yield preprocess(images_), labels.to(preprocess.device, non_blocking=True)

@@ -1,0 +1,231 @@
+"""The micro-CNN search space as a trainer plug-in: image streams, losses, rewards, drawings.
+
+Batch norm in evaluation. Every error, reward and Fisher batch runs the shared model in eval mode,
+i.e. with the running statistics of the sampled ops' batch norms (the forgetting metric is
+specified in eval mode, and eval mode makes an architecture's error a function of the weights
+alone, independent of the batch it is measured with). Each op module owns its batch norm, so its
+statistics follow the inputs that op saw whenever it was sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from data.image import BatchStream, ImageData, Preprocess, iterate_split, load_images, mixed_seed
+from models import cnn
+from models.cnn import OPS, CNNArch, SharedCNN
+from models.space import Loss, OptimSpec, pick
+from utils import UserError, render_dot
+
+log = logging.getLogger("wpl")
+PAPER_OPS = ("identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5")
+STREAM_SALT = {"train": 1, "fisher": 2, "reward": 3, "fixed": 4}  # separates the streams' seeds
+
+
+@dataclass(frozen=True)
+class CNNSpaceConfig:
+    num_blocks: int = 5
+    cnn_final_filter_size: int = 384
+    cnn_num_modules: int = 3
+    cnn_num_repeat_normal: int = 6
+    shared_cnn_normal_types: tuple[str, ...] = PAPER_OPS
+    shared_cnn_reduce_types: tuple[str, ...] = PAPER_OPS
+    cnn_cell_output: str = "concat"
+    batch_size: int = 64
+    test_batch_size: int = 64
+    forgetting_eval_batches: int = 4
+    num_workers: int = 4
+    random_seed: int = 12345
+    # ENAS micro search (Pham et al. 2018): SGD with Nesterov momentum, cosine lr 0.05 -> 0.0005
+    shared_cnn_lr: float = 0.05
+    shared_cnn_lr_min: float = 0.0005
+    shared_cnn_momentum: float = 0.9
+    shared_cnn_l2_reg: float = 1e-4
+    shared_cnn_grad_clip: float = 5.0
+
+
+class CNNSpace:
+    """ENAS micro cells on an image dataset; the metric is accuracy in percent, the error 100 - it."""
+
+    metric = "acc"
+    error_unit = "error-rate points (100 - accuracy %)"
+
+    def __init__(self, data: ImageData, cfg: CNNSpaceConfig, device: torch.device) -> None:
+        self.cfg, self.data = cfg, data
+        self.normal_ops, self.reduce_ops = list(cfg.shared_cnn_normal_types), list(cfg.shared_cnn_reduce_types)
+        self.model = SharedCNN(data.channels, len(data.classes), cfg.num_blocks, cfg.cnn_final_filter_size,
+                               cfg.cnn_num_modules, cfg.cnn_num_repeat_normal, self.normal_ops, self.reduce_ops,
+                               cfg.cnn_cell_output).to(device)
+        self.preprocess = Preprocess(data, device)
+        seed, workers = cfg.random_seed, cfg.num_workers
+        self.streams = {
+            "train": BatchStream(data.train, cfg.batch_size, self.preprocess, seed=seed, salt=STREAM_SALT["train"],
+                                 augment=True, num_workers=workers),
+            "fisher": BatchStream(data.valid, cfg.batch_size, self.preprocess, seed=seed, salt=STREAM_SALT["fisher"],
+                                  augment=False, num_workers=workers),
+            "reward": BatchStream(data.valid, cfg.batch_size, self.preprocess, seed=seed, salt=STREAM_SALT["reward"],
+                                  augment=False, num_workers=workers),
+        }
+        self.fixed_batches = self._fixed_batches()
+
+    def _fixed_batches(self) -> list[tuple[Tensor, Tensor]]:
+        """The forgetting metric's validation batches: a seeded choice, decoded once and kept on the device."""
+        valid, bs = self.data.valid, self.cfg.batch_size
+        n = max(1, min(self.cfg.forgetting_eval_batches, len(valid) // bs))
+        generator = torch.Generator().manual_seed(mixed_seed(self.cfg.random_seed, STREAM_SALT["fixed"]))
+        picked = torch.randperm(len(valid), generator=generator)[: n * bs].view(n, bs)
+        batches = []
+        for indices in picked:
+            images, labels = valid.__getitems__(indices.tolist())
+            batches.append((self.preprocess(images), labels.to(self.preprocess.device)))
+        return batches
+
+    # ------------------------------------------------------------------------ architectures
+    @property
+    def decision_sizes(self) -> list[int]:
+        return cnn.decision_sizes(self.cfg.num_blocks, len(self.normal_ops), len(self.reduce_ops))
+
+    def decode(self, tokens: Sequence[int]) -> CNNArch:
+        return cnn.decode(tokens, self.normal_ops, self.reduce_ops)
+
+    def encode(self, arch: CNNArch) -> list[int]:
+        return cnn.encode(arch, self.normal_ops, self.reduce_ops)
+
+    def arch_from_dict(self, d: dict[str, Any]) -> CNNArch:
+        arch = CNNArch.from_dict(d)
+        if arch.num_blocks != self.cfg.num_blocks:
+            raise ValueError(f"architecture has {arch.num_blocks} nodes per cell but --num_blocks={self.cfg.num_blocks}")
+        for kind, ops in (("normal", self.normal_ops), ("reduce", self.reduce_ops)):
+            unused = sorted({op for node in arch.cells()[kind] for _, op in node} - set(ops))
+            if unused:
+                raise ValueError(f"{kind} cell uses {unused}, not among this search's {kind} ops {ops}")
+        return arch
+
+    def random_arch(self, generator: torch.Generator) -> CNNArch:
+        tokens = [int(torch.randint(n, (1,), generator=generator)) for n in self.decision_sizes]
+        return self.decode(tokens)
+
+    def wpl_groups(self) -> dict[str, list[nn.Parameter]]:
+        return self.model.op_groups()
+
+    def groups_for(self, arch: CNNArch) -> list[str]:
+        return self.model.groups_for(arch)
+
+    def optim_spec(self) -> OptimSpec:
+        c = self.cfg
+        return OptimSpec(lr=c.shared_cnn_lr, lr_min=c.shared_cnn_lr_min, weight_decay=c.shared_cnn_l2_reg,
+                         grad_clip=c.shared_cnn_grad_clip, momentum=c.shared_cnn_momentum,
+                         nesterov=c.shared_cnn_momentum > 0, schedule="cosine")
+
+    # ------------------------------------------------------------------------------ losses
+    def _stream_loss(self, stream: str, arch: CNNArch) -> Loss:
+        images, labels = self.streams[stream].next()
+        logits = self.model(images, arch)
+        ce = F.cross_entropy(logits, labels)
+        return Loss(ce, ce, (logits.detach().argmax(1) == labels).float().mean())
+
+    def train_loss(self, arch: CNNArch) -> Loss:
+        """The next augmented training batch, batch norms in training mode."""
+        self.model.train()
+        return self._stream_loss("train", arch)
+
+    def fisher_loss(self, arch: CNNArch) -> Loss:
+        """The next validation batch, eval mode, with gradients."""
+        self.model.eval()
+        return self._stream_loss("fisher", arch)
+
+    @torch.inference_mode()
+    def _count_correct(self, arch: CNNArch, batches: Any) -> tuple[int, int]:
+        self.model.eval()
+        correct, total = torch.zeros((), dtype=torch.long, device=self.preprocess.device), 0
+        for images, labels in batches:
+            correct += (self.model(images, arch).argmax(1) == labels).sum()
+            total += len(labels)
+        return int(correct), total  # one host synchronisation per call
+
+    def error(self, arch: CNNArch) -> float:
+        """Error rate in percent on the fixed forgetting batches (eval mode)."""
+        correct, total = self._count_correct(arch, self.fixed_batches)
+        return 100.0 - 100.0 * correct / total
+
+    def reward(self, arch: CNNArch, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
+        """``reward_c * acc`` (or ``* acc**2``) with acc the fraction correct on the next validation
+        batches; the returned metric is that accuracy in percent, the unit of every other ``acc`` logged."""
+        stream = self.streams["reward"]
+        correct, total = self._count_correct(arch, (stream.next() for _ in range(num_batches)))
+        acc = correct / total
+        return reward_c * (acc**2 if square else acc), 100.0 * acc
+
+    def evaluate(self, arch: CNNArch, split: str) -> dict[str, float]:
+        """Accuracy in percent over the whole split, un-augmented, eval mode."""
+        if split == "valid":
+            images, batch_size = self.data.valid, self.cfg.batch_size
+        else:
+            if self.data.test is None:
+                raise UserError(f"dataset {self.data.name!r} has no test split: add test/<class>/ images beside train/")
+            images, batch_size = self.data.test, self.cfg.test_batch_size
+        correct, total = self._count_correct(arch, iterate_split(images, batch_size, self.preprocess, self.cfg.num_workers))
+        return {f"{split}_acc": 100.0 * correct / total, f"{split}_images": total}
+
+    # ----------------------------------------------------------------------------- drawing
+    def draw(self, arch: CNNArch, path: Path) -> Path:
+        return render_dot(cnn_dot(arch, self.cfg.cnn_cell_output), path)
+
+    # ------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {name: s.state_dict() for name, s in self.streams.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, s in self.streams.items():
+            s.load_state_dict(state[name])
+
+
+def cnn_dot(arch: CNNArch, output: str) -> str:
+    """Graphviz source of both cells, one cluster each: inputs, nodes, op-labelled edges, output."""
+    lines = ["digraph arch {", '  rankdir=LR; node [fontname="Helvetica", style=filled]; edge [fontname="Helvetica", fontsize=10];']
+    titles = {"normal": "normal cell", "reduce": "reduction cell (inputs read with stride 2)"}
+    for kind, cell in arch.cells().items():
+        lines += [f"  subgraph cluster_{kind} {{", f'    label="{titles[kind]}";',
+                  f'    {kind}_in0 [label="c[k-2]", shape=box, fillcolor=lightskyblue];',
+                  f'    {kind}_in1 [label="c[k-1]", shape=box, fillcolor=lightskyblue];',
+                  f'    {kind}_out [label="c[k] ({output})", shape=box, fillcolor=lightgreen];']
+        names = [f"{kind}_in0", f"{kind}_in1"] + [f"{kind}_n{j}" for j in range(len(cell))]
+        for j, node in enumerate(cell):
+            lines.append(f'    {kind}_n{j} [label="{j}", shape=ellipse, fillcolor=white];')
+            lines += [f'    {names[i]} -> {kind}_n{j} [label="{op}"];' for i, op in node]
+        lines += [f"    {kind}_n{j} -> {kind}_out;" for j in cnn.loose_ends(cell)]
+        lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def build_cnn_space(args: argparse.Namespace, device: torch.device) -> CNNSpace:
+    """The micro-CNN space from the command line: op lists checked, dataset loaded, model built."""
+    if args.search_mode != "micro":
+        raise UserError(f"--search_mode={args.search_mode} is not implemented: only the micro search space is")
+    ops = {kind: tuple(getattr(args, f"shared_cnn_{kind}_types") or args.shared_cnn_types) for kind in ("normal", "reduce")}
+    for kind, names in ops.items():
+        unknown = sorted(set(names) - set(OPS))
+        if unknown or len(set(names)) != len(names):
+            raise UserError(f"{kind} cell ops {list(names)}: " + (f"unknown {unknown}; known: {', '.join(OPS)}"
+                                                                    if unknown else "each op may appear once"))
+    start = time.time()
+    data = load_images(args.data_dir, args.dataset, args.valid_size, args.random_seed)
+    test = len(data.test) if data.test is not None else "none"
+    log.info("images %s: %d classes, %dx%dx%d, train %d / valid %d (%s) / test %s (%.1fs)", data.name,
+             len(data.classes), data.channels, *data.size, len(data.train), len(data.valid),
+             "held out of train" if data.valid_held_out else "its own split", test, time.time() - start)
+    cfg = pick(CNNSpaceConfig, args, shared_cnn_normal_types=ops["normal"], shared_cnn_reduce_types=ops["reduce"])
+    try:
+        return CNNSpace(data, cfg, device)
+    except ValueError as err:
+        raise UserError(f"cannot build the micro CNN: {err}") from err
