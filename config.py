@@ -198,6 +198,37 @@ def build_parser() -> StrictParser:
     g.add_argument("--shared_grad_clip", type=float, default=0.25, help="shared gradient norm clip")
     g.add_argument("--derive_num_sample", type=int, default=100, help="architectures scored when deriving")
 
+    g = p.add_argument_group(
+        "retrain", "--mode=retrain: train one architecture from scratch (no controller, no WPL). RNN defaults: "
+                   "ENAS's final PTB recipe (scripts/ptb_final.sh: SGD lr 20, batch 64, BPTT 35, clip 0.25, L2 5e-7) "
+                   "with AWD-LSTM's variable BPTT and NT-ASGD (Merity et al. 2018); the dropouts are the search's. "
+                   "micro-CNN defaults: DARTS's CIFAR-10 evaluation (Liu et al. 2019: 600 epochs, batch 96, lr 0.025 "
+                   "cosine to 0, weight decay 3e-4, clip 5, 36 channels, 20 cells, cutout 16, auxiliary weight 0.4) "
+                   "with Nesterov momentum as ENAS, and no drop-path")
+    g.add_argument("--retrain_epochs", type=int, default=0,
+                   help="training epochs; 0: the recipe's (RNN 500 as AWD-LSTM on PTB, micro-CNN 600 as DARTS)")
+    g.add_argument("--retrain_embed", type=int, default=1000, help="RNN embedding size (the search's default)")
+    g.add_argument("--retrain_hid", type=int, default=1000, help="RNN hidden size (the search's default; ENAS's final cell used 748)")
+    g.add_argument("--retrain_batch_size", type=int, default=64, help="RNN training batch size (ENAS)")
+    g.add_argument("--retrain_bptt", type=int, default=35,
+                   help="RNN mean BPTT length; per batch: 35 (p=0.95) or 17.5, then ~N(that, 5), min 5, lr scaled by length/35 (AWD-LSTM)")
+    g.add_argument("--retrain_lr", type=float, default=20.0, help="RNN SGD learning rate (ENAS)")
+    g.add_argument("--retrain_l2_reg", type=float, default=5e-7, help="RNN weight decay (ENAS)")
+    g.add_argument("--retrain_grad_clip", type=float, default=0.25, help="RNN gradient norm clip (ENAS, AWD-LSTM)")
+    g.add_argument("--retrain_nonmono", type=int, default=5,
+                   help="NT-ASGD: average the weights once validation is worse than the best of all but the last this many epochs (AWD-LSTM)")
+    g.add_argument("--retrain_layers", type=int, default=6, help="micro-CNN normal cells per module (DARTS's 20 cells: 3 x 6 + 2 reductions)")
+    g.add_argument("--retrain_filters", type=int, default=36, help="micro-CNN channels of the first module, doubled at each reduction (DARTS)")
+    g.add_argument("--retrain_cnn_batch_size", type=int, default=96, help="micro-CNN training batch size (DARTS)")
+    g.add_argument("--retrain_cnn_lr", type=float, default=0.025, help="micro-CNN initial learning rate, cosine-annealed (DARTS)")
+    g.add_argument("--retrain_cnn_lr_min", type=float, default=0.0, help="micro-CNN final learning rate of the cosine (DARTS)")
+    g.add_argument("--retrain_cnn_momentum", type=float, default=0.9, help="micro-CNN SGD momentum, Nesterov when > 0 (ENAS)")
+    g.add_argument("--retrain_cnn_l2_reg", type=float, default=3e-4, help="micro-CNN weight decay (DARTS)")
+    g.add_argument("--retrain_cnn_grad_clip", type=float, default=5.0, help="micro-CNN gradient norm clip (DARTS)")
+    g.add_argument("--retrain_cutout", type=int, default=16, help="micro-CNN cutout square side in pixels, 0: off (DARTS)")
+    g.add_argument("--retrain_aux_weight", type=float, default=0.4,
+                   help="micro-CNN auxiliary classifier after the last reduction cell, loss weight; 0: off (DARTS)")
+
     g = p.add_argument_group("misc")
     g.add_argument("--load_path", type=str, default="", help="run directory or checkpoint file to load (derive/test/forgetting)")
     g.add_argument("--log_step", type=int, default=50, help="steps between progress log lines")

@@ -118,7 +118,7 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
     log.info("done: %d epochs in %s", trainer.epoch, run.path)
 
 
-def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.device) -> tuple[argparse.Namespace, Trainer, RunDir]:
+def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.device) -> tuple[argparse.Namespace, Trainer, RunDir, dict[str, Any]]:
     """Rebuild a search run from ``--load_path`` (model shape from the checkpoint, the rest from the CLI)."""
     path, state = resolve_checkpoint(args.load_path, device)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -130,11 +130,11 @@ def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.de
     trainer.space.model.load_state_dict(state["model"])
     trainer.controller.load_state_dict(state["controller"])
     log.info("loaded %s (epoch %d)", path, state["epoch"])
-    return args, trainer, run
+    return args, trainer, run, state
 
 
 def mode_derive(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    args, trainer, run = load_for_eval(args, explicit, device)
+    args, trainer, run, _ = load_for_eval(args, explicit, device)
     arch, error = trainer.derive(args.derive_num_sample)
     result = trainer.space.evaluate(arch, "valid")
     metric = f"valid_{trainer.space.metric}"
@@ -145,7 +145,7 @@ def mode_derive(args: argparse.Namespace, explicit: set[str], device: torch.devi
 
 
 def mode_test(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    args, trainer, run = load_for_eval(args, explicit, device)
+    args, trainer, run, _ = load_for_eval(args, explicit, device)
     arch_path = Path(args.arch) if args.arch else run.path / "best_arch.json"
     if not arch_path.is_file():
         raise UserError(f"no architecture to test: {arch_path} is missing (run --mode=derive first or pass --arch=FILE)")
@@ -157,7 +157,16 @@ def mode_test(args: argparse.Namespace, explicit: set[str], device: torch.device
     print(f"{arch}\n" + "\n".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
 
 
-MODES = {"train": mode_train, "derive": mode_derive, "test": mode_test}
+def mode_forgetting(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
+    import forgetting
+
+    args, trainer, run, state = load_for_eval(args, explicit, device)
+    wpl_options = {"lambda_fisher": args.lambda_fisher, "clip_by_norm": args.fisher_clip_by_norm, "momentum": args.momentum}
+    forgetting.mode_forgetting(trainer, state, run.path, args.forgetting_models, args.arch == "random",
+                               args.forgetting_variants, trainer.alpha(state["epoch"]), wpl_options, args.random_seed)
+
+
+MODES = {"train": mode_train, "derive": mode_derive, "test": mode_test, "forgetting": mode_forgetting}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,8 +16,8 @@ component the search trainer uses; its Fisher is set once from A instead of bein
 
 Fisher estimator: the per-sample *empirical* Fisher,
 ``F = (1/N) sum_n (d CE(A(x_n), y_n) / d theta)^2`` with the true labels y_n, over N training images
-(``--fisher_samples``), vectorised with ``torch.func.vmap``. It is about 60 times larger than the
-square of a mean mini-batch gradient, so alpha values are not interchangeable between the two.
+(``--fisher_samples``), vectorised with ``torch.func.vmap``. On MNIST it is about 60 times the square
+of a mean mini-batch gradient, so alpha values do not carry over between the two estimators.
 
 MNIST comes from ``torchvision.datasets.MNIST(root=--data_dir)``, which reads ``<root>/MNIST/raw/``.
 Offline, copy or link the four ``*-ubyte.gz`` files there (they are unpacked on first use), e.g.
@@ -224,7 +224,8 @@ def run_protocol(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     """The whole experiment on in-memory tensors (images flattened and normalised, labels int64).
 
     Returns the JSON-ready results: for each (k, alpha) the per-seed numbers, their mean/std, and
-    the mean/std accuracy curves of A and B over B's iterations.
+    the mean/std accuracy curves of A and B over B's iterations. ``a_drop`` is A's loss of accuracy
+    at the end of B's training, ``a_worst_drop`` the largest loss at any evaluation.
     """
     device = torch.device(cfg.device)
     data = tuple(t.to(device) for t in (train_x, train_y, test_x, test_y))
@@ -248,15 +249,15 @@ def run_protocol(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     bar.close()
 
     results = []
-    for (k, alpha), runs_curves in curves.items():
+    for (k, alpha), per_model in curves.items():
         per_seed = {
-            "a_baseline": [c[0] for c in runs_curves["a"]],
-            "a_final": [c[-1] for c in runs_curves["a"]],
-            "a_drop": [c[0] - c[-1] for c in runs_curves["a"]],
-            "a_worst_drop": [c[0] - min(c) for c in runs_curves["a"]],
-            "b_final": [c[-1] for c in runs_curves["b"]],
+            "a_baseline": [c[0] for c in per_model["a"]],
+            "a_final": [c[-1] for c in per_model["a"]],
+            "a_drop": [c[0] - c[-1] for c in per_model["a"]],
+            "a_worst_drop": [c[0] - min(c) for c in per_model["a"]],
+            "b_final": [c[-1] for c in per_model["b"]],
         }
-        curve_stats = {m: [mean_std(column) for column in zip(*c)] for m, c in runs_curves.items()}
+        curve_stats = {m: [mean_std(column) for column in zip(*c)] for m, c in per_model.items()}
         results.append({
             "k": k, "alpha": alpha,
             **{name: mean_std(values) for name, values in per_seed.items()},

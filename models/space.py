@@ -74,7 +74,10 @@ class SearchSpace(Protocol):
     def draw(self, arch: Any, path: Path) -> Path: ...
 
     def state_dict(self) -> dict[str, Any]:
-        """Data cursors and carried state, so a resumed run sees the same batches."""
+        """Data cursors and carried state, so a resumed run sees the same batches.
+
+        One entry per data stream; ``"train"`` is the training stream's.
+        """
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 

@@ -158,3 +158,22 @@ def test_non_finite_losses_stop_the_run(data_dir: Path, tmp_path: Path) -> None:
         trainer.train()
     assert trainer.nonfinite_total == 10
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.space.model.parameters()))
+
+
+def test_forgetting_mode_writes_results(search: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main("--mode=forgetting", f"--load_path={search}", "--forgetting_models=3", "--num_gpu=0") == 0
+    results = json.loads((search / "forgetting_results.json").read_text())
+    assert results["num_models"] == 3 and results["arch_source"] == "controller" and results["alpha"] == 60.0
+    assert results["noise_floor"]["max_abs"] == 0.0
+    assert set(results["variants"]) == {"none", "compound", "loss"}
+    hashes = {(v["start_weights_sha1"], v["batches_sha1"]) for v in results["variants"].values()}
+    assert len(hashes) == 1
+    for v in results["variants"].values():
+        assert len(v["err1"]) == len(v["err2"]) == len(v["diff"]) == 3
+        assert v["diff"] == pytest.approx([b - a for a, b in zip(v["err1"], v["err2"])])
+        lo, hi = v["mean_diff_ci95"]
+        assert lo <= v["mean_diff"] <= hi
+        assert "paired_vs_none" in v and v["final_mean_error"] > 0
+    assert results["variants"]["none"]["wpl_ce_ratio"] == 0 < results["variants"]["loss"]["wpl_ce_ratio"]
+    assert (search / "forgetting.png").stat().st_size > 1000
+    assert "| compound |" in capsys.readouterr().out

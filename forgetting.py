@@ -1,0 +1,184 @@
+"""A paired measurement of multi-model forgetting from one search checkpoint (``--mode=forgetting``).
+
+The in-search metric compares a WPL run with a no-WPL run that differ in everything (sampled
+architectures, batches, dropout masks). Here every variant starts from the *same* weights,
+optimiser, data cursors and random state, trains the *same* architectures in the same order on the
+same batches exactly as the shared phase does, and differs only in the WPL arithmetic. For each
+architecture ``err1`` is measured right after its own training and ``err2`` after the last one, so
+``diff = err2 - err1`` is what the later architectures cost it. The noise floor (``err2 - err1``
+with no training in between) is zero in eval mode, which makes every non-zero diff real.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from models.wpl import WPL
+from trainer import Trainer
+from utils import UserError, save_json
+
+log = logging.getLogger("wpl")
+VARIANTS = ("none", "compound", "loss")
+
+
+def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = 10000) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size < 2:
+        return float(data.mean()), float(data.mean())
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cursor_fingerprint(state: Any) -> str:
+    """Hash of the non-tensor parts of a training-data cursor, so equal hashes mean the same
+    batches were read; carried hidden states legitimately differ between variants."""
+
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in sorted(x.items())}
+        if isinstance(x, (list, tuple)):
+            return [strip(v) for v in x]
+        return None if isinstance(x, torch.Tensor) else x
+
+    return hashlib.sha1(repr(strip(state)).encode()).hexdigest()
+
+
+def run_variant(trainer: Trainer, start: dict[str, Any], archs: list[Any], variant: str, alpha: float,
+                wpl_options: dict[str, Any]) -> dict[str, Any]:
+    """Train ``archs`` in turn from ``start`` with one WPL variant; err1/err2 for each."""
+    space = trainer.space
+    trainer.wpl = None
+    trainer.load_state_dict(start)
+    use_wpl = variant != "none"
+    if use_wpl:  # a fresh Fisher (zero) anchored at the common starting weights
+        trainer.wpl = WPL(space.wpl_groups(), mode=variant, **wpl_options)
+    fingerprint = weights_fingerprint(space.model)
+    cursors = [cursor_fingerprint(space.state_dict()["train"])]
+    began = time.time()
+    err1, ce, penalty = [], [], []
+    for arch in archs:
+        stats = trainer.train_arch(arch, alpha, use_wpl)
+        cursors.append(cursor_fingerprint(space.state_dict()["train"]))
+        err1.append(space.error(arch))
+        ce.append(stats["ce"])
+        penalty.append(stats["wpl"])
+    err2 = [space.error(arch) for arch in archs]
+    diff = [b - a for a, b in zip(err1, err2)]
+    return {
+        "err1": err1, "err2": err2, "diff": diff,
+        "mean_diff": float(np.mean(diff)), "mean_diff_ci95": bootstrap_ci(diff),
+        "final_mean_error": float(np.mean(err2)),
+        "wpl_ce_ratio": float(np.mean(penalty) / np.mean(ce)) if np.mean(ce) else 0.0,
+        "start_weights_sha1": fingerprint,
+        "batches_sha1": hashlib.sha1("".join(cursors).encode()).hexdigest(),
+        "seconds": time.time() - began,
+    }
+
+
+def run_forgetting(trainer: Trainer, start: dict[str, Any], archs: list[Any], variants: Sequence[str], alpha: float,
+                   wpl_options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise UserError(f"unknown forgetting variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    trainer.load_state_dict(start)
+    space = trainer.space
+    first = [space.error(a) for a in archs]
+    floor = [space.error(a) - e for a, e in zip(archs, first)]
+    results: dict[str, Any] = {
+        "num_models": len(archs), "alpha": alpha, "error_unit": space.error_unit,
+        "archs": [a.to_dict() for a in archs],
+        "noise_floor": {"diff": floor, "mean": float(np.mean(floor)), "max_abs": float(np.max(np.abs(floor)))},
+        "variants": {},
+    }
+    for variant in variants:
+        log.info("forgetting: variant %s (%d architectures)", variant, len(archs))
+        results["variants"][variant] = run_variant(trainer, start, archs, variant, alpha, wpl_options)
+    if "none" in results["variants"]:
+        base = results["variants"]["none"]["diff"]
+        for name, res in results["variants"].items():
+            paired = [d - b for d, b in zip(res["diff"], base)]
+            res["paired_vs_none"] = {"mean": float(np.mean(paired)), "ci95": bootstrap_ci(paired)}
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    unit = results["error_unit"]
+    lines = [f"forgetting over {results['num_models']} architectures (alpha {results['alpha']:g}; diff in {unit})",
+             f"noise floor: mean {results['noise_floor']['mean']:.3g}, max |diff| {results['noise_floor']['max_abs']:.3g}",
+             "| variant | mean diff | 95% CI | paired vs none | 95% CI | final mean error | wpl/ce |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results["variants"].items():
+        paired = r.get("paired_vs_none", {"mean": math.nan, "ci95": (math.nan, math.nan)})
+        lines.append(f"| {name} | {r['mean_diff']:.4f} | [{r['mean_diff_ci95'][0]:.4f}, {r['mean_diff_ci95'][1]:.4f}] | "
+                     f"{paired['mean']:.4f} | [{paired['ci95'][0]:.4f}, {paired['ci95'][1]:.4f}] | "
+                     f"{r['final_mean_error']:.4f} | {r['wpl_ce_ratio']:.3g} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Left: diff against training position (earlier-trained should forget more); right: mean diff with CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(results["variants"])
+    for name in names:
+        diff = results["variants"][name]["diff"]
+        pos = np.arange(len(diff))
+        ax1.plot(pos, diff, "o-", ms=3, label=name, alpha=0.8)
+    ax1.axhline(0, color="grey", lw=0.8)
+    ax1.set(xlabel="position in the training order", ylabel=f"err2 - err1 ({results['error_unit'].split(' (')[0]})",
+            title="forgetting per architecture")
+    ax1.legend()
+    means = [results["variants"][n]["mean_diff"] for n in names]
+    ci = np.array([results["variants"][n]["mean_diff_ci95"] for n in names])
+    ax2.bar(names, means, yerr=[np.array(means) - ci[:, 0], ci[:, 1] - np.array(means)], capsize=6, color="tab:blue", alpha=0.7)
+    ax2.axhline(0, color="grey", lw=0.8)
+    ax2.set(title="mean diff (95% bootstrap CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def mode_forgetting(trainer: Trainer, state: dict[str, Any], run_dir: Path, num_models: int, use_random: bool,
+                    variants: Sequence[str], alpha: float, wpl_options: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Sample the architectures, run every variant from the checkpoint's state, write the results."""
+    if alpha <= 0:
+        raise UserError("--mode=forgetting needs a WPL strength: pass --alpha_fisher > 0")
+    trainer.load_state_dict(state)
+    if use_random:
+        generator = torch.Generator().manual_seed(seed)
+        archs = [trainer.space.random_arch(generator) for _ in range(num_models)]
+    else:
+        archs = trainer.sample_archs(num_models)
+    start = copy.deepcopy(trainer.state_dict())
+    results = run_forgetting(trainer, start, archs, variants, alpha, wpl_options)
+    results["checkpoint_epoch"] = state["epoch"]
+    results["arch_source"] = "random" if use_random else "controller"
+    save_json(run_dir / "forgetting_results.json", results)
+    plot(results, run_dir / "forgetting.png")
+    print(format_table(results))
+    print(f"written: {run_dir / 'forgetting_results.json'}, {run_dir / 'forgetting.png'}")
+    return results
