@@ -211,12 +211,13 @@ def build_parser() -> StrictParser:
     g.add_argument("--retrain_hid", type=int, default=1000, help="RNN hidden size (the search's default; ENAS's final cell used 748)")
     g.add_argument("--retrain_batch_size", type=int, default=64, help="RNN training batch size (ENAS)")
     g.add_argument("--retrain_bptt", type=int, default=35,
-                   help="RNN mean BPTT length; per batch: 35 (p=0.95) or 17.5, then ~N(that, 5), min 5, lr scaled by length/35 (AWD-LSTM)")
+                   help="RNN mean BPTT length; each batch draws this (p=0.95) or half of it, then a length ~N(that, 5), at least 5, "
+                        "and scales the lr by length/bptt (AWD-LSTM)")
     g.add_argument("--retrain_lr", type=float, default=20.0, help="RNN SGD learning rate (ENAS)")
     g.add_argument("--retrain_l2_reg", type=float, default=5e-7, help="RNN weight decay (ENAS)")
     g.add_argument("--retrain_grad_clip", type=float, default=0.25, help="RNN gradient norm clip (ENAS, AWD-LSTM)")
     g.add_argument("--retrain_nonmono", type=int, default=5,
-                   help="NT-ASGD: average the weights once validation is worse than the best of all but the last this many epochs (AWD-LSTM)")
+                   help="NT-ASGD: average the weights once validation is worse than the best of all but the last this many epochs (AWD-LSTM); 0: never")
     g.add_argument("--retrain_layers", type=int, default=6, help="micro-CNN normal cells per module (DARTS's 20 cells: 3 x 6 + 2 reductions)")
     g.add_argument("--retrain_filters", type=int, default=36, help="micro-CNN channels of the first module, doubled at each reduction (DARTS)")
     g.add_argument("--retrain_cnn_batch_size", type=int, default=96, help="micro-CNN training batch size (DARTS)")

@@ -15,6 +15,7 @@ batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -34,6 +35,7 @@ CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "F"}  # PIL modes without colour
 STATS_SAMPLE = 2000  # folder datasets: training images read to estimate the normalisation
 
 
@@ -81,28 +83,27 @@ class FolderImages:
     lazy = True
 
     def __init__(self, paths: Sequence[str], labels: Tensor, channels: int, size: tuple[int, int]) -> None:
-        from torchvision.io import ImageReadMode
-
         self.paths = list(paths)
         self.labels = labels.long()
         self.channels = channels
         self.size = size
-        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def decode(self, index: int) -> Tensor:
-        from torchvision.io import decode_image
-        from torchvision.transforms.v2.functional import resize
+        from PIL import Image
 
+        height, width = self.size
         try:
-            image = decode_image(self.paths[index], mode=self.mode)
-        except RuntimeError as err:
+            with Image.open(self.paths[index]) as image:
+                image = image.convert("L" if self.channels == 1 else "RGB")
+                if image.size != (width, height):
+                    image = image.resize((width, height), Image.Resampling.BILINEAR)
+                array = np.array(image)
+        except OSError as err:
             raise UserError(f"cannot decode {self.paths[index]}: {err}") from err
-        if tuple(image.shape[1:]) != self.size:
-            image = resize(image, list(self.size), antialias=True)
-        return image
+        return torch.from_numpy(array).view(height, width, -1).permute(2, 0, 1)
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
@@ -201,30 +202,45 @@ def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[str]
 
 
 def _image_folder(folder: Path, valid_size: int, seed: int) -> ImageData:
-    from torchvision.io import decode_image
-
     if not (folder / "train").is_dir():
         raise UserError(f"no dataset {folder.name!r}: expected cifar10, mnist or an image folder "
                         f"{folder}/train/<class>/*.jpg (with optional valid/ and test/ beside train/)")
     classes, paths, labels = _scan(folder / "train", None)
-    first = decode_image(paths[0])
-    channels = 1 if first.size(0) in (1, 2) else 3  # grey (+alpha) or colour (+alpha)
-    size = (int(first.size(1)), int(first.size(2)))
+    channels, size = _image_format(paths, seed)
     train = FolderImages(paths, labels, channels, size)
-    if (folder / "valid").is_dir():
-        _, valid_paths, valid_labels = _scan(folder / "valid", classes)
-        valid = FolderImages(valid_paths, valid_labels, channels, size)
-        held_out = False
-    else:
-        held_out = True
+    held_out = not (folder / "valid").is_dir()
+    if held_out:
         train_idx, valid_idx = stratified_holdout(labels, valid_size, seed)
         train, valid = train.subset(train_idx), train.subset(valid_idx)
+    else:
+        _, valid_paths, valid_labels = _scan(folder / "valid", classes)
+        valid = FolderImages(valid_paths, valid_labels, channels, size)
     test = None
     if (folder / "test").is_dir():
         _, test_paths, test_labels = _scan(folder / "test", classes)
         test = FolderImages(test_paths, test_labels, channels, size)
     mean, std = _channel_stats(train, seed)
     return ImageData(folder.name, classes, channels, size, mean, std, True, train, valid, test, held_out)
+
+
+def _image_format(paths: Sequence[str], seed: int) -> tuple[int, tuple[int, int]]:
+    """Channels (1 if every sampled image is grey, else 3) and the most common (height, width).
+
+    Only the headers of up to ``STATS_SAMPLE`` seeded images are read.
+    """
+    from PIL import Image
+
+    picked = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:STATS_SAMPLE]
+    modes, sizes = set(), Counter()
+    for k in picked.tolist():
+        try:
+            with Image.open(paths[k]) as image:
+                modes.add(image.mode)
+                sizes[(image.height, image.width)] += 1
+        except OSError as err:
+            raise UserError(f"cannot read {paths[k]}: {err}") from err
+    channels = 1 if modes <= GREY_MODES else 3
+    return channels, sizes.most_common(1)[0][0]
 
 
 def _channel_stats(images: FolderImages, seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -329,10 +345,15 @@ class _EpochBatches(Sampler[list[int]]):
 
 def make_loader(images: ImageSet, batch_sampler: Sampler[list[int]], num_workers: int, device: torch.device,
                 persistent: bool) -> DataLoader:
-    """A DataLoader whose workers decode lazy splits; in-memory splits are gathered in-process."""
+    """A DataLoader whose workers decode lazy splits; in-memory splits are gathered in-process.
+
+    Its own generator keeps it from drawing worker seeds from the global RNG whenever an iterator
+    starts, which would shift the controller's samples after a resume (the workers draw nothing).
+    """
     workers = num_workers if images.lazy else 0
     return DataLoader(images, batch_sampler=batch_sampler, num_workers=workers, collate_fn=_as_batch,  # type: ignore[arg-type]
-                      pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0)
+                      pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0,
+                      generator=torch.Generator())
 
 
 class BatchStream:

@@ -48,6 +48,16 @@ SMALL = ["--cnn_final_filter_size=8", "--cnn_num_repeat_normal=1", "--max_epoch=
 
 
 # ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> object:
+    """These tensors are tiny: a second intra-op thread only adds synchronisation, and on a busy
+    shared machine an oversubscribed OpenMP team can stall a forward pass for seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_fake_cifar(root: Path) -> dict[str, str]:
     """``root/cifar-10-batches-py`` with tiny batches (2 images per class each); returns every file's MD5."""
     folder = root / "cifar-10-batches-py"
@@ -95,7 +105,7 @@ def write_image_folder(folder: Path, splits: dict[str, int], size: tuple[int, in
 
 
 def cnn_args(data_dir: Path, *extra: str) -> object:
-    return config.parse_args(["--network_type=micro_cnn", "--dataset=cifar10", f"--data_dir={data_dir}", *SMALL, *extra])
+    return config.parse_args(["--network_type=micro_cnn", "--dataset=cifar10", "--num_blocks=5", f"--data_dir={data_dir}", *SMALL, *extra])
 
 
 def random_arch(num_blocks: int, normal: list[str], reduce: list[str], seed: int) -> CNNArch:

@@ -1,0 +1,176 @@
+"""Compare run directories: the panels of the paper's ENAS figure and a table of final numbers.
+
+    python compare_runs.py logs/ptb_wpl logs/ptb_nowpl --output report.png
+
+Each run directory holds params.json, metrics.jsonl and possibly test_results.json, as main.py writes
+them. The figure has one line per run in each panel, per epoch: the forgetting metric's mean and max
+error increase, the controller reward and the validation perplexity or accuracy (a search validates
+only every ``save_epoch`` epochs, a retrain every epoch). Runs are labelled by the options whose values
+differ between them (e.g. ``alpha_fisher=0`` vs ``alpha_fisher=60``), leaving out names, paths and
+other options that do not change what is computed. A markdown table of final numbers goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from config import StrictParser
+from runlog import RunDir
+from utils import UserError, load_json
+
+PANELS = (
+    ("forgetting_mean_diff", "forgetting: mean error increase"),
+    ("forgetting_max_diff", "forgetting: max error increase"),
+    ("controller_reward", "controller reward"),
+    ("valid", "validation perplexity / accuracy (%)"),
+)
+# Options that name, place or report a run without changing what it computes.
+IGNORED = frozenset({
+    "comment", "log_dir", "data_dir", "load_path", "resume", "resume_with_new_params", "log_level", "log_step",
+    "use_tensorboard", "num_gpu", "num_workers",
+})
+
+
+@dataclass
+class Run:
+    path: Path
+    params: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    test: dict[str, Any]
+
+    @property
+    def valid_key(self) -> str | None:
+        """``valid_ppl`` or ``valid_acc``, whichever this run records."""
+        return next((k for k in ("valid_ppl", "valid_acc") if any(k in r for r in self.metrics)), None)
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        points = [(r["epoch"], r[key]) for r in self.metrics if isinstance(r.get(key), (int, float))]
+        return [e for e, _ in points], [v for _, v in points]
+
+
+def load_run(path: Path) -> Run:
+    if not path.is_dir():
+        raise UserError(f"run directory {path} does not exist")
+    if not (path / "metrics.jsonl").is_file():
+        raise UserError(f"{path} holds no metrics.jsonl: not a run directory, or no epoch has finished yet")
+    try:
+        metrics = RunDir(path, use_tensorboard=False).read_metrics()
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path / 'metrics.jsonl'} line {err.lineno} is not valid JSON") from err
+    params = load_json(path / "params.json") if (path / "params.json").is_file() else {}
+    test = load_json(path / "test_results.json") if (path / "test_results.json").is_file() else {}
+    return Run(path, params, metrics, test)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def run_labels(runs: Sequence[Run]) -> list[str]:
+    """``key=value`` for every option whose value differs between runs (options every run records, minus
+    IGNORED); the directory name when nothing differs or two runs would share a label."""
+    common = set.intersection(*(set(r.params) for r in runs)) - IGNORED
+    differing = [k for k in sorted(common) if len({json.dumps(r.params[k], sort_keys=True) for r in runs}) > 1]
+    labels = [", ".join(f"{k}={_show(r.params[k])}" for k in differing) or r.path.name for r in runs]
+    counts = Counter(labels)
+    return [f"{label} ({r.path.name})" if counts[label] > 1 and label != r.path.name else label
+            for label, r in zip(labels, runs)]
+
+
+def draw(runs: Sequence[Run], labels: Sequence[str], output: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    for ax, (key, name) in zip(axes.flat, PANELS):
+        drawn = False
+        for run, label in zip(runs, labels):
+            series_key = run.valid_key if key == "valid" else key
+            if series_key is None:
+                continue
+            epochs, values = run.series(series_key)
+            if epochs:
+                ax.plot(epochs, values, marker="o" if len(epochs) < 30 else None, markersize=3, label=label)
+                drawn = True
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if key == "valid" and drawn and all(r.valid_key in (None, "valid_ppl") for r in runs):
+            ax.set_yscale("log")
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data in these runs", ha="center", va="center", transform=ax.transAxes, color="grey")
+    if title:
+        fig.suptitle(title)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def table(runs: Sequence[Run], labels: Sequence[str]) -> str:
+    """Last epoch's forgetting and reward, best validation, test metric and parameters, one row per run."""
+    head = ["run", "epochs", "forgetting mean", "forgetting max", "controller reward", "best valid", "test", "params"]
+    rows = []
+    for run, label in zip(runs, labels):
+        last = {k: run.series(k)[1][-1] for k in ("forgetting_mean_diff", "forgetting_max_diff", "controller_reward")
+                if run.series(k)[1]}
+        best = test = None
+        if run.valid_key:
+            values = run.series(run.valid_key)[1]
+            best = f"{run.valid_key} {(min if run.valid_key == 'valid_ppl' else max)(values):.4g}"
+        test_key = next((k for k in ("test_ppl", "test_acc") if k in run.test), None)
+        if test_key:
+            test = f"{test_key} {run.test[test_key]:.4g}"
+        epochs = max((r["epoch"] for r in run.metrics), default=-1) + 1
+        rows.append([label, epochs, last.get("forgetting_mean_diff"), last.get("forgetting_max_diff"),
+                     last.get("controller_reward"), best, test, run.test.get("params")])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def build_parser() -> StrictParser:
+    p = StrictParser(prog="compare_runs.py", description=__doc__.splitlines()[0], allow_abbrev=False,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run directories (<log_dir>/<dataset>_<comment>)")
+    p.add_argument("--output", type=Path, default=Path("report.png"), help="PNG file to write")
+    p.add_argument("--title", type=str, default="", help="figure title")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        runs = [load_run(path) for path in args.runs]
+        labels = run_labels(runs)
+        draw(runs, labels, args.output, args.title)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(table(runs, labels))
+    print(f"written: {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
