@@ -85,6 +85,7 @@ def run_name(args: argparse.Namespace) -> str:
 # -------------------------------------------------------------------------------------- modes
 def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     run = RunDir(Path(args.log_dir) / run_name(args), args.use_tensorboard)
+    setup_logging(args.log_level, run.path / "train.log")
     checkpoint = run.latest_checkpoint()
     state = None
     if args.resume and checkpoint is not None:
@@ -96,7 +97,6 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
         log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
     elif checkpoint is not None or run.metrics_path.exists():
         raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
-    setup_logging(args.log_level, run.path / "train.log")
     seed_everything(args.random_seed, args.deterministic)
     save_json(run.path / "params.json", vars(args))
     trainer = build_trainer(args, device, run)

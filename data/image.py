@@ -139,17 +139,14 @@ class ImageData:
 def load_images(data_dir: str | Path, name: str, valid_size: int, seed: int) -> ImageData:
     """``cifar10`` or ``mnist`` (torchvision, downloaded when missing) or the folder ``<data_dir>/<name>``."""
     root = Path(data_dir)
-    if name == "cifar10":
-        (train, test), classes = _cifar10(root)
-        data = ImageData(name, classes, 3, (32, 32), CIFAR_MEAN, CIFAR_STD, True, train, train, test)
-    elif name == "mnist":
-        (train, test), classes = _mnist(root)
-        data = ImageData(name, classes, 1, (28, 28), MNIST_MEAN, MNIST_STD, False, train, train, test)
-    else:
+    if name not in ("cifar10", "mnist"):
         return _image_folder(root / name, valid_size, seed)
-    train_idx, valid_idx = stratified_holdout(data.train.labels, valid_size, seed)
-    data.train, data.valid = data.train.subset(train_idx), data.train.subset(valid_idx)
-    return data
+    (full, test), classes = _cifar10(root) if name == "cifar10" else _mnist(root)
+    train_idx, valid_idx = stratified_holdout(full.labels, valid_size, seed)
+    train, valid = full.subset(train_idx), full.subset(valid_idx)
+    if name == "cifar10":
+        return ImageData(name, classes, 3, (32, 32), CIFAR_MEAN, CIFAR_STD, True, train, valid, test)
+    return ImageData(name, classes, 1, (28, 28), MNIST_MEAN, MNIST_STD, False, train, valid, test)
 
 
 def _first_line(err: BaseException) -> str:

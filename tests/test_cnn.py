@@ -10,6 +10,7 @@ import hashlib
 import json
 import pickle
 import shlex
+import struct
 import urllib.error
 from pathlib import Path
 
@@ -155,6 +156,19 @@ def test_image_folder_sets_channels_size_and_classes(tmp_path: Path) -> None:
     assert (len(data.train), len(data.valid), data.test, data.valid_held_out) == (6, 3, None, False)
     with pytest.raises(UserError, match="expected cifar10, mnist or an image folder"):
         load_images(tmp_path, "nothing_here", valid_size=3, seed=0)
+
+
+def test_mnist_in_its_raw_idx_files_is_grey_28x28_without_flips(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        pixels = np.random.default_rng(2).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + bytes(k % 10 for k in range(n)))
+    data = load_images(tmp_path, "mnist", valid_size=10, seed=0)
+    assert (data.channels, data.size, len(data.classes), data.flip, data.padding) == (1, (28, 28), 10, False, 3)
+    assert (len(data.train), len(data.valid), len(data.test)) == (20, 10, 10)
+    assert torch.bincount(data.valid.labels).tolist() == [1] * 10
 
 
 def test_stratified_holdout_is_proportional_seeded_and_disjoint() -> None:
@@ -351,6 +365,23 @@ def test_space_losses_rewards_and_state(fake_cifar: Path) -> None:
     expected = space.streams["train"].next()
     space.load_state_dict(state)
     assert torch.equal(space.streams["train"].next()[0], expected[0])
+
+
+def test_image_folder_space_decodes_in_workers_and_needs_a_test_split(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "shapes", {"train": 6, "valid": 2})
+    args = config.parse_args(["--network_type=micro_cnn", "--dataset=shapes", f"--data_dir={tmp_path}", "--num_blocks=2",
+                              "--cnn_num_modules=2", "--cnn_final_filter_size=4", "--cnn_num_repeat_normal=1",
+                              "--batch_size=4", "--num_workers=1", "--num_gpu=0"])
+    space = build_cnn_space(args, torch.device("cpu"))
+    assert space.streams["train"].loader.num_workers == 1 and space.model.stem[0].in_channels == 1
+    arch = space.random_arch(torch.Generator().manual_seed(0))
+    state = space.state_dict()
+    first = [space.train_loss(arch).ce.item() for _ in range(5)]  # 18 images: 4 full batches, then a new epoch
+    space.load_state_dict(state)
+    assert [space.train_loss(arch).ce.item() for _ in range(5)] == first
+    assert space.evaluate(arch, "valid")["valid_images"] == 6
+    with pytest.raises(UserError, match="no test split"):
+        space.evaluate(arch, "test")
 
 
 def test_space_rejects_unknown_ops_and_macro_mode(fake_cifar: Path) -> None:
