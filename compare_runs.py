@@ -36,6 +36,7 @@ IGNORED = frozenset({
     "comment", "log_dir", "data_dir", "load_path", "resume", "resume_with_new_params", "log_level", "log_step",
     "use_tensorboard", "num_gpu", "num_workers",
 })
+MAX_LABEL_OPTIONS = 3
 
 
 @dataclass
@@ -70,6 +71,8 @@ def load_run(path: Path) -> Run:
 
 
 def _show(value: Any) -> str:
+    if value == "":
+        return '""'
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list):
@@ -79,12 +82,15 @@ def _show(value: Any) -> str:
 
 def run_labels(runs: Sequence[Run]) -> list[str]:
     """``key=value`` for every option whose value differs between runs (options every run records, minus
-    IGNORED); the directory name when nothing differs or two runs would share a label."""
+    IGNORED), at most MAX_LABEL_OPTIONS of them; the directory name is added when options were left out
+    or two runs would share a label, and is the label when nothing differs."""
     common = set.intersection(*(set(r.params) for r in runs)) - IGNORED
     differing = [k for k in sorted(common) if len({json.dumps(r.params[k], sort_keys=True) for r in runs}) > 1]
-    labels = [", ".join(f"{k}={_show(r.params[k])}" for k in differing) or r.path.name for r in runs]
+    shown = differing[:MAX_LABEL_OPTIONS]
+    labels = [", ".join(f"{k}={_show(r.params[k])}" for k in shown) for r in runs]
     counts = Counter(labels)
-    return [f"{label} ({r.path.name})" if counts[label] > 1 and label != r.path.name else label
+    return [label + (", ..." if len(differing) > len(shown) else "") + f" ({r.path.name})"
+            if label and (counts[label] > 1 or len(differing) > len(shown)) else label or r.path.name
             for label, r in zip(labels, runs)]
 
 
@@ -93,6 +99,7 @@ def draw(runs: Sequence[Run], labels: Sequence[str], output: Path, title: str) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
     for ax, (key, name) in zip(axes.flat, PANELS):
@@ -107,6 +114,7 @@ def draw(runs: Sequence[Run], labels: Sequence[str], output: Path, title: str) -
                 drawn = True
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if key == "valid" and drawn and all(r.valid_key in (None, "valid_ppl") for r in runs):
             ax.set_yscale("log")

@@ -8,7 +8,6 @@ sampled); each is padded to a common size on white and stamped with its epoch.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path

@@ -13,73 +13,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 import config
-from models.controller import Controller
-from models.space import SearchSpace, pick
-from models.wpl import WPL
+from builders import build_trainer, load_arch, merge_config, run_name
 from runlog import RunDir, resolve_checkpoint
-from trainer import Trainer, TrainerConfig
-from utils import UserError, choose_device, load_json, save_json, seed_everything, setup_logging
+from trainer import Trainer
+from utils import UserError, choose_device, save_json, seed_everything, setup_logging
 
 log = logging.getLogger("wpl")
-
-
-# ---------------------------------------------------------------------------------- building
-def build_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
-    if args.network_type == "rnn":
-        from data.text import load_corpus
-        from models.rnn_space import RNNSpace, RNNSpaceConfig
-
-        start = time.time()
-        corpus = load_corpus(args.data_dir, args.dataset)
-        log.info("corpus %s: vocabulary %d, tokens train %d / valid %d / test %d (%.1fs)", args.dataset,
-                 corpus.ntokens, len(corpus.train), len(corpus.valid), len(corpus.test), time.time() - start)
-        space: SearchSpace = RNNSpace(corpus, pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations)), device)
-    else:
-        from models.cnn_space import build_cnn_space
-
-        space = build_cnn_space(args, device)
-    params = sum(p.numel() for p in space.model.parameters())
-    log.info("shared %s model: %.2fM parameters", args.network_type, params / 1e6)
-    return space
-
-
-def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | None) -> Trainer:
-    space = build_space(args, device)
-    controller = Controller(space.decision_sizes, args.controller_hid, args.softmax_temperature, args.tanh_c).to(device)
-    wpl = None
-    if args.alpha_fisher > 0:
-        wpl = WPL(space.wpl_groups(), lambda_fisher=args.lambda_fisher, clip_by_norm=args.fisher_clip_by_norm,
-                  momentum=args.momentum, mode=args.wpl_alpha_mode)
-    return Trainer(space, controller, wpl, pick(TrainerConfig, args), run, vars(args))
-
-
-def load_arch(space: SearchSpace, path: Path) -> Any:
-    data = load_json(path)
-    try:
-        return space.arch_from_dict(data["arch"] if "arch" in data else data)
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{path} is not a valid architecture for this search space: {err}") from err
-
-
-# ------------------------------------------------------------------------------------- config
-def merge_config(saved: dict[str, Any], cli: argparse.Namespace, explicit: set[str], keys: set[str] | frozenset[str]) -> argparse.Namespace:
-    """The saved configuration, with the command line's value for each of ``keys`` it gave explicitly."""
-    merged = dict(vars(config.build_parser().parse_args([])))  # today's defaults for options newer than the run
-    merged.update(saved)
-    for key in explicit & set(keys):
-        merged[key] = getattr(cli, key)
-    return argparse.Namespace(**merged)
-
-
-def run_name(args: argparse.Namespace) -> str:
-    return f"{args.dataset}_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
 
 
 # -------------------------------------------------------------------------------------- modes
@@ -145,16 +90,30 @@ def mode_derive(args: argparse.Namespace, explicit: set[str], device: torch.devi
 
 
 def mode_test(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
+    import retrain
+
+    if retrain.is_retrain_run(args.load_path):
+        retrain.mode_test_retrained(args, explicit, device)
+        return
     args, trainer, run, _ = load_for_eval(args, explicit, device)
-    arch_path = Path(args.arch) if args.arch else run.path / "best_arch.json"
-    if not arch_path.is_file():
-        raise UserError(f"no architecture to test: {arch_path} is missing (run --mode=derive first or pass --arch=FILE)")
-    arch = load_arch(trainer.space, arch_path)
+    if args.arch:  # a file, or "random" (seeded by --random_seed)
+        arch = retrain.arch_from_option(trainer.space, args.arch, args.random_seed)
+    else:
+        arch_path = run.path / "best_arch.json"
+        if not arch_path.is_file():
+            raise UserError(f"no architecture to test: {arch_path} is missing (run --mode=derive first or pass --arch=FILE)")
+        arch = load_arch(trainer.space, arch_path)
     result = trainer.space.evaluate(arch, "test")
     result = {**result, "arch": arch.to_dict(), "checkpoint": str(args.load_path), "weights": "shared"}
     save_json(run.path / "test_results.json", result)
     shown = {k: v for k, v in result.items() if k.startswith("test_")}
     print(f"{arch}\n" + "\n".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+
+
+def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
+    import retrain
+
+    retrain.mode_retrain(args, explicit, device)
 
 
 def mode_forgetting(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
@@ -166,7 +125,8 @@ def mode_forgetting(args: argparse.Namespace, explicit: set[str], device: torch.
                                args.forgetting_variants, trainer.alpha(state["epoch"]), wpl_options, args.random_seed)
 
 
-MODES = {"train": mode_train, "derive": mode_derive, "test": mode_test, "forgetting": mode_forgetting}
+MODES = {"train": mode_train, "derive": mode_derive, "test": mode_test, "forgetting": mode_forgetting,
+         "retrain": mode_retrain}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,18 +30,19 @@ import argparse
 import contextlib
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+import builders
 import config
 from data.image import mixed_seed
 from data.text import get_batch
@@ -261,10 +262,11 @@ def sized_options(args: argparse.Namespace) -> argparse.Namespace:
 
 def build_fixed(args: argparse.Namespace, arch_dict: dict[str, Any] | None, device: torch.device) -> tuple[SearchSpace, Any]:
     """The space (data, evaluation) whose model is the architecture alone, with fresh weights."""
-    import main  # main imports this module, so its builders are looked up at call time
 
+    if args.network_type == "rnn" and args.tie_weights and args.retrain_embed != args.retrain_hid:
+        raise UserError(f"--tie_weights needs --retrain_embed == --retrain_hid (got {args.retrain_embed} and {args.retrain_hid})")
     try:
-        space = main.build_space(sized_options(args), device)
+        space = builders.build_space(sized_options(args), device)
     except ValueError as err:
         raise UserError(f"cannot build the model: {err}") from err
     arch = make_arch(space, arch_dict, args.random_seed)
@@ -311,9 +313,12 @@ def nonmono_trigger(history: list[float], current: float, nonmono: int) -> bool:
 
 
 def sample_seq_len(bptt: int) -> int:
-    """AWD-LSTM's BPTT length: ``bptt`` (p = 0.95) or half of it, then ~N(that, 5), at least 5."""
-    mean = bptt if np.random.random() < 0.95 else bptt / 2
-    return max(5, int(np.random.normal(mean, 5)))
+    """AWD-LSTM's BPTT length: ``bptt`` (p = 0.95) or half of it, then ~N(that, 5), at least 5.
+
+    Drawn from Python's ``random``, whose whole state a checkpoint holds (numpy's cached Gaussian is not
+    saved by utils.rng_state, so ``np.random.normal`` would break resume equality)."""
+    mean = bptt if random.random() < 0.95 else bptt / 2
+    return max(5, int(random.normalvariate(mean, 5)))
 
 
 def cutout(images: Tensor, length: int, generator: torch.Generator) -> Tensor:
@@ -353,8 +358,17 @@ class Retrainer:
         self._window = torch.zeros(2, device=next(self.model.parameters()).device)  # loss sum and steps since the last log line
 
     # ------------------------------------------------------------------------------ helpers
-    def lower_is_better(self) -> bool:
-        return self.space.metric == "ppl"
+    def improves(self, score: float) -> bool:
+        """Whether a validation score beats the best so far (a non-finite one never does)."""
+        if not math.isfinite(score):
+            return False
+        if self.best is None:
+            return True
+        return score < self.best["score"] if self.space.metric == "ppl" else score > self.best["score"]
+
+    def start_averaging(self) -> None:
+        """From now on every step updates a running average of the weights, the model validated and kept."""
+        self.averaged = AveragedModel(self.model)
 
     def eval_model(self) -> nn.Module:
         return self.averaged.module if self.averaged is not None else self.model
@@ -428,21 +442,21 @@ class Retrainer:
         result = self.evaluate("valid")
         score = result[self.key]
         record.update(result)
-        if self.best is None or (score < self.best["score"] if self.lower_is_better() else score > self.best["score"]):
+        if self.improves(score):
             self.best = {"epoch": epoch, "score": score}
             self.save_best()
         record.update(self.after_validation(score))
         self.history.append(score)
         self.epoch += 1
-        record.update({f"best_{self.key}": self.best["score"], "best_epoch": self.best["epoch"],
+        best = self.best or {"epoch": None, "score": None}
+        record.update({f"best_{self.key}": best["score"], "best_epoch": best["epoch"],
                        "nonfinite_losses": self.nonfinite_total, "epoch_s": time.time() - t0,
                        "elapsed_s": self.elapsed_before + time.time() - self.started})
-        log.info("| retrain epoch %3d | %.1fs | lr %.3g | train_loss %.4f | %s %.4g | best %.4g (epoch %d)%s", epoch,
-                 record["epoch_s"], record["lr"], record["train_loss"], self.key, score, self.best["score"],
-                 self.best["epoch"], " | averaging" if record.get("averaging") else "")
+        best_text = f"{best['score']:.4g} (epoch {best['epoch']})" if self.best else "none yet"
+        log.info("| retrain epoch %3d | %.1fs | lr %.3g | train_loss %.4f | %s %.4g | best %s%s", epoch, record["epoch_s"],
+                 record["lr"], record["train_loss"], self.key, score, best_text, " | averaging" if record.get("averaging") else "")
         self.run.append_metrics(record)
-        self.run.scalars({f"retrain/{self.key}": score, "retrain/train_loss": record["train_loss"],
-                          f"retrain/best_{self.key}": self.best["score"]}, epoch)
+        self.run.scalars({f"retrain/{self.key}": score, "retrain/train_loss": record["train_loss"]}, epoch)
         numbered = (epoch + 1) % max(1, self.cfg.save_epoch) == 0 or self.epoch == self.cfg.epochs
         self.run.save_checkpoint(self.state_dict(), epoch, numbered, self.cfg.max_save_num)
         return record
@@ -486,7 +500,7 @@ class Retrainer:
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optim"])
         if state["averaged"] is not None:
-            self.averaged = AveragedModel(self.model)
+            self.start_averaging()
             self.averaged.load_state_dict(state["averaged"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.best = list(state["history"]), state["best"]
@@ -529,9 +543,6 @@ class RNNRetrainer(Retrainer):
                      score, min(self.history[: -self.cfg.nonmono]))
             self.start_averaging()
         return {"averaging": self.averaged is not None}
-
-    def start_averaging(self) -> None:
-        self.averaged = AveragedModel(self.model)
 
 
 class CNNRetrainer(Retrainer):
@@ -584,10 +595,9 @@ def build_retrainer(args: argparse.Namespace, arch_dict: dict[str, Any] | None, 
 
 def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     """``--mode=retrain``: train the architecture in a new run directory, then test its best weights."""
-    import main  # main imports this module, so its helpers are looked up at call time
 
     args = with_search_config(args, explicit)
-    run = RunDir(Path(args.log_dir) / main.run_name(args), args.use_tensorboard)
+    run = RunDir(Path(args.log_dir) / builders.run_name(args), args.use_tensorboard)
     checkpoint = run.latest_checkpoint()
     state = None
     if args.resume and checkpoint is not None:
@@ -595,7 +605,7 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
         if state.get("kind") != "retrain":
             raise UserError(f"{path} is a search checkpoint: resume it with --mode=train")
         if not args.resume_with_new_params:
-            args = main.merge_config(state["config"], args, explicit, RESUME_KEYS)
+            args = builders.merge_config(state["config"], args, explicit, RESUME_KEYS)
         arch_dict, source = state["arch"], str(run.path / "arch.json")
         log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
     else:
@@ -625,6 +635,8 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
                         f"{run.latest_checkpoint() or 'no checkpoint yet'}: continue with --resume=True --comment={args.comment}")
     finally:
         run.close()
+    if retrainer.best is None:
+        raise UserError(f"no epoch reached a finite validation score: nothing to test (see {run.metrics_path})")
     best = load_checkpoint(retrainer.best_path, device)
     report_test(retrainer.space, retrainer.arch, best, retrainer.best_path, run)
 
@@ -636,7 +648,6 @@ def is_retrain_run(load_path: str) -> bool:
 
 def mode_test_retrained(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     """``--mode=test`` on a retrain run: rebuild the architecture from its best checkpoint and test it."""
-    import main
 
     path = Path(args.load_path)
     if path.is_dir():
@@ -644,7 +655,7 @@ def mode_test_retrained(args: argparse.Namespace, explicit: set[str], device: to
     state = load_checkpoint(path, device)
     if state.get("kind") != "retrain" or "score" not in state:
         raise UserError(f"{path} is not the best checkpoint of a retrain run (checkpoints/best.pt)")
-    args = main.merge_config(state["config"], args, explicit, TEST_KEYS)
+    args = builders.merge_config(state["config"], args, explicit, TEST_KEYS)
     seed_everything(args.random_seed, args.deterministic)
     space, arch = build_fixed(args, state["arch"], device)
     report_test(space, arch, state, path, RunDir(_run_dir_of(path), use_tensorboard=False))
