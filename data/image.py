@@ -14,7 +14,6 @@ batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,6 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from utils import UserError
-
-log = logging.getLogger("wpl")
 
 CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)  # the paper code's per-channel statistics
 CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
@@ -318,8 +315,8 @@ def _as_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 class _EpochBatches(Sampler[list[int]]):
     """The batches of one epoch from position ``start`` on: a permutation seeded by (seed, stream, epoch)."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, salt: int, shuffle: bool) -> None:
-        self.size, self.batch_size, self.seed, self.salt, self.shuffle = size, batch_size, seed, salt, shuffle
+    def __init__(self, size: int, batch_size: int, seed: int, salt: int) -> None:
+        self.size, self.batch_size, self.seed, self.salt = size, batch_size, seed, salt
         self.epoch = 0
         self.start = 0
 
@@ -331,10 +328,8 @@ class _EpochBatches(Sampler[list[int]]):
         return self.per_epoch - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(mixed_seed(self.seed, self.salt, self.epoch)))
-        else:
-            order = torch.arange(self.size)
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.salt, self.epoch))
+        order = torch.randperm(self.size, generator=generator)
         batches = order[: self.per_epoch * self.batch_size].view(self.per_epoch, self.batch_size)
         for batch in batches[self.start :]:
             yield batch.tolist()
@@ -366,7 +361,7 @@ class BatchStream:
         if len(images) < batch_size:
             raise UserError(f"a split of {len(images)} images is smaller than the batch size {batch_size}")
         self.preprocess, self.seed, self.salt, self.augment = preprocess, seed, salt, augment
-        self.sampler = _EpochBatches(len(images), batch_size, seed, salt, shuffle=True)
+        self.sampler = _EpochBatches(len(images), batch_size, seed, salt)
         self.loader = make_loader(images, self.sampler, num_workers, preprocess.device, persistent=True)
         self.epoch, self.pos = 0, 0
         self._iter: Iterator[tuple[Tensor, Tensor]] | None = None
@@ -394,9 +389,14 @@ class BatchStream:
         self._iter = None
 
 
-def iterate_split(images: ImageSet, batch_size: int, preprocess: Preprocess, num_workers: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Every image of a split once, in order, un-augmented (the last batch may be smaller)."""
-    starts = range(0, len(images), batch_size)
-    batches = [list(range(s, min(s + batch_size, len(images)))) for s in starts]
+def iterate_split(images: ImageSet, batch_size: int, preprocess: Preprocess, num_workers: int,
+                  seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Every image of a split once, un-augmented, in one fixed shuffled order (the last batch may be smaller).
+
+    Shuffled because splits are often stored class by class, and a model that normalises with batch
+    statistics cannot classify a batch holding a single class; seeded so that evaluations repeat.
+    """
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = [order[s : s + batch_size] for s in range(0, len(images), batch_size)]
     for images_, labels in make_loader(images, batches, num_workers, preprocess.device, persistent=False):  # type: ignore[arg-type]
         yield preprocess(images_), labels.to(preprocess.device, non_blocking=True)

@@ -14,10 +14,15 @@ The network is a stem convolution, ``num_modules`` modules of ``num_repeat_norma
 with a reduction cell between modules, ReLU, global average pooling and a linear classifier.
 
 Weight sharing: every (cell, node, input, op) owns its op module, so every architecture is a
-subset of one shared model and only the sampled ops run. Batch norms inside the searched ops have
-no affine parameters (as in ENAS/DARTS searches): an op's parameters are its convolutions, a
-per-op scale would only duplicate the next op's; the always-used stem, calibrations and output
-projections keep affine batch norms.
+subset of one shared model and only the sampled ops run.
+
+Batch norm always normalises with the statistics of the batch at hand, in eval mode too (no running
+statistics), as ENAS's shared micro child does (it forces ``is_training=True`` while searching). Running
+statistics would be shared state that every sampled architecture overwrites: an op's statistics
+would describe whichever inputs it last saw, evaluations would measure that staleness, and the
+forgetting metric would count drift that no weight penalty can prevent. Batch norms inside the searched ops have no affine parameters (as in
+ENAS/DARTS searches: an op's parameters are its convolutions); the always-used stem, calibrations and
+output projections keep affine batch norms.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ CellSpec = tuple[Node, ...]
 CELL_TYPES = ("normal", "reduce")
 
 
+def batch_norm(channels: int, affine: bool) -> nn.BatchNorm2d:
+    """Batch norm on batch statistics only (see the module docstring)."""
+    return nn.BatchNorm2d(channels, affine=affine, track_running_stats=False)
+
+
 class FactorizedReduce(nn.Module):
     """Halve the resolution without skipping pixels: two stride-2 1x1 convs, one shifted by a pixel."""
 
@@ -42,7 +52,7 @@ class FactorizedReduce(nn.Module):
         super().__init__()
         self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_b = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+        self.bn = batch_norm(c_out, affine)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(x)
@@ -52,7 +62,7 @@ class FactorizedReduce(nn.Module):
 
 def relu_conv_bn(c_in: int, c_out: int) -> nn.Sequential:
     """Channel calibration of a cell input: ReLU, 1x1 conv, batch norm."""
-    return nn.Sequential(nn.ReLU(), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(c_in, c_out, 1, bias=False), batch_norm(c_out, affine=True))
 
 
 def depthwise(channels: int, kernel: int, stride: int) -> nn.Sequential:
@@ -61,7 +71,7 @@ def depthwise(channels: int, kernel: int, stride: int) -> nn.Sequential:
         nn.ReLU(),
         nn.Conv2d(channels, channels, kernel, stride=stride, padding=kernel // 2, groups=channels, bias=False),
         nn.Conv2d(channels, channels, 1, bias=False),
-        nn.BatchNorm2d(channels, affine=False),
+        batch_norm(channels, affine=False),
     )
 
 
@@ -167,7 +177,6 @@ class Cell(nn.Module):
         if output not in ("concat", "avg"):
             raise ValueError(f"cell output must be 'concat' or 'avg', got {output!r}")
         self.reduction, self.output, self.channels = reduction, output, channels
-        self.op_names = tuple(ops)
         if input0_reduced:
             self.pre0: nn.Module = FactorizedReduce(c_pp, channels, affine=True)
         else:
@@ -182,7 +191,7 @@ class Cell(nn.Module):
             # One 1x1 projection over all nodes; a cell uses the input columns of its loose ends (ENAS).
             self.project = nn.Parameter(torch.empty(channels, num_blocks * channels, 1, 1))
             nn.init.kaiming_uniform_(self.project, a=math.sqrt(5))
-            self.project_bn = nn.BatchNorm2d(channels)
+            self.project_bn = batch_norm(channels, affine=True)
 
     def forward(self, s0: Tensor, s1: Tensor, cell: CellSpec) -> Tensor:
         read = {i for node in cell for i, _ in node}
@@ -216,7 +225,7 @@ class SharedCNN(nn.Module):
             raise ValueError(f"unknown ops {unknown}; known: {list(OPS)}")
         self.num_blocks = num_blocks
         c = final_channels // scale
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), batch_norm(c, affine=True))
         self.cells = nn.ModuleList()
         c_pp, c_p, input0_reduced = c, c, False
         for module in range(num_modules):

@@ -1,10 +1,9 @@
 """The micro-CNN search space as a trainer plug-in: image streams, losses, rewards, drawings.
 
-Batch norm in evaluation. Every error, reward and Fisher batch runs the shared model in eval mode,
-i.e. with the running statistics of the sampled ops' batch norms (the forgetting metric is
-specified in eval mode, and eval mode makes an architecture's error a function of the weights
-alone, independent of the batch it is measured with). Each op module owns its batch norm, so its
-statistics follow the inputs that op saw whenever it was sampled.
+Errors, rewards, Fisher batches and evaluations run the shared model in eval mode, as the protocol
+asks; its batch norms nevertheless normalise with the batch's own statistics (``models.cnn`` explains
+why), so an evaluation depends on the weights and on the images batched together: the forgetting
+metric's batches are fixed, and validation/test splits are read in one fixed, shuffled order.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from utils import UserError, render_dot
 
 log = logging.getLogger("wpl")
 PAPER_OPS = ("identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5")
-STREAM_SALT = {"train": 1, "fisher": 2, "reward": 3, "fixed": 4}  # separates the streams' seeds
+MIN_EVAL_BATCH = 16  # test batches smaller than this (the paper command's size) give noisy batch statistics
+STREAM_SALT = {"train": 1, "fisher": 2, "reward": 3, "fixed": 4, "evaluate": 6}  # separates the streams' seeds
 
 
 @dataclass(frozen=True)
@@ -166,14 +166,15 @@ class CNNSpace:
         return reward_c * (acc**2 if square else acc), 100.0 * acc
 
     def evaluate(self, arch: CNNArch, split: str) -> dict[str, float]:
-        """Accuracy in percent over the whole split, un-augmented, eval mode."""
+        """Accuracy in percent over the whole split, un-augmented, eval mode, class-mixed batches."""
         if split == "valid":
             images, batch_size = self.data.valid, self.cfg.batch_size
         else:
             if self.data.test is None:
                 raise UserError(f"dataset {self.data.name!r} has no test split: add test/<class>/ images beside train/")
             images, batch_size = self.data.test, self.cfg.test_batch_size
-        correct, total = self._count_correct(arch, iterate_split(images, batch_size, self.preprocess, self.cfg.num_workers))
+        seed = mixed_seed(self.cfg.random_seed, STREAM_SALT["evaluate"])
+        correct, total = self._count_correct(arch, iterate_split(images, batch_size, self.preprocess, self.cfg.num_workers, seed))
         return {f"{split}_acc": 100.0 * correct / total, f"{split}_images": total}
 
     # ----------------------------------------------------------------------------- drawing
@@ -225,6 +226,9 @@ def build_cnn_space(args: argparse.Namespace, device: torch.device) -> CNNSpace:
              len(data.classes), data.channels, *data.size, len(data.train), len(data.valid),
              "held out of train" if data.valid_held_out else "its own split", test, time.time() - start)
     cfg = pick(CNNSpaceConfig, args, shared_cnn_normal_types=ops["normal"], shared_cnn_reduce_types=ops["reduce"])
+    if cfg.test_batch_size < MIN_EVAL_BATCH:
+        log.warning("--test_batch_size=%d: the shared CNN normalises with batch statistics, so test batches "
+                    "under %d images lower its test accuracy", cfg.test_batch_size, MIN_EVAL_BATCH)
     try:
         return CNNSpace(data, cfg, device)
     except ValueError as err:

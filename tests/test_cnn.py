@@ -6,8 +6,10 @@ whose MD5 table is pointed at the fake files so its integrity check still runs.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import logging
 import pickle
 import shlex
 import struct
@@ -26,7 +28,7 @@ import main
 from data.image import (BatchStream, ImageData, Preprocess, TensorImages, iterate_split, load_images,
                         stratified_holdout)
 from models.cnn import OPS, Cell, CNNArch, SharedCNN, decision_sizes, decode, encode, loose_ends
-from models.cnn_space import PAPER_OPS, build_cnn_space, cnn_dot
+from models.cnn_space import build_cnn_space, cnn_dot
 from models.controller import Controller
 from utils import UserError
 
@@ -105,7 +107,7 @@ def write_image_folder(folder: Path, splits: dict[str, int], size: tuple[int, in
                 Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode="L").save(folder / split / name / f"{k}.png")
 
 
-def cnn_args(data_dir: Path, *extra: str) -> object:
+def cnn_args(data_dir: Path, *extra: str) -> argparse.Namespace:
     return config.parse_args(["--network_type=micro_cnn", "--dataset=cifar10", "--num_blocks=5", f"--data_dir={data_dir}", *SMALL, *extra])
 
 
@@ -147,7 +149,7 @@ def test_image_folder_sets_channels_size_and_classes(tmp_path: Path) -> None:
     assert (data.channels, data.size, data.classes) == (1, (10, 12), ["a", "b", "c"])
     assert (len(data.train), len(data.valid), len(data.test)) == (15, 3, 6) and data.valid_held_out
     assert torch.bincount(data.valid.labels).tolist() == [1, 1, 1]
-    images, labels = data.train.__getitems__(list(range(len(data.train))))  # the odd-sized image is resized
+    images, _ = data.train.__getitems__(list(range(len(data.train))))  # the odd-sized image is resized
     assert images.shape == (15, 1, 10, 12) and images.dtype == torch.uint8
     assert 0 < min(data.std) and all(0 < m < 1 for m in data.mean)
 
@@ -203,15 +205,26 @@ def test_stream_rolls_over_epochs_and_resumes_on_the_same_batches() -> None:
         assert torch.equal(again[0], images) and torch.equal(again[1], labels)
 
 
+def test_evaluation_reads_every_image_once_in_a_fixed_class_mixed_order() -> None:
+    data = small_data(10)  # stored class by class, like an image folder
+    prep = Preprocess(data, torch.device("cpu"))
+    batches = [labels for _, labels in iterate_split(data.valid, 4, prep, 0, seed=3)]
+    assert [len(b) for b in batches] == [4, 4, 2]
+    order = torch.cat(batches).tolist()
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    assert torch.cat([labels for _, labels in iterate_split(data.valid, 4, prep, 0, seed=3)]).tolist() == order
+
+
 def test_augmentation_is_a_crop_of_the_zero_padded_image_maybe_flipped() -> None:
     data = small_data(6)
     prep = Preprocess(data, torch.device("cpu"))
-    images = data.train.images + 1  # no zero pixels, so padding is recognisable
+    images = data.train.images.clamp(min=1)  # no zero pixels, so padding is recognisable
     out = prep.augment(images, torch.Generator().manual_seed(0))
     padded = F.pad(images, (1, 1, 1, 1))  # padding 1 for 4x4 images
     for k in range(len(images)):
         windows = [padded[k, :, dy:dy + 4, dx:dx + 4] for dy in range(3) for dx in range(3)]
         assert any(torch.equal(out[k], w) or torch.equal(out[k], w.flip(2)) for w in windows)
+    assert not torch.equal(out, images)
     normalised = prep(images[:2])
     assert torch.allclose(normalised, (images[:2].float() / 255 - 0.5) / 0.25)
 
@@ -235,10 +248,10 @@ def test_normal_cells_keep_and_reduction_cells_halve_resolution_and_double_chann
             for ops in node:
                 for module in ops.values():
                     module.register_forward_hook(lambda m, i, o, c=c: op_shapes.append((c, tuple(o.shape))))
+    assert [cell.reduction for cell in model.cells] == [False, False, True, False, False, True, False, False]
     for seed in range(4):
         logits = model(torch.randn(2, 3, 32, 32), random_arch(3, ALL_OPS, ALL_OPS, seed))
         assert logits.shape == (2, 10)
-        assert [model.cells[c].reduction for c in range(len(model.cells))] == [False, False, True, False, False, True, False, False]
         assert [shapes[c] for c in range(8)] == [(2, 4, 32, 32)] * 2 + [(2, 8, 16, 16)] * 3 + [(2, 16, 8, 8)] * 3
         assert op_shapes and all(shape == shapes[c] for c, shape in op_shapes)  # every op output has its cell's shape
         op_shapes.clear()
@@ -253,13 +266,16 @@ def test_hand_checked_cell_sums_its_inputs_and_joins_the_loose_ends() -> None:
     assert loose_ends(spec) == [0, 1]
     cell = Cell(2, 1, 1, 1, reduction=False, input0_reduced=False, ops=["identity", "avg3x3"], output="avg")
     assert torch.allclose(cell(s0, s1, spec), ((10 + avg) + 2 * s1) / 2)
-    # concat: ReLU, then the projection columns of the loose ends, then batch norm (fresh statistics in eval mode)
+    # concat: ReLU, the projection columns of the loose ends, batch norm on the batch's statistics (eval mode too)
     cell = Cell(2, 1, 1, 1, reduction=False, input0_reduced=False, ops=["identity", "avg3x3"], output="concat").eval()
     w = cell.project.detach().flatten()
-    expected = (w[0] * (10 + avg) + w[1] * 2 * s1) / torch.sqrt(torch.tensor(1 + 1e-5))
-    assert torch.allclose(cell(s0, s1, spec), expected, atol=1e-5)
+
+    def normalised(y: torch.Tensor) -> torch.Tensor:
+        return (y - y.mean()) / torch.sqrt(y.var(unbiased=False) + 1e-5)
+
+    assert torch.allclose(cell(s0, s1, spec), normalised(w[0] * (10 + avg) + w[1] * 2 * s1), atol=1e-5)
     reads_node0 = (((0, "identity"), (1, "avg3x3")), ((2, "avg3x3"), (0, "identity")))  # only node 1 is loose
-    expected = w[1] * (F.avg_pool2d(10 + avg, 3, 1, 1, count_include_pad=False) + 10) / torch.sqrt(torch.tensor(1 + 1e-5))
+    expected = normalised(w[1] * (F.avg_pool2d(10 + avg, 3, 1, 1, count_include_pad=False) + 10))
     assert torch.allclose(cell(s0, s1, reads_node0), expected, atol=1e-5)
 
 
@@ -279,6 +295,14 @@ def test_only_the_sampled_ops_run_and_receive_gradients() -> None:
     groups = model.op_groups()
     with_grad = {name for name, params in groups.items() if any(p.grad is not None for p in params)}
     assert with_grad == set(model.groups_for(arch)) == used & set(groups)
+
+
+def test_batch_norm_normalises_with_the_batch_in_eval_mode_too() -> None:
+    model = SharedCNN(3, 10, 2, 8, 2, 1, ALL_OPS, ALL_OPS)
+    arch = random_arch(2, ALL_OPS, ALL_OPS, seed=0)
+    x = torch.randn(4, 3, 16, 16)
+    assert torch.equal(model.train()(x, arch), model.eval()(x, arch))
+    assert not list(model.buffers())  # no running statistics to go stale under weight sharing
 
 
 # ------------------------------------------------------------------------------- architectures
@@ -341,8 +365,10 @@ def test_drawing_has_both_cells(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------- search space
-def test_space_losses_rewards_and_state(fake_cifar: Path) -> None:
-    space = build_cnn_space(cnn_args(fake_cifar), torch.device("cpu"))
+def test_space_losses_rewards_and_state(fake_cifar: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="wpl"):
+        space = build_cnn_space(cnn_args(fake_cifar), torch.device("cpu"))
+    assert "--test_batch_size=8" in caplog.text  # batch statistics need bigger test batches
     arch = space.random_arch(torch.Generator().manual_seed(0))
     assert space.metric == "acc" and len(space.decision_sizes) == 40
     loss = space.train_loss(arch)
