@@ -73,6 +73,9 @@ class TrainerConfig:
     max_save_num: int = 4
     derive_num_sample: int = 100
     log_step: int = 50
+    # speed options (GPU; see models/rnn.py)
+    amp: bool = False
+    compile: bool = False
 
 
 class NonFiniteLoss(UserError):
@@ -114,6 +117,11 @@ class Trainer:
         self.space, self.controller, self.wpl, self.cfg, self.run = space, controller, wpl, cfg, run
         self.config_dict = config_dict
         self.spec = space.optim_spec()
+        if cfg.compile:  # --compile: torch.compile the shared model's hot paths where it has them
+            if hasattr(space.model, "enable_compile"):
+                space.model.enable_compile()
+            else:
+                log.warning("--compile: %s has no compiled path; running eagerly", type(space.model).__name__)
         self.shared_optim = build_shared_optimizer(self.spec, space.model.parameters(), cfg.shared_optim)
         ctrl_cls = torch.optim.Adam if cfg.controller_optim == "adam" else torch.optim.SGD
         self.controller_optim = ctrl_cls(controller.parameters(), lr=cfg.controller_lr)
@@ -131,6 +139,10 @@ class Trainer:
     def alpha(self, epoch: int) -> float:
         c = self.cfg
         return alpha_schedule(epoch, c.alpha_fisher, c.alpha_decay, c.alpha_decay_after, c.alpha_decay_mode, c.alpha_small_scale)
+
+    def autocast(self) -> torch.autocast:
+        """--amp: bfloat16 autocast around the shared model's forward and loss (off: a no-op context)."""
+        return torch.autocast(next(self.space.model.parameters()).device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
 
     def wpl_active(self, epoch: int) -> bool:
         return self.wpl is not None and epoch >= self.cfg.start_using_fisher
@@ -171,7 +183,8 @@ class Trainer:
         fisher_from_train = use_wpl and not self.cfg.shared_valid_fisher
         for b in range(n):
             self.shared_optim.zero_grad(set_to_none=True)
-            out = space.train_loss(arch)
+            with self.autocast():
+                out = space.train_loss(arch)
             if not bool(torch.isfinite(out.total)):
                 self._nonfinite()
                 continue
@@ -198,7 +211,8 @@ class Trainer:
     def _fisher_from_validation(self, arch: Any, groups: list[str], alpha: float) -> None:
         """Fisher update from the gradient of one validation batch (no weight update)."""
         self.shared_optim.zero_grad(set_to_none=True)
-        out = self.space.fisher_loss(arch)
+        with self.autocast():
+            out = self.space.fisher_loss(arch)
         (out.ce if self.cfg.shared_ce_fisher else out.total).backward()
         if not self.cfg.shared_ce_fisher:
             self.wpl.add_penalty_grad_(groups, alpha)
@@ -270,7 +284,8 @@ class Trainer:
             self.controller.train()
             sample = self.controller(c.policy_batch_size)
             archs = [self.space.decode(t) for t in sample.tokens.tolist()]
-            scored = [self.space.reward(a, c.nb_batch_reward_controller, c.reward_c, c.ppl_square) for a in archs]
+            with self.autocast():
+                scored = [self.space.reward(a, c.nb_batch_reward_controller, c.reward_c, c.ppl_square) for a in archs]
             reward = torch.tensor([r for r, _ in scored], device=sample.log_probs.device)
             entropy = sample.entropies.sum(1)
             if c.entropy_mode == "reward":
