@@ -48,3 +48,24 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_corpus(root / "tiny")
     return root
+
+
+def interrupted_copy(run: Path, name: str) -> Path:
+    """A copy of a finished 3-epoch run as it would be had it stopped right after epoch 0."""
+    import shutil
+
+    copy = run.parent / name
+    shutil.copytree(run, copy)
+    ckpt = copy / "checkpoints"
+    shutil.copy(ckpt / "epoch_0000.pt", ckpt / "latest.pt")
+    for later in ("epoch_0001.pt", "epoch_0002.pt"):
+        (ckpt / later).unlink()
+    return copy
+
+
+def metrics_without_timing(run: Path) -> list[dict]:
+    """``metrics.jsonl`` records without their wall-clock fields, for run-to-run comparison."""
+    import json
+
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_s", "elapsed_s")} for line in lines]

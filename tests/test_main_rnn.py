@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import config
 import generate_gif
 import main
-from conftest import paper_rnn_args
+from conftest import interrupted_copy, metrics_without_timing, paper_rnn_args
 from models.space import Loss
 from trainer import NonFiniteLoss
 
@@ -24,7 +23,6 @@ SMALL = ["--dataset=tiny", "--max_epoch=3", "--shared_max_step=3", "--num_batch_
 TAGS = ["shared/loss", "shared/ce", "shared/wpl", "shared/ppl", "shared/lr", "wpl/alpha", "wpl/fisher_norm",
         "wpl/fisher_max", "controller/reward", "controller/entropy", "controller/baseline", "controller/adv",
         "controller/loss", "forgetting/mean_diff", "forgetting/max_diff", "forgetting/std_diff", "eval/valid_ppl"]
-TIMING = {"epoch_s", "elapsed_s"}
 
 
 def run_main(*args: str) -> int:
@@ -90,19 +88,12 @@ def test_derive_test_and_gif(search: Path, tmp_path: Path, capsys: pytest.Captur
 
 
 def test_resume_equals_uninterrupted(search: Path, data_dir: Path) -> None:
-    resumed = search.parent / "tiny_resumed"
-    shutil.copytree(search, resumed)
-    ckpt = resumed / "checkpoints"
-    shutil.copy(ckpt / "epoch_0000.pt", ckpt / "latest.pt")  # as if stopped after epoch 0
-    for name in ("epoch_0001.pt", "epoch_0002.pt"):
-        (ckpt / name).unlink()
+    resumed = interrupted_copy(search, "tiny_resumed")
     assert run_main(*paper_rnn_args(), *SMALL, f"--data_dir={data_dir}", f"--log_dir={search.parent}",
                     "--comment=resumed", "--resume=True") == 0
 
-    def strip(path: Path) -> list[dict]:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
-    assert strip(resumed / "metrics.jsonl") == strip(search / "metrics.jsonl")
+    assert metrics_without_timing(resumed) == metrics_without_timing(search)
 
 
 def test_existing_run_without_resume_is_refused(search: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -15,10 +14,11 @@ import torch
 from scipy.stats import chisquare
 from torch.nn import functional as F
 
-import config
 import builders
+import config
 import main
 import retrain
+from conftest import interrupted_copy, metrics_without_timing
 from data.text import batchify, build_corpus
 from models.rnn import RNNArch, SharedRNN
 from models.rnn_space import RNNSpace, RNNSpaceConfig
@@ -28,7 +28,6 @@ from utils import seed_everything
 CPU = torch.device("cpu")
 SMALL = ["--dataset=tiny", "--num_blocks=4", "--retrain_embed=16", "--retrain_hid=16", "--retrain_batch_size=16",
          "--test_batch_size=2", "--retrain_epochs=3", "--save_epoch=1", "--num_gpu=0", "--log_step=2"]
-TIMING = {"epoch_s", "elapsed_s"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -121,19 +120,12 @@ def test_mode_test_reevaluates_a_retrain_run(retrained: Path, capsys: pytest.Cap
 
 
 def test_resume_equals_uninterrupted(retrained: Path, data_dir: Path) -> None:
-    resumed = retrained.parent / "tiny_resumed"
-    shutil.copytree(retrained, resumed)
-    ckpt = resumed / "checkpoints"
-    shutil.copy(ckpt / "epoch_0000.pt", ckpt / "latest.pt")  # as if stopped after epoch 0
-    for name in ("epoch_0001.pt", "epoch_0002.pt"):
-        (ckpt / name).unlink()
+    resumed = interrupted_copy(retrained, "tiny_resumed")
     assert main.main(["--mode=retrain", *SMALL, f"--data_dir={data_dir}", f"--log_dir={retrained.parent}",
                       "--comment=resumed", "--resume=True"]) == 0
 
-    def strip(path: Path) -> list[dict]:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
-    assert strip(resumed / "metrics.jsonl") == strip(retrained / "metrics.jsonl")
+    assert metrics_without_timing(resumed) == metrics_without_timing(retrained)
     test = [json.loads((run / "test_results.json").read_text())["test_ppl"] for run in (retrained, resumed)]
     assert test[0] == pytest.approx(test[1], rel=1e-6)
 
