@@ -138,7 +138,7 @@ def load_images(data_dir: str | Path, name: str, valid_size: int, seed: int) -> 
     root = Path(data_dir)
     if name not in ("cifar10", "mnist"):
         return _image_folder(root / name, valid_size, seed)
-    (full, test), classes = _cifar10(root) if name == "cifar10" else _mnist(root)
+    (full, test), classes = _torchvision(name, root)
     train_idx, valid_idx = stratified_holdout(full.labels, valid_size, seed)
     train, valid = full.subset(train_idx), full.subset(valid_idx)
     if name == "cifar10":
@@ -151,28 +151,21 @@ def _first_line(err: BaseException) -> str:
     return text[0][:160] if text else type(err).__name__
 
 
-def _cifar10(root: Path) -> tuple[tuple[TensorImages, TensorImages], list[str]]:
-    from torchvision.datasets import CIFAR10
+def _torchvision(name: str, root: Path) -> tuple[tuple[TensorImages, TensorImages], list[str]]:
+    """CIFAR-10 or MNIST through torchvision (downloaded and checksummed when missing), as uint8 NCHW."""
+    from torchvision.datasets import CIFAR10, MNIST
 
+    cls, where = ((CIFAR10, f"the extracted cifar-10-batches-py folder (python version) at {root / 'cifar-10-batches-py'}")
+                  if name == "cifar10" else (MNIST, f"its four *-ubyte.gz files in {root / 'MNIST' / 'raw'}"))
     try:
-        splits = [CIFAR10(str(root), train=train, download=True) for train in (True, False)]
+        splits = [cls(str(root), train=train, download=True) for train in (True, False)]
     except (OSError, RuntimeError) as err:
-        raise UserError(f"CIFAR-10 is missing and could not be downloaded ({_first_line(err)}): put the extracted "
-                        f"cifar-10-batches-py folder (python version) at {root / 'cifar-10-batches-py'}") from err
-    tensors = tuple(TensorImages(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets))
-                    for s in splits)
-    return tensors, list(splits[0].classes)  # type: ignore[return-value]
-
-
-def _mnist(root: Path) -> tuple[tuple[TensorImages, TensorImages], list[str]]:
-    from torchvision.datasets import MNIST
-
-    try:
-        splits = [MNIST(str(root), train=train, download=True) for train in (True, False)]
-    except (OSError, RuntimeError) as err:
-        raise UserError(f"MNIST is missing and could not be downloaded ({_first_line(err)}): put its four "
-                        f"*-ubyte.gz files in {root / 'MNIST' / 'raw'}") from err
-    tensors = tuple(TensorImages(s.data.unsqueeze(1).contiguous(), s.targets) for s in splits)
+        raise UserError(f"{cls.__name__} is missing and could not be downloaded ({_first_line(err)}): put {where}") from err
+    if name == "cifar10":  # numpy NHWC
+        images = [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous() for s in splits]
+    else:  # tensor NHW
+        images = [s.data.unsqueeze(1).contiguous() for s in splits]
+    tensors = tuple(TensorImages(x, torch.as_tensor(s.targets)) for x, s in zip(images, splits))
     return tensors, list(splits[0].classes)  # type: ignore[return-value]
 
 
