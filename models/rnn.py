@@ -355,8 +355,8 @@ class _UnrolledCell(torch.autograd.Function):
                 kernels.node_backward(plan.acts[j], g, h_in, gates[j, t], acts[j, t], d, gin, tmp)
                 w = weights[j]
                 if j == 0:
-                    target = dh  # the gradient w.r.t. the previous step's hidden state
-                    _mm_acc(gin, d, w, out=target, first=True)
+                    if t > 0 or ctx.needs_input_grad[3]:  # the gradient w.r.t. the previous hidden state
+                        _mm_acc(gin, d, w, out=dh, first=True)
                 else:
                     target = grads[p]
                     _mm_acc(gin, d, w, out=target, first=plan.first_child[j])
