@@ -123,9 +123,9 @@ class WPL:
         Returns the penalty value (a detached 0-d tensor, no host synchronisation). This is the
         same gradient ``penalty(...).backward()`` would add, without a second autograd graph.
 
-        The work goes through each tensor in cache-sized chunks with two small scratch buffers, so
-        it reads theta, theta*, F and the gradient once and writes the gradient once, and allocates
-        nothing the size of the weights.
+        Large tensors go through in cache-sized chunks with two small scratch buffers, so the work
+        reads theta, theta*, F and the gradient once, writes the gradient once, and allocates nothing
+        the size of the weights; small ones take whole-tensor foreach ops.
         """
         params, fisher, anchor = self._gather(names)
         if not params:
@@ -134,20 +134,25 @@ class WPL:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        first = params[0]
-        scratch_d = first.new_empty(min(_CHUNK, max(p.numel() for p in params)))
-        scratch_w = torch.empty_like(scratch_d)
         dots: list[Tensor] = []
-        for p, f, a in zip(params, fisher, anchor):
-            flat = [t.view(-1) if t.is_contiguous() and t.dtype == scratch_d.dtype else None
-                    for t in (p.detach(), f, a, p.grad)]
-            if any(t is None for t in flat):  # unusual layouts: whole-tensor ops
-                diff = p.detach() - a
-                weighted = f * diff
-                dots.append(torch.vdot(weighted.flatten(), diff.flatten()))
-                p.grad.add_(weighted, alpha=scale)
-                continue
-            pf, ff, af, gf = flat
+        # Small or unusually laid out tensors: whole-tensor foreach ops (their temporaries are small).
+        large = [i for i, p in enumerate(params) if p.numel() > _CHUNK and p.is_contiguous() and p.grad.is_contiguous()
+                 and fisher[i].is_contiguous() and anchor[i].is_contiguous()
+                 and p.dtype == p.grad.dtype == fisher[i].dtype == anchor[i].dtype]
+        small = sorted(set(range(len(params))) - set(large))
+        if small:
+            diff = torch._foreach_sub([params[i].detach() for i in small], [anchor[i] for i in small])
+            weighted = torch._foreach_mul([fisher[i] for i in small], diff)
+            dots += [torch.vdot(w.flatten(), d.flatten()) for w, d in zip(weighted, diff)]
+            torch._foreach_add_([params[i].grad for i in small], weighted, alpha=scale)
+        scratch: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        for i in large:
+            p = params[i]
+            key = (p.dtype, p.device)
+            if key not in scratch:
+                scratch[key] = (p.new_empty(_CHUNK), p.new_empty(_CHUNK))
+            scratch_d, scratch_w = scratch[key]
+            pf, ff, af, gf = (t.view(-1) for t in (p.detach(), fisher[i], anchor[i], p.grad))
             for start in range(0, pf.numel(), _CHUNK):
                 stop = min(start + _CHUNK, pf.numel())
                 d = torch.sub(pf[start:stop], af[start:stop], out=scratch_d[: stop - start])
