@@ -266,13 +266,17 @@ def _clip_scale(norm: Tensor) -> Tensor:
 
 
 def _unroll(plan: _Plan, x_proj: Tensor, h0: Tensor, w_h0: Tensor, w_edges: Sequence[Tensor], save: bool,
-            kernels: Any) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+            kernels: Any) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Forward through every time step; with ``save``, keep the buffers the backward reads."""
     steps, batch, hid = x_proj.size(0), h0.size(0), h0.size(1)
     n = plan.n
     new = h0.new_empty
     keep = steps if save else 1
-    nodes, gates, acts = new(n, keep, batch, hid), new(n, keep, batch, hid), new(n, keep, batch, hid)
+    # One buffer per node (not one for all nodes): each stays under glibc's mmap threshold, so the
+    # allocator reuses its memory from step to step instead of page-faulting fresh pages.
+    nodes = [new(keep, batch, hid) for _ in range(n)]
+    gates = [new(keep, batch, hid) for _ in range(n)]
+    acts = [new(keep, batch, hid) for _ in range(n)]
     states = new(steps + 1 if save else 2, batch, hid)  # the hidden state entering each step
     norms = new(steps if save else 1, batch, 1)
     raw = new(steps, batch, hid)
@@ -284,22 +288,22 @@ def _unroll(plan: _Plan, x_proj: Tensor, h0: Tensor, w_h0: Tensor, w_edges: Sequ
         s = t if save else 0
         h_prev = states[t if save else t % 2]
         for j in range(n):
-            h_in = h_prev if j == 0 else nodes[plan.parents[j], s]
+            h_in = h_prev if j == 0 else nodes[plan.parents[j]][s]
             _mm(h_in, w_t[j], pre, x_proj[t] if j == 0 else None)
-            kernels.node_forward(plan.acts[j], pre, h_in, gates[j, s], acts[j, s], nodes[j, s], tmp)
+            kernels.node_forward(plan.acts[j], pre, h_in, gates[j][s], acts[j][s], nodes[j][s], tmp)
         out = raw[t]
         if k == 1:
-            out.copy_(nodes[plan.loose[0], s])
+            out.copy_(nodes[plan.loose[0]][s])
         else:
-            torch.add(nodes[plan.loose[0], s], nodes[plan.loose[1], s], out=out)
+            torch.add(nodes[plan.loose[0]][s], nodes[plan.loose[1]][s], out=out)
             for l in plan.loose[2:]:
-                out.add_(nodes[l, s])
+                out.add_(nodes[l][s])
             out.div_(k)
-        state = nodes[n - 1, s] if plan.last else out
+        state = nodes[n - 1][s] if plan.last else out
         norm = torch.linalg.vector_norm(state, dim=-1, keepdim=True, out=norms[s])
         torch.mul(state, _clip_scale(norm), out=states[t + 1 if save else (t + 1) % 2])
     hidden = states[steps if save else steps % 2].clone()
-    saved = {"nodes": nodes, "gates": gates, "acts": acts, "states": states, "norms": norms} if save else {}
+    saved = [*nodes, *gates, *acts, states, norms] if save else []
     return raw, hidden, saved
 
 
@@ -311,18 +315,22 @@ class _UnrolledCell(torch.autograd.Function):
         ctx.plan, ctx.kernels, ctx.x_dtype = plan, kernels, x_proj.dtype
         # Saved through autograd (not as ctx attributes), so they are freed right after the backward
         # (unless retain_graph) even while the caller still holds the loss.
-        ctx.save_for_backward(raw, saved["nodes"], saved["gates"], saved["acts"], saved["states"], saved["norms"],
-                              w_h0, *w_edges)
+        ctx.save_for_backward(raw, *saved, w_h0, *w_edges)
         return raw, hidden
 
     @staticmethod
     def backward(ctx: Any, grad_raw: Tensor | None, grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:
         plan, kernels = ctx.plan, ctx.kernels
-        raw, nodes, gates, acts, states, norms, w_h0, *w_edges = ctx.saved_tensors
-        n, steps, batch, hid = nodes.shape
-        weights = [w_h0, *w_edges]
+        n = plan.n
+        raw, *saved = ctx.saved_tensors
+        nodes, gates, acts = saved[:n], saved[n:2 * n], saved[2 * n:3 * n]
+        states, norms, w_h0, *w_edges = saved[3 * n:]
+        steps, batch, hid = raw.shape
+        # dh_in = dpre @ W: W as the transposed view of a contiguous W^T, the operand layout MKL
+        # splits best over threads for these short (batch-row) products.
+        weights = [w if w.dtype != raw.dtype else w.t().contiguous().t() for w in (w_h0, *w_edges)]
         new = raw.new_empty
-        dpre = new(n, steps, batch, 2 * hid)
+        dpre = [new(steps, batch, 2 * hid) for _ in range(n)]
         grads = new(n, batch, hid)  # gradient w.r.t. each node's state at the current step
         gin, tmp, coef = new(batch, hid), new(batch, hid), new(batch, 1)
         dh = grad_hidden.to(raw.dtype).clone() if grad_hidden is not None else raw.new_zeros(batch, hid)
@@ -332,7 +340,7 @@ class _UnrolledCell(torch.autograd.Function):
         for t in range(steps - 1, -1, -1):
             # The clip: hidden = state * scale, scale = min(1, C / max(|state|, 1e-6)); where the clip
             # is active the scale depends on the state: d scale = -(C / |s|^3) s^T ds.
-            state = nodes[n - 1, t] if plan.last else raw[t]
+            state = nodes[n - 1][t] if plan.last else raw[t]
             norm = norms[t]
             ratio = HIDDEN_NORM_CLIP / norm.clamp_min(1e-6)
             torch.sum(state * dh, dim=-1, keepdim=True, out=coef)
@@ -350,9 +358,9 @@ class _UnrolledCell(torch.autograd.Function):
                 g = node_grad[j]
                 assert g is not None
                 p = plan.parents[j]
-                h_in = states[t] if j == 0 else nodes[p, t]
-                d = dpre[j, t]
-                kernels.node_backward(plan.acts[j], g, h_in, gates[j, t], acts[j, t], d, gin, tmp)
+                h_in = states[t] if j == 0 else nodes[p][t]
+                d = dpre[j][t]
+                kernels.node_backward(plan.acts[j], g, h_in, gates[j][t], acts[j][t], d, gin, tmp)
                 w = weights[j]
                 if j == 0:
                     if t > 0 or ctx.needs_input_grad[3]:  # the gradient w.r.t. the previous hidden state
@@ -362,14 +370,13 @@ class _UnrolledCell(torch.autograd.Function):
                     _mm_acc(gin, d, w, out=target, first=plan.first_child[j])
                     node_grad[p] = target
         needs = ctx.needs_input_grad
-        flat = dpre.view(n, steps * batch, 2 * hid)
         d_weights: list[Tensor | None] = []
         for j, w in enumerate(weights):
             if not needs[4 + j]:
                 d_weights.append(None)
                 continue
             h_in = states[:steps] if j == 0 else nodes[plan.parents[j]]
-            d_weights.append(_mm_t(flat[j], h_in.reshape(steps * batch, hid), w.dtype))
+            d_weights.append(_mm_t(dpre[j].view(steps * batch, 2 * hid), h_in.reshape(steps * batch, hid), w.dtype))
         d_x = dpre[0].to(ctx.x_dtype) if needs[2] else None
         d_h0 = dh if needs[3] else None
         return (None, None, d_x, d_h0, *d_weights)

@@ -1,0 +1,449 @@
+"""Speed of the search's hot paths on synthetic data, with the project's own models and trainer.
+
+    python benchmarks/bench_search.py --size paper|small|tiny [--json FILE] [--reps N] [--threads N]
+
+Sizes (the RNN part; batch 64 x BPTT 35 and a 10,000-word vocabulary unless noted):
+
+* ``paper``: embed = hid = 1000, 12 nodes; micro-CNN with 384 final filters, 3 modules x 5 normal
+  cells, 5 blocks, batch 32 on 32x32x3 images.
+* ``small``: embed = hid = 256, 12 nodes; micro-CNN with 96 final filters, 3 x 2 normal cells.
+* ``tiny``: a smoke size that runs in seconds (hid 32, 4 nodes, batch 8, BPTT 12, vocabulary 200).
+
+Every figure is the median / min / max over ``--reps`` repetitions after ``--warmup`` untimed ones:
+
+* ``rnn_step_s`` / ``rnn_tokens_per_s``: one shared training batch exactly as ``Trainer.train_arch``
+  runs it (zero_grad, ``space.train_loss``, backward, ``clip_grad_norm_``, SGD step).
+* ``rnn_gflops`` and ``rnn_matmul_ratio``: matmul FLOPs of that step per second, and its ratio to
+  the dense ``[T*B x hid] @ [hid x hid]`` matmul rate measured in the same process right before
+  each repetition (``matmul_*_gflops``); the ratio is computed per repetition, so it is the figure
+  that survives a loaded machine.
+* ``wpl_penalty_ratio``: a training batch with ``WPL.add_penalty_grad_`` over the architecture's edges
+  divided by the same batch without it, from interleaved pairs (order alternated); and
+  ``wpl_penalty_op_ratio``: 1 + (time of the ``add_penalty_grad_`` call alone) / (plain batch).
+* ``fisher_refresh_batches``: ``Trainer._fisher_from_validation`` + ``WPL.refresh_anchors`` in units
+  of a plain training batch (interleaved pairs).
+* ``controller_sample_s``: ``Trainer.sample_archs(1)``; ``controller_step_s``: one REINFORCE step
+  (``Trainer.controller_phase`` with one step of a policy batch of 1, one validation batch reward).
+* ``cnn_step_s`` / ``cnn_images_per_s``: one micro-CNN shared training batch (forward, backward,
+  clip, SGD with Nesterov momentum) when ``models/cnn.py`` is importable.
+* ``*_cpu`` variants: the same from process CPU time instead of wall-clock time. With one thread
+  on a machine shared with other jobs, CPU time is close to what an idle core would take.
+* ``peak_rss_mib_after_rnn`` / ``peak_rss_mib``: peak resident memory of the process after the RNN
+  part and at the end (``getrusage``).
+
+The load average is recorded at the start and the end: on a shared machine, compare only figures
+taken under similar loads, and prefer the matmul ratios. No figure is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Size:
+    ntokens: int
+    hid: int
+    num_blocks: int
+    batch: int
+    bptt: int
+    cnn_filters: int
+    cnn_repeat: int
+    cnn_modules: int
+    cnn_blocks: int
+    cnn_batch: int
+    cnn_image: int
+
+
+SIZES = {
+    "paper": Size(10_000, 1000, 12, 64, 35, 384, 5, 3, 5, 32, 32),
+    "small": Size(10_000, 256, 12, 64, 35, 96, 2, 3, 5, 32, 32),
+    "tiny": Size(200, 32, 4, 8, 12, 16, 1, 3, 3, 4, 16),
+}
+ALPHA = 60.0  # the paper command's --alpha_fisher (compound mode, Fisher clip 10)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def now() -> float:
+    return time.perf_counter()
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = now()
+    fn()
+    return now() - start
+
+
+def timed2(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of ``fn()``."""
+    wall, cpu = now(), time.process_time()
+    fn()
+    return now() - wall, time.process_time() - cpu
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"load average: {loadavg()}"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def matmul_gflops(m: int, k: int, n: int, calls: int = 3) -> tuple[float, float]:
+    """Rate of an ``[m x k] @ [k x n]`` fp32 matmul (operands reused, warm), per wall-clock second
+    and per CPU second: the median of ``calls`` timings of enough products to last ~0.1 s."""
+    a, b = _MM_CACHE.setdefault((m, k, n), (torch.randn(m, k), torch.randn(k, n)))
+    out = torch.empty(m, n)
+    flop = 2.0 * m * k * n
+    inner = max(1, int(5e9 / flop))  # about 0.1 s at 50 GFLOP/s
+
+    def run() -> None:
+        for _ in range(inner):
+            torch.mm(a, b, out=out)
+
+    run()
+    times = [timed2(run) for _ in range(calls)]
+    wall = statistics.median(t[0] for t in times)
+    cpu = statistics.median(t[1] for t in times)
+    return flop * inner / wall / 1e9, flop * inner / max(cpu, 1e-9) / 1e9
+
+
+_MM_CACHE: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def tune_glibc_malloc() -> bool:
+    """Keep freed memory in the heap instead of returning it to the kernel (glibc only).
+
+    PyTorch's CPU allocator is plain ``malloc``; glibc serves blocks above its mmap threshold
+    (at most 32 MiB) with fresh ``mmap`` pages, so every step's large tensors (logits, their
+    gradients, the cell's buffers) pay a page fault per 4 KiB page. With the thresholds raised,
+    those blocks are reused from the heap. Process-wide; returns False where unavailable.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 31))
+    except (OSError, AttributeError):
+        return False
+
+
+def rnn_step_flops(s: Size) -> float:
+    """Matmul FLOPs of one training batch: (cell + decoder) forward, x3 for forward + backward."""
+    tokens = s.bptt * s.batch
+    cell = tokens * (2 * 2 * s.hid * s.hid  # node 0's input projection (embed = hid)
+                     + s.num_blocks * 2 * 2 * s.hid * s.hid)  # W_h0 and one fused (2 hid x hid) per edge
+    decoder = tokens * 2 * s.hid * s.ntokens
+    return 3.0 * (cell + decoder)
+
+
+def synthetic_corpus(s: Size, seed: int) -> Any:
+    from data.text import Corpus
+
+    g = torch.Generator().manual_seed(seed)
+    n_train = s.batch * (s.bptt * 8 + 1)
+    n_valid = s.batch * (s.bptt * 8 + 1)
+    words = [f"w{i}" for i in range(s.ntokens)]
+    return Corpus(words, torch.randint(s.ntokens, (n_train,), generator=g),
+                  torch.randint(s.ntokens, (n_valid,), generator=g), torch.randint(s.ntokens, (s.bptt * 4,), generator=g))
+
+
+def build_trainer(s: Size, args: argparse.Namespace) -> Any:
+    from models.controller import Controller
+    from models.rnn_space import RNNSpace, RNNSpaceConfig
+    from models.wpl import WPL
+    from trainer import Trainer, TrainerConfig
+
+    torch.manual_seed(args.seed)
+    cfg = RNNSpaceConfig(num_blocks=s.num_blocks, shared_embed=s.hid, shared_hid=s.hid, batch_size=s.batch,
+                         shared_rnn_max_length=s.bptt)
+    space = RNNSpace(synthetic_corpus(s, args.seed), cfg, torch.device("cpu"))
+    controller = Controller(space.decision_sizes, 100, 5.0, 2.5)
+    wpl = WPL(space.wpl_groups(), lambda_fisher=0.9, clip_by_norm=10.0, momentum=True, mode="compound")
+    tcfg = TrainerConfig(num_batch_per_iter=1, controller_max_step=1, policy_batch_size=1, nb_batch_reward_controller=1,
+                         train_controller=True, reward_c=80.0)
+    extra = {k: v for k, v in (("amp", args.amp), ("compile", args.compile)) if hasattr(tcfg, k)}
+    if (args.amp or args.compile) and not extra:
+        print("note: this trainer has no amp/compile options; running fp32 eager", file=sys.stderr)
+    tcfg = replace(tcfg, **extra)
+    return Trainer(space, controller, wpl, tcfg, None, {})
+
+
+def autocast_of(trainer: Any) -> Callable[[], Any]:
+    """The trainer's own autocast context when it has one (``--amp`` wiring), else a no-op."""
+    return getattr(trainer, "autocast", None) or nullcontext
+
+
+def shared_batch(trainer: Any, arch: Any, groups: list[str], penalty: bool) -> float:
+    """The body of ``Trainer.train_arch`` for one batch; returns the time of the penalty call alone."""
+    space, model, wpl = trainer.space, trainer.space.model, trainer.wpl
+    trainer.shared_optim.zero_grad(set_to_none=True)
+    with autocast_of(trainer)():
+        out = space.train_loss(arch)
+    if not bool(torch.isfinite(out.total)):
+        raise RuntimeError("non-finite loss in the benchmark")
+    out.total.backward()
+    t_pen = 0.0
+    if penalty:
+        start = now()
+        wpl.add_penalty_grad_(groups, ALPHA)
+        t_pen = now() - start
+    nn.utils.clip_grad_norm_(model.parameters(), trainer.spec.grad_clip)
+    trainer.shared_optim.step()
+    return t_pen
+
+
+def fisher_refresh(trainer: Any, arch: Any, groups: list[str]) -> None:
+    trainer._fisher_from_validation(arch, groups, ALPHA)
+    trainer.wpl.refresh_anchors()
+
+
+# ------------------------------------------------------------------------------------- parts
+def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    trainer = build_trainer(s, args)
+    space = trainer.space
+    arch = space.random_arch(torch.Generator().manual_seed(args.seed))
+    groups = space.groups_for(arch)
+    out["rnn_arch"] = str(arch)
+    out["rnn_params_m"] = sum(p.numel() for p in space.model.parameters()) / 1e6
+    tokens = s.batch * s.bptt
+    flops = rnn_step_flops(s)
+    out["rnn_step_gflop"] = flops / 1e9
+    # Warm-up: every path once (the WPL state gets a non-zero Fisher and anchors behind the weights).
+    for _ in range(args.warmup):
+        shared_batch(trainer, arch, groups, penalty=True)
+        fisher_refresh(trainer, arch, groups)
+        shared_batch(trainer, arch, groups, penalty=False)
+    rec: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        rec.setdefault(key, []).append(value)
+
+    for rep in range(args.reps):
+        big_wall, big_cpu = matmul_gflops(tokens, s.hid, s.hid)
+        small_wall, small_cpu = matmul_gflops(s.batch, s.hid, s.hid)
+        add("mm_big", big_wall), add("mm_big_cpu", big_cpu), add("mm_small", small_wall), add("mm_small_cpu", small_cpu)
+        order = (False, True) if rep % 2 == 0 else (True, False)
+        times: dict[bool, tuple[float, float]] = {}
+        for penalty in order:
+            t_op: list[float] = []
+            times[penalty] = timed2(lambda: t_op.append(shared_batch(trainer, arch, groups, penalty)))
+            if penalty:
+                add("pen_op", t_op[0])
+        (plain, plain_cpu), (pen, pen_cpu) = times[False], times[True]
+        add("plain", plain), add("plain_cpu", plain_cpu), add("pen", pen)
+        add("pen_ratio", pen / plain), add("pen_ratio_cpu", pen_cpu / plain_cpu)
+        add("mm_ratio", flops / plain / 1e9 / big_wall), add("mm_ratio_cpu", flops / plain_cpu / 1e9 / big_cpu)
+        ref, ref_cpu = timed2(lambda: fisher_refresh(trainer, arch, groups))
+        add("refresh", ref), add("refresh_ratio", ref / plain), add("refresh_ratio_cpu", ref_cpu / plain_cpu)
+        print(f"  rnn rep {rep}: plain {plain:.3f}s (cpu {plain_cpu:.3f}s)  wpl {pen:.3f}s  refresh {ref:.3f}s  "
+              f"matmul {big_wall:.1f} GFLOP/s (cpu {big_cpu:.1f})  load {loadavg()[0]}", file=sys.stderr, flush=True)
+    med_plain = statistics.median(rec["plain"])
+    out["rnn_step_s"] = summary(rec["plain"])
+    out["rnn_step_cpu_s"] = summary(rec["plain_cpu"])
+    out["rnn_tokens_per_s"] = summary([tokens / t for t in rec["plain"]])
+    out["rnn_tokens_per_cpu_s"] = summary([tokens / t for t in rec["plain_cpu"]])
+    out["rnn_gflops"] = summary([flops / t / 1e9 for t in rec["plain"]])
+    out["rnn_gflops_cpu"] = summary([flops / t / 1e9 for t in rec["plain_cpu"]])
+    out["matmul_big_shape"] = [tokens, s.hid, s.hid]
+    out["matmul_big_gflops"] = summary(rec["mm_big"])
+    out["matmul_big_gflops_cpu"] = summary(rec["mm_big_cpu"])
+    out["matmul_small_shape"] = [s.batch, s.hid, s.hid]
+    out["matmul_small_gflops"] = summary(rec["mm_small"])
+    out["matmul_small_gflops_cpu"] = summary(rec["mm_small_cpu"])
+    out["rnn_matmul_ratio"] = summary(rec["mm_ratio"])
+    out["rnn_matmul_ratio_cpu"] = summary(rec["mm_ratio_cpu"])
+    out["wpl_step_s"] = summary(rec["pen"])
+    out["wpl_penalty_ratio"] = summary(rec["pen_ratio"])
+    out["wpl_penalty_ratio_cpu"] = summary(rec["pen_ratio_cpu"])
+    out["wpl_penalty_op_s"] = summary(rec["pen_op"])
+    out["wpl_penalty_op_ratio"] = summary([1.0 + t / med_plain for t in rec["pen_op"]])
+    out["fisher_refresh_s"] = summary(rec["refresh"])
+    out["fisher_refresh_batches"] = summary(rec["refresh_ratio"])
+    out["fisher_refresh_batches_cpu"] = summary(rec["refresh_ratio_cpu"])
+    out["peak_rss_mib_after_rnn"] = peak_rss_mib()
+
+    # Controller: sampling one architecture, and one REINFORCE step (reward on one validation batch).
+    for _ in range(max(1, args.warmup)):
+        trainer.sample_archs(1)
+        trainer.controller_phase(0)
+    samples, steps, steps_cpu = [], [], []
+    for _ in range(args.reps):
+        samples.append(timed(lambda: trainer.sample_archs(1)))
+        wall, cpu = timed2(lambda: trainer.controller_phase(0))
+        steps.append(wall), steps_cpu.append(cpu)
+    out["controller_sample_s"] = summary(samples)
+    out["controller_step_s"] = summary(steps)
+    out["controller_step_cpu_s"] = summary(steps_cpu)
+    del trainer
+
+
+def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    try:
+        from models import cnn
+        from models.cnn_space import PAPER_OPS
+    except Exception as err:  # noqa: BLE001 - any import problem means "not available"
+        out["cnn"] = f"unavailable: {type(err).__name__}: {err}"
+        return
+    torch.manual_seed(args.seed)
+    ops = list(PAPER_OPS)
+    try:
+        model = cnn.SharedCNN(3, 10, s.cnn_blocks, s.cnn_filters, s.cnn_modules, s.cnn_repeat, ops, ops)
+        g = torch.Generator().manual_seed(args.seed)
+        tokens = [int(torch.randint(n, (1,), generator=g)) for n in cnn.decision_sizes(s.cnn_blocks, len(ops), len(ops))]
+        arch = cnn.decode(tokens, ops, ops)
+    except Exception as err:  # noqa: BLE001
+        out["cnn"] = f"unavailable: {type(err).__name__}: {err}"
+        return
+    model.train()
+    optim = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    images = torch.randn(s.cnn_batch, 3, s.cnn_image, s.cnn_image, generator=g)
+    labels = torch.randint(10, (s.cnn_batch,), generator=g)
+
+    def step() -> None:
+        optim.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images, arch), labels)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optim.step()
+
+    for _ in range(args.warmup):
+        step()
+    times, cpu = [], []
+    for rep in range(args.reps):
+        wall, c = timed2(step)
+        times.append(wall), cpu.append(c)
+        print(f"  cnn rep {rep}: {wall:.3f}s (cpu {c:.3f}s)  load {loadavg()[0]}", file=sys.stderr, flush=True)
+    out["cnn_arch"] = str(arch)
+    out["cnn_params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    out["cnn_step_s"] = summary(times)
+    out["cnn_step_cpu_s"] = summary(cpu)
+    out["cnn_images_per_s"] = summary([s.cnn_batch / t for t in times])
+    out["cnn_images_per_cpu_s"] = summary([s.cnn_batch / t for t in cpu])
+
+
+# -------------------------------------------------------------------------------------- main
+def fmt(value: Any, unit: str = "", digits: int = 3) -> str:
+    if isinstance(value, dict):
+        return (f"{value['median']:.{digits}g}{unit}  (min {value['min']:.{digits}g}, max {value['max']:.{digits}g}, "
+                f"n={value['n']})")
+    if isinstance(value, float):
+        return f"{value:.{digits}g}{unit}"
+    return str(value)
+
+
+ROWS = [
+    ("rnn_step_s", "RNN training batch", " s"),
+    ("rnn_step_cpu_s", "RNN training batch, CPU time", " s"),
+    ("rnn_tokens_per_s", "RNN tokens/s", ""),
+    ("rnn_tokens_per_cpu_s", "RNN tokens per CPU second", ""),
+    ("rnn_gflops", "RNN achieved GFLOP/s", ""),
+    ("rnn_gflops_cpu", "RNN GFLOP per CPU second", ""),
+    ("matmul_big_gflops", "dense matmul [T*B x hid]@[hid x hid] GFLOP/s", ""),
+    ("matmul_big_gflops_cpu", "  same, GFLOP per CPU second", ""),
+    ("matmul_small_gflops", "dense matmul [B x hid]@[hid x hid] GFLOP/s", ""),
+    ("matmul_small_gflops_cpu", "  same, GFLOP per CPU second", ""),
+    ("rnn_matmul_ratio", "RNN GFLOP/s / big matmul GFLOP/s", ""),
+    ("rnn_matmul_ratio_cpu", "  same, from CPU times", ""),
+    ("wpl_penalty_ratio", "WPL batch / plain batch (A/B)", ""),
+    ("wpl_penalty_ratio_cpu", "  same, from CPU times", ""),
+    ("wpl_penalty_op_ratio", "WPL 1 + penalty op / plain batch", ""),
+    ("fisher_refresh_batches", "Fisher refresh, in training batches", ""),
+    ("fisher_refresh_batches_cpu", "  same, from CPU times", ""),
+    ("controller_sample_s", "controller sample", " s"),
+    ("controller_step_s", "controller REINFORCE step", " s"),
+    ("controller_step_cpu_s", "  same, CPU time", " s"),
+    ("cnn_step_s", "CNN training batch", " s"),
+    ("cnn_step_cpu_s", "CNN training batch, CPU time", " s"),
+    ("cnn_images_per_s", "CNN images/s", ""),
+    ("cnn_images_per_cpu_s", "CNN images per CPU second", ""),
+    ("peak_rss_mib_after_rnn", "peak RSS after the RNN part", " MiB"),
+    ("peak_rss_mib", "peak RSS", " MiB"),
+]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=list(SIZES), default="small")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (under load, 1 is often fastest)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--parts", default="rnn,cnn", help="comma-separated subset of rnn,cnn")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast via the trainer's --amp wiring")
+    p.add_argument("--compile", action="store_true", help="torch.compile via the trainer's --compile wiring")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--malloc-tune", action="store_true",
+                   help="raise glibc's mmap/trim thresholds first (see tune_glibc_malloc): no page faults per step")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    malloc_tuned = tune_glibc_malloc() if args.malloc_tune else False
+    s = SIZES[args.size]
+    parts = set(args.parts.split(","))
+    out: dict[str, Any] = {
+        "size": args.size, "shape": s.__dict__, "threads": args.threads, "reps": args.reps, "warmup": args.warmup,
+        "amp": args.amp, "compile": args.compile, "malloc_tuned": malloc_tuned, "torch": torch.__version__, "python": platform.python_version(),
+        "cpus": os.cpu_count(), "uptime_start": uptime(), "loadavg_start": loadavg(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(f"bench_search --size {args.size}  threads {args.threads}  reps {args.reps}  | {out['uptime_start']}",
+          file=sys.stderr, flush=True)
+    t0 = now()
+    if "rnn" in parts:
+        bench_rnn(s, args, out)
+    if "cnn" in parts:
+        bench_cnn(s, args, out)
+    out["peak_rss_mib"] = peak_rss_mib()
+    out["uptime_end"] = uptime()
+    out["loadavg_end"] = loadavg()
+    out["wall_s"] = now() - t0
+    print(f"\n== bench_search --size {args.size} (threads {args.threads}, {args.reps} reps, amp {args.amp}, "
+          f"compile {args.compile}, malloc tuned {malloc_tuned}) ==")
+    print(f"start: {out['uptime_start']}\nend:   {out['uptime_end']}")
+    for key, label, unit in ROWS:
+        if key in out:
+            print(f"{label:48s} {fmt(out[key], unit)}")
+    if isinstance(out.get("cnn"), str):
+        print(f"{'CNN':48s} {out['cnn']}")
+    if "rnn_arch" in out:
+        print(f"RNN arch: {out['rnn_arch']}  ({out['rnn_params_m']:.1f}M params, {out['rnn_step_gflop']:.1f} GFLOP/step)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
