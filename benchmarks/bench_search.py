@@ -307,7 +307,6 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["controller_sample_s"] = summary(samples)
     out["controller_step_s"] = summary(steps)
     out["controller_step_cpu_s"] = summary(steps_cpu)
-    del trainer
 
 
 def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
