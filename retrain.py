@@ -529,7 +529,7 @@ class RNNRetrainer(Retrainer):
                 out = model(x, hidden, self.arch)
                 hidden = out.hidden.detach()
                 ce = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
-                if self.update(ce + self.space._regularizers(out)):  # the search's AR/TAR options
+                if self.update(ce + self.space.regularizers(out)):  # the search's AR/TAR options
                     sums += torch.stack([ce.detach() * y.numel(), ce.new_tensor(y.numel())])
                 pos += seq_len
                 bar.update(x.size(0))

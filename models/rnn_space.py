@@ -142,7 +142,8 @@ class RNNSpace:
                          schedule="decay", decay=c.shared_decay, decay_after=c.shared_decay_after)
 
     # ------------------------------------------------------------------------------ losses
-    def _regularizers(self, out: rnn.RNNOutput) -> Tensor:
+    def regularizers(self, out: rnn.RNNOutput) -> Tensor:
+        """The optional AR / TAR / norm-stabiliser terms; retraining adds the same ones."""
         c = self.cfg
         extra = out.raw.new_zeros(())
         if c.activation_regularization:
@@ -159,7 +160,7 @@ class RNNSpace:
         out = self.model(x, hidden, arch)
         stream.carry(out.hidden)
         ce = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
-        return Loss(ce + self._regularizers(out), ce, None)
+        return Loss(ce + self.regularizers(out), ce, None)
 
     def train_loss(self, arch: RNNArch) -> Loss:
         self.model.train()
