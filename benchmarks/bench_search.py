@@ -59,6 +59,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from utils import keep_freed_memory  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Size:
@@ -140,24 +142,6 @@ def matmul_gflops(m: int, k: int, n: int, calls: int = 3) -> tuple[float, float]
 
 
 _MM_CACHE: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def tune_glibc_malloc() -> bool:
-    """Keep freed memory in the heap instead of returning it to the kernel (glibc only).
-
-    PyTorch's CPU allocator is plain ``malloc``; glibc serves blocks above its mmap threshold
-    (at most 32 MiB) with fresh ``mmap`` pages, so every step's large tensors (logits, their
-    gradients, the cell's buffers) pay a page fault per 4 KiB page. With the thresholds raised,
-    those blocks are reused from the heap. Process-wide; returns False where unavailable.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 31))
-    except (OSError, AttributeError):
-        return False
 
 
 def rnn_step_flops(s: Size) -> float:
@@ -312,14 +296,15 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
 def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     try:
         from models import cnn
-        from models.cnn_space import PAPER_OPS
+        from models.cnn_space import PAPER_OPS, CNNSpaceConfig
     except Exception as err:  # noqa: BLE001 - any import problem means "not available"
         out["cnn"] = f"unavailable: {type(err).__name__}: {err}"
         return
     torch.manual_seed(args.seed)
     ops = list(PAPER_OPS)
     try:
-        model = cnn.SharedCNN(3, 10, s.cnn_blocks, s.cnn_filters, s.cnn_modules, s.cnn_repeat, ops, ops)
+        model = cnn.SharedCNN(3, 10, s.cnn_blocks, s.cnn_filters, s.cnn_modules, s.cnn_repeat, ops, ops,
+                              channels_last=CNNSpaceConfig.cnn_channels_last and not args.nchw)
         g = torch.Generator().manual_seed(args.seed)
         tokens = [int(torch.randint(n, (1,), generator=g)) for n in cnn.decision_sizes(s.cnn_blocks, len(ops), len(ops))]
         arch = cnn.decode(tokens, ops, ops)
@@ -398,22 +383,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--size", choices=list(SIZES), default="small")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (under load, 1 is often fastest)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's, one per core; under load, 1 is often fastest)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.add_argument("--parts", default="rnn,cnn", help="comma-separated subset of rnn,cnn")
     p.add_argument("--amp", action="store_true", help="bf16 autocast via the trainer's --amp wiring")
     p.add_argument("--compile", action="store_true", help="torch.compile via the trainer's --compile wiring")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--malloc-tune", action="store_true",
-                   help="raise glibc's mmap/trim thresholds first (see tune_glibc_malloc): no page faults per step")
+    p.add_argument("--nchw", action="store_true", help="run the CNN in NCHW layout (--cnn_channels_last=false)")
+    p.add_argument("--no-malloc-tune", dest="malloc_tune", action="store_false",
+                   help="leave glibc malloc as it is (main.py keeps freed memory in the heap on CPU runs, "
+                        "see utils.keep_freed_memory; this shows what that saves)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    malloc_tuned = tune_glibc_malloc() if args.malloc_tune else False
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+    malloc_tuned = keep_freed_memory() if args.malloc_tune else False
     s = SIZES[args.size]
     parts = set(args.parts.split(","))
     out: dict[str, Any] = {
         "size": args.size, "shape": s.__dict__, "threads": args.threads, "reps": args.reps, "warmup": args.warmup,
-        "amp": args.amp, "compile": args.compile, "malloc_tuned": malloc_tuned, "torch": torch.__version__, "python": platform.python_version(),
+        "amp": args.amp, "compile": args.compile, "malloc_tuned": malloc_tuned, "cnn_channels_last": not args.nchw, "torch": torch.__version__, "python": platform.python_version(),
         "cpus": os.cpu_count(), "uptime_start": uptime(), "loadavg_start": loadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

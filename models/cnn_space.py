@@ -40,6 +40,7 @@ class CNNSpaceConfig:
     shared_cnn_normal_types: tuple[str, ...] = PAPER_OPS
     shared_cnn_reduce_types: tuple[str, ...] = PAPER_OPS
     cnn_cell_output: str = "concat"
+    cnn_channels_last: bool = True
     batch_size: int = 64
     test_batch_size: int = 64
     forgetting_eval_batches: int = 4
@@ -64,7 +65,7 @@ class CNNSpace:
         self.normal_ops, self.reduce_ops = list(cfg.shared_cnn_normal_types), list(cfg.shared_cnn_reduce_types)
         self.model = SharedCNN(data.channels, len(data.classes), cfg.num_blocks, cfg.cnn_final_filter_size,
                                cfg.cnn_num_modules, cfg.cnn_num_repeat_normal, self.normal_ops, self.reduce_ops,
-                               cfg.cnn_cell_output).to(device)
+                               cfg.cnn_cell_output, channels_last=cfg.cnn_channels_last).to(device)
         self.preprocess = Preprocess(data, device)
         seed, workers = cfg.random_seed, cfg.num_workers
         self.streams = {

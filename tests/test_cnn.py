@@ -27,7 +27,7 @@ import config
 import main
 from data.image import (BatchStream, ImageData, Preprocess, TensorImages, iterate_split, load_images,
                         stratified_holdout)
-from models.cnn import OPS, Cell, CNNArch, SharedCNN, decision_sizes, decode, encode, loose_ends
+from models.cnn import OPS, Cell, CNNArch, FactorizedReduce, SharedCNN, cat_channels, decision_sizes, decode, encode, loose_ends
 from models.cnn_space import build_cnn_space, cnn_dot
 from models.controller import Controller
 from utils import UserError
@@ -236,6 +236,58 @@ def test_every_op_keeps_channels_and_applies_its_stride(op: str) -> None:
         x = torch.randn(2, 6, size, size)
         assert OPS[op](6, 1)(x).shape == (2, 6, size, size)
         assert OPS[op](6, 2)(x).shape == (2, 6, (size + 1) // 2, (size + 1) // 2)
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_factorized_reduce_is_two_strided_convs_one_on_the_shifted_padded_input(size: int) -> None:
+    torch.manual_seed(0)
+    fr = FactorizedReduce(4, 6)
+    x = torch.randn(2, 4, size, size, requires_grad=True)
+    relu = F.relu(x)
+    shifted = F.pad(relu[:, :, 1:, 1:], (0, 1, 0, 1))  # the definition: shift by one pixel, pad the end
+    a = F.conv2d(relu, fr.conv_a.weight, stride=2)
+    b = F.conv2d(shifted, fr.conv_b.weight, stride=2)
+    expected = F.batch_norm(torch.cat([a, b], 1), None, None, training=True)
+    out = fr(x)
+    assert out.shape == (2, 6, (size + 1) // 2, (size + 1) // 2)
+    assert torch.allclose(out, expected, atol=1e-5)
+    g = torch.randn_like(out)
+    (ours,) = torch.autograd.grad(out, x, g)
+    (reference,) = torch.autograd.grad(expected, x, g)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_cat_channels_gives_every_input_a_dense_gradient_in_its_layout() -> None:
+    cl = torch.channels_last
+    xs = [torch.randn(2, c, 5, 5).contiguous(memory_format=cl).requires_grad_(True) for c in (3, 4)]
+    out = cat_channels(xs)
+    assert torch.equal(out, torch.cat(xs, 1))
+    g = torch.randn(2, 7, 5, 5).contiguous(memory_format=cl)
+    grads = torch.autograd.grad(out, xs, g)
+    assert torch.equal(grads[0], g[:, :3]) and torch.equal(grads[1], g[:, 3:])
+    assert all(gr.is_contiguous(memory_format=cl) for gr in grads)  # autograd's cat would give strided slices
+
+
+def test_channels_last_computes_what_nchw_computes() -> None:
+    torch.manual_seed(0)
+    nchw = SharedCNN(3, 10, 3, 16, 2, 1, ALL_OPS, ALL_OPS)
+    nhwc = SharedCNN(3, 10, 3, 16, 2, 1, ALL_OPS, ALL_OPS, channels_last=True)
+    nhwc.load_state_dict(nchw.state_dict())
+    assert nhwc.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randn(4, 3, 15, 15)  # odd sizes: factorized reduce pads
+    for seed in range(3):
+        arch = random_arch(3, ALL_OPS, ALL_OPS, seed)
+        outs = []
+        for model in (nchw, nhwc):
+            model.zero_grad(set_to_none=True)
+            logits = model(images, arch)
+            logits.square().sum().backward()
+            outs.append((logits, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+        (a, ga), (b, gb) = outs
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert ga.keys() == gb.keys()
+        for name in ga:
+            assert torch.allclose(ga[name], gb[name], rtol=1e-3, atol=1e-4), name
 
 
 def test_normal_cells_keep_and_reduction_cells_halve_resolution_and_double_channels() -> None:

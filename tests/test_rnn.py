@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from data.text import batchify, build_corpus
 from models.controller import Controller
-from models.rnn import RNNArch, SharedRNN, decision_sizes, decode, encode
+from models.rnn import RNNArch, SharedRNN, decision_sizes, decode, drop_connect, encode
 from models.rnn_space import RNNSpace, RNNSpaceConfig
 
 ACTS = ["tanh", "ReLU", "identity", "sigmoid"]
@@ -79,6 +79,19 @@ def test_hidden_norm_is_clipped_at_25() -> None:
     big = torch.full((1, 3), 100.0)
     out = model(torch.tensor([[1]]), big, arch)
     assert float(out.hidden.norm()) == pytest.approx(25.0, rel=1e-5)
+
+
+def test_drop_connect_keeps_entries_with_probability_one_minus_p_and_rescales() -> None:
+    w = torch.full((400, 500), 2.0, requires_grad=True)
+    torch.manual_seed(3)
+    dropped = drop_connect(w, 0.5)
+    assert set(dropped.detach().unique().tolist()) == {0.0, 4.0}  # kept entries scaled by 1 / (1 - p)
+    kept = float((dropped != 0).float().mean())
+    assert kept == pytest.approx(0.5, abs=0.01)  # 200,000 draws: the std of the fraction is 0.0011
+    dropped.sum().backward()
+    assert torch.equal(w.grad, (dropped.detach() != 0).float() * 2.0)  # the gradient is the mask
+    assert float((drop_connect(w, 0.2) != 0).float().mean()) == pytest.approx(0.8, abs=0.01)
+    assert drop_connect(w, 0.0) is w
 
 
 def test_arch_json_round_trip_and_validation() -> None:
