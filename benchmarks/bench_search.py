@@ -182,6 +182,7 @@ def build_trainer(s: Size, args: argparse.Namespace) -> Any:
     if (args.amp or args.compile) and not extra:
         print("note: this trainer has no amp/compile options; running fp32 eager", file=sys.stderr)
     tcfg = replace(tcfg, **extra)
+    space.model.fused = not args.plain_cell
     return Trainer(space, controller, wpl, tcfg, None, {})
 
 
@@ -391,6 +392,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--compile", action="store_true", help="torch.compile via the trainer's --compile wiring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nchw", action="store_true", help="run the CNN in NCHW layout (--cnn_channels_last=false)")
+    p.add_argument("--plain-cell", action="store_true",
+                   help="run the RNN cell step by step with ordinary autograd ops (SharedRNN.fused=False): "
+                        "the formulation of the paper's code, the 'before' of the fused cell")
     p.add_argument("--no-malloc-tune", dest="malloc_tune", action="store_false",
                    help="leave glibc malloc as it is (main.py keeps freed memory in the heap on CPU runs, "
                         "see utils.keep_freed_memory; this shows what that saves)")
@@ -403,7 +407,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parts = set(args.parts.split(","))
     out: dict[str, Any] = {
         "size": args.size, "shape": s.__dict__, "threads": args.threads, "reps": args.reps, "warmup": args.warmup,
-        "amp": args.amp, "compile": args.compile, "malloc_tuned": malloc_tuned, "cnn_channels_last": not args.nchw, "torch": torch.__version__, "python": platform.python_version(),
+        "amp": args.amp, "compile": args.compile, "malloc_tuned": malloc_tuned, "cnn_channels_last": not args.nchw,
+        "plain_cell": args.plain_cell, "torch": torch.__version__, "python": platform.python_version(),
         "cpus": os.cpu_count(), "uptime_start": uptime(), "loadavg_start": loadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -419,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out["loadavg_end"] = loadavg()
     out["wall_s"] = now() - t0
     print(f"\n== bench_search --size {args.size} (threads {args.threads}, {args.reps} reps, amp {args.amp}, "
-          f"compile {args.compile}, malloc tuned {malloc_tuned}) ==")
+          f"compile {args.compile}, malloc tuned {malloc_tuned}{', plain cell' if args.plain_cell else ''}) ==")
     print(f"start: {out['uptime_start']}\nend:   {out['uptime_end']}")
     for key, label, unit in ROWS:
         if key in out:

@@ -288,9 +288,19 @@ def test_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
     assert spec.loader is not None
     sys.modules["bench_search"] = bench  # dataclasses look their module up
     spec.loader.exec_module(bench)
-    out = bench.main(["--size", "tiny", "--reps", "1", "--warmup", "0", "--parts", "rnn", "--threads", "1",
+    out = bench.main(["--size", "tiny", "--reps", "1", "--warmup", "0", "--threads", "1",
                       "--json", str(tmp_path / "b.json")])
     saved = json.loads((tmp_path / "b.json").read_text())
     for key in ("rnn_tokens_per_s", "rnn_matmul_ratio", "wpl_penalty_ratio", "fisher_refresh_batches",
-                "controller_step_s", "peak_rss_mib"):
+                "controller_step_s", "cnn_images_per_s", "peak_rss_mib"):
         assert key in out and key in saved
+
+
+def test_cpu_runs_keep_freed_memory_in_the_heap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """main.py tunes glibc malloc once the device is the CPU (the benchmark's --no-malloc-tune shows the gain)."""
+    import main
+
+    calls: list[bool] = []
+    monkeypatch.setattr(main, "keep_freed_memory", lambda: calls.append(True) or True)
+    assert main.main(["--mode=derive", f"--load_path={tmp_path / 'missing'}", "--num_gpu=0"]) == 2
+    assert calls == [True]
