@@ -94,6 +94,16 @@ def encode(arch: RNNArch, activations: Sequence[str]) -> list[int]:
     return tokens
 
 
+def keep_mask(like: Tensor, shape: Sequence[int], p: float) -> Tensor:
+    """A dropout mask: ``1 / (1 - p)`` with probability ``1 - p``, else 0 (``like``'s dtype and device).
+
+    Drawn as ``rand >= p``, the distribution of ``F.dropout``'s ``bernoulli_``: on the CPU that one is
+    single-threaded and about 4x slower, and the DropConnect masks (24M entries per batch at paper
+    size) cost a tenth of a training step with it.
+    """
+    return like.new_empty(shape).uniform_().ge_(p).mul_(1.0 / (1.0 - p))
+
+
 def embedded_dropout(embed: nn.Embedding, words: Tensor, p: float) -> Tensor:
     """Drop whole word types (rows of the embedding), rescaling the rest (Gal & Ghahramani).
 
@@ -102,29 +112,20 @@ def embedded_dropout(embed: nn.Embedding, words: Tensor, p: float) -> Tensor:
     """
     if p == 0:
         return embed(words)
-    mask = embed.weight.new_empty(embed.weight.size(0), 1).bernoulli_(1 - p) / (1 - p)
+    mask = keep_mask(embed.weight, (embed.weight.size(0), 1), p)
     return F.embedding(words, embed.weight) * F.embedding(words, mask)
 
 
 def drop_connect(w: Tensor, p: float) -> Tensor:
-    """DropConnect on a weight matrix (``wdrop``): every entry kept with probability ``1 - p``, rescaled.
-
-    The same distribution as ``F.dropout``, drawn as ``rand >= p``: CPU ``bernoulli_`` (what
-    ``F.dropout`` uses) is single-threaded and about 4x slower than ``rand``, and these masks
-    (24M entries per batch at paper size) cost a tenth of a training step with it.
-    """
-    if p == 0:
-        return w
-    mask = torch.rand_like(w).ge_(p).mul_(1.0 / (1.0 - p))
-    return w * mask
+    """DropConnect on a weight matrix (``wdrop``): every entry kept with probability ``1 - p``, rescaled."""
+    return w if p == 0 else w * keep_mask(w, w.shape, p)
 
 
 def locked_dropout(x: Tensor, p: float) -> Tensor:
     """Dropout with one mask per sequence, shared by every time step. ``x`` is (time, batch, dim)."""
     if p == 0:
         return x
-    mask = x.new_empty(1, x.size(1), x.size(2)).bernoulli_(1 - p) / (1 - p)
-    return x * mask
+    return x * keep_mask(x, (1, x.size(1), x.size(2)), p)
 
 
 class RNNOutput(NamedTuple):
@@ -520,8 +521,8 @@ class SharedRNN(nn.Module):
         x_proj = F.linear(emb, self.w_x0)  # node 0's input projections for all time steps at once
         w_h0 = drop_connect(self.w_h0, wdrop)
         # One fused (2 hid, hid) matrix per used edge: a single matmul gives both c_j and h_j inputs.
-        w_edges = [drop_connect(torch.cat([self.edges[self.edge_name(i, j)].w_c, self.edges[self.edge_name(i, j)].w_h]),
-                                wdrop) for i, j in arch.edges]
+        edges = [self.edges[self.edge_name(i, j)] for i, j in arch.edges]
+        w_edges = [drop_connect(torch.cat([edge.w_c, edge.w_h]), wdrop) for edge in edges]
         plan = self._plan(arch)
         raw, hidden = self._run_cell(plan, x_proj, hidden, w_h0, w_edges)
         dropped = locked_dropout(raw, self.dropout if training else 0.0)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from models.rnn import HIDDEN_NORM_CLIP, RNNArch, SharedRNN, drop_connect, locked_dropout
+from models.rnn import HIDDEN_NORM_CLIP, RNNArch, SharedRNN, drop_connect, keep_mask, locked_dropout
 
 
 
@@ -55,7 +55,7 @@ def plain_forward(model: SharedRNN, inputs: torch.Tensor, hidden: torch.Tensor, 
     H = model.hid
     p_e = model.dropoute if training else 0.0
     if p_e:
-        mask = model.encoder.weight.new_empty(model.encoder.weight.size(0), 1).bernoulli_(1 - p_e) / (1 - p_e)
+        mask = keep_mask(model.encoder.weight, (model.encoder.weight.size(0), 1), p_e)
         emb = F.embedding(inputs, model.encoder.weight * mask)
     else:
         emb = F.embedding(inputs, model.encoder.weight)
