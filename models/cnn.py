@@ -69,17 +69,22 @@ def cat_channels(tensors: Sequence[Tensor]) -> Tensor:
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the resolution without skipping pixels: two stride-2 1x1 convs, one shifted by a pixel."""
+    """Halve the resolution without skipping pixels: two stride-2 1x1 convs, one shifted by a pixel.
+
+    Both are written as a subsample followed by a stride-1 1x1 conv (the same function and the same
+    parameters): oneDNN's weight gradient of a strided 1x1 conv in channels-last layout corrupts the heap
+    on AVX2-only CPUs (torch 2.14.1), and the subsample reads the pixels without a padded copy anyway.
+    """
 
     def __init__(self, c_in: int, c_out: int, affine: bool = False) -> None:
         super().__init__()
-        self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, bias=False)  # reads the even pixels
         self.conv_b = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)  # reads the odd pixels (below)
         self.bn = batch_norm(c_out, affine)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(x)
-        a = self.conv_a(x)  # pixels (2i, 2j)
+        a = self.conv_a(x[:, :, ::2, ::2])  # pixels (2i, 2j)
         # Pixels (2i + 1, 2j + 1): a stride-2 conv of x shifted by one pixel, zero-padded at the end
         # when a side is odd. Subsampling first reads the same pixels without a padded copy of x
         # (whose backward is a strided gradient several times slower to work with).
