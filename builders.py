@@ -65,6 +65,7 @@ def load_arch(space: SearchSpace, path: Path) -> Any:
 def merge_config(saved: dict[str, Any], cli: argparse.Namespace, explicit: set[str], keys: set[str] | frozenset[str]) -> argparse.Namespace:
     """The saved configuration, with the command line's value for each of ``keys`` it gave explicitly."""
     merged = dict(vars(config.build_parser().parse_args([])))  # today's defaults for options newer than the run
+    merged.update({k: v for k, v in config.LEGACY_VALUES.items() if k not in saved})  # what older runs did
     merged.update(saved)
     for key in explicit & set(keys):
         merged[key] = getattr(cli, key)

@@ -91,6 +91,9 @@ def build_parser() -> StrictParser:
     )
     b = str2bool
 
+    p.add_argument("--preset", type=choice(*PRESETS), default="paper",
+                   help="paper: the models of the paper's public code (its figures came from them); enas: every modelling "
+                        "choice of the ENAS paper (Pham et al. 2018) instead. Options given explicitly win (docs/fidelity.md)")
     g = p.add_argument_group("WPL (weight plasticity loss)")
     g.add_argument("--start_using_fisher", type=int, default=0, help="first epoch (0-based) with the WPL penalty and Fisher updates")
     g.add_argument("--num_batch_per_iter", type=int, default=10, help="training batches per sampled architecture in the shared phase")
@@ -131,8 +134,15 @@ def build_parser() -> StrictParser:
     g.add_argument("--shared_hid", type=int, default=1000, help="RNN hidden size")
     g.add_argument("--shared_rnn_max_length", type=int, default=35, help="BPTT length")
     g.add_argument("--shared_rnn_activations", type=str_list, default=["tanh", "ReLU", "identity", "sigmoid"], help="RNN node activations")
-    g.add_argument("--rnn_next_state", type=choice("avg", "last"), default="avg",
-                   help="state carried to the next time step: avg of loose ends (ENAS paper) or last node (carpedm20 code)")
+    g.add_argument("--rnn_next_state", type=choice("avg", "last"), default="last",
+                   help="state carried to the next time step: last node (paper's code) or avg of loose ends (ENAS paper)")
+    g.add_argument("--shared_wdrop_scope", type=choice("node0", "all"), default="node0",
+                   help="weights DropConnect (--shared_wdrop) applies to: node 0's hidden-to-hidden weights (paper's code) "
+                        "or those and every edge's (this project before the fidelity change)")
+    g.add_argument("--rnn_output_norm", type=choice("batchnorm", "none"), default="batchnorm",
+                   help="normalisation of the cell output at every time step: BatchNorm1d (paper's code) or none (ENAS paper)")
+    g.add_argument("--rnn_input_bias", type=b, default=True,
+                   help="biases on node 0's input projections W_xc, W_xh (paper's code); false: none (ENAS paper)")
     g.add_argument("--activation_regularization", type=b, default=False, help="AR penalty on dropped outputs")
     g.add_argument("--activation_regularization_amount", type=float, default=2.0, help="AR weight")
     g.add_argument("--temporal_activation_regularization", type=b, default=False, help="TAR penalty on output slowness")
@@ -252,8 +262,40 @@ def build_parser() -> StrictParser:
     return p
 
 
+# Modelling choices whose default follows the paper's public code (the authors' repository, built on
+# carpedm20/ENAS-pytorch); ``--preset=enas`` switches each to the ENAS paper's choice at once, and an
+# option given explicitly still wins. docs/fidelity.md has the full table with the sources.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "enas": {
+        "shared_wdrop_scope": "all",
+        "rnn_output_norm": "none",
+        "rnn_next_state": "avg",
+        "rnn_input_bias": False,
+    },
+}
+
+# What a configuration saved before an option existed meant: a checkpoint or params.json that lacks
+# the key was written by code that behaved like this value (not like today's default).
+LEGACY_VALUES: dict[str, Any] = {
+    "preset": "paper",
+    "shared_wdrop_scope": "all",
+    "rnn_output_norm": "none",
+    "rnn_input_bias": False,
+}
+
+
+def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
+    """``args`` with the preset's value for every option of it that the command line did not give."""
+    for key, value in PRESETS[args.preset].items():
+        if key not in explicit:
+            setattr(args, key, value)
+    return args
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return apply_preset(build_parser().parse_args(argv), explicit_options(argv))
 
 
 # Options that describe where and how a run executes rather than what it computes: on a resume
