@@ -311,7 +311,8 @@ SHAPE_KEYS = frozenset({
     "network_type", "dataset", "num_blocks", "shared_embed", "shared_hid", "tie_weights", "shared_rnn_activations",
     "controller_hid", "cnn_final_filter_size", "cnn_num_repeat_normal", "cnn_num_modules", "shared_cnn_types",
     "shared_cnn_normal_types", "shared_cnn_reduce_types", "search_mode", "batch_size", "valid_size",
-    "cnn_cell_output", "random_seed",  # the seed also picks the held-out validation images
+    "cnn_cell_output", "rnn_output_norm", "rnn_input_bias",
+    "random_seed",  # the seed also picks the held-out validation images
 })
 
 

@@ -47,7 +47,8 @@ import config
 from data.image import mixed_seed
 from data.text import get_batch
 from models.cnn import CNNArch, SharedCNN, loose_ends
-from models.rnn import RNNArch, SharedRNN
+from models.rnn import SharedRNN
+from models.rnn_arch import RNNArch
 from models.space import OptimSpec, SearchSpace
 from runlog import RunDir, load_checkpoint, resolve_checkpoint
 from trainer import MAX_NONFINITE_IN_A_ROW, NonFiniteLoss, build_shared_optimizer, scheduled_lr
@@ -60,7 +61,8 @@ RECIPE_EPOCHS = {"rnn": 500, "micro_cnn": 600}  # AWD-LSTM on PTB; DARTS on CIFA
 # What a search run fixes about its space and regularisation: a retrain of its architecture inherits these.
 SEARCH_KEYS = frozenset({
     "network_type", "dataset", "num_blocks", "shared_rnn_activations", "rnn_next_state", "tie_weights",
-    "shared_dropout", "shared_dropoute", "shared_dropouti", "shared_wdrop",
+    "shared_dropout", "shared_dropoute", "shared_dropouti", "shared_wdrop", "shared_wdrop_scope", "rnn_output_norm",
+    "rnn_input_bias",
     "activation_regularization", "activation_regularization_amount", "temporal_activation_regularization",
     "temporal_activation_regularization_amount", "norm_stabilizer_regularization",
     "norm_stabilizer_regularization_amount", "norm_stabilizer_fixed_point",
@@ -138,6 +140,7 @@ def with_search_config(args: argparse.Namespace, explicit: set[str]) -> argparse
     if not params.is_file():
         raise UserError(f"{params} is missing: --load_path must name a search run directory or checkpoint")
     saved = load_json(params)
+    saved = {**{k: v for k, v in config.LEGACY_VALUES.items() if k not in saved}, **saved}  # what older runs did
     inherited = {k: saved[k] for k in SEARCH_KEYS - explicit if k in saved}
     log.info("search configuration from %s: %s", params, ", ".join(f"{k}={v}" for k, v in sorted(inherited.items())))
     return argparse.Namespace(**{**vars(args), **inherited})

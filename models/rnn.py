@@ -1,97 +1,26 @@
-"""The ENAS recurrent-cell search space (Pham et al. 2018, sections 2.1-2.2).
+"""The shared recurrent model: every edge of every cell, dropouts, output normalisation, decoder.
 
-A cell has ``num_blocks`` nodes. Node 0 reads the input ``x_t`` and the previous state ``h_{t-1}``;
-every later node ``j`` reads one earlier node ``i`` (its parent) through a shared weight pair
-``(W^c_ij, W^h_ij)`` owned by the edge ``i -> j``, so every architecture is a path through one big
-shared model::
-
-    c_0 = sigmoid(W_xc x + W_hc h)        h_0 = c_0 * f_0(W_xh x + W_hh h) + (1 - c_0) * h
-    c_j = sigmoid(W^c_ij h_i)             h_j = c_j * f_j(W^h_ij h_i)    + (1 - c_j) * h_i
-
-The cell's output is the average of the loose ends (nodes no other node reads).
+The cell itself (fused kernel and plain reference) is in ``models.rnn_cell``, the architecture
+codec in ``models.rnn_arch``. Defaults follow the paper's public code (DropConnect on node 0's
+hidden-to-hidden weights only, a batch norm on the cell output at every time step, biased input
+projections, the last node carried to the next step); ``docs/fidelity.md`` lists each choice with
+the ENAS paper's alternative and the option that selects it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "tanh": torch.tanh,
-    "ReLU": torch.relu,
-    "identity": lambda x: x,
-    "sigmoid": torch.sigmoid,
-}
-HIDDEN_NORM_CLIP = 25.0
+from models.rnn_arch import RNNArch
+from models.rnn_cell import EAGER, CompiledKernels, Plan, run_cell
 
-
-@dataclass(frozen=True)
-class RNNArch:
-    """A recurrent cell: the activation of every node and the parent of every node after the first."""
-
-    activations: tuple[str, ...]
-    parents: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.parents) != len(self.activations) - 1:
-            raise ValueError(f"{len(self.activations)} nodes need {len(self.activations) - 1} parents, got {len(self.parents)}")
-        for j, parent in enumerate(self.parents, start=1):
-            if not 0 <= parent < j:
-                raise ValueError(f"node {j} cannot read node {parent}")
-        unknown = set(self.activations) - set(ACTIVATIONS)
-        if unknown:
-            raise ValueError(f"unknown activations {sorted(unknown)}; known: {list(ACTIVATIONS)}")
-
-    @property
-    def num_nodes(self) -> int:
-        return len(self.activations)
-
-    @property
-    def edges(self) -> list[tuple[int, int]]:
-        return [(parent, j) for j, parent in enumerate(self.parents, start=1)]
-
-    @property
-    def loose_ends(self) -> list[int]:
-        read = set(self.parents)
-        return [j for j in range(self.num_nodes) if j not in read]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": "rnn", "activations": list(self.activations), "parents": list(self.parents)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RNNArch":
-        if d.get("type") != "rnn":
-            raise ValueError(f"not an RNN architecture: type={d.get('type')!r}")
-        return cls(tuple(d["activations"]), tuple(int(p) for p in d["parents"]))
-
-    def __str__(self) -> str:
-        nodes = [f"0:{self.activations[0]}"] + [f"{p}->{j}:{self.activations[j]}" for p, j in self.edges]
-        return " ".join(nodes)
-
-
-def decision_sizes(num_blocks: int, num_activations: int) -> list[int]:
-    """Controller layout: activation of node 0, then (parent, activation) for each later node."""
-    sizes = [num_activations]
-    for j in range(1, num_blocks):
-        sizes += [j, num_activations]
-    return sizes
-
-
-def decode(tokens: Sequence[int], activations: Sequence[str]) -> RNNArch:
-    acts = [activations[tokens[0]]] + [activations[t] for t in tokens[2::2]]
-    return RNNArch(tuple(acts), tuple(int(t) for t in tokens[1::2]))
-
-
-def encode(arch: RNNArch, activations: Sequence[str]) -> list[int]:
-    index = {a: i for i, a in enumerate(activations)}
-    tokens = [index[arch.activations[0]]]
-    for j, parent in enumerate(arch.parents, start=1):
-        tokens += [parent, index[arch.activations[j]]]
-    return tokens
+WDROP_SCOPES = ("node0", "all")
+OUTPUT_NORMS = ("batchnorm", "none")
+NEXT_STATES = ("last", "avg")
 
 
 def keep_mask(like: Tensor, shape: Sequence[int], p: float) -> Tensor:
@@ -128,6 +57,40 @@ def locked_dropout(x: Tensor, p: float) -> Tensor:
     return x * keep_mask(x, (1, x.size(1), x.size(2)), p)
 
 
+class StepBatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` applied to every time step of a (time, batch, hid) sequence in turn.
+
+    The paper's code normalises the cell output of each time step with one ``BatchNorm1d``: in
+    training mode every step uses its own batch statistics and moves the running statistics once.
+    Here all steps are normalised in one call (per-(step, unit) statistics over the batch) and the
+    running statistics take the closed form of the same ``T`` sequential updates::
+
+        r_T = (1 - m)^T r_0 + sum_t m (1 - m)^(T - 1 - t) s_t
+
+    so the values equal a per-step loop (a test pins it) without ``T`` small kernels.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        steps, batch, hid = x.shape
+        if not self.training:
+            return F.batch_norm(x.reshape(steps * batch, hid), self.running_mean, self.running_var,
+                                self.weight, self.bias, False, 0.0, self.eps).view(steps, batch, hid)
+        if batch < 2:
+            raise ValueError("the output batch norm needs at least 2 sequences per batch in training mode")
+        flat = x.transpose(0, 1).reshape(batch, steps * hid)  # one "feature" per (step, unit)
+        y = F.batch_norm(flat, None, None, self.weight.repeat(steps), self.bias.repeat(steps), True, 0.0, self.eps)
+        with torch.no_grad():
+            m = self.momentum if self.momentum is not None else 0.1
+            decay = (1 - m) ** torch.arange(steps - 1, -1, -1, dtype=x.dtype, device=x.device)  # (1-m)^(T-1-t)
+            mean = x.detach().mean(1)  # (time, hid)
+            var = x.detach().var(1, unbiased=True)
+            keep = (1 - m) ** steps
+            self.running_mean.mul_(keep).add_(m * (decay[:, None] * mean).sum(0))
+            self.running_var.mul_(keep).add_(m * (decay[:, None] * var).sum(0))
+            self.num_batches_tracked.add_(steps)
+        return y.view(batch, steps, hid).transpose(0, 1)
+
+
 class RNNOutput(NamedTuple):
     logits: Tensor  # (time, batch, ntokens)
     hidden: Tensor  # (batch, hid): state for the next slice
@@ -135,312 +98,19 @@ class RNNOutput(NamedTuple):
     dropped: Tensor  # (time, batch, hid): cell outputs after dropout (for AR)
 
 
-# ------------------------------------------------------------------------------ the fused cell
-# The unrolled cell is one autograd node (``_UnrolledCell``). Its forward runs the time loop with
-# preallocated buffers (no autograd graph, no allocation and no host synchronisation per step) and
-# keeps what the backward needs: every node's state h_j, gate c_j and activation f_j = f(a_j). Its
-# backward runs the time loop for the activation gradients only, storing each node's
-# pre-activation gradient; the weight gradients then come from ONE matmul per edge over all time
-# steps, dW = dpre[T*B, 2 hid]^T @ h_in[T*B, hid], instead of one small matmul per step.
-#
-# Per node, with pre = h_in @ W^T = [z_c | a]:  c = sigmoid(z_c), f = act(a),
-#   h = c * f + (1 - c) * h_in  (computed as h_in + c * (f - h_in))
-#   dz_c = sigmoid'(c) * g * (f - h_in),   da = act'(f) * g * c,   dh_in = g - g * c + dpre @ W
-# and act' is read from f for every activation (tanh: 1 - f^2, sigmoid: f (1 - f), ReLU: f > 0).
-
-
-class _Plan:
-    """What the unrolled cell needs to know about an architecture (hashable parts only)."""
-
-    def __init__(self, arch: RNNArch, next_state: str) -> None:
-        self.acts = arch.activations
-        self.parents = (-1, *arch.parents)  # node 0 reads the previous hidden state
-        self.n = arch.num_nodes
-        self.loose = tuple(arch.loose_ends)
-        self.last = next_state == "last"
-        # The backward visits nodes from the last to the first; the first child it meets of each
-        # parent writes the parent's gradient, the others add to it.
-        seen: set[int] = set()
-        self.first_child = [False] * self.n
-        for j in range(self.n - 1, 0, -1):
-            self.first_child[j] = self.parents[j] not in seen
-            seen.add(self.parents[j])
-
-
-def _act_forward(name: str, a: Tensor, out: Tensor) -> Tensor:
-    if name == "tanh":
-        return torch.tanh(a, out=out)
-    if name == "sigmoid":
-        return torch.sigmoid(a, out=out)
-    if name == "ReLU":
-        return torch.clamp(a, min=0.0, out=out)
-    return out.copy_(a)
-
-
-def _act_backward(name: str, grad: Tensor, f: Tensor, out: Tensor) -> None:
-    """``out = grad * act'(a)``, with ``act'`` read from ``f = act(a)`` (autograd's own kernels)."""
-    if name == "tanh":
-        torch.ops.aten.tanh_backward.grad_input(grad, f, grad_input=out)
-    elif name == "sigmoid":
-        torch.ops.aten.sigmoid_backward.grad_input(grad, f, grad_input=out)
-    elif name == "ReLU":
-        torch.ops.aten.threshold_backward.grad_input(grad, f, 0, grad_input=out)
-    else:
-        out.copy_(grad)
-
-
-class _Kernels:
-    """The per-node elementwise work, eager: every result written into a preallocated buffer."""
-
-    @staticmethod
-    def node_forward(act: str, pre: Tensor, h_in: Tensor, c: Tensor, f: Tensor, h: Tensor, tmp: Tensor) -> None:
-        hid = h.size(-1)
-        torch.sigmoid(pre[:, :hid], out=c)
-        _act_forward(act, pre[:, hid:], f)
-        torch.sub(f, h_in, out=tmp)
-        torch.addcmul(h_in, c, tmp, out=h)
-
-    @staticmethod
-    def node_backward(act: str, g: Tensor, h_in: Tensor, c: Tensor, f: Tensor, dpre: Tensor, gin: Tensor,
-                      tmp: Tensor) -> None:
-        """Writes the node's pre-activation gradient into ``dpre`` and ``g * (1 - c)`` into ``gin``."""
-        hid = g.size(-1)
-        torch.sub(f, h_in, out=tmp)
-        tmp.mul_(g)
-        torch.ops.aten.sigmoid_backward.grad_input(tmp, c, grad_input=dpre[:, :hid])
-        if act == "identity":
-            gc = torch.mul(g, c, out=dpre[:, hid:])
-        else:
-            gc = torch.mul(g, c, out=tmp)
-            _act_backward(act, gc, f, dpre[:, hid:])
-        torch.sub(g, gc, out=gin)
-
-
-class _CompiledKernels:
-    """The same work as ``_Kernels`` through ``torch.compile``d pure functions (one fused kernel each
-    on a GPU); results are copied into the same buffers. Compiled lazily, once per activation."""
-
-    def __init__(self, **compile_options: Any) -> None:
-        self.options = {"dynamic": False, **compile_options}
-        self._fwd: dict[str, Callable[..., Any]] = {}
-        self._bwd: dict[str, Callable[..., Any]] = {}
-
-    def _get(self, table: dict[str, Callable[..., Any]], act: str, backward: bool) -> Callable[..., Any]:
-        if act not in table:
-            fn = ACTIVATIONS[act]
-
-            def forward(pre: Tensor, h_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-                hid = h_in.size(-1)
-                c = torch.sigmoid(pre[:, :hid])
-                f = fn(pre[:, hid:])
-                return c, f, h_in + c * (f - h_in)
-
-            def backward_(g: Tensor, h_in: Tensor, c: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
-                gc = g * c
-                if act == "tanh":
-                    da = gc * (1 - f * f)
-                elif act == "sigmoid":
-                    da = gc * (f * (1 - f))
-                elif act == "ReLU":
-                    da = torch.where(f > 0, gc, torch.zeros_like(gc))
-                else:
-                    da = gc
-                return torch.cat([g * (f - h_in) * (c * (1 - c)), da], -1), g - gc
-
-            table[act] = torch.compile(backward_ if backward else forward, **self.options)
-        return table[act]
-
-    def node_forward(self, act: str, pre: Tensor, h_in: Tensor, c: Tensor, f: Tensor, h: Tensor, tmp: Tensor) -> None:
-        c_, f_, h_ = self._get(self._fwd, act, False)(pre, h_in)
-        c.copy_(c_), f.copy_(f_), h.copy_(h_)
-
-    def node_backward(self, act: str, g: Tensor, h_in: Tensor, c: Tensor, f: Tensor, dpre: Tensor, gin: Tensor,
-                      tmp: Tensor) -> None:
-        dpre_, gin_ = self._get(self._bwd, act, True)(g, h_in, c, f)
-        dpre.copy_(dpre_), gin.copy_(gin_)
-
-
-_EAGER = _Kernels()
-
-
-def _mm(a: Tensor, b_t: Tensor, out: Tensor, add: Tensor | None = None) -> None:
-    """``out = add + a @ b_t`` (``b_t`` may be a transposed view); in ``b_t``'s dtype when that is lower."""
-    if b_t.dtype != out.dtype:  # autocast: matmul in bf16 / fp16, elementwise work in fp32
-        res = a.to(b_t.dtype) @ b_t
-        out.copy_(res if add is None else res + add)
-    elif add is None:
-        torch.mm(a, b_t, out=out)
-    else:
-        torch.addmm(add, a, b_t, out=out)
-
-
-def _clip_scale(norm: Tensor) -> Tensor:
-    """Rows with a norm above the clip are rescaled to it (tensor ops only: no host sync)."""
-    return (HIDDEN_NORM_CLIP / norm.clamp_min(1e-6)).clamp(max=1.0)
-
-
-def _unroll(plan: _Plan, x_proj: Tensor, h0: Tensor, w_h0: Tensor, w_edges: Sequence[Tensor], save: bool,
-            kernels: Any) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """Forward through every time step; with ``save``, keep the buffers the backward reads."""
-    steps, batch, hid = x_proj.size(0), h0.size(0), h0.size(1)
-    n = plan.n
-    new = h0.new_empty
-    keep = steps if save else 1
-    # One buffer per node (not one for all nodes): each stays under glibc's mmap threshold, so the
-    # allocator reuses its memory from step to step instead of page-faulting fresh pages.
-    nodes = [new(keep, batch, hid) for _ in range(n)]
-    gates = [new(keep, batch, hid) for _ in range(n)]
-    acts = [new(keep, batch, hid) for _ in range(n)]
-    states = new(steps + 1 if save else 2, batch, hid)  # the hidden state entering each step
-    norms = new(steps if save else 1, batch, 1)
-    raw = new(steps, batch, hid)
-    pre, tmp = new(batch, 2 * hid), new(batch, hid)
-    states[0].copy_(h0)
-    w_t = [w_h0.t()] + [w.t() for w in w_edges]
-    k = len(plan.loose)
-    for t in range(steps):
-        s = t if save else 0
-        h_prev = states[t if save else t % 2]
-        for j in range(n):
-            h_in = h_prev if j == 0 else nodes[plan.parents[j]][s]
-            _mm(h_in, w_t[j], pre, x_proj[t] if j == 0 else None)
-            kernels.node_forward(plan.acts[j], pre, h_in, gates[j][s], acts[j][s], nodes[j][s], tmp)
-        out = raw[t]
-        if k == 1:
-            out.copy_(nodes[plan.loose[0]][s])
-        else:
-            torch.add(nodes[plan.loose[0]][s], nodes[plan.loose[1]][s], out=out)
-            for l in plan.loose[2:]:
-                out.add_(nodes[l][s])
-            out.div_(k)
-        state = nodes[n - 1][s] if plan.last else out
-        norm = torch.linalg.vector_norm(state, dim=-1, keepdim=True, out=norms[s])
-        torch.mul(state, _clip_scale(norm), out=states[t + 1 if save else (t + 1) % 2])
-    hidden = states[steps if save else steps % 2].clone()
-    saved = [*nodes, *gates, *acts, states, norms] if save else []
-    return raw, hidden, saved
-
-
-class _UnrolledCell(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, plan: _Plan, kernels: Any, x_proj: Tensor, h0: Tensor, w_h0: Tensor,
-                *w_edges: Tensor) -> tuple[Tensor, Tensor]:
-        raw, hidden, saved = _unroll(plan, x_proj, h0, w_h0, w_edges, True, kernels)
-        ctx.plan, ctx.kernels, ctx.x_dtype = plan, kernels, x_proj.dtype
-        # Saved through autograd (not as ctx attributes), so they are freed right after the backward
-        # (unless retain_graph) even while the caller still holds the loss.
-        ctx.save_for_backward(raw, *saved, w_h0, *w_edges)
-        return raw, hidden
-
-    @staticmethod
-    def backward(ctx: Any, grad_raw: Tensor | None, grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:
-        plan, kernels = ctx.plan, ctx.kernels
-        n = plan.n
-        raw, *saved = ctx.saved_tensors
-        nodes, gates, acts = saved[:n], saved[n:2 * n], saved[2 * n:3 * n]
-        states, norms, w_h0, *w_edges = saved[3 * n:]
-        steps, batch, hid = raw.shape
-        weights = [w_h0, *w_edges]  # dh_in = dpre @ W, W row-major (2 hid, hid)
-        new = raw.new_empty
-        dpre = [new(steps, batch, 2 * hid) for _ in range(n)]
-        grads = new(n, batch, hid)  # gradient w.r.t. each node's state at the current step
-        gin, tmp, coef = new(batch, hid), new(batch, hid), new(batch, 1)
-        dh = grad_hidden.to(raw.dtype).clone() if grad_hidden is not None else raw.new_zeros(batch, hid)
-        if grad_raw is None:
-            grad_raw = raw.new_zeros(raw.shape)
-        k = len(plan.loose)
-        for t in range(steps - 1, -1, -1):
-            # The clip: hidden = state * scale, scale = min(1, C / max(|state|, 1e-6)); where the clip
-            # is active the scale depends on the state: d scale = -(C / |s|^3) s^T ds.
-            state = nodes[n - 1][t] if plan.last else raw[t]
-            norm = norms[t]
-            ratio = HIDDEN_NORM_CLIP / norm.clamp_min(1e-6)
-            torch.sum(state * dh, dim=-1, keepdim=True, out=coef)
-            coef.mul_(ratio).div_(norm * norm).neg_().masked_fill_(ratio > 1.0, 0.0)
-            d_state = torch.addcmul(dh * ratio.clamp(max=1.0), state, coef)
-            g_out = grad_raw[t] + d_state if not plan.last else grad_raw[t]
-            if k > 1:
-                g_out = g_out / k
-            node_grad: list[Tensor | None] = [None] * n
-            for l in plan.loose:
-                node_grad[l] = g_out
-            if plan.last:
-                node_grad[n - 1] = g_out + d_state
-            for j in range(n - 1, -1, -1):
-                g = node_grad[j]
-                assert g is not None
-                p = plan.parents[j]
-                h_in = states[t] if j == 0 else nodes[p][t]
-                d = dpre[j][t]
-                kernels.node_backward(plan.acts[j], g, h_in, gates[j][t], acts[j][t], d, gin, tmp)
-                w = weights[j]
-                if j == 0:
-                    if t > 0 or ctx.needs_input_grad[3]:  # the gradient w.r.t. the previous hidden state
-                        _mm_acc(gin, d, w, out=dh, first=True)
-                else:
-                    target = grads[p]
-                    _mm_acc(gin, d, w, out=target, first=plan.first_child[j])
-                    node_grad[p] = target
-        needs = ctx.needs_input_grad
-        d_weights: list[Tensor | None] = []
-        for j, w in enumerate(weights):
-            if not needs[4 + j]:
-                d_weights.append(None)
-                continue
-            h_in = states[:steps] if j == 0 else nodes[plan.parents[j]]
-            d_weights.append(_mm_t(dpre[j].view(steps * batch, 2 * hid), h_in.reshape(steps * batch, hid), w.dtype))
-        d_x = dpre[0].to(ctx.x_dtype) if needs[2] else None
-        d_h0 = dh if needs[3] else None
-        return (None, None, d_x, d_h0, *d_weights)
-
-
-def _mm_acc(gin: Tensor, dpre: Tensor, w: Tensor, out: Tensor, first: bool) -> None:
-    """``out = (0 if first else out) + gin + dpre @ w``."""
-    if w.dtype != out.dtype:
-        res = (dpre.to(w.dtype) @ w).to(out.dtype) + gin
-        out.copy_(res) if first else out.add_(res)
-    elif first:
-        torch.addmm(gin, dpre, w, out=out)
-    else:
-        out.add_(gin)
-        out.addmm_(dpre, w)
-
-
-def _mm_t(dpre: Tensor, h_in: Tensor, dtype: torch.dtype) -> Tensor:
-    """Weight gradient over all time steps: ``dpre^T @ h_in``, (2 hid, hid), in the weight's dtype."""
-    if dtype != dpre.dtype:
-        return (dpre.to(dtype).t() @ h_in.to(dtype)).to(dtype)
-    return dpre.t() @ h_in
-
-
-def _plain_unroll(plan: _Plan, x_proj: Tensor, hidden: Tensor, w_h0: Tensor, w_edges: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """The cell step by step with ordinary autograd ops (the reference formulation; slow)."""
-    hid = hidden.size(1)
-    acts = [ACTIVATIONS[a] for a in plan.acts]
-    weights = [w_h0, *w_edges]
-    outputs = []
-    for t in range(x_proj.size(0)):
-        nodes: list[Tensor] = []
-        for j in range(plan.n):
-            h_in = hidden if j == 0 else nodes[plan.parents[j]]
-            pre = h_in @ weights[j].t()
-            if j == 0:
-                pre = x_proj[t] + pre
-            c = torch.sigmoid(pre[:, :hid])
-            nodes.append(c * acts[j](pre[:, hid:]) + (1 - c) * h_in)
-        output = torch.stack([nodes[j] for j in plan.loose]).mean(0) if len(plan.loose) > 1 else nodes[plan.loose[0]]
-        state = nodes[-1] if plan.last else output
-        hidden = state * _clip_scale(state.norm(dim=-1, keepdim=True))
-        outputs.append(output)
-    return torch.stack(outputs), hidden
-
-
 class SharedRNN(nn.Module):
     """Every edge of every possible cell, plus the embedding and (tied) decoder they share.
 
-    ``fused`` (default True) runs the unrolled cell as one autograd node (see ``_UnrolledCell``);
-    False runs the plain step-by-step autograd formulation, which computes the same function.
-    ``enable_compile()`` routes the cell's elementwise work through ``torch.compile`` (``--compile``).
+    ``wdrop_scope`` says which weights DropConnect touches: ``node0`` (the paper's code) drops node 0's
+    hidden-to-hidden weights ``W_hc``/``W_hh`` only; ``all`` drops those and every edge's weights.
+    ``output_norm="batchnorm"`` normalises the cell output at every time step (``StepBatchNorm``);
+    ``input_bias`` gives node 0's input projections a bias; ``next_state`` is the state carried to
+    the next time step (``last`` node, or ``avg`` of the loose ends). The module tree depends only on
+    these arguments (never on the run mode), so a checkpoint loads in every mode.
+
+    ``fused`` (default True) runs the unrolled cell as one autograd node; False runs the plain
+    step-by-step autograd formulation, which computes the same function. ``enable_compile()`` routes
+    the cell's elementwise work through ``torch.compile`` (``--compile``).
     """
 
     def __init__(
@@ -455,23 +125,29 @@ class SharedRNN(nn.Module):
         dropouti: float = 0.65,
         wdrop: float = 0.5,
         tie_weights: bool = True,
-        next_state: str = "avg",
+        next_state: str = "last",
+        wdrop_scope: str = "node0",
+        output_norm: str = "batchnorm",
+        input_bias: bool = True,
     ) -> None:
         super().__init__()
         if tie_weights and embed != hid:
             raise ValueError(f"tie_weights needs shared_embed == shared_hid (got {embed} and {hid})")
-        if next_state not in ("avg", "last"):
-            raise ValueError(f"next_state must be 'avg' or 'last', got {next_state!r}")
+        for name, value, allowed in (("next_state", next_state, NEXT_STATES), ("wdrop_scope", wdrop_scope, WDROP_SCOPES),
+                                     ("output_norm", output_norm, OUTPUT_NORMS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         self.hid = hid
         self.num_blocks = num_blocks
         self.dropout, self.dropoute, self.dropouti, self.wdrop = dropout, dropoute, dropouti, wdrop
-        self.next_state = next_state
+        self.next_state, self.wdrop_scope = next_state, wdrop_scope
         self.fused = True
-        self._kernels: Any = _EAGER
-        self._plans: dict[RNNArch, _Plan] = {}
+        self._kernels: Any = EAGER
+        self._plans: dict[RNNArch, Plan] = {}
         self.encoder = nn.Embedding(ntokens, embed)
         # Node 0: rows [0, hid) produce c_0, rows [hid, 2 hid) the candidate h_0.
         self.w_x0 = nn.Parameter(torch.empty(2 * hid, embed))
+        self.b_x0 = nn.Parameter(torch.empty(2 * hid)) if input_bias else None
         self.w_h0 = nn.Parameter(torch.empty(2 * hid, hid))
         self.edges = nn.ModuleDict()
         for j in range(1, num_blocks):
@@ -480,9 +156,13 @@ class SharedRNN(nn.Module):
                 edge.w_c = nn.Parameter(torch.empty(hid, hid))
                 edge.w_h = nn.Parameter(torch.empty(hid, hid))
                 self.edges[self.edge_name(i, j)] = edge
+        self.output_norm = StepBatchNorm(hid) if output_norm == "batchnorm" else None
         self.decoder = nn.Linear(hid, ntokens)
+        # Every parameter, the batch norm's scale and shift included, from U(-0.025, 0.025) (the
+        # paper's code and ENAS): the output norm starts close to zero, so early logits are small.
         for p in self.parameters():
             nn.init.uniform_(p, -0.025, 0.025)
+        nn.init.zeros_(self.decoder.bias)  # as the paper's code
         if tie_weights:
             self.decoder.weight = self.encoder.weight
 
@@ -500,14 +180,14 @@ class SharedRNN(nn.Module):
     def enable_compile(self, **compile_options: Any) -> None:
         """Run the cell's per-node elementwise work through ``torch.compile`` (compiled on first use;
         ``compile_options`` go to ``torch.compile``, e.g. ``backend="eager"`` to check the tracing only)."""
-        self._kernels = _CompiledKernels(**compile_options)
+        self._kernels = CompiledKernels(**compile_options)
 
-    def _plan(self, arch: RNNArch) -> _Plan:
+    def _plan(self, arch: RNNArch) -> Plan:
         plan = self._plans.get(arch)
         if plan is None:
             if len(self._plans) > 4096:
                 self._plans.clear()
-            plan = self._plans[arch] = _Plan(arch, self.next_state)
+            plan = self._plans[arch] = Plan(arch, self.next_state)
         return plan
 
     def forward(self, inputs: Tensor, hidden: Tensor, arch: RNNArch) -> RNNOutput:
@@ -518,28 +198,14 @@ class SharedRNN(nn.Module):
         wdrop = self.wdrop if training else 0.0
         emb = embedded_dropout(self.encoder, inputs, self.dropoute if training else 0.0)
         emb = locked_dropout(emb, self.dropouti if training else 0.0)
-        x_proj = F.linear(emb, self.w_x0)  # node 0's input projections for all time steps at once
+        x_proj = F.linear(emb, self.w_x0, self.b_x0)  # node 0's input projections for all time steps at once
         w_h0 = drop_connect(self.w_h0, wdrop)
         # One fused (2 hid, hid) matrix per used edge: a single matmul gives both c_j and h_j inputs.
         edges = [self.edges[self.edge_name(i, j)] for i, j in arch.edges]
-        w_edges = [drop_connect(torch.cat([edge.w_c, edge.w_h]), wdrop) for edge in edges]
-        plan = self._plan(arch)
-        raw, hidden = self._run_cell(plan, x_proj, hidden, w_h0, w_edges)
+        edge_drop = wdrop if self.wdrop_scope == "all" else 0.0
+        w_edges = [drop_connect(torch.cat([edge.w_c, edge.w_h]), edge_drop) for edge in edges]
+        raw, hidden = run_cell(self._plan(arch), self._kernels, self.fused, x_proj, hidden, w_h0, w_edges)
+        if self.output_norm is not None:
+            raw = self.output_norm(raw)
         dropped = locked_dropout(raw, self.dropout if training else 0.0)
         return RNNOutput(self.decoder(dropped), hidden, raw, dropped)
-
-    def _run_cell(self, plan: _Plan, x_proj: Tensor, hidden: Tensor, w_h0: Tensor, w_edges: list[Tensor]) -> tuple[Tensor, Tensor]:
-        if not self.fused:
-            return _plain_unroll(plan, x_proj, hidden, w_h0, w_edges)
-        device_type = x_proj.device.type
-        low = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        if hidden.dtype in (torch.bfloat16, torch.float16):
-            hidden = hidden.float()
-        with torch.autocast(device_type, enabled=False):
-            if low is not None:  # autocast: the matmuls in the low precision, the elementwise work in fp32
-                w_h0, w_edges = w_h0.to(low), [w.to(low) for w in w_edges]
-            tensors = (x_proj, hidden, w_h0, *w_edges)
-            if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-                return _UnrolledCell.apply(plan, self._kernels, *tensors)
-            raw, hidden, _ = _unroll(plan, x_proj, hidden, w_h0, w_edges, False, self._kernels)
-            return raw, hidden

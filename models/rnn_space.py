@@ -12,8 +12,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from data.text import Corpus, batchify, get_batch
-from models import rnn
-from models.rnn import RNNArch, SharedRNN
+from models import rnn_arch
+from models.rnn import RNNOutput, SharedRNN
+from models.rnn_arch import RNNArch
 from models.space import Loss, OptimSpec
 from utils import render_dot
 
@@ -29,7 +30,10 @@ class RNNSpaceConfig:
     shared_dropouti: float = 0.65
     shared_wdrop: float = 0.5
     tie_weights: bool = True
-    rnn_next_state: str = "avg"
+    rnn_next_state: str = "last"
+    shared_wdrop_scope: str = "node0"
+    rnn_output_norm: str = "batchnorm"
+    rnn_input_bias: bool = True
     batch_size: int = 64
     test_batch_size: int = 1
     shared_rnn_max_length: int = 35
@@ -93,6 +97,7 @@ class RNNSpace:
             corpus.ntokens, cfg.shared_embed, cfg.shared_hid, cfg.num_blocks,
             dropout=cfg.shared_dropout, dropoute=cfg.shared_dropoute, dropouti=cfg.shared_dropouti,
             wdrop=cfg.shared_wdrop, tie_weights=cfg.tie_weights, next_state=cfg.rnn_next_state,
+            wdrop_scope=cfg.shared_wdrop_scope, output_norm=cfg.rnn_output_norm, input_bias=cfg.rnn_input_bias,
         ).to(device)
         bptt = cfg.shared_rnn_max_length
         self.train_data = batchify(corpus.train, cfg.batch_size).to(device)
@@ -112,13 +117,13 @@ class RNNSpace:
     # ------------------------------------------------------------------------ architectures
     @property
     def decision_sizes(self) -> list[int]:
-        return rnn.decision_sizes(self.cfg.num_blocks, len(self.activations))
+        return rnn_arch.decision_sizes(self.cfg.num_blocks, len(self.activations))
 
     def decode(self, tokens: Sequence[int]) -> RNNArch:
-        return rnn.decode(tokens, self.activations)
+        return rnn_arch.decode(tokens, self.activations)
 
     def encode(self, arch: RNNArch) -> list[int]:
-        return rnn.encode(arch, self.activations)
+        return rnn_arch.encode(arch, self.activations)
 
     def arch_from_dict(self, d: dict[str, Any]) -> RNNArch:
         arch = RNNArch.from_dict(d)
@@ -142,7 +147,7 @@ class RNNSpace:
                          schedule="decay", decay=c.shared_decay, decay_after=c.shared_decay_after)
 
     # ------------------------------------------------------------------------------ losses
-    def regularizers(self, out: rnn.RNNOutput) -> Tensor:
+    def regularizers(self, out: RNNOutput) -> Tensor:
         """The optional AR / TAR / norm-stabiliser terms; retraining adds the same ones."""
         c = self.cfg
         extra = out.raw.new_zeros(())

@@ -20,7 +20,8 @@ import main
 import retrain
 from conftest import interrupted_copy, metrics_without_timing
 from data.text import batchify, build_corpus
-from models.rnn import RNNArch, SharedRNN
+from models.rnn import SharedRNN
+from models.rnn_arch import RNNArch
 from models.rnn_space import RNNSpace, RNNSpaceConfig
 from runlog import RunDir, load_checkpoint
 from utils import seed_everything
@@ -69,9 +70,10 @@ def test_run_leaves_every_artefact(retrained: Path) -> None:
     result = json.loads((retrained / "test_results.json").read_text())
     assert result["epochs"] == 3 and result["weights"] == "retrained"
     assert result["valid_ppl"] == records[-1]["best_valid_ppl"] and result["best_epoch"] == records[-1]["best_epoch"]
-    # parameters of the pruned cell: tied embedding/decoder, node 0's two matrices, 3 edges x (W^c, W^h), decoder bias
+    # parameters of the pruned cell: tied embedding/decoder, node 0's two matrices and input biases, 3 edges x
+    # (W^c, W^h), the output batch norm's scale and shift, decoder bias
     ntokens, h = 42, 16
-    assert result["params"] == ntokens * h + 2 * (2 * h * h) + 3 * 2 * h * h + ntokens
+    assert result["params"] == ntokens * h + 2 * (2 * h * h) + 2 * h + 3 * 2 * h * h + 2 * h + ntokens
 
 
 def test_arch_json_is_the_seeded_random_architecture(retrained: Path, data_dir: Path) -> None:

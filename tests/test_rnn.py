@@ -12,28 +12,35 @@ from torch.nn import functional as F
 
 from data.text import batchify, build_corpus
 from models.controller import Controller
-from models.rnn import RNNArch, SharedRNN, decision_sizes, decode, drop_connect, encode
+from models.rnn import SharedRNN, drop_connect
+from models.rnn_arch import RNNArch, decision_sizes, decode, encode
 from models.rnn_space import RNNSpace, RNNSpaceConfig
 
 ACTS = ["tanh", "ReLU", "identity", "sigmoid"]
 
 
-def tiny_model(num_blocks: int, next_state: str = "avg", hid: int = 3) -> SharedRNN:
+# The two modelling variants of the cell: the paper's code (biased input projections, output batch
+# norm) and the ENAS paper (neither).
+VARIANTS = {"paper": {"input_bias": True, "output_norm": "batchnorm"}, "enas": {"input_bias": False, "output_norm": "none"}}
+
+
+def tiny_model(num_blocks: int, next_state: str = "avg", hid: int = 3, variant: str = "enas") -> SharedRNN:
     torch.manual_seed(0)
-    model = SharedRNN(7, hid, hid, num_blocks, tie_weights=False, next_state=next_state)
+    model = SharedRNN(7, hid, hid, num_blocks, tie_weights=False, next_state=next_state, **VARIANTS[variant])
     for p in model.parameters():  # larger weights than the init so every term matters
         torch.nn.init.normal_(p, std=0.7)
     return model.eval()
 
 
 def reference_step(model: SharedRNN, arch: RNNArch, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The cell equations written out with separate W^c / W^h matrices."""
+    """The cell equations written out with separate W^c / W^h matrices and biases b_c / b_h."""
     fns = {"tanh": torch.tanh, "ReLU": torch.relu, "identity": lambda v: v, "sigmoid": torch.sigmoid}
     H = model.hid
     wxc, wxh = model.w_x0[:H], model.w_x0[H:]
+    bc, bh = (model.b_x0[:H], model.b_x0[H:]) if model.b_x0 is not None else (0.0, 0.0)
     whc, whh = model.w_h0[:H], model.w_h0[H:]
-    c0 = torch.sigmoid(x @ wxc.t() + h @ whc.t())
-    nodes = [c0 * fns[arch.activations[0]](x @ wxh.t() + h @ whh.t()) + (1 - c0) * h]
+    c0 = torch.sigmoid(x @ wxc.t() + bc + h @ whc.t())
+    nodes = [c0 * fns[arch.activations[0]](x @ wxh.t() + bh + h @ whh.t()) + (1 - c0) * h]
     for j, i in enumerate(arch.parents, start=1):
         edge = model.edges[f"{i}_{j}"]
         c = torch.sigmoid(nodes[i] @ edge.w_c.t())
@@ -46,18 +53,82 @@ def reference_step(model: SharedRNN, arch: RNNArch, x: torch.Tensor, h: torch.Te
     RNNArch(("sigmoid", "tanh", "ReLU"), (0, 1)),  # a chain: loose end 2 only
     RNNArch(("identity", "sigmoid"), (0,)),
 ])
-def test_cell_matches_the_equations(arch: RNNArch) -> None:
-    model = tiny_model(arch.num_nodes)
+@pytest.mark.parametrize("variant", ["paper", "enas"])
+@pytest.mark.parametrize("next_state", ["last", "avg"])
+def test_cell_matches_the_equations(arch: RNNArch, variant: str, next_state: str) -> None:
+    model = tiny_model(arch.num_nodes, next_state, variant=variant)
     tokens = torch.tensor([[1, 4], [2, 0], [6, 3]])  # (time, batch)
     h = torch.randn(2, model.hid) * 0.5
     out = model(tokens, h, arch)
     state = h
     for t in range(tokens.size(0)):
-        expected, _ = reference_step(model, arch, model.encoder(tokens[t]), state)
+        expected, nodes = reference_step(model, arch, model.encoder(tokens[t]), state)
+        if variant == "paper":  # eval mode: the running statistics (still the initial mean 0, variance 1)
+            bn = model.output_norm
+            expected = expected / (1.0 + bn.eps) ** 0.5 * bn.weight + bn.bias
         assert torch.allclose(out.raw[t], expected, atol=1e-6)
-        state = expected  # norms stay far below the clip of 25
-    assert torch.allclose(out.hidden, state, atol=1e-6)
+        state = nodes[-1] if next_state == "last" else reference_step(model, arch, model.encoder(tokens[t]), state)[0]
+    assert torch.allclose(out.hidden, state, atol=1e-6)  # norms stay far below the clip of 25
     assert torch.allclose(out.logits, model.decoder(out.raw), atol=1e-6)
+
+
+def test_paper_variant_has_exactly_the_bias_and_norm_parameters() -> None:
+    ntokens, h, blocks = 7, 3, 4
+    edges = blocks * (blocks - 1) // 2
+    counts = {v: sum(p.numel() for p in tiny_model(blocks, hid=h, variant=v).parameters()) for v in VARIANTS}
+    enas = ntokens * h + 2 * h * h + 2 * h * h + edges * 2 * h * h + h * ntokens + ntokens  # untied decoder
+    assert counts["enas"] == enas
+    assert counts["paper"] == enas + 2 * h + 2 * h  # b_c, b_h and the batch norm's scale and shift
+    names = dict(tiny_model(blocks, variant="paper").named_parameters())
+    assert {"b_x0", "output_norm.weight", "output_norm.bias"} <= set(names)
+
+
+def test_step_batch_norm_equals_one_batch_norm_applied_step_by_step() -> None:
+    """The paper's code calls BatchNorm1d once per time step; StepBatchNorm does all steps at once."""
+    from models.rnn import StepBatchNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True) * 3 + 1
+    ours = StepBatchNorm(3).double()
+    loop = torch.nn.BatchNorm1d(3).double()
+    with torch.no_grad():
+        ours.weight.uniform_(-1, 1), ours.bias.uniform_(-1, 1)
+        loop.load_state_dict(ours.state_dict())
+    for _ in range(2):  # twice: the running statistics start from non-initial values the second time
+        y = ours(x)
+        y_loop = torch.stack([loop(x[t]) for t in range(x.size(0))])
+        assert torch.allclose(y, y_loop, atol=1e-12)
+        g = torch.randn_like(y)
+        grads = torch.autograd.grad(y, [x, ours.weight, ours.bias], g)
+        grads_loop = torch.autograd.grad(y_loop, [x, loop.weight, loop.bias], g)
+        for a, b in zip(grads, grads_loop):
+            assert torch.allclose(a, b, atol=1e-10)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.allclose(getattr(ours, name).double(), getattr(loop, name).double(), atol=1e-12), name
+    ours.eval(), loop.eval()
+    assert torch.allclose(ours(x), torch.stack([loop(x[t]) for t in range(x.size(0))]), atol=1e-12)
+
+
+@pytest.mark.parametrize("scope", ["node0", "all"])
+def test_drop_connect_touches_exactly_the_documented_weights(scope: str) -> None:
+    """node0: only W_hc / W_hh of node 0 are dropped (the paper's code); all: every used edge too.
+
+    A dropped entry of a weight receives exactly zero gradient, so the gradients show the masks.
+    """
+    torch.manual_seed(0)
+    hid = 40
+    model = SharedRNN(9, hid, hid, 3, wdrop=0.5, wdrop_scope=scope, dropout=0, dropoute=0, dropouti=0).train()
+    arch = RNNArch(("tanh", "tanh", "tanh"), (0, 1))
+    tokens = torch.randint(9, (6, 8))
+    out = model(tokens, torch.randn(8, hid), arch)
+    out.logits.sum().backward()
+    zero_fraction = lambda p: float((p.grad == 0).float().mean())  # noqa: E731
+    assert zero_fraction(model.w_h0) == pytest.approx(0.5, abs=0.05)
+    assert zero_fraction(model.w_x0) == 0.0  # input projections are never dropped
+    for name in ("0_1", "1_2"):
+        for w in (model.edges[name].w_c, model.edges[name].w_h):
+            assert zero_fraction(w) == (pytest.approx(0.5, abs=0.05) if scope == "all" else 0.0)
+    assert model.edges["0_2"].w_h.grad is None  # an edge the architecture does not use
 
 
 def test_loose_ends_are_averaged_and_last_state_option() -> None:
