@@ -164,6 +164,16 @@ def synthetic_corpus(s: Size, seed: int) -> Any:
                   torch.randint(s.ntokens, (n_valid,), generator=g), torch.randint(s.ntokens, (s.bptt * 4,), generator=g))
 
 
+def preset_fields(cfg_type: type, preset: str) -> dict[str, Any]:
+    """The values ``--preset`` gives the fields of a space configuration (config.PRESETS)."""
+    import dataclasses
+
+    import config
+
+    names = {f.name for f in dataclasses.fields(cfg_type)}
+    return {k: v for k, v in config.PRESETS[preset].items() if k in names}
+
+
 def build_trainer(s: Size, args: argparse.Namespace) -> Any:
     from models.controller import Controller
     from models.rnn_space import RNNSpace, RNNSpaceConfig
@@ -172,7 +182,7 @@ def build_trainer(s: Size, args: argparse.Namespace) -> Any:
 
     torch.manual_seed(args.seed)
     cfg = RNNSpaceConfig(num_blocks=s.num_blocks, shared_embed=s.hid, shared_hid=s.hid, batch_size=s.batch,
-                         shared_rnn_max_length=s.bptt)
+                         shared_rnn_max_length=s.bptt, **preset_fields(RNNSpaceConfig, args.preset))
     space = RNNSpace(synthetic_corpus(s, args.seed), cfg, torch.device("cpu"))
     controller = Controller(space.decision_sizes, 100, 5.0, 2.5)
     wpl = WPL(space.wpl_groups(), lambda_fisher=0.9, clip_by_norm=10.0, momentum=True, mode="compound")
@@ -391,6 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--amp", action="store_true", help="bf16 autocast via the trainer's --amp wiring")
     p.add_argument("--compile", action="store_true", help="torch.compile via the trainer's --compile wiring")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", choices=("paper", "enas"), default="paper",
+                   help="modelling choices of the shared models, as main.py's --preset (docs/fidelity.md)")
     p.add_argument("--nchw", action="store_true", help="run the CNN in NCHW layout (--cnn_channels_last=false)")
     p.add_argument("--plain-cell", action="store_true",
                    help="run the RNN cell step by step with ordinary autograd ops (SharedRNN.fused=False): "
@@ -408,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "size": args.size, "shape": s.__dict__, "threads": args.threads, "reps": args.reps, "warmup": args.warmup,
         "amp": args.amp, "compile": args.compile, "malloc_tuned": malloc_tuned, "cnn_channels_last": not args.nchw,
-        "plain_cell": args.plain_cell, "torch": torch.__version__, "python": platform.python_version(),
+        "plain_cell": args.plain_cell, "preset": args.preset, "torch": torch.__version__, "python": platform.python_version(),
         "cpus": os.cpu_count(), "uptime_start": uptime(), "loadavg_start": loadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
