@@ -74,3 +74,25 @@ def test_malformed_number_is_an_error(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_explicit_options_lists_only_what_was_given() -> None:
     assert config.explicit_options(["--max_epoch=3", "--comment=x"]) == {"max_epoch", "comment"}
+
+
+def test_preset_paper_is_the_default_and_enas_switches_every_modelling_option() -> None:
+    paper = config.parse_args([])
+    assert paper.preset == "paper"
+    assert (paper.shared_wdrop_scope, paper.rnn_output_norm, paper.rnn_next_state, paper.rnn_input_bias) == \
+        ("node0", "batchnorm", "last", True)
+    enas = config.parse_args(["--preset=enas"])
+    for key, value in config.PRESETS["enas"].items():
+        assert getattr(enas, key) == value, key
+        assert getattr(paper, key) != value, key  # every preset entry really changes something
+    mixed = config.parse_args(["--rnn_next_state=last", "--preset=enas"])  # an explicit option wins, in any order
+    assert mixed.rnn_next_state == "last" and mixed.rnn_output_norm == "none"
+
+
+def test_configs_saved_before_an_option_existed_take_its_legacy_value() -> None:
+    from builders import merge_config
+
+    saved = {k: v for k, v in vars(config.parse_args([])).items() if k not in config.LEGACY_VALUES}
+    merged = merge_config(saved, config.parse_args([]), set(), config.RUNTIME_KEYS)
+    for key, value in config.LEGACY_VALUES.items():
+        assert getattr(merged, key) == value, key

@@ -168,3 +168,15 @@ def test_forgetting_mode_writes_results(search: Path, capsys: pytest.CaptureFixt
     assert results["variants"]["none"]["wpl_ce_ratio"] == 0 < results["variants"]["loss"]["wpl_ce_ratio"]
     assert (search / "forgetting.png").stat().st_size > 1000
     assert "| compound |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", ["paper", "enas"])
+def test_paper_command_runs_with_either_preset(preset: str, data_dir: Path, tmp_path: Path) -> None:
+    small = [a for a in SMALL if not a.startswith("--max_epoch")] + ["--max_epoch=1", "--use_tensorboard=False"]
+    assert run_main(*paper_rnn_args(), *small, f"--preset={preset}", f"--data_dir={data_dir}", f"--log_dir={tmp_path}") == 0
+    run = tmp_path / "tiny_rnn-train"
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    has_norm = any(k.startswith("output_norm.") for k in state["model"])
+    assert has_norm == (preset == "paper") and ("b_x0" in state["model"]) == (preset == "paper")
+    assert state["config"]["shared_wdrop_scope"] == ("node0" if preset == "paper" else "all")
+    assert json.loads((run / "params.json").read_text())["preset"] == preset
