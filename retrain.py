@@ -46,7 +46,7 @@ import builders
 import config
 from data.image import mixed_seed
 from data.text import get_batch
-from models.cnn import CNNArch, SharedCNN, loose_ends
+from models.cnn import CNNArch, SharedCNN, live_nodes, loose_ends
 from models.rnn import RNNArch, SharedRNN
 from models.space import OptimSpec, SearchSpace
 from runlog import RunDir, load_checkpoint, resolve_checkpoint
@@ -65,7 +65,7 @@ SEARCH_KEYS = frozenset({
     "temporal_activation_regularization_amount", "norm_stabilizer_regularization",
     "norm_stabilizer_regularization_amount", "norm_stabilizer_fixed_point",
     "search_mode", "shared_cnn_types", "shared_cnn_normal_types", "shared_cnn_reduce_types", "cnn_cell_output",
-    "cnn_num_modules", "valid_size",
+    "cnn_stem", "cnn_cell_inputs", "cnn_depthwise", "cnn_node_combine", "cnn_classifier", "cnn_num_modules", "valid_size",
 })
 RESUME_KEYS = config.RUNTIME_KEYS | {"retrain_epochs"}  # a resumed retrain may be given more epochs
 TEST_KEYS = (config.RUNTIME_KEYS - {"dataset"}) | {"test_batch_size"}
@@ -138,6 +138,7 @@ def with_search_config(args: argparse.Namespace, explicit: set[str]) -> argparse
     if not params.is_file():
         raise UserError(f"{params} is missing: --load_path must name a search run directory or checkpoint")
     saved = load_json(params)
+    saved = {**{k: v for k, v in config.LEGACY_VALUES.items() if k not in saved}, **saved}  # what older runs did
     inherited = {k: saved[k] for k in SEARCH_KEYS - explicit if k in saved}
     log.info("search configuration from %s: %s", params, ", ".join(f"{k}={v}" for k, v in sorted(inherited.items())))
     return argparse.Namespace(**{**vars(args), **inherited})
@@ -174,11 +175,12 @@ def prune_to_arch(model: nn.Module, arch: Any) -> nn.Module:
         return model
     for cell in model.cells:
         spec = arch.reduce if cell.reduction else arch.normal
+        live = live_nodes(spec, cell.output)  # with output "last", nodes the output does not depend on never run
         for j, node in enumerate(spec):
             for i, ops in enumerate(cell.nodes[j]):
-                for op in [op for op in ops if (i, op) not in node]:
+                for op in [op for op in ops if (i, op) not in node or j not in live]:
                     del ops[op]
-        read = {i for node in spec for i, _ in node}
+        read = {i for j in live for i, _ in spec[j]}
         if 0 not in read:  # a cell input nobody reads is never calibrated
             cell.pre0 = nn.Identity()
         if 1 not in read:
