@@ -163,8 +163,23 @@ def build_parser() -> StrictParser:
     g.add_argument("--shared_cnn_types", type=str_list, default=["identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5"], help="CNN ops (both cells) unless overridden below")
     g.add_argument("--shared_cnn_normal_types", type=str_list, default=None, help="CNN ops of normal cells (default: shared_cnn_types)")
     g.add_argument("--shared_cnn_reduce_types", type=str_list, default=None, help="CNN ops of reduction cells (default: shared_cnn_types)")
-    g.add_argument("--cnn_cell_output", type=choice("concat", "avg"), default="concat",
-                   help="how a CNN cell joins its loose ends: concatenation + 1x1 projection, or averaging")
+    g.add_argument("--cnn_stem", type=b, default=False,
+                   help="a 3x3 conv + BN stem before the first CNN cell (ENAS); false: the first two cells read the images (paper's code)")
+    g.add_argument("--cnn_cell_inputs", type=choice("ops", "calibrate"), default="ops",
+                   help="ops: the ops reading a CNN cell input map its channels and resolution themselves (paper's code: "
+                        "grouped convs, identity/pooling subsample and repeat channels); calibrate: a 1x1 conv or "
+                        "factorized reduce per input first (ENAS)")
+    g.add_argument("--cnn_depthwise", type=choice("grouped", "separable"), default="grouped",
+                   help="depthwise_KxK op: ReLU, one grouped KxK conv, affine BN (paper's code); separable: ReLU, "
+                        "depthwise KxK conv, pointwise 1x1 conv, BN (ENAS)")
+    g.add_argument("--cnn_node_combine", type=choice("avg", "sum"), default="avg",
+                   help="how a CNN node joins its two inputs: average (paper's code) or sum (ENAS)")
+    g.add_argument("--cnn_cell_output", type=choice("last", "concat", "avg"), default="last",
+                   help="a CNN cell's output: its last node (paper's code), its loose ends concatenated + 1x1 "
+                        "projection (ENAS), or the loose ends averaged")
+    g.add_argument("--cnn_classifier", type=choice("flatten", "gap"), default="flatten",
+                   help="CNN classifier: linear layer on the flattened final feature map (paper's code), or ReLU, "
+                        "global average pooling and a linear layer (ENAS)")
     g.add_argument("--cnn_channels_last", type=str2bool, default=True,
                    help="run the CNN in channels-last memory layout (1.7x faster steps on the CPU; false: NCHW)")
     g.add_argument("--shared_cnn_lr", type=float, default=0.05,
@@ -272,6 +287,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rnn_output_norm": "none",
         "rnn_next_state": "avg",
         "rnn_input_bias": False,
+        "cnn_stem": True,
+        "cnn_cell_inputs": "calibrate",
+        "cnn_depthwise": "separable",
+        "cnn_node_combine": "sum",
+        "cnn_cell_output": "concat",
+        "cnn_classifier": "gap",
     },
 }
 
@@ -282,6 +303,11 @@ LEGACY_VALUES: dict[str, Any] = {
     "shared_wdrop_scope": "all",
     "rnn_output_norm": "none",
     "rnn_input_bias": False,
+    "cnn_stem": True,
+    "cnn_cell_inputs": "calibrate",
+    "cnn_depthwise": "separable",
+    "cnn_node_combine": "sum",
+    "cnn_classifier": "gap",  # cnn_cell_output is older than these: saved runs have theirs
 }
 
 
@@ -311,7 +337,8 @@ SHAPE_KEYS = frozenset({
     "network_type", "dataset", "num_blocks", "shared_embed", "shared_hid", "tie_weights", "shared_rnn_activations",
     "controller_hid", "cnn_final_filter_size", "cnn_num_repeat_normal", "cnn_num_modules", "shared_cnn_types",
     "shared_cnn_normal_types", "shared_cnn_reduce_types", "search_mode", "batch_size", "valid_size",
-    "cnn_cell_output", "rnn_output_norm", "rnn_input_bias",
+    "cnn_cell_output", "rnn_output_norm", "rnn_input_bias", "cnn_stem", "cnn_cell_inputs", "cnn_depthwise",
+    "cnn_node_combine", "cnn_classifier",
     "random_seed",  # the seed also picks the held-out validation images
 })
 

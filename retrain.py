@@ -46,7 +46,7 @@ import builders
 import config
 from data.image import mixed_seed
 from data.text import get_batch
-from models.cnn import CNNArch, SharedCNN, loose_ends
+from models.cnn import CNNArch, SharedCNN, live_nodes, loose_ends
 from models.rnn import SharedRNN
 from models.rnn_arch import RNNArch
 from models.space import OptimSpec, SearchSpace
@@ -67,7 +67,7 @@ SEARCH_KEYS = frozenset({
     "temporal_activation_regularization_amount", "norm_stabilizer_regularization",
     "norm_stabilizer_regularization_amount", "norm_stabilizer_fixed_point",
     "search_mode", "shared_cnn_types", "shared_cnn_normal_types", "shared_cnn_reduce_types", "cnn_cell_output",
-    "cnn_num_modules", "valid_size",
+    "cnn_stem", "cnn_cell_inputs", "cnn_depthwise", "cnn_node_combine", "cnn_classifier", "cnn_num_modules", "valid_size",
 })
 RESUME_KEYS = config.RUNTIME_KEYS | {"retrain_epochs"}  # a resumed retrain may be given more epochs
 TEST_KEYS = (config.RUNTIME_KEYS - {"dataset"}) | {"test_batch_size"}
@@ -177,11 +177,12 @@ def prune_to_arch(model: nn.Module, arch: Any) -> nn.Module:
         return model
     for cell in model.cells:
         spec = arch.reduce if cell.reduction else arch.normal
+        live = live_nodes(spec, cell.output)  # with output "last", nodes the output does not depend on never run
         for j, node in enumerate(spec):
             for i, ops in enumerate(cell.nodes[j]):
-                for op in [op for op in ops if (i, op) not in node]:
+                for op in [op for op in ops if (i, op) not in node or j not in live]:
                     del ops[op]
-        read = {i for node in spec for i, _ in node}
+        read = {i for j in live for i, _ in spec[j]}
         if 0 not in read:  # a cell input nobody reads is never calibrated
             cell.pre0 = nn.Identity()
         if 1 not in read:

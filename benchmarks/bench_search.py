@@ -1,6 +1,6 @@
 """Speed of the search's hot paths on synthetic data, with the project's own models and trainer.
 
-    python benchmarks/bench_search.py --size paper|small|tiny [--json FILE] [--reps N] [--threads N]
+    python benchmarks/bench_search.py --size paper|small|tiny [--json FILE] [--reps N] [--threads N] [--preset paper|enas]
 
 Sizes (the RNN part; batch 64 x BPTT 35 and a 10,000-word vocabulary unless noted):
 
@@ -25,7 +25,9 @@ Every figure is the median / min / max over ``--reps`` repetitions after ``--war
 * ``controller_sample_s``: ``Trainer.sample_archs(1)``; ``controller_step_s``: one REINFORCE step
   (``Trainer.controller_phase`` with one step of a policy batch of 1, one validation batch reward).
 * ``cnn_step_s`` / ``cnn_images_per_s``: one micro-CNN shared training batch (forward, backward,
-  clip, SGD with Nesterov momentum) when ``models/cnn.py`` is importable.
+  clip, SGD with Nesterov momentum) when ``models/cnn.py`` is importable; the paper code's model
+  (``main.py``'s defaults), or with ``--preset=enas`` the ENAS-style one.
+  ``cnn_params_m`` / ``cnn_params_used_m``: the shared model's parameters, and those the step trains.
 * ``*_cpu`` variants: the same from process CPU time instead of wall-clock time. With one thread
   on a machine shared with other jobs, CPU time is close to what an idle core would take.
 * ``peak_rss_mib_after_rnn`` / ``peak_rss_mib``: peak resident memory of the process after the RNN
@@ -80,7 +82,7 @@ class Size:
 SIZES = {
     "paper": Size(10_000, 1000, 12, 64, 35, 384, 5, 3, 5, 32, 32),
     "small": Size(10_000, 256, 12, 64, 35, 96, 2, 3, 5, 32, 32),
-    "tiny": Size(200, 32, 4, 8, 12, 16, 1, 3, 3, 4, 16),
+    "tiny": Size(200, 32, 4, 8, 12, 24, 1, 3, 3, 4, 16),
 }
 ALPHA = 60.0  # the paper command's --alpha_fisher (compound mode, Fisher clip 10)
 
@@ -314,7 +316,9 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     torch.manual_seed(args.seed)
     ops = list(PAPER_OPS)
     try:
-        model = cnn.SharedCNN(3, 10, s.cnn_blocks, s.cnn_filters, s.cnn_modules, s.cnn_repeat, ops, ops,
+        style = cnn.CNNStyle.enas() if args.preset == "enas" else cnn.CNNStyle()
+        model = cnn.SharedCNN(3, 10, s.cnn_blocks, s.cnn_filters, s.cnn_modules, s.cnn_repeat, ops, ops, style,
+                              image_size=(s.cnn_image, s.cnn_image),
                               channels_last=CNNSpaceConfig.cnn_channels_last and not args.nchw)
         g = torch.Generator().manual_seed(args.seed)
         tokens = [int(torch.randint(n, (1,), generator=g)) for n in cnn.decision_sizes(s.cnn_blocks, len(ops), len(ops))]
@@ -343,6 +347,7 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
         print(f"  cnn rep {rep}: {wall:.3f}s (cpu {c:.3f}s)  load {loadavg()[0]}", file=sys.stderr, flush=True)
     out["cnn_arch"] = str(arch)
     out["cnn_params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    out["cnn_params_used_m"] = sum(p.numel() for p in model.parameters() if p.grad is not None) / 1e6
     out["cnn_step_s"] = summary(times)
     out["cnn_step_cpu_s"] = summary(cpu)
     out["cnn_images_per_s"] = summary([s.cnn_batch / t for t in times])
@@ -445,6 +450,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{'CNN':48s} {out['cnn']}")
     if "rnn_arch" in out:
         print(f"RNN arch: {out['rnn_arch']}  ({out['rnn_params_m']:.1f}M params, {out['rnn_step_gflop']:.1f} GFLOP/step)")
+    if "cnn_arch" in out:
+        print(f"CNN ({out['cnn_style']}) arch: {out['cnn_arch']}  ({out['cnn_params_m']:.3f}M params, "
+              f"{out['cnn_params_used_m']:.3f}M trained per step)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -2,128 +2,58 @@
 
 A cell reads the outputs of the two previous cells (its inputs 0 and 1) and has ``num_blocks``
 nodes. Node ``j`` picks two inputs among the cell inputs and the earlier nodes (indices below
-``j + 2``, node ``j`` being index ``j + 2``) and one op for each, and sums the two results. The nodes
-no other node reads (the loose ends) form the cell's output: concatenated and projected back to the
-cell's width by a 1x1 convolution (ENAS, the default), or averaged.
-
+``j + 2``, node ``j`` being index ``j + 2``) and one op for each, and joins the two results.
 A reduction cell halves the resolution (the ops reading its inputs have stride 2) and doubles the
-channels. Inputs are calibrated only when they do not fit: a 1x1 convolution when the channels
-differ, a factorized reduce when input 0 comes from before a reduction (twice the resolution).
+channels. The network is ``num_modules`` modules of ``num_repeat_normal`` normal cells with a
+reduction cell between modules, then a linear classifier.
 
-The network is a stem convolution, ``num_modules`` modules of ``num_repeat_normal`` normal cells
-with a reduction cell between modules, ReLU, global average pooling and a linear classifier.
+``CNNStyle`` holds every modelling choice where the paper's public code (kcyu2014/multi-model-forgetting,
+models/shared_cnn.py and models/cnn_layers.py; the defaults) and ENAS (``CNNStyle.enas()``, this
+project's model before the fidelity change) differ:
+
+============  ======================================================  ========================================
+choice        paper's code (default)                                  ENAS
+============  ======================================================  ========================================
+stem          none: the first two cells read the images               3x3 conv + BN to the first width
+cell_inputs   ``ops``: the ops reading a cell input map its channels  ``calibrate``: a 1x1 conv (or factorized
+              and resolution themselves (``models.cnn_ops``)          reduce) per input, then c -> c ops
+depthwise     ``grouped``: one grouped conv + affine BN               ``separable``: depthwise + pointwise + BN
+node_combine  ``avg``: a node averages its two inputs                 ``sum``
+cell_output   ``last``: the last node                                 ``concat`` of the loose ends + 1x1 conv
+classifier    ``flatten``: linear on the flattened final feature map  ``gap``: ReLU, global average pool, linear
+============  ======================================================  ========================================
+
+With ``cell_output="last"``, nodes the last node does not depend on contribute nothing: they are not
+run (the paper's code runs them and discards them).
 
 Weight sharing: every (cell, node, input, op) owns its op module, so every architecture is a
 subset of one shared model and only the sampled ops run.
 
 Batch norm always normalises with the statistics of the batch at hand, in eval mode too (no running
-statistics), as ENAS's shared micro child does (it forces ``is_training=True`` while searching). Running
-statistics would be shared state that every sampled architecture overwrites: an op's statistics
-would describe whichever inputs it last saw, evaluations would measure that staleness, and the
-forgetting metric would count drift that no weight penalty can prevent. Batch norms inside the searched ops have no affine parameters (as in
-ENAS/DARTS searches: an op's parameters are its convolutions); the always-used stem, calibrations and
-output projections keep affine batch norms.
+statistics), as ENAS's shared micro child does (it forces ``is_training=True`` while searching) and as
+the paper's code does (``track_running_stats=False``). Running statistics would be shared state that
+every sampled architecture overwrites: an op's statistics would describe whichever inputs it last saw,
+evaluations would measure that staleness, and the forgetting metric would count drift that no weight
+penalty can prevent.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from models.cnn_ops import DEPTHWISE, OPS, FactorizedReduce, batch_norm, cat_channels, make_op, relu_conv_bn
+
+__all__ = ["OPS", "FactorizedReduce", "cat_channels", "make_op", "CNNStyle", "CNNArch", "Cell", "SharedCNN", "live_nodes"]
+
 Node = tuple[tuple[int, str], tuple[int, str]]  # ((input_a, op_a), (input_b, op_b))
 CellSpec = tuple[Node, ...]
 CELL_TYPES = ("normal", "reduce")
-
-
-def batch_norm(channels: int, affine: bool) -> nn.BatchNorm2d:
-    """Batch norm on batch statistics only (see the module docstring)."""
-    return nn.BatchNorm2d(channels, affine=affine, track_running_stats=False)
-
-
-class _ChannelCat(torch.autograd.Function):
-    """``torch.cat`` along channels whose backward hands every input a dense gradient.
-
-    Autograd's own cat backward passes each input a channel slice of the output's gradient: a
-    strided view that the batch norms behind it take a slow path for (on the CPU, in channels-last,
-    their backward is 6-10x slower than on a dense gradient). One copy per input is much cheaper.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, *tensors: Tensor) -> Tensor:
-        ctx.sizes = [t.size(1) for t in tensors]
-        return torch.cat(tensors, 1)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, ...]:
-        layout = torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        return tuple(g.contiguous(memory_format=layout) for g in grad.split(ctx.sizes, 1))
-
-
-def cat_channels(tensors: Sequence[Tensor]) -> Tensor:
-    return _ChannelCat.apply(*tensors)
-
-
-class FactorizedReduce(nn.Module):
-    """Halve the resolution without skipping pixels: two stride-2 1x1 convs, one shifted by a pixel.
-
-    Both are written as a subsample followed by a stride-1 1x1 conv (the same function and the same
-    parameters): oneDNN's weight gradient of a strided 1x1 conv in channels-last layout corrupts the heap
-    on AVX2-only CPUs (torch 2.14.1), and the subsample reads the pixels without a padded copy anyway.
-    """
-
-    def __init__(self, c_in: int, c_out: int, affine: bool = False) -> None:
-        super().__init__()
-        self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, bias=False)  # reads the even pixels
-        self.conv_b = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)  # reads the odd pixels (below)
-        self.bn = batch_norm(c_out, affine)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(x)
-        a = self.conv_a(x[:, :, ::2, ::2])  # pixels (2i, 2j)
-        # Pixels (2i + 1, 2j + 1): a stride-2 conv of x shifted by one pixel, zero-padded at the end
-        # when a side is odd. Subsampling first reads the same pixels without a padded copy of x
-        # (whose backward is a strided gradient several times slower to work with).
-        b = self.conv_b(x[:, :, 1::2, 1::2])
-        if b.shape[-2:] != a.shape[-2:]:
-            b = F.pad(b, (0, a.size(-1) - b.size(-1), 0, a.size(-2) - b.size(-2)))
-        return self.bn(cat_channels([a, b]))
-
-
-def relu_conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    """Channel calibration of a cell input: ReLU, 1x1 conv, batch norm."""
-    return nn.Sequential(nn.ReLU(), nn.Conv2d(c_in, c_out, 1, bias=False), batch_norm(c_out, affine=True))
-
-
-def depthwise(channels: int, kernel: int, stride: int) -> nn.Sequential:
-    """The paper code's ``depthwise_KxK``: ReLU, depthwise KxK conv, pointwise 1x1 conv, batch norm."""
-    return nn.Sequential(
-        nn.ReLU(),
-        nn.Conv2d(channels, channels, kernel, stride=stride, padding=kernel // 2, groups=channels, bias=False),
-        nn.Conv2d(channels, channels, 1, bias=False),
-        batch_norm(channels, affine=False),
-    )
-
-
-def sep_conv(channels: int, kernel: int, stride: int) -> nn.Sequential:
-    """ENAS's separable convolution: the depthwise unit twice (only the first one strided)."""
-    return nn.Sequential(depthwise(channels, kernel, stride), depthwise(channels, kernel, 1))
-
-
-# Every op maps (channels, stride) to a module from ``channels`` to ``channels`` channels.
-OPS: dict[str, Callable[[int, int], nn.Module]] = {
-    "identity": lambda c, s: nn.Identity() if s == 1 else FactorizedReduce(c, c),
-    "avg3x3": lambda c, s: nn.AvgPool2d(3, stride=s, padding=1, count_include_pad=False),
-    "max3x3": lambda c, s: nn.MaxPool2d(3, stride=s, padding=1),
-    "depthwise_3x3": lambda c, s: depthwise(c, 3, s),
-    "depthwise_5x5": lambda c, s: depthwise(c, 5, s),
-    "sep_conv_3x3": lambda c, s: sep_conv(c, 3, s),
-    "sep_conv_5x5": lambda c, s: sep_conv(c, 5, s),
-}
 
 
 def loose_ends(cell: CellSpec) -> list[int]:
@@ -202,53 +132,111 @@ def encode(arch: CNNArch, normal_ops: Sequence[str], reduce_ops: Sequence[str]) 
     return tokens
 
 
+def live_nodes(cell: CellSpec, output: str) -> list[int]:
+    """The nodes a cell's output depends on: all of them, or with ``output="last"`` the last node's ancestors."""
+    if output != "last":
+        return list(range(len(cell)))  # every node is a loose end or read by a later node
+    live, todo = set(), [len(cell) - 1]
+    while todo:
+        j = todo.pop()
+        if j not in live:
+            live.add(j)
+            todo += [i - 2 for i, _ in cell[j] if i >= 2]
+    return sorted(live)
+
+
+@dataclass(frozen=True)
+class CNNStyle:
+    """The modelling choices of the module docstring's table; the defaults are the paper code's."""
+
+    stem: bool = False
+    cell_inputs: str = "ops"
+    depthwise: str = "grouped"
+    node_combine: str = "avg"
+    cell_output: str = "last"
+    classifier: str = "flatten"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("cell_inputs", ("ops", "calibrate")), ("depthwise", DEPTHWISE),
+                              ("node_combine", ("avg", "sum")), ("cell_output", ("last", "concat", "avg")),
+                              ("classifier", ("flatten", "gap"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"cell style {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def enas(cls, **changes: Any) -> "CNNStyle":
+        """ENAS's choices (this project's model before the fidelity change), with ``changes`` applied."""
+        return replace(cls(stem=True, cell_inputs="calibrate", depthwise="separable", node_combine="sum",
+                           cell_output="concat", classifier="gap"), **changes)
+
+
 class Cell(nn.Module):
     """Every op of every (node, input) of one cell position; ``forward`` runs one cell spec."""
 
     def __init__(self, num_blocks: int, c_pp: int, c_p: int, channels: int, *, reduction: bool,
-                 input0_reduced: bool, ops: Sequence[str], output: str) -> None:
+                 input0_reduced: bool, ops: Sequence[str], style: CNNStyle = CNNStyle()) -> None:
         super().__init__()
-        if output not in ("concat", "avg"):
-            raise ValueError(f"cell output must be 'concat' or 'avg', got {output!r}")
-        self.reduction, self.output, self.channels = reduction, output, channels
-        if input0_reduced:
-            self.pre0: nn.Module = FactorizedReduce(c_pp, channels, affine=True)
+        self.reduction, self.style, self.output, self.channels = reduction, style, style.cell_output, channels
+        adapt = style.cell_inputs == "ops"
+        if adapt:
+            if reduction and input0_reduced:
+                raise ValueError("a reduction cell cannot read an input of twice the resolution of its other input")
+            self.pre0: nn.Module = nn.Identity()  # the ops reading the inputs map their channels and resolution
+            self.pre1: nn.Module = nn.Identity()
+            widths, strides = (c_pp, c_p), (2 if reduction or input0_reduced else 1, 2 if reduction else 1)
         else:
-            self.pre0 = relu_conv_bn(c_pp, channels) if c_pp != channels else nn.Identity()
-        self.pre1 = relu_conv_bn(c_p, channels) if c_p != channels else nn.Identity()
-        # nodes[j][i][op]: the op of node j applied to input i (stride 2 on a reduction cell's inputs)
-        self.nodes = nn.ModuleList(
-            nn.ModuleList(nn.ModuleDict({op: OPS[op](channels, 2 if reduction and i < 2 else 1) for op in ops})
-                          for i in range(j + 2))
-            for j in range(num_blocks))
-        if output == "concat":
+            if input0_reduced:
+                self.pre0 = FactorizedReduce(c_pp, channels, affine=True)
+            else:
+                self.pre0 = relu_conv_bn(c_pp, channels) if c_pp != channels else nn.Identity()
+            self.pre1 = relu_conv_bn(c_p, channels) if c_p != channels else nn.Identity()
+            widths, strides = (channels, channels), (2 if reduction else 1,) * 2
+
+        def op(name: str, i: int) -> nn.Module:
+            c_in, stride = (widths[i], strides[i]) if i < 2 else (channels, 1)
+            return make_op(name, c_in, channels, stride, depthwise=style.depthwise, adapt=adapt)
+
+        # nodes[j][i][op]: the op of node j applied to input i
+        self.nodes = nn.ModuleList(nn.ModuleList(nn.ModuleDict({name: op(name, i) for name in ops}) for i in range(j + 2))
+                                   for j in range(num_blocks))
+        if style.cell_output == "concat":
             # One 1x1 projection over all nodes; a cell uses the input columns of its loose ends (ENAS).
             self.project = nn.Parameter(torch.empty(channels, num_blocks * channels, 1, 1))
             nn.init.kaiming_uniform_(self.project, a=math.sqrt(5))
             self.project_bn = batch_norm(channels, affine=True)
 
     def forward(self, s0: Tensor, s1: Tensor, cell: CellSpec) -> Tensor:
-        read = {i for node in cell for i, _ in node}
+        live = live_nodes(cell, self.output)
+        read = {i for j in live for i, _ in cell[j]}
         states: list[Tensor | None] = [self.pre0(s0) if 0 in read else None, self.pre1(s1) if 1 in read else None]
+        average = self.style.node_combine == "avg"
         for j, ((ia, oa), (ib, ob)) in enumerate(cell):
+            if j not in live:
+                states.append(None)
+                continue
             first = self.nodes[j][ia][oa](states[ia])
-            # the same (input, op) twice is the same module on the same tensor: run it once
-            states.append(2 * first if (ia, oa) == (ib, ob) else first + self.nodes[j][ib][ob](states[ib]))
+            if (ia, oa) == (ib, ob):  # the same module on the same tensor: run it once
+                states.append(first if average else 2 * first)
+            else:
+                both = first + self.nodes[j][ib][ob](states[ib])
+                states.append(both * 0.5 if average else both)
+        if self.output == "last":
+            return states[-1]  # type: ignore[return-value]
         loose = loose_ends(cell)
         outs = [states[j + 2] for j in loose]
         if self.output == "avg":
-            return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+            return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)  # type: ignore[arg-type,return-value]
         c = self.channels
         weight = self.project.view(c, -1, c)[:, loose].reshape(c, len(loose) * c, 1, 1)
-        return self.project_bn(F.conv2d(F.relu(cat_channels(outs)), weight))
+        return self.project_bn(F.conv2d(F.relu(cat_channels(outs)), weight))  # type: ignore[arg-type]
 
 
 class SharedCNN(nn.Module):
-    """Stem, modules of normal cells with reduction cells between them, pooling and classifier."""
+    """(Stem,) modules of normal cells with reduction cells between them, and the classifier."""
 
     def __init__(self, in_channels: int, num_classes: int, num_blocks: int, final_channels: int, num_modules: int,
-                 num_repeat_normal: int, normal_ops: Sequence[str], reduce_ops: Sequence[str], cell_output: str = "concat",
-                 *, channels_last: bool = False) -> None:
+                 num_repeat_normal: int, normal_ops: Sequence[str], reduce_ops: Sequence[str], style: CNNStyle = CNNStyle(),
+                 *, image_size: tuple[int, int] = (32, 32), channels_last: bool = False) -> None:
         super().__init__()
         if min(num_blocks, num_modules, num_repeat_normal) < 1:
             raise ValueError("num_blocks, num_modules and num_repeat_normal must be >= 1")
@@ -258,19 +246,27 @@ class SharedCNN(nn.Module):
         unknown = sorted((set(normal_ops) | set(reduce_ops)) - set(OPS))
         if unknown:
             raise ValueError(f"unknown ops {unknown}; known: {list(OPS)}")
-        self.num_blocks = num_blocks
+        self.num_blocks, self.style = num_blocks, style
         c = final_channels // scale
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), batch_norm(c, affine=True))
+        if style.stem:
+            self.stem: nn.Module = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), batch_norm(c, affine=True))
+            c_pp = c_p = c
+        else:  # the first two cells read the images themselves (the paper's code)
+            self.stem = nn.Identity()
+            c_pp = c_p = in_channels
         self.cells = nn.ModuleList()
-        c_pp, c_p, input0_reduced = c, c, False
+        height, width = image_size
+        input0_reduced = False
         for module in range(num_modules):
             kinds = ([True] if module > 0 else []) + [False] * num_repeat_normal
             for reduction in kinds:
-                c = c * 2 if reduction else c
+                if reduction:
+                    c, height, width = c * 2, (height + 1) // 2, (width + 1) // 2  # every stride-2 op rounds up
                 self.cells.append(Cell(num_blocks, c_pp, c_p, c, reduction=reduction, input0_reduced=input0_reduced,
-                                       ops=reduce_ops if reduction else normal_ops, output=cell_output))
+                                       ops=reduce_ops if reduction else normal_ops, style=style))
                 c_pp, c_p, input0_reduced = c_p, c, reduction
-        self.classifier = nn.Linear(c, num_classes)
+        features = c * height * width if style.classifier == "flatten" else c
+        self.classifier = nn.Linear(features, num_classes)
         self._grouped = set(self.op_groups())
         # Channels-last: the CPU's (oneDNN's) depthwise and 1x1 convolutions, batch norms and pooling
         # run faster on NHWC tensors; images are converted on the way in, every layer keeps the layout.
@@ -295,8 +291,10 @@ class SharedCNN(nn.Module):
 
     def groups_for(self, arch: CNNArch) -> list[str]:
         """The groups of the parameterised ops ``arch`` runs, cell by cell."""
-        names = (self.group_name(c, j, i, op) for c, cell in enumerate(self.cells)
-                 for j, node in enumerate(arch.reduce if cell.reduction else arch.normal) for i, op in node)
+        names = []
+        for c, cell in enumerate(self.cells):
+            spec = arch.reduce if cell.reduction else arch.normal
+            names += [self.group_name(c, j, i, op) for j in live_nodes(spec, cell.output) for i, op in spec[j]]
         return [name for name in dict.fromkeys(names) if name in self._grouped]
 
     def forward(self, images: Tensor, arch: CNNArch) -> Tensor:
@@ -306,4 +304,6 @@ class SharedCNN(nn.Module):
         s0 = s1 = self.stem(images.contiguous(memory_format=self.memory_format))
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, arch.reduce if cell.reduction else arch.normal)
+        if self.style.classifier == "flatten":
+            return self.classifier(s1.flatten(1))
         return self.classifier(F.adaptive_avg_pool2d(F.relu(s1), 1).flatten(1))

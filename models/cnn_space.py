@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from data.image import BatchStream, ImageData, Preprocess, iterate_split, load_images, mixed_seed
 from models import cnn
-from models.cnn import OPS, CNNArch, SharedCNN
+from models.cnn import OPS, CNNArch, CNNStyle, SharedCNN
 from models.space import Loss, OptimSpec, pick
 from utils import UserError, render_dot
 
@@ -39,7 +39,13 @@ class CNNSpaceConfig:
     cnn_num_repeat_normal: int = 6
     shared_cnn_normal_types: tuple[str, ...] = PAPER_OPS
     shared_cnn_reduce_types: tuple[str, ...] = PAPER_OPS
-    cnn_cell_output: str = "concat"
+    # the paper code's model by default; models.cnn's table names each choice and its ENAS value
+    cnn_stem: bool = False
+    cnn_cell_inputs: str = "ops"
+    cnn_depthwise: str = "grouped"
+    cnn_node_combine: str = "avg"
+    cnn_cell_output: str = "last"
+    cnn_classifier: str = "flatten"
     cnn_channels_last: bool = True
     batch_size: int = 64
     test_batch_size: int = 64
@@ -54,6 +60,11 @@ class CNNSpaceConfig:
     shared_cnn_grad_clip: float = 5.0
 
 
+def cnn_style(cfg: CNNSpaceConfig) -> CNNStyle:
+    return CNNStyle(stem=cfg.cnn_stem, cell_inputs=cfg.cnn_cell_inputs, depthwise=cfg.cnn_depthwise,
+                    node_combine=cfg.cnn_node_combine, cell_output=cfg.cnn_cell_output, classifier=cfg.cnn_classifier)
+
+
 class CNNSpace:
     """ENAS micro cells on an image dataset; the metric is accuracy in percent, the error 100 - it."""
 
@@ -65,7 +76,7 @@ class CNNSpace:
         self.normal_ops, self.reduce_ops = list(cfg.shared_cnn_normal_types), list(cfg.shared_cnn_reduce_types)
         self.model = SharedCNN(data.channels, len(data.classes), cfg.num_blocks, cfg.cnn_final_filter_size,
                                cfg.cnn_num_modules, cfg.cnn_num_repeat_normal, self.normal_ops, self.reduce_ops,
-                               cfg.cnn_cell_output, channels_last=cfg.cnn_channels_last).to(device)
+                               cnn_style(cfg), image_size=data.size, channels_last=cfg.cnn_channels_last).to(device)
         self.preprocess = Preprocess(data, device)
         seed, workers = cfg.random_seed, cfg.num_workers
         self.streams = {
@@ -204,7 +215,8 @@ def cnn_dot(arch: CNNArch, output: str) -> str:
         for j, node in enumerate(cell):
             lines.append(f'    {kind}_n{j} [label="{j}", shape=ellipse, fillcolor=white];')
             lines += [f'    {names[i]} -> {kind}_n{j} [label="{op}"];' for i, op in node]
-        lines += [f"    {kind}_n{j} -> {kind}_out;" for j in cnn.loose_ends(cell)]
+        outputs = [len(cell) - 1] if output == "last" else cnn.loose_ends(cell)
+        lines += [f"    {kind}_n{j} -> {kind}_out;" for j in outputs]
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"

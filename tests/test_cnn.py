@@ -27,13 +27,16 @@ import config
 import main
 from data.image import (BatchStream, ImageData, Preprocess, TensorImages, iterate_split, load_images,
                         stratified_holdout)
-from models.cnn import OPS, Cell, CNNArch, FactorizedReduce, SharedCNN, cat_channels, decision_sizes, decode, encode, loose_ends
+from models.cnn import (OPS, Cell, CNNArch, CNNStyle, FactorizedReduce, SharedCNN, cat_channels, decision_sizes, decode, encode,
+                        loose_ends, make_op)
 from models.cnn_space import build_cnn_space, cnn_dot
 from models.controller import Controller
 from utils import UserError
 
 PER_BATCH = 20  # images per fake CIFAR file: 100 training images (10 per class), 20 test images
 ALL_OPS = list(OPS)
+ENAS = CNNStyle.enas()  # this project's model before the fidelity change
+STYLES = [CNNStyle(), ENAS]
 VERBATIM = (
     "--comment='cnn-train' --dataset='cifar10' --network_type='micro_cnn' --num_blocks=5 --cnn_num_repeat_normal=5 "
     "--batch_size=32 --test_batch_size=16 --train_controller=True --start_using_fisher=50000 "
@@ -44,7 +47,7 @@ VERBATIM = (
     "--controller_max_step=1000 --policy_batch_size=1 --shared_max_step=70 --reward_c=1. --ema_baseline_decay=0.99 "
     "--softmax_temperature=8. --resume=True --resume_with_new_params=False"
 )
-SMALL = ["--cnn_final_filter_size=8", "--cnn_num_repeat_normal=1", "--max_epoch=2", "--shared_max_step=2",
+SMALL = ["--cnn_final_filter_size=12", "--cnn_num_repeat_normal=1", "--max_epoch=2", "--shared_max_step=2",
          "--num_batch_per_iter=2", "--controller_max_step=2", "--nb_batch_reward_controller=1", "--start_using_fisher=0",
          "--start_training_controller=0", "--save_epoch=1", "--derive_num_sample=2", "--num_workers=0",
          "--valid_size=20", "--batch_size=8", "--test_batch_size=8", "--num_gpu=0", "--use_tensorboard=True"]
@@ -230,12 +233,16 @@ def test_augmentation_is_a_crop_of_the_zero_padded_image_maybe_flipped() -> None
 
 
 # -------------------------------------------------------------------------------- ops and cells
+@pytest.mark.parametrize("depthwise", ["grouped", "separable"])
 @pytest.mark.parametrize("op", ALL_OPS)
-def test_every_op_keeps_channels_and_applies_its_stride(op: str) -> None:
+def test_every_op_keeps_channels_and_applies_its_stride(op: str, depthwise: str) -> None:
     for size in (8, 7):
         x = torch.randn(2, 6, size, size)
-        assert OPS[op](6, 1)(x).shape == (2, 6, size, size)
-        assert OPS[op](6, 2)(x).shape == (2, 6, (size + 1) // 2, (size + 1) // 2)
+        for adapt in (True, False):
+            assert make_op(op, 6, 6, 1, depthwise=depthwise, adapt=adapt)(x).shape == (2, 6, size, size)
+            assert make_op(op, 6, 6, 2, depthwise=depthwise, adapt=adapt)(x).shape == (2, 6, (size + 1) // 2, (size + 1) // 2)
+        # the paper code's ops also widen a cell input themselves
+        assert make_op(op, 6, 12, 2, depthwise=depthwise)(x).shape == (2, 12, (size + 1) // 2, (size + 1) // 2)
 
 
 @pytest.mark.parametrize("size", [8, 7])
@@ -268,12 +275,14 @@ def test_cat_channels_gives_every_input_a_dense_gradient_in_its_layout() -> None
     assert all(gr.is_contiguous(memory_format=cl) for gr in grads)  # autograd's cat would give strided slices
 
 
-def test_channels_last_computes_what_nchw_computes() -> None:
+@pytest.mark.parametrize("style", STYLES)
+def test_channels_last_computes_what_nchw_computes(style: CNNStyle) -> None:
     torch.manual_seed(0)
-    nchw = SharedCNN(3, 10, 3, 16, 2, 1, ALL_OPS, ALL_OPS)
-    nhwc = SharedCNN(3, 10, 3, 16, 2, 1, ALL_OPS, ALL_OPS, channels_last=True)
+    nchw = SharedCNN(3, 10, 3, 24, 2, 1, ALL_OPS, ALL_OPS, style, image_size=(15, 15))
+    nhwc = SharedCNN(3, 10, 3, 24, 2, 1, ALL_OPS, ALL_OPS, style, image_size=(15, 15), channels_last=True)
     nhwc.load_state_dict(nchw.state_dict())
-    assert nhwc.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    first_conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
     images = torch.randn(4, 3, 15, 15)  # odd sizes: factorized reduce pads
     for seed in range(3):
         arch = random_arch(3, ALL_OPS, ALL_OPS, seed)
@@ -290,8 +299,9 @@ def test_channels_last_computes_what_nchw_computes() -> None:
             assert torch.allclose(ga[name], gb[name], rtol=1e-3, atol=1e-4), name
 
 
-def test_normal_cells_keep_and_reduction_cells_halve_resolution_and_double_channels() -> None:
-    model = SharedCNN(3, 10, 3, 16, 3, 2, ALL_OPS, ALL_OPS)
+@pytest.mark.parametrize("style", STYLES)
+def test_normal_cells_keep_and_reduction_cells_halve_resolution_and_double_channels(style: CNNStyle) -> None:
+    model = SharedCNN(3, 10, 3, 24, 3, 2, ALL_OPS, ALL_OPS, style)
     shapes: dict[int, tuple[int, ...]] = {}
     op_shapes: list[tuple[int, tuple[int, ...]]] = []
     for c, cell in enumerate(model.cells):
@@ -304,7 +314,7 @@ def test_normal_cells_keep_and_reduction_cells_halve_resolution_and_double_chann
     for seed in range(4):
         logits = model(torch.randn(2, 3, 32, 32), random_arch(3, ALL_OPS, ALL_OPS, seed))
         assert logits.shape == (2, 10)
-        assert [shapes[c] for c in range(8)] == [(2, 4, 32, 32)] * 2 + [(2, 8, 16, 16)] * 3 + [(2, 16, 8, 8)] * 3
+        assert [shapes[c] for c in range(8)] == [(2, 6, 32, 32)] * 2 + [(2, 12, 16, 16)] * 3 + [(2, 24, 8, 8)] * 3
         assert op_shapes and all(shape == shapes[c] for c, shape in op_shapes)  # every op output has its cell's shape
         op_shapes.clear()
 
@@ -316,10 +326,10 @@ def test_hand_checked_cell_sums_its_inputs_and_joins_the_loose_ends() -> None:
     # node 0 = s0 + avg3x3(s1); node 1 = s1 + s1; both are loose ends
     spec = (((0, "identity"), (1, "avg3x3")), ((1, "identity"), (1, "identity")))
     assert loose_ends(spec) == [0, 1]
-    cell = Cell(2, 1, 1, 1, reduction=False, input0_reduced=False, ops=["identity", "avg3x3"], output="avg")
+    cell = Cell(2, 1, 1, 1, reduction=False, input0_reduced=False, ops=["identity", "avg3x3"], style=CNNStyle.enas(cell_output="avg"))
     assert torch.allclose(cell(s0, s1, spec), ((10 + avg) + 2 * s1) / 2)
     # concat: ReLU, the projection columns of the loose ends, batch norm on the batch's statistics (eval mode too)
-    cell = Cell(2, 1, 1, 1, reduction=False, input0_reduced=False, ops=["identity", "avg3x3"], output="concat").eval()
+    cell = Cell(2, 1, 1, 1, reduction=False, input0_reduced=False, ops=["identity", "avg3x3"], style=ENAS).eval()
     w = cell.project.detach().flatten()
 
     def normalised(y: torch.Tensor) -> torch.Tensor:
@@ -332,7 +342,7 @@ def test_hand_checked_cell_sums_its_inputs_and_joins_the_loose_ends() -> None:
 
 
 def test_only_the_sampled_ops_run_and_receive_gradients() -> None:
-    model = SharedCNN(3, 10, 4, 16, 2, 1, ALL_OPS, ALL_OPS)
+    model = SharedCNN(3, 10, 4, 16, 2, 1, ALL_OPS, ALL_OPS, ENAS)
     arch = random_arch(4, ALL_OPS, ALL_OPS, seed=11)
     ran: set[str] = set()
     for c, cell in enumerate(model.cells):
@@ -349,8 +359,9 @@ def test_only_the_sampled_ops_run_and_receive_gradients() -> None:
     assert with_grad == set(model.groups_for(arch)) == used & set(groups)
 
 
-def test_batch_norm_normalises_with_the_batch_in_eval_mode_too() -> None:
-    model = SharedCNN(3, 10, 2, 8, 2, 1, ALL_OPS, ALL_OPS)
+@pytest.mark.parametrize("style", STYLES)
+def test_batch_norm_normalises_with_the_batch_in_eval_mode_too(style: CNNStyle) -> None:
+    model = SharedCNN(3, 10, 2, 12, 2, 1, ALL_OPS, ALL_OPS, style, image_size=(16, 16))
     arch = random_arch(2, ALL_OPS, ALL_OPS, seed=0)
     x = torch.randn(4, 3, 16, 16)
     assert torch.equal(model.train()(x, arch), model.eval()(x, arch))
@@ -386,7 +397,7 @@ def test_arch_round_trips_and_rejects_impossible_cells() -> None:
 
 
 def test_wpl_groups_are_exactly_the_parameterised_ops_an_arch_uses() -> None:
-    model = SharedCNN(3, 10, 3, 16, 3, 1, ALL_OPS, ALL_OPS)
+    model = SharedCNN(3, 10, 3, 16, 3, 1, ALL_OPS, ALL_OPS, ENAS)
     groups = model.op_groups()
     ids = [id(p) for params in groups.values() for p in params]
     assert len(ids) == len(set(ids))  # disjoint
@@ -451,7 +462,7 @@ def test_image_folder_space_decodes_in_workers_and_needs_a_test_split(tmp_path: 
                               "--cnn_num_modules=2", "--cnn_final_filter_size=4", "--cnn_num_repeat_normal=1",
                               "--batch_size=4", "--num_workers=1", "--num_gpu=0"])
     space = build_cnn_space(args, torch.device("cpu"))
-    assert space.streams["train"].loader.num_workers == 1 and space.model.stem[0].in_channels == 1
+    assert space.streams["train"].loader.num_workers == 1 and next(m for m in space.model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 1
     arch = space.random_arch(torch.Generator().manual_seed(0))
     state = space.state_dict()
     first = [space.train_loss(arch).ce.item() for _ in range(5)]  # 18 images: 4 full batches, then a new epoch

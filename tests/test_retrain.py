@@ -251,7 +251,7 @@ def write_images(folder: Path) -> Path:
 
 
 CNN = ["--network_type=micro_cnn", "--dataset=images", "--num_blocks=2", "--cnn_num_modules=2", "--retrain_layers=1",
-       "--retrain_filters=4", "--retrain_cnn_batch_size=8", "--valid_size=8", "--retrain_epochs=2",
+       "--retrain_filters=6", "--retrain_cnn_batch_size=8", "--valid_size=8", "--retrain_epochs=2",
        "--retrain_cutout=4", "--num_workers=0", "--num_gpu=0", "--log_step=0", "--use_tensorboard=False",
        "--shared_cnn_types=identity,max3x3,depthwise_3x3"]
 
@@ -271,9 +271,10 @@ def test_cnn_retrain_end_to_end(tmp_path: Path) -> None:
     assert any(k.startswith("aux.") for k in state["model"])  # the auxiliary head trained (weight 0.4)
 
 
-def test_pruned_cnn_computes_the_shared_function(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["paper", "enas"])
+def test_pruned_cnn_computes_the_shared_function(tmp_path: Path, preset: str) -> None:
     write_images(tmp_path / "images")
-    args = args_for(*CNN, f"--data_dir={tmp_path}", "--retrain_aux_weight=0")
+    args = args_for(*CNN, f"--data_dir={tmp_path}", "--retrain_aux_weight=0", f"--preset={preset}")
     torch.manual_seed(0)
     shared_space = builders.build_space(retrain.sized_options(args), CPU)
     arch = retrain.random_arch(shared_space, 3)
