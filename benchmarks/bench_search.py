@@ -1,6 +1,7 @@
 """Speed of the search's hot paths on synthetic data, with the project's own models and trainer.
 
     python benchmarks/bench_search.py --size paper|small|tiny [--json FILE] [--reps N] [--threads N]
+        [--device cpu|cuda] [--tf32] [--derive-samples N]   (see benchmarks/README.md, gpu_check.sh)
 
 Sizes (the RNN part; batch 64 x BPTT 35 and a 10,000-word vocabulary unless noted):
 
