@@ -48,11 +48,13 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_py_state_from_tensor(state["python"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    torch.set_rng_state(state["torch"])
+    """Restore ``rng_state()``. Its tensors may sit on a GPU (a checkpoint loaded with
+    ``map_location=cuda``); the generators only take CPU byte tensors, so they come back first."""
+    random.setstate(_py_state_from_tensor(state["python"].cpu()))
+    np.random.set_state(("MT19937", state["numpy"].cpu().numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _py_state_to_tensor(state: tuple) -> torch.Tensor:

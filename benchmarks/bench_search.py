@@ -1,6 +1,7 @@
 """Speed of the search's hot paths on synthetic data, with the project's own models and trainer.
 
     python benchmarks/bench_search.py --size paper|small|tiny [--json FILE] [--reps N] [--threads N] [--preset paper|enas]
+        [--device cpu|cuda] [--tf32] [--derive-samples N]   (see benchmarks/README.md, gpu_check.sh)
 
 Sizes (the RNN part; batch 64 x BPTT 35 and a 10,000-word vocabulary unless noted):
 
@@ -88,8 +89,17 @@ ALPHA = 60.0  # the paper command's --alpha_fisher (compound mode, Fisher clip 1
 
 
 # ------------------------------------------------------------------------------------ helpers
+DEVICE = torch.device("cpu")  # --device; every timed region ends (and starts) with a CUDA synchronisation
+
+
 def now() -> float:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def peak_gpu_mib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if DEVICE.type == "cuda" else 0.0
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -127,8 +137,8 @@ def peak_rss_mib() -> float:
 def matmul_gflops(m: int, k: int, n: int, calls: int = 3) -> tuple[float, float]:
     """Rate of an ``[m x k] @ [k x n]`` fp32 matmul (operands reused, warm), per wall-clock second
     and per CPU second: the median of ``calls`` timings of enough products to last ~0.1 s."""
-    a, b = _MM_CACHE.setdefault((m, k, n), (torch.randn(m, k), torch.randn(k, n)))
-    out = torch.empty(m, n)
+    a, b = _MM_CACHE.setdefault((m, k, n), (torch.randn(m, k, device=DEVICE), torch.randn(k, n, device=DEVICE)))
+    out = torch.empty(m, n, device=DEVICE)
     flop = 2.0 * m * k * n
     inner = max(1, int(5e9 / flop))  # about 0.1 s at 50 GFLOP/s
 
@@ -185,8 +195,8 @@ def build_trainer(s: Size, args: argparse.Namespace) -> Any:
     torch.manual_seed(args.seed)
     cfg = RNNSpaceConfig(num_blocks=s.num_blocks, shared_embed=s.hid, shared_hid=s.hid, batch_size=s.batch,
                          shared_rnn_max_length=s.bptt, **preset_fields(RNNSpaceConfig, args.preset))
-    space = RNNSpace(synthetic_corpus(s, args.seed), cfg, torch.device("cpu"))
-    controller = Controller(space.decision_sizes, 100, 5.0, 2.5)
+    space = RNNSpace(synthetic_corpus(s, args.seed), cfg, DEVICE)
+    controller = Controller(space.decision_sizes, 100, 5.0, 2.5).to(DEVICE)
     wpl = WPL(space.wpl_groups(), lambda_fisher=0.9, clip_by_norm=10.0, momentum=True, mode="compound")
     tcfg = TrainerConfig(num_batch_per_iter=1, controller_max_step=1, policy_batch_size=1, nb_batch_reward_controller=1,
                          train_controller=True, reward_c=80.0)
@@ -305,6 +315,21 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["controller_step_s"] = summary(steps)
     out["controller_step_cpu_s"] = summary(steps_cpu)
 
+    # Evaluation: Space.error (the forgetting metric's and the derive's unit: the fixed validation
+    # batches in eval mode), one slice of a full-split evaluation, and a whole derive when asked.
+    space.error(arch)
+    out["rnn_error_batches"] = len(space.fixed_batches)
+    out["rnn_error_s"] = summary([timed(lambda: space.error(arch)) for _ in range(args.reps)])
+    slices = len(range(0, space.valid_data.size(0) - 1, s.bptt))
+    out["rnn_eval_slice_s"] = summary([timed(lambda: space.evaluate(arch, "valid")) / slices for _ in range(args.reps)])
+    if args.derive_samples > 0:
+        def derive() -> None:
+            best, _ = trainer.derive(args.derive_samples)
+            space.evaluate(best, "valid")
+        out["rnn_derive_s"] = summary([timed(derive) for _ in range(max(1, args.reps // 2))])
+    if DEVICE.type == "cuda":
+        out["peak_gpu_mib_after_rnn"] = peak_gpu_mib()
+
 
 def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     try:
@@ -319,7 +344,7 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
         style = cnn.CNNStyle.enas() if args.preset == "enas" else cnn.CNNStyle()
         model = cnn.SharedCNN(3, 10, s.cnn_blocks, s.cnn_filters, s.cnn_modules, s.cnn_repeat, ops, ops, style,
                               image_size=(s.cnn_image, s.cnn_image),
-                              channels_last=CNNSpaceConfig.cnn_channels_last and not args.nchw)
+                              channels_last=CNNSpaceConfig.cnn_channels_last and not args.nchw).to(DEVICE)
         g = torch.Generator().manual_seed(args.seed)
         tokens = [int(torch.randint(n, (1,), generator=g)) for n in cnn.decision_sizes(s.cnn_blocks, len(ops), len(ops))]
         arch = cnn.decode(tokens, ops, ops)
@@ -328,12 +353,15 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
         return
     model.train()
     optim = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    images = torch.randn(s.cnn_batch, 3, s.cnn_image, s.cnn_image, generator=g)
-    labels = torch.randint(10, (s.cnn_batch,), generator=g)
+    images = torch.randn(s.cnn_batch, 3, s.cnn_image, s.cnn_image, generator=g).to(DEVICE)
+    labels = torch.randint(10, (s.cnn_batch,), generator=g).to(DEVICE)
+    amp = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=args.amp)
 
     def step() -> None:
         optim.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(images, arch), labels)
+        with amp:
+            logits = model(images, arch)
+        loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optim.step()
@@ -352,6 +380,81 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["cnn_step_cpu_s"] = summary(cpu)
     out["cnn_images_per_s"] = summary([s.cnn_batch / t for t in times])
     out["cnn_images_per_cpu_s"] = summary([s.cnn_batch / t for t in cpu])
+
+    @torch.inference_mode()
+    def eval_batch() -> None:  # what Space.error, rewards and evaluations run per batch
+        model.eval()
+        with amp:
+            (model(images, arch).argmax(1) == labels).sum().item()
+        model.train()
+
+    eval_batch()
+    out["cnn_eval_batch_s"] = summary([timed(eval_batch) for _ in range(args.reps)])
+    from models.controller import Controller
+
+    controller = Controller(cnn.decision_sizes(s.cnn_blocks, len(ops), len(ops)), 100, 8.0, 2.5).to(DEVICE)
+    ctrl_optim = torch.optim.Adam(controller.parameters(), lr=3.5e-3)
+
+    def controller_update() -> None:  # a REINFORCE step without its reward's forward passes
+        sample = controller(1)
+        [cnn.decode(t, ops, ops) for t in sample.tokens.tolist()]
+        loss = -(sample.log_probs * 0.5).sum()
+        ctrl_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        ctrl_optim.step()
+
+    controller_update()
+    out["cnn_controller_update_s"] = summary([timed(controller_update) for _ in range(args.reps)])
+
+
+# -------------------------------------------------------------------------------- projection
+# The paper's two search commands (tests/conftest.py PAPER_RNN_COMMAND, tests/test_cnn.py VERBATIM)
+# and the defaults they rely on: what one search epoch runs, counted in benchmarked units.
+RNN_CMD = dict(shared_steps=60, batches=7, controller_steps=2000, derive_samples=100, save_epoch=30,
+               valid_slices=33)  # PTB valid: 73,760 tokens / 64 columns = 1,152 rows, 33 slices of 35
+CNN_CMD = dict(shared_steps=70, batches=7, controller_steps=1000, reward_batches=20, error_batches=4,
+               derive_samples=100, save_epoch=10, valid_batches=157)  # 5,000 held-out images / 32
+
+
+def projection(out: dict[str, Any]) -> list[str]:
+    """Projected seconds of one search epoch, from the medians measured above (see benchmarks/README.md).
+
+    RNN (WPL on from epoch 5, Fisher from one validation batch after each step, the forgetting
+    metric's two ``Space.error`` calls per step, one REINFORCE step per controller step):
+        60 x (sample + 7 x WPL batch + Fisher refresh + 2 x error) + 2000 x REINFORCE step
+        derive (every 30th epoch) = 100 x error + 33 x valid slice
+    CNN (WPL off: --start_using_fisher=50000; reward on 20 validation batches):
+        70 x (7 x batch + 2 x 4 x eval batch) + 1000 x (20 x eval batch + controller update)
+        derive (every 10th epoch) = (100 x 4 + 157) x eval batch
+    """
+    med = {k: v["median"] for k, v in out.items() if isinstance(v, dict) and "median" in v}
+    lines = []
+    if {"wpl_step_s", "fisher_refresh_s", "rnn_error_s", "controller_step_s"} <= med.keys():
+        c = RNN_CMD
+        shared = c["shared_steps"] * (med["controller_sample_s"] + c["batches"] * med["wpl_step_s"]
+                                      + med["fisher_refresh_s"] + 2 * med["rnn_error_s"])
+        ctrl = c["controller_steps"] * med["controller_step_s"]
+        derive = c["derive_samples"] * med["rnn_error_s"] + c["valid_slices"] * med["rnn_eval_slice_s"]
+        out["projected_rnn_epoch_s"] = shared + ctrl
+        out["projected_rnn_derive_s"] = derive
+        lines += [f"RNN command, one epoch: {shared + ctrl:.1f} s = shared phase {shared:.1f} s "
+                  f"[60 x (sample + 7 x WPL batch + Fisher refresh + 2 x error)] + controller {ctrl:.1f} s "
+                  f"[2000 x REINFORCE step]",
+                  f"  + derive every 30th epoch: {derive:.1f} s [100 x error + 33 x PTB valid slice]"
+                  + (f" (measured with --derive-samples {out['derive_samples']}: {med['rnn_derive_s']:.1f} s)"
+                     if "rnn_derive_s" in med else "")]
+    if {"cnn_step_s", "cnn_eval_batch_s", "cnn_controller_update_s"} <= med.keys():
+        c, ev = CNN_CMD, med["cnn_eval_batch_s"]
+        shared = c["shared_steps"] * (c["batches"] * med["cnn_step_s"] + 2 * c["error_batches"] * ev)
+        ctrl = c["controller_steps"] * (c["reward_batches"] * ev + med["cnn_controller_update_s"])
+        derive = (c["derive_samples"] * c["error_batches"] + c["valid_batches"]) * ev
+        out["projected_cnn_epoch_s"] = shared + ctrl
+        out["projected_cnn_derive_s"] = derive
+        lines += [f"CNN command, one epoch: {shared + ctrl:.1f} s = shared phase {shared:.1f} s "
+                  f"[70 x (7 x batch + 2 x 4 x eval batch)] + controller {ctrl:.1f} s "
+                  f"[1000 x (20 x eval batch + controller update)]",
+                  f"  + derive every 10th epoch: {derive:.1f} s [(100 x 4 + 157) x eval batch]"]
+    return lines
 
 
 # -------------------------------------------------------------------------------------- main
@@ -385,10 +488,17 @@ ROWS = [
     ("controller_sample_s", "controller sample", " s"),
     ("controller_step_s", "controller REINFORCE step", " s"),
     ("controller_step_cpu_s", "  same, CPU time", " s"),
+    ("rnn_error_s", "RNN Space.error (forgetting / derive unit)", " s"),
+    ("rnn_eval_slice_s", "RNN evaluation, one 35-step slice", " s"),
+    ("rnn_derive_s", "RNN derive (--derive-samples) + valid eval", " s"),
     ("cnn_step_s", "CNN training batch", " s"),
     ("cnn_step_cpu_s", "CNN training batch, CPU time", " s"),
     ("cnn_images_per_s", "CNN images/s", ""),
     ("cnn_images_per_cpu_s", "CNN images per CPU second", ""),
+    ("cnn_eval_batch_s", "CNN eval batch (inference)", " s"),
+    ("cnn_controller_update_s", "CNN controller update (no reward)", " s"),
+    ("peak_gpu_mib_after_rnn", "peak GPU memory after the RNN part", " MiB"),
+    ("peak_gpu_mib", "peak GPU memory", " MiB"),
     ("peak_rss_mib_after_rnn", "peak RSS after the RNN part", " MiB"),
     ("peak_rss_mib", "peak RSS", " MiB"),
 ]
@@ -408,6 +518,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=("paper", "enas"), default="paper",
                    help="modelling choices of the shared models, as main.py's --preset (docs/fidelity.md)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run (CUDA: timed "
+                   "regions are bracketed by torch.cuda.synchronize(); peak GPU memory is reported)")
+    p.add_argument("--tf32", action="store_true", help="CUDA: let fp32 matmuls and convolutions use TF32")
+    p.add_argument("--derive-samples", type=int, default=0,
+                   help="also time Trainer.derive over this many samples plus a valid evaluation (0: only "
+                        "the projection from Space.error; the paper's commands derive over 100)")
     p.add_argument("--nchw", action="store_true", help="run the CNN in NCHW layout (--cnn_channels_last=false)")
     p.add_argument("--plain-cell", action="store_true",
                    help="run the RNN cell step by step with ordinary autograd ops (SharedRNN.fused=False): "
@@ -416,6 +532,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="leave glibc malloc as it is (main.py keeps freed memory in the heap on CPU runs, "
                         "see utils.keep_freed_memory; this shows what that saves)")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        if not torch.cuda.is_available():
+            p.error("--device cuda: CUDA is not available")
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.cuda.reset_peak_memory_stats()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
@@ -424,6 +547,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parts = set(args.parts.split(","))
     out: dict[str, Any] = {
         "size": args.size, "shape": s.__dict__, "threads": args.threads, "reps": args.reps, "warmup": args.warmup,
+        "device": str(DEVICE), "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None,
+        "tf32": args.tf32, "derive_samples": args.derive_samples,
         "amp": args.amp, "compile": args.compile, "malloc_tuned": malloc_tuned, "cnn_channels_last": not args.nchw,
         "plain_cell": args.plain_cell, "preset": args.preset, "torch": torch.__version__, "python": platform.python_version(),
         "cpus": os.cpu_count(), "uptime_start": uptime(), "loadavg_start": loadavg(),
@@ -437,15 +562,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "cnn" in parts:
         bench_cnn(s, args, out)
     out["peak_rss_mib"] = peak_rss_mib()
+    if DEVICE.type == "cuda":
+        out["peak_gpu_mib"] = peak_gpu_mib()
     out["uptime_end"] = uptime()
     out["loadavg_end"] = loadavg()
     out["wall_s"] = now() - t0
-    print(f"\n== bench_search --size {args.size} (threads {args.threads}, {args.reps} reps, amp {args.amp}, "
+    print(f"\n== bench_search --size {args.size} on {out['gpu'] or args.device} (threads {args.threads}, {args.reps} reps, amp {args.amp}, "
           f"compile {args.compile}, malloc tuned {malloc_tuned}{', plain cell' if args.plain_cell else ''}) ==")
     print(f"start: {out['uptime_start']}\nend:   {out['uptime_end']}")
     for key, label, unit in ROWS:
         if key in out:
             print(f"{label:48s} {fmt(out[key], unit)}")
+    lines = projection(out)
+    if lines:
+        print("\nprojected from the medians above (formulas: benchmarks/README.md):\n" + "\n".join(lines))
     if isinstance(out.get("cnn"), str):
         print(f"{'CNN':48s} {out['cnn']}")
     if "rnn_arch" in out:

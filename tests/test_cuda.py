@@ -1,0 +1,352 @@
+"""The CUDA paths: what only a GPU runs, checked against the CPU or the plain formulation.
+
+Every test here is marked ``cuda`` and skipped when no CUDA device is present; run them with
+
+    python -m pytest -m cuda            # on a GPU machine (benchmarks/gpu_check.sh does this)
+
+* the fused RNN cell (its own backward) against the step-by-step autograd cell on the GPU, fp32 and
+  bf16 autocast, train and eval mode, and against a float64 CPU reference;
+* WPL's Fisher updates, penalty and direct penalty gradient on the GPU against the CPU;
+* the micro-CNN in NCHW and channels-last on cuDNN against each other and the CPU;
+* a tiny search on the GPU with ``--deterministic=True``: the resumed run repeats the uninterrupted one;
+* a checkpoint written on the GPU loads on the CPU, and one written there loads back on the GPU;
+* ``--amp`` (bf16) and ``--compile`` searches, and a CNN search reading images through pinned memory.
+
+``CUDA_TESTS_ON_CPU=1`` runs the same bodies on the CPU instead (a dry run that checks the tests
+themselves without a GPU; it proves nothing about CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS call (--deterministic)
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import config
+import main
+from conftest import metrics_without_timing, paper_rnn_args
+from models.cnn import OPS, CNNStyle, SharedCNN, decision_sizes, decode
+from models.rnn import RNNArch, SharedRNN
+from models.wpl import _CHUNK, WPL
+from runlog import load_checkpoint
+
+ON_CPU = os.environ.get("CUDA_TESTS_ON_CPU", "") not in ("", "0")
+DEVICE = torch.device("cpu" if ON_CPU else "cuda")
+CPU = torch.device("cpu")
+NUM_GPU = "--num_gpu=0" if ON_CPU else "--num_gpu=1"
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not ON_CPU and not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+ARCH = RNNArch(("tanh", "ReLU", "sigmoid", "identity", "tanh", "ReLU"), (0, 0, 1, 2, 2))  # branches, 3 loose ends
+SEARCH = [f"--max_epoch=2", "--shared_max_step=3", "--num_batch_per_iter=2", "--controller_max_step=2",
+          "--start_using_fisher=0", "--start_training_controller=0", "--save_epoch=1", "--shared_embed=16",
+          "--shared_hid=16", "--batch_size=4", "--test_batch_size=2", "--num_blocks=4", "--derive_num_sample=3",
+          "--forgetting_eval_batches=2", "--dataset=tiny", NUM_GPU]
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """fp32 matmuls and convolutions in full fp32 (no TF32), so GPU and CPU figures are comparable."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|a - b| / |b|`` over the whole tensor, in float64 on the CPU."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+# ----------------------------------------------------------------------------------- RNN cell
+def make_rnn(device: torch.device, dtype: torch.dtype = torch.float32) -> SharedRNN:
+    torch.manual_seed(0)
+    model = SharedRNN(ntokens=13, embed=8, hid=8, num_blocks=ARCH.num_nodes, dropout=0.3, dropoute=0.2,
+                      dropouti=0.25, wdrop=0.4, tie_weights=True, next_state="avg")
+    for p in model.parameters():  # larger than the init so every term of the cell matters
+        torch.nn.init.normal_(p, std=0.5)
+    return model.to(device=device, dtype=dtype)
+
+
+def rnn_run(model: SharedRNN, fused: bool, amp: bool, tokens: torch.Tensor, h0: torch.Tensor,
+            targets: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Outputs and gradients (every parameter and the initial state) of one forward/backward."""
+    model.zero_grad(set_to_none=True)
+    model.fused = fused
+    h = h0.clone().requires_grad_(True)
+    torch.manual_seed(5)  # the same dropout masks for both formulations
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(tokens, h, ARCH)
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
+    (loss + 0.1 * out.hidden.float().pow(2).sum() + 0.01 * out.raw.float().pow(3).sum()).backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    grads["h0"] = h.grad
+    return [t.detach().float() for t in (out.logits, out.hidden, out.raw)], grads
+
+
+def rnn_inputs(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(1)
+    tokens, targets = torch.randint(13, (7, 3), generator=g), torch.randint(13, (7, 3), generator=g)
+    h0 = torch.randn(3, 8, generator=g)  # drawn in fp32 whatever ``dtype``: the same values
+    return tokens.to(device), h0.to(device=device, dtype=dtype), targets.to(device)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_fused_cell_matches_the_plain_cell_on_the_device(training: bool) -> None:
+    model = make_rnn(DEVICE).train(training)
+    inputs = rnn_inputs(DEVICE)
+    (fused_out, fused_grads), (plain_out, plain_grads) = (rnn_run(model, f, False, *inputs) for f in (True, False))
+    assert fused_out[0].device.type == DEVICE.type
+    for name, a, b in zip(("logits", "hidden", "raw"), fused_out, plain_out):
+        assert rel_err(a, b) < 1e-5, (name, rel_err(a, b))
+    assert fused_grads.keys() == plain_grads.keys()
+    for name in fused_grads:
+        assert rel_err(fused_grads[name], plain_grads[name]) < 1e-5, (name, rel_err(fused_grads[name], plain_grads[name]))
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_both_cells_under_bf16_autocast_stay_close_to_fp32(training: bool) -> None:
+    """Each tensor within a few bf16 roundings of fp32. The fused cell keeps its elementwise work
+    in fp32 (matmuls in bf16); the plain cell rounds every node to bf16, so its bound is looser
+    (on the CPU one small weight gradient of the plain cell is 16% off, the fused cell's worst 1.3%)."""
+    model = make_rnn(DEVICE).train(training)
+    inputs = rnn_inputs(DEVICE)
+    ref_out, ref_grads = rnn_run(model, True, False, *inputs)
+    # (the output batch norm of the paper's model divides by a batch-of-4 spread: ~8% on one input weight)
+    for fused, out_tol, grad_tol in ((True, 1e-2, 0.12), (False, 2e-2, 0.3)):
+        out, grads = rnn_run(model, fused, True, *inputs)
+        for name, a, b in zip(("logits", "hidden", "raw"), out, ref_out):
+            assert rel_err(a, b) < out_tol, (fused, name, rel_err(a, b))
+        assert grads.keys() == ref_grads.keys()
+        for name in grads:
+            assert grads[name].dtype == torch.float32, name  # the gradients reach the fp32 weights
+            assert rel_err(grads[name], ref_grads[name]) < grad_tol, (fused, name, rel_err(grads[name], ref_grads[name]))
+
+
+def test_fused_cell_on_the_device_matches_a_float64_cpu_reference() -> None:
+    """Eval mode (no random masks, which differ between devices): fp32 GPU against float64 CPU."""
+    fast, ref = make_rnn(DEVICE).eval(), make_rnn(CPU, torch.float64).eval()
+    (fast_out, fast_grads), (ref_out, ref_grads) = (rnn_run(fast, True, False, *rnn_inputs(DEVICE)),
+                                                    rnn_run(ref, False, False, *rnn_inputs(CPU, torch.float64)))
+    for a, b in zip(fast_out, ref_out):
+        assert rel_err(a, b) < 1e-5
+    for name in ref_grads:
+        assert rel_err(fast_grads[name], ref_grads[name]) < 1e-4, name
+    with torch.inference_mode():  # the no-grad path of the fused cell
+        out = fast(rnn_inputs(DEVICE)[0], rnn_inputs(DEVICE)[1], ARCH)
+    assert rel_err(out.logits, ref_out[0]) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------- WPL
+def wpl_pair(mode: str, device: torch.device) -> tuple[WPL, list[torch.nn.Parameter]]:
+    g = torch.Generator().manual_seed(0)
+    shapes = [(_CHUNK * 2 + 77,), (300, 300), (7,)]  # chunked path, whole-tensor path, tiny
+    params = [torch.nn.Parameter(torch.randn(s, generator=g).to(device)) for s in shapes]
+    return WPL({"a": params[:2], "b": params[2:]}, lambda_fisher=0.9, clip_by_norm=10.0, momentum=True, mode=mode), params
+
+
+@pytest.mark.parametrize("mode", ["compound", "loss"])
+def test_wpl_on_the_device_equals_the_cpu(mode: str) -> None:
+    runs = {}
+    for device in (CPU, DEVICE):
+        wpl, params = wpl_pair(mode, device)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):  # Fisher updates (clip active), then the weights move away from the anchors
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(device)
+            wpl.update_fisher(["a", "b"], alpha=60.0)
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.1 * torch.randn(p.shape, generator=g).to(device))
+        for p in params:
+            p.grad = None
+        value = wpl.penalty(["a", "b"], alpha=60.0)
+        value.backward()
+        autograd = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        direct = wpl.add_penalty_grad_(["a", "b"], alpha=60.0)
+        assert direct.device.type == device.type
+        runs[device.type] = (float(value), float(direct), autograd, [p.grad for p in params],
+                             wpl.state_dict(), wpl.fisher_stats(["a", "b"]))
+    cpu, dev = runs["cpu"], runs[DEVICE.type]
+    assert dev[0] == pytest.approx(cpu[0], rel=1e-5) and dev[1] == pytest.approx(cpu[1], rel=1e-5)
+    assert dev[1] == pytest.approx(dev[0], rel=1e-5)
+    for a, b in zip(dev[2] + dev[3], cpu[2] + cpu[3]):
+        assert rel_err(a, b) < 1e-5
+    assert dev[4].keys() == cpu[4].keys()
+    for key in cpu[4]:
+        assert rel_err(dev[4][key], cpu[4][key]) < 1e-5, key
+    assert dev[5] == pytest.approx(cpu[5], rel=1e-5)
+    restored, _ = wpl_pair(mode, CPU)  # a device WPL state loads into a CPU WPL
+    restored.load_state_dict(dev[4])
+    assert all(torch.equal(restored.state_dict()[k], dev[4][k].cpu()) for k in cpu[4])
+
+
+# ---------------------------------------------------------------------------------------- CNN
+def cnn_step(model: SharedCNN, images: torch.Tensor, labels: torch.Tensor, seed: int, amp: bool = False
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    ops = list(OPS)
+    arch = decode([int(torch.randint(n, (1,), generator=g)) for n in decision_sizes(3, len(ops), len(ops))], ops, ops)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(images, arch)
+    F.cross_entropy(logits.float(), labels).backward()
+    return logits.detach().float(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("style", [CNNStyle(), CNNStyle.enas()], ids=["paper", "enas"])
+def test_cnn_in_both_layouts_on_the_device_matches_the_cpu(style: CNNStyle) -> None:
+    if DEVICE.type == "cuda":
+        assert torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled
+    torch.manual_seed(0)
+    size = (15, 15)  # odd: padding
+    ref = SharedCNN(3, 10, 3, 24, 2, 1, list(OPS), list(OPS), style, image_size=size, channels_last=False)
+    models = {}
+    for layout in (False, True):
+        models[layout] = SharedCNN(3, 10, 3, 24, 2, 1, list(OPS), list(OPS), style, image_size=size,
+                                   channels_last=layout).to(DEVICE)
+        models[layout].load_state_dict(ref.state_dict())
+    if style.stem:
+        assert models[True].stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(3)
+    images, labels = torch.randn(6, 3, *size, generator=g), torch.randint(10, (6,), generator=g)
+    for seed in range(3):
+        expected, expected_grads = cnn_step(ref, images, labels, seed)
+        for layout, model in models.items():
+            logits, grads = cnn_step(model, images.to(DEVICE), labels.to(DEVICE), seed)
+            assert rel_err(logits, expected) < 1e-4, (layout, seed)
+            assert grads.keys() == expected_grads.keys()
+            for name in grads:
+                assert rel_err(grads[name], expected_grads[name]) < 2e-2, (layout, seed, name)  # fp32 sums in another order; some grads ~1e-6
+
+
+@pytest.mark.parametrize("style", [CNNStyle(), CNNStyle.enas()], ids=["paper", "enas"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_cnn_bf16_autocast_stays_close_and_keeps_fp32_gradients(channels_last: bool, style: CNNStyle) -> None:
+    torch.manual_seed(0)
+    model = SharedCNN(3, 10, 3, 24, 2, 1, list(OPS), list(OPS), style, image_size=(16, 16),
+                      channels_last=channels_last).to(DEVICE)
+    g = torch.Generator().manual_seed(4)
+    images, labels = torch.randn(8, 3, 16, 16, generator=g).to(DEVICE), torch.randint(10, (8,), generator=g).to(DEVICE)
+    fp32, fp32_grads = cnn_step(model, images, labels, 0)
+    bf16, bf16_grads = cnn_step(model, images, labels, 0, amp=True)
+    assert rel_err(bf16, fp32) < 5e-2
+    assert all(grad.dtype == torch.float32 and torch.isfinite(grad).all() for grad in bf16_grads.values())
+    low, full = (torch.cat([v.flatten() for v in grads.values()]).double().cpu() for grads in (bf16_grads, fp32_grads))
+    assert float(F.cosine_similarity(low, full, dim=0)) > 0.98  # bf16 over batch-8 batch norms: ~12% off, same direction
+
+
+# --------------------------------------------------------------------------- searches (main.py)
+def search(data_dir: Path, log_dir: Path, comment: str, *extra: str) -> Path:
+    argv = [*paper_rnn_args(), *SEARCH, f"--data_dir={data_dir}", f"--log_dir={log_dir}", f"--comment={comment}",
+            "--deterministic=True", *extra]
+    assert main.main(argv) == 0
+    return log_dir / f"tiny_{comment}"
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def device_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The paper's RNN command, shrunk, for 2 epochs on the device with --deterministic=True."""
+    return search(data_dir, tmp_path_factory.mktemp("logs"), "device")
+
+
+def test_search_runs_on_the_device_and_saves_its_rng(device_run: Path) -> None:
+    assert f"on {DEVICE.type}" in (device_run / "train.log").read_text()
+    assert [r["epoch"] for r in records(device_run)] == [0, 1]
+    assert all(math.isfinite(r["shared_loss"]) and math.isfinite(r["valid_ppl"]) for r in records(device_run))
+    state = load_checkpoint(device_run / "checkpoints" / "latest.pt", CPU)
+    assert state["epoch"] == 2 and ("cuda" in state["rng"]) == torch.cuda.is_available()
+
+
+def test_resumed_run_on_the_device_equals_the_uninterrupted_one(device_run: Path, data_dir: Path) -> None:
+    resumed = device_run.parent / "tiny_resumed"
+    shutil.copytree(device_run, resumed)  # as if the run had stopped right after epoch 0
+    shutil.copy(resumed / "checkpoints" / "epoch_0000.pt", resumed / "checkpoints" / "latest.pt")
+    (resumed / "checkpoints" / "epoch_0001.pt").unlink()
+    search(data_dir, device_run.parent, "resumed", "--resume=True")
+    assert metrics_without_timing(resumed) == metrics_without_timing(device_run)
+
+
+def trainer_on(device: torch.device, data_dir: Path) -> object:
+    args = config.parse_args([*paper_rnn_args(), *SEARCH, f"--data_dir={data_dir}"])
+    return main.build_trainer(args, device, None)
+
+
+def test_device_checkpoint_loads_on_the_cpu_and_back(device_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    written = device_run / "checkpoints" / "latest.pt"
+    on_cpu = load_checkpoint(written, CPU)
+    assert all(t.device.type == "cpu" for t in on_cpu["model"].values())
+    cpu_trainer = trainer_on(CPU, data_dir)
+    cpu_trainer.load_state_dict(on_cpu)
+    dev_trainer = trainer_on(DEVICE, data_dir)
+    dev_trainer.load_state_dict(load_checkpoint(written, DEVICE))  # restores the RNG states from device tensors too
+    arch = cpu_trainer.space.random_arch(torch.Generator().manual_seed(0))
+    cpu_ppl = cpu_trainer.space.evaluate(arch, "valid")["valid_ppl"]
+    assert dev_trainer.space.evaluate(arch, "valid")["valid_ppl"] == pytest.approx(cpu_ppl, rel=1e-4)
+
+    again = tmp_path / "from_cpu.pt"  # written on the CPU, loaded back onto the device
+    torch.save(cpu_trainer.state_dict(), again)
+    back = trainer_on(DEVICE, data_dir)
+    back.load_state_dict(load_checkpoint(again, DEVICE))
+    assert next(back.space.model.parameters()).device.type == DEVICE.type
+    original = load_checkpoint(written, CPU)
+    for key, value in back.state_dict()["model"].items():
+        assert torch.equal(value.cpu(), original["model"][key]), key
+    for key, value in back.wpl.state_dict().items():
+        assert torch.equal(value.cpu(), original["wpl"][key]), key
+    moments = [s["momentum_buffer"] for s in back.shared_optim.state.values() if s.get("momentum_buffer") is not None]
+    assert all(m.device.type == DEVICE.type for m in moments)
+    assert back.space.evaluate(arch, "valid")["valid_ppl"] == pytest.approx(cpu_ppl, rel=1e-4)
+
+
+def test_amp_search_on_the_device_stays_close_to_fp32(device_run: Path, data_dir: Path) -> None:
+    amp = search(data_dir, device_run.parent, "amp", "--amp=True", "--max_epoch=1")
+    first, fp32 = records(amp)[0], records(device_run)[0]
+    assert math.isfinite(first["valid_ppl"]) and first["nonfinite_losses"] == 0
+    assert first["shared_ce"] == pytest.approx(fp32["shared_ce"], rel=5e-2)
+
+
+@pytest.mark.slow
+def test_compiled_search_on_the_device_stays_close_to_eager(device_run: Path, data_dir: Path) -> None:
+    if DEVICE.type == "cpu" and shutil.which("cc") is None:
+        pytest.skip("torch.compile on the CPU needs a C compiler")
+    compiled = search(data_dir, device_run.parent, "compiled", "--compile=True", "--max_epoch=1")
+    first, eager = records(compiled)[0], records(device_run)[0]
+    assert first["nonfinite_losses"] == 0
+    assert first["shared_ce"] == pytest.approx(eager["shared_ce"], rel=2e-2)
+    assert first["valid_ppl"] == pytest.approx(eager["valid_ppl"], rel=2e-2)
+
+
+def test_cnn_search_on_the_device_reads_pinned_batches_with_workers(tmp_path: Path) -> None:
+    """A micro-CNN search from an image folder: DataLoader workers, pinned memory, --amp, channels-last."""
+    from test_cnn import write_image_folder
+
+    write_image_folder(tmp_path / "data" / "shapes", {"train": 8, "valid": 4, "test": 2})
+    argv = ["--network_type=micro_cnn", "--dataset=shapes", f"--data_dir={tmp_path / 'data'}", f"--log_dir={tmp_path}",
+            "--comment=cnn", "--num_blocks=2", "--cnn_num_modules=2", "--cnn_final_filter_size=8",
+            "--cnn_num_repeat_normal=1", "--batch_size=4", "--test_batch_size=4", "--num_workers=2", "--max_epoch=1",
+            "--shared_max_step=2", "--num_batch_per_iter=2", "--controller_max_step=2", "--train_controller=True",
+            "--nb_batch_reward_controller=2", "--start_using_fisher=0", "--alpha_fisher=60", "--derive_num_sample=2",
+            "--amp=True", "--cnn_channels_last=True", NUM_GPU]
+    assert main.main(argv) == 0
+    run = tmp_path / "shapes_cnn"
+    record = records(run)[0]
+    assert 0 <= record["valid_acc"] <= 100 and math.isfinite(record["shared_loss"]) and record["fisher_norm"] > 0
+    assert f"on {DEVICE.type}" in (run / "train.log").read_text()
+    assert main.main(["--mode=test", f"--load_path={run}", "--num_gpu=0"]) == 0  # device checkpoint, CPU test
+    assert 0 <= json.loads((run / "test_results.json").read_text())["test_acc"] <= 100
