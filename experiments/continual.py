@@ -58,6 +58,9 @@ def build_regularizer(strategy: str, model: MultiHeadNet, cfg: ContinualConfig, 
     options = dict(cfg.options.get(strategy, {}))
     if strategy in ("ewc", "online_ewc"):
         options.setdefault("seed", seed)
+    if strategy == "wpl":  # a task sequence: Fisher consolidated per task, textbook arithmetic
+        options.setdefault("consolidate", "task")
+        options.setdefault("mode", "loss")
     if strategy in ("ewc", "online_ewc", "mas"):
         options.setdefault("samples", cfg.importance_samples)
     return REGULARIZERS[strategy](model.groups(), cfg.strengths.get(strategy, 0.0), **options)
@@ -149,7 +152,8 @@ def run_experiment(seq: TaskSequence, cfg: ContinualConfig, state: dict[str, Any
             raise ValueError(f"unknown strategy {strategy!r}")
     total = cfg.seeds * len(cfg.strategies) * len(seq.tasks) * cfg.iters
     done = sum(len(r["R"]) for r in state["runs"].values()) * cfg.iters
-    with tqdm(total=total, initial=done, desc="continual", dynamic_ncols=True, leave=False) as bar:
+    with tqdm(total=total, initial=done, desc="continual", dynamic_ncols=True, leave=False,
+              disable=None) as bar:  # no bar when stderr is not a terminal
         for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             init = build_model(seq, cfg, seed).state_dict()
             for strategy in cfg.strategies:
