@@ -36,7 +36,7 @@ def conflicting_tasks(n: int = 400) -> TaskSequence:
 
 
 def tiny(strategies: list[str], **kw: object) -> ContinualConfig:
-    base = dict(seeds=1, iters=150, batch_size=32, lr=1e-2, hidden=[16], eval_every=50, importance_samples=200,
+    base = dict(seeds=1, iters=80, batch_size=32, lr=2e-2, hidden=[16], eval_every=40, importance_samples=200,
                 strengths={"ewc": 1e4, "mas": 1e3, "l2": 0.0, "si": 1.0, "wpl": 1e3}, options={})
     base.update(kw)
     return ContinualConfig(strategies, **base)  # type: ignore[arg-type]
@@ -66,14 +66,14 @@ def test_fine_tuning_forgets_and_a_strong_regulariser_does_not() -> None:
 
 def test_runs_of_one_seed_share_initial_weights_and_batches() -> None:
     seq = conflicting_tasks()
-    runs = run_experiment(seq, tiny(["none", "l2"], iters=30, seeds=2), None, lambda s: None, lambda r: None)["runs"]
+    runs = run_experiment(seq, tiny(["none", "l2"], iters=10, seeds=2), None, lambda s: None, lambda r: None)["runs"]
     # L2 at strength 0 changes nothing: identical trajectories if init and batches are shared
     assert runs["none/0"]["R"] == runs["l2/0"]["R"] and runs["none/0"]["curve"] == runs["l2/0"]["curve"]
     assert runs["none/0"]["curve"] != runs["none/1"]["curve"]
 
 
 def test_resume_between_tasks_equals_an_uninterrupted_run() -> None:
-    seq, cfg = conflicting_tasks(), tiny(["none", "ewc", "si", "wpl"], iters=40)
+    seq, cfg = conflicting_tasks(), tiny(["none", "ewc", "si", "wpl"], iters=10, eval_every=5)
     whole = run_experiment(seq, cfg, None, lambda s: None, lambda r: None)["runs"]
     saved: list[bytes] = []
 
@@ -166,6 +166,7 @@ def write_idx(folder: Path, n: int, name: str, seed: int) -> None:
         f.write(b"\0" * 8 + labels.tobytes())
 
 
+@pytest.mark.slow  # ~5-10 s: two CLI runs, a figure and TensorBoard files
 def test_cli_writes_the_run_directory_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mnist = tmp_path / "data" / "mnist"
     mnist.mkdir(parents=True)
