@@ -193,7 +193,7 @@ def build_parser() -> StrictParser:
 
     g = p.add_argument_group("learning")
     g.add_argument("--dataset", type=str, default="ptb", help="ptb, wikitext2, cifar10, mnist, or a folder name under data_dir")
-    g.add_argument("--mode", type=choice("train", "derive", "test", "forgetting", "retrain"), default="train", help="what to run")
+    g.add_argument("--mode", type=choice("train", "derive", "test", "forgetting", "retrain", "continual"), default="train", help="what to run")
     g.add_argument("--arch", type=str, default="", help="architecture JSON file for test/retrain, or 'random'")
     g.add_argument("--batch_size", type=int, default=64, help="training batch size")
     g.add_argument("--test_batch_size", type=int, default=1, help="batch size of the test split")
@@ -256,6 +256,37 @@ def build_parser() -> StrictParser:
     g.add_argument("--retrain_cutout", type=int, default=16, help="micro-CNN cutout square side in pixels, 0: off (DARTS)")
     g.add_argument("--retrain_aux_weight", type=float, default=0.4,
                    help="micro-CNN auxiliary classifier after the last reduction cell, loss weight; 0: off (DARTS)")
+
+    g = p.add_argument_group(
+        "continual", "--mode=continual: task sequences compared over paired seeds (docs/continual.md). Model, optimiser, "
+        "batch and iterations follow van de Ven & Tolias (2019), 'Three scenarios for continual learning', split MNIST: "
+        "MLP 2x400 ReLU, Adam lr 1e-3 betas (0.9, 0.999), batch 128, 2000 iterations per task. Strengths are not tuned.")
+    g.add_argument("--benchmark", type=choice("split_mnist", "seq_mnist_0-2_3-5", "permuted_mnist", "split_cifar10", "folder"),
+                   default="split_mnist", help="task sequence; the run is <log_dir>/<benchmark>_<comment>")
+    g.add_argument("--scenario", type=choice("task", "domain", "class"), default="task",
+                   help="heads (van de Ven & Tolias 2019): one per task / one shared per-task-sized / one over every class")
+    g.add_argument("--strategies", type=str_list, default=["none", "joint", "ewc", "online_ewc", "si", "mas", "wpl"],
+                   help="none (fine-tuning), joint (all tasks so far), ewc, online_ewc, si, mas, wpl, l2")
+    g.add_argument("--seeds", type=int, default=5, help="paired seeds --random_seed, +1, ...")
+    g.add_argument("--num_tasks", type=int, default=5, help="permuted_mnist: tasks (the first unpermuted)")
+    g.add_argument("--task_split", type=str, default="", help='folder: JSON {"folder": NAME, "tasks": [[class, ...], ...]}')
+    g.add_argument("--cl_iters", type=int, default=2000, help="iterations per task")
+    g.add_argument("--cl_batch_size", type=int, default=128, help="batch size")
+    g.add_argument("--cl_lr", type=float, default=1e-3, help="Adam learning rate (betas 0.9, 0.999)")
+    g.add_argument("--cl_hidden", type=str, default="400,400", help="MLP hidden widths, comma-separated")
+    g.add_argument("--cl_eval_every", type=int, default=100, help="iterations between test evaluations of every task")
+    g.add_argument("--importance_samples", type=int, default=1000, help="training samples per task for EWC's Fisher and MAS")
+    g.add_argument("--ewc_lambda", type=float, default=5000.0, help="EWC strength lambda (lambda/2 sum F (theta - theta*)^2)")
+    g.add_argument("--ewc_fisher", type=choice("empirical", "true"), default="true", help="EWC: labels from the data or sampled from the model")
+    g.add_argument("--ewc_per_task", type=b, default=True, help="EWC: one penalty per past task (else merged, anchored at the latest weights)")
+    g.add_argument("--online_ewc_lambda", type=float, default=5000.0, help="online EWC strength")
+    g.add_argument("--online_ewc_gamma", type=float, default=1.0, help="online EWC: decay of the running Fisher")
+    g.add_argument("--si_c", type=float, default=1.0, help="SI strength c (c sum Omega (theta - theta*)^2)")
+    g.add_argument("--si_xi", type=float, default=0.1, help="SI damping xi")
+    g.add_argument("--mas_lambda", type=float, default=1.0, help="MAS strength lambda (lambda sum Omega (theta - theta*)^2)")
+    g.add_argument("--l2_lambda", type=float, default=1.0, help="L2 baseline strength")
+    g.add_argument("--wpl_alpha", type=float, default=1e5, help="WPL strength alpha (Fisher: moving average of squared batch gradients)")
+    g.add_argument("--wpl_mode", type=choice("loss", "compound"), default="loss", help="WPL arithmetic (with --lambda_fisher, --momentum, --fisher_clip_by_norm)")
 
     g = p.add_argument_group("misc")
     g.add_argument("--load_path", type=str, default="", help="run directory or checkpoint file to load (derive/test/forgetting)")

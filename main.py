@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -125,8 +126,35 @@ def mode_forgetting(args: argparse.Namespace, explicit: set[str], device: torch.
                                args.forgetting_variants, trainer.alpha(state["epoch"]), wpl_options, args.random_seed)
 
 
+def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
+    from experiments.continual import ContinualConfig
+    from experiments.continual_main import run_continual
+
+    options = {"ewc": {"fisher": args.ewc_fisher, "per_task": args.ewc_per_task},
+               "online_ewc": {"gamma": args.online_ewc_gamma, "fisher": args.ewc_fisher},
+               "si": {"xi": args.si_xi},
+               "wpl": {"mode": args.wpl_mode, "lambda_fisher": args.lambda_fisher, "momentum": args.momentum,
+                       "clip_by_norm": args.fisher_clip_by_norm, "consolidate": "task"}}
+    strengths = {"ewc": args.ewc_lambda, "online_ewc": args.online_ewc_lambda, "si": args.si_c, "mas": args.mas_lambda,
+                 "l2": args.l2_lambda, "wpl": args.wpl_alpha}
+    try:
+        hidden = [int(w) for w in args.cl_hidden.split(",")]
+    except ValueError as err:
+        raise UserError(f"--cl_hidden={args.cl_hidden}: expected comma-separated widths such as 400,400") from err
+    unknown = sorted(set(args.strategies) - {"none", "joint", *strengths})
+    if unknown:
+        raise UserError(f"--strategies: unknown {', '.join(unknown)} (none, joint, {', '.join(strengths)})")
+    if args.seeds < 1 or args.cl_iters < 1 or args.num_tasks < 2:
+        raise UserError("--seeds and --cl_iters must be >= 1 and --num_tasks >= 2")
+    cfg = ContinualConfig(args.strategies, args.seeds, args.random_seed, args.cl_iters, args.cl_batch_size, args.cl_lr,
+                          (0.9, 0.999), hidden, args.cl_eval_every, args.importance_samples, strengths, options)
+    name = f"{args.benchmark}_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    run_continual(Path(args.log_dir) / name, args.benchmark, args.scenario, args.data_dir, cfg, num_tasks=args.num_tasks,
+                  task_split=args.task_split, resume=args.resume, use_tensorboard=args.use_tensorboard)
+
+
 MODES = {"train": mode_train, "derive": mode_derive, "test": mode_test, "forgetting": mode_forgetting,
-         "retrain": mode_retrain}
+         "retrain": mode_retrain, "continual": mode_continual}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,46 @@
+"""Memory Aware Synapses (Aljundi et al., ECCV 2018) and the uniform-importance L2 baseline.
+
+MAS needs no labels: ``Omega`` is the mean over samples of ``|d ||f(x)||_2^2 / d theta|`` with ``f``
+the logits of the task's head, accumulated over tasks (``Omega <- Omega + Omega_t``) and anchored
+at the latest task's weights. The penalty is the paper's ``lambda * sum Omega (theta - theta*)^2``.
+L2 is the same quadratic with ``Omega = 1``: ``lambda/2 * ||theta - theta*||^2``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from regularizers.base import Regularizer, TaskData
+from regularizers.importance import mean_per_sample, squared_output_norm
+
+
+class MAS(Regularizer):
+    def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]], strength: float, *, samples: int = 1000) -> None:
+        super().__init__(groups, strength)
+        self.samples = samples
+
+    def penalty_scale(self) -> float:
+        return 2.0 * self.strength
+
+    @torch.no_grad()
+    def end_task(self, task: TaskData) -> None:
+        new = mean_per_sample(task, self.flat(self.params), squared_output_norm, "abs", self.samples)
+        torch._foreach_add_(self.flat(self.importance), new)
+        self.refresh_anchors()
+
+
+class L2(Regularizer):
+    def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]], strength: float) -> None:
+        super().__init__(groups, strength)
+
+    @torch.no_grad()
+    def end_task(self, task: TaskData) -> None:
+        for omega in self.flat(self.importance):
+            omega.fill_(1.0)
+        self.refresh_anchors()
+
+    def reset(self) -> None:
+        """Uniform importance has nothing to forget."""

@@ -1,0 +1,61 @@
+"""Synaptic Intelligence (Zenke, Poole & Ganguli, ICML 2017).
+
+During a task every update's contribution to the loss change is integrated along the path:
+``w += -g * delta_theta`` with ``g`` the task loss's gradient before the step (the surrogate of
+the paper, without the penalty's gradient). At the end of the task
+``Omega += w / ((theta_end - theta_start)^2 + xi)``, ``w`` restarts at zero and the anchor moves to
+the task's final weights. The penalty is the paper's ``c * sum Omega (theta - theta*)^2`` (no 1/2).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from regularizers.base import Regularizer, TaskData
+
+
+class SI(Regularizer):
+    def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]], strength: float, *, xi: float = 0.1) -> None:
+        super().__init__(groups, strength)
+        self.xi = xi
+        zeros = lambda: {k: [torch.zeros_like(f) for f in v] for k, v in self.importance.items()}  # noqa: E731
+        self.path = zeros()  # w: the running path integral of this task
+        self.grad = zeros()  # g of the current step
+        self.previous = {k: [p.detach().clone() for p in v] for k, v in self.params.items()}  # theta before the step
+
+    def penalty_scale(self) -> float:
+        return 2.0 * self.strength
+
+    def _tables(self, names: Iterable[str], table: Mapping[str, list[Tensor]]) -> list[Tensor]:
+        return [t for name in dict.fromkeys(names) for t in table[name]]
+
+    @torch.no_grad()
+    def after_backward(self, names: Iterable[str]) -> None:
+        names = list(names)
+        for g, p in zip(self._tables(names, self.grad), self._tables(names, self.params)):
+            g.copy_(p.grad) if p.grad is not None else g.zero_()
+
+    @torch.no_grad()
+    def after_step(self, names: Iterable[str]) -> None:
+        names = list(names)
+        for w, g, prev, p in zip(self._tables(names, self.path), self._tables(names, self.grad),
+                                 self._tables(names, self.previous), self._tables(names, self.params)):
+            delta = p.detach() - prev
+            w.addcmul_(g, delta, value=-1.0)
+            prev.copy_(p.detach())
+
+    @torch.no_grad()
+    def end_task(self, task: TaskData) -> None:
+        for omega, w, start, p in zip(self.flat(self.importance), self.flat(self.path), self.flat(self.anchor),
+                                      self.flat(self.params)):
+            total = p.detach() - start  # the anchor still holds the weights at the task's start
+            omega += w / (total.square() + self.xi)
+            w.zero_()
+        self.refresh_anchors()
+        torch._foreach_copy_(self.flat(self.previous), [p.detach() for p in self.flat(self.params)])
+
+    def tables(self) -> dict[str, dict[str, list[Tensor]]]:
+        return {**super().tables(), "path": self.path, "previous": self.previous}

@@ -1,0 +1,155 @@
+"""The quadratic store every importance-weighted regulariser here shares.
+
+For each named group of parameters (one group per shared edge or op in the search, one per layer
+in a task sequence) the store keeps an importance ``Omega`` (a diagonal Fisher, a path integral,
+an output sensitivity, ...) and an anchor copy ``theta*`` of the weights, and evaluates
+
+    (s / 2) * sum_i Omega_i * (theta_i - theta*_i)^2
+
+for the groups a model uses, either as a differentiable value or by adding its gradient
+``s * Omega * (theta - theta*)`` straight into ``.grad`` with chunked ``torch._foreach_*`` work.
+The store owns no parameters (it is not an ``nn.Module``) and has its own ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+CHUNK = 1 << 18  # elements per chunk of the direct penalty gradient (1 MiB in fp32: the scratch stays in L2)
+
+
+class QuadraticStore:
+    """Importances and anchors for named parameter groups, with the quadratic penalty.
+
+    ``importance_key`` names the importance table in ``state_dict`` keys (``<key>/<group>/<i>``);
+    WPL keeps ``"fisher"`` so that checkpoints written before the store existed still load.
+    """
+
+    importance_key = "importance"
+
+    def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]]) -> None:
+        if not groups:
+            raise ValueError("a regulariser needs at least one parameter group")
+        self.params: dict[str, list[nn.Parameter]] = {k: list(v) for k, v in groups.items()}
+        self.importance = {k: [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in v]
+                           for k, v in self.params.items()}
+        self.anchor = {k: [p.detach().clone() for p in v] for k, v in self.params.items()}
+
+    # ----------------------------------------------------------------------------------- helpers
+    def gather(self, names: Iterable[str]) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
+        """Parameters, importances and anchors of ``names`` (de-duplicated, in order)."""
+        params: list[nn.Parameter] = []
+        importance: list[Tensor] = []
+        anchor: list[Tensor] = []
+        for name in dict.fromkeys(names):
+            if name not in self.params:
+                raise KeyError(f"unknown regulariser group {name!r}")
+            params += self.params[name]
+            importance += self.importance[name]
+            anchor += self.anchor[name]
+        return params, importance, anchor
+
+    @staticmethod
+    def flat(table: Mapping[str, list[Tensor]]) -> list[Tensor]:
+        return [t for tensors in table.values() for t in tensors]
+
+    # ---------------------------------------------------------------------------------- penalty
+    def quadratic(self, names: Iterable[str], scale: float) -> Tensor:
+        """Differentiable ``scale/2 * sum Omega (theta - theta*)^2`` over ``names``."""
+        params, importance, anchor = self.gather(names)
+        if not params:
+            return torch.zeros(())
+        terms = [(f * (p - a).square()).sum() for p, f, a in zip(params, importance, anchor)]
+        return 0.5 * scale * torch.stack(terms).sum()
+
+    @torch.no_grad()
+    def add_quadratic_grad_(self, names: Iterable[str], scale: float) -> Tensor:
+        """Add ``scale * Omega * (theta - theta*)`` into ``.grad``; return the penalty (detached 0-d).
+
+        The same gradient ``quadratic(...).backward()`` would add, without a second autograd graph.
+        Large tensors go through in cache-sized chunks with two small scratch buffers, so the work
+        reads theta, theta*, Omega and the gradient once, writes the gradient once, and allocates
+        nothing the size of the weights; small ones take whole-tensor foreach ops.
+        """
+        params, importance, anchor = self.gather(names)
+        if not params:
+            return torch.zeros(())
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        dots: list[Tensor] = []
+        large = [i for i, p in enumerate(params) if p.numel() > CHUNK and p.is_contiguous() and p.grad.is_contiguous()
+                 and importance[i].is_contiguous() and anchor[i].is_contiguous()
+                 and p.dtype == p.grad.dtype == importance[i].dtype == anchor[i].dtype]
+        small = sorted(set(range(len(params))) - set(large))
+        if small:
+            diff = torch._foreach_sub([params[i].detach() for i in small], [anchor[i] for i in small])
+            weighted = torch._foreach_mul([importance[i] for i in small], diff)
+            dots += [torch.vdot(w.flatten(), d.flatten()) for w, d in zip(weighted, diff)]
+            torch._foreach_add_([params[i].grad for i in small], weighted, alpha=scale)
+        scratch: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        for i in large:
+            p = params[i]
+            key = (p.dtype, p.device)
+            if key not in scratch:
+                scratch[key] = (p.new_empty(CHUNK), p.new_empty(CHUNK))
+            scratch_d, scratch_w = scratch[key]
+            pf, ff, af, gf = (t.view(-1) for t in (p.detach(), importance[i], anchor[i], p.grad))
+            for start in range(0, pf.numel(), CHUNK):
+                stop = min(start + CHUNK, pf.numel())
+                d = torch.sub(pf[start:stop], af[start:stop], out=scratch_d[: stop - start])
+                w = torch.mul(ff[start:stop], d, out=scratch_w[: stop - start])
+                dots.append(torch.dot(w, d))
+                gf[start:stop].add_(w, alpha=scale)
+        return 0.5 * scale * torch.stack(dots).sum()
+
+    # ---------------------------------------------------------------------------- bookkeeping
+    @torch.no_grad()
+    def refresh_anchors(self) -> None:
+        """Set every anchor ``theta*`` to the current weights."""
+        torch._foreach_copy_(self.flat(self.anchor), [p.detach() for p in self.flat(self.params)])
+
+    @torch.no_grad()
+    def zero_importance(self) -> None:
+        torch._foreach_zero_(self.flat(self.importance))
+
+    @torch.no_grad()
+    def importance_stats(self, names: Iterable[str]) -> tuple[float, float]:
+        """Mean per-tensor norm and largest entry of the importance of ``names``."""
+        _, importance, _ = self.gather(names)
+        if not importance:
+            return 0.0, 0.0
+        norms = torch.stack(torch._foreach_norm(importance))
+        peak = torch.stack([f.max() for f in importance]).max()
+        return float(norms.mean()), float(peak)
+
+    # ------------------------------------------------------------------------------------ state
+    def tables(self) -> dict[str, dict[str, list[Tensor]]]:
+        """Every tensor table that ``state_dict`` saves, by key prefix (subclasses add their own)."""
+        return {self.importance_key: self.importance, "anchor": self.anchor}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        state: dict[str, Tensor] = {}
+        for kind, table in self.tables().items():
+            for name, tensors in table.items():
+                for i, t in enumerate(tensors):
+                    state[f"{kind}/{name}/{i}"] = t.detach().clone()
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        own = QuadraticStore.state_dict(self)  # the tables only: subclasses add and pop their scalars
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"{type(self).__name__} state does not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        tables = self.tables()
+        for key, value in state.items():
+            kind, name, i = key.rsplit("/", 2)
+            target = tables[kind][name][int(i)]
+            if target.shape != value.shape:
+                raise ValueError(f"{type(self).__name__} state {key}: shape {tuple(value.shape)} != {tuple(target.shape)}")
+            target.copy_(value)
