@@ -103,7 +103,10 @@ class RunDir:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as err:
+                log.warning("TensorBoard events in %s could not be flushed (%s)", self.path, err.strerror or err)
             self._writer = None
 
     # -------------------------------------------------------------------------- checkpoints
@@ -154,8 +157,8 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` atomically; a full disk or other I/O error is one line and the old file stays."""
     try:
         atomic_write_bytes(path, lambda f: torch.save(state, f))
-    except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0][:120]
+    except RuntimeError as err:  # torch reports some failed writes (a full disk) as a RuntimeError
+        reason = str(err).splitlines()[0][:120]
         kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
         raise UserError(f"cannot write {path} ({reason}); {kept}") from err
 
