@@ -92,7 +92,7 @@ def load_into(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
     try:
         trainer.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"checkpoint {path} does not fit this configuration: {str(err).splitlines()[0]}") from err
+        raise UserError(f"checkpoint {path} does not fit this configuration: {' '.join(str(err).split())[:300]}") from err
 
 
 def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.device) -> tuple[argparse.Namespace, Trainer, RunDir, dict[str, Any]]:
@@ -108,7 +108,7 @@ def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.de
         trainer.space.model.load_state_dict(state["model"])
         trainer.controller.load_state_dict(state["controller"])
     except (RuntimeError, KeyError, TypeError) as err:
-        raise UserError(f"checkpoint {path} does not fit this model: {str(err).splitlines()[0][:300]}") from err
+        raise UserError(f"checkpoint {path} does not fit this model: {' '.join(str(err).split())[:300]}") from err
     log.info("loaded %s (epoch %d)", path, state["epoch"])
     return args, trainer, run, state
 

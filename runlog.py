@@ -119,9 +119,13 @@ class RunDir:
         """
         state = {**state, "metrics_lines": len(self.read_metrics())}
         latest = self.checkpoints / "latest.pt"
-        if numbered:
-            save_state(self.checkpoints / f"epoch_{epoch:04d}.pt", state)
-        save_state(latest, state)
+        try:
+            if numbered:
+                save_state(self.checkpoints / f"epoch_{epoch:04d}.pt", state)
+            save_state(latest, state)
+        except UserError as err:
+            kept = f"{latest} is unchanged" if latest.exists() else "no checkpoint exists yet"
+            raise UserError(f"{err}; {kept} (resume from it with --resume=True once there is space)") from err
         if numbered and keep > 0:
             for old in sorted(self.checkpoints.glob("epoch_*.pt"))[:-keep]:
                 old.unlink()

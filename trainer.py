@@ -190,7 +190,6 @@ class Trainer:
             if not bool(torch.isfinite(out.total)):
                 self._nonfinite()
                 continue
-            self.nonfinite_in_row = 0
             out.total.backward()
             if fisher_from_train and b == n - 1 and self.cfg.shared_ce_fisher:
                 wpl.update_fisher(groups, alpha)
@@ -198,6 +197,7 @@ class Trainer:
             if use_wpl and not bool(torch.isfinite(penalty)):
                 self._nonfinite("WPL penalty")
                 continue
+            self.nonfinite_in_row = 0
             if fisher_from_train and b == n - 1 and not self.cfg.shared_ce_fisher:
                 wpl.update_fisher(groups, alpha)
             if self.spec.grad_clip > 0:
