@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,9 @@ REQUIRED_KEYS = ("epoch", "model", "config")
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     """Load a checkpoint written by ``RunDir.save_checkpoint``, with a clear error when unreadable."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError as err:
         raise UserError(f"checkpoint {path} does not exist") from err
     except Exception as err:  # torch raises many types for truncated or foreign files
