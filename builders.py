@@ -26,11 +26,14 @@ log = logging.getLogger("wpl")
 
 def build_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
     if args.network_type == "rnn":
-        from data.text import load_corpus
+        from data.text import check_split_sizes, load_corpus
         from models.rnn_space import RNNSpace, RNNSpaceConfig
 
         start = time.time()
         corpus = load_corpus(args.data_dir, args.dataset)
+        check_split_sizes(corpus, Path(args.data_dir) / args.dataset,
+                          {"train": args.batch_size, "valid": args.batch_size, "test": args.test_batch_size},
+                          args.shared_rnn_max_length)
         log.info("corpus %s: vocabulary %d, tokens train %d / valid %d / test %d (%.1fs)", args.dataset,
                  corpus.ntokens, len(corpus.train), len(corpus.valid), len(corpus.test), time.time() - start)
         space: SearchSpace = RNNSpace(corpus, pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations)), device)

@@ -34,7 +34,7 @@ PANELS = (
 # Options that name, place or report a run without changing what it computes.
 IGNORED = frozenset({
     "comment", "log_dir", "data_dir", "load_path", "resume", "resume_with_new_params", "log_level", "log_step",
-    "use_tensorboard", "num_gpu", "num_workers",
+    "use_tensorboard", "num_gpu", "num_workers", "run_id",
 })
 MAX_LABEL_OPTIONS = 3
 

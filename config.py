@@ -351,8 +351,11 @@ def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    import options_domains
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    return apply_preset(build_parser().parse_args(argv), explicit_options(argv))
+    parser = build_parser()
+    return options_domains.check(apply_preset(parser.parse_args(argv), explicit_options(argv)), parser)
 
 
 # Options that describe where and how a run executes rather than what it computes: on a resume

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,8 +24,9 @@ import torch
 import config
 from builders import build_trainer, load_arch, merge_config, run_name
 from runlog import RunDir, resolve_checkpoint
+from stopping import Stopped, stop_on_signals
 from trainer import Trainer
-from utils import UserError, choose_device, keep_freed_memory, save_json, seed_everything, setup_logging
+from utils import UserError, choose_device, keep_freed_memory, load_json, save_json, seed_everything, setup_logging
 
 log = logging.getLogger("wpl")
 
@@ -32,36 +35,65 @@ log = logging.getLogger("wpl")
 def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     run = RunDir(Path(args.log_dir) / run_name(args), args.use_tensorboard)
     setup_logging(args.log_level, run.path / "train.log")
-    checkpoint = run.latest_checkpoint()
-    state = None
-    if args.resume and checkpoint is not None:
-        path, state = resolve_checkpoint(str(checkpoint), device)
+    if not args.resume and (run.latest_checkpoint() is not None or run.metrics_path.exists()):
+        raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
+    run.remove_stale_temps()
+    found = run.load_latest(device) if args.resume else None
+    state, path, run_id = None, None, uuid.uuid4().hex
+    if found is not None:
+        path, state = found
+        run_id = check_resumable(state, path, run, args, explicit)
         if not args.resume_with_new_params:
             args = merge_config(state["config"], args, explicit, config.RUNTIME_KEYS)
         log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
     elif args.resume:
         log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
-    elif checkpoint is not None or run.metrics_path.exists():
-        raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
     seed_everything(args.random_seed, args.deterministic)
-    save_json(run.path / "params.json", vars(args))
     trainer = build_trainer(args, device, run)
+    trainer.run_id = run_id
     if state is not None:
-        try:
-            trainer.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(f"checkpoint does not fit this configuration: {str(err).splitlines()[0]}") from err
-        run.truncate_metrics(trainer.epoch)
+        load_into(trainer, state, path)
+    # Only now, with the checkpoint known to fit, is anything of the run rewritten.
+    if run.metrics_path.exists():
+        run.truncate_metrics(trainer.epoch, state.get("metrics_lines") if state is not None else 0)
+    save_json(run.path / "params.json", {**vars(args), "run_id": run_id})
     log.info("run directory %s on %s", run.path, device)
     try:
         trainer.train()
-    except KeyboardInterrupt:
+    except Stopped as stop:
         latest = run.latest_checkpoint()
-        raise UserError(f"interrupted during epoch {trainer.epoch}; the last complete epoch is saved in "
-                        f"{latest or 'no checkpoint yet'}: continue with --resume=True --comment={args.comment}")
+        stop.comment = run.path.name[len(args.dataset) + 1:]
+        stop.saved = (f"{latest} holds epochs 0-{trainer.epoch - 1}" if latest and trainer.epoch
+                      else "nothing saved yet (no epoch finished)")
+        raise
     finally:
         run.close()
     log.info("done: %d epochs in %s", trainer.epoch, run.path)
+
+
+def check_resumable(state: dict[str, Any], path: Path, run: RunDir, args: argparse.Namespace, explicit: set[str]) -> str:
+    """The run id to keep; refuses a checkpoint of another run, or of another shape than the command line asks."""
+    params = run.path / "params.json"
+    own_id = load_json(params).get("run_id") if params.is_file() else None
+    ckpt_id = state.get("run_id") or own_id
+    if own_id and ckpt_id != own_id and not args.resume_with_new_params:
+        raise UserError(f"{path} belongs to run {ckpt_id[:8]}, not to {run.path} (run {own_id[:8]}): "
+                        f"refusing to resume from it (--resume_with_new_params=True forces it)")
+    saved = state["config"]
+    differ = [k for k in sorted(config.SHAPE_KEYS & explicit) if k in saved and saved[k] != getattr(args, k)]
+    if differ and not args.resume_with_new_params:
+        shown = ", ".join(f"--{k}={getattr(args, k)} (checkpoint: {saved[k]})" for k in differ)
+        raise UserError(f"{path} was trained with another shape: {shown}; pass the checkpoint's values, "
+                        f"or --resume_with_new_params=True to try this command line's")
+    return ckpt_id or uuid.uuid4().hex
+
+
+def load_into(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    """``trainer.load_state_dict`` with one line when the checkpoint does not fit the model."""
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"checkpoint {path} does not fit this configuration: {' '.join(str(err).split())[:300]}") from err
 
 
 def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.device) -> tuple[argparse.Namespace, Trainer, RunDir, dict[str, Any]]:
@@ -73,8 +105,11 @@ def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.de
     seed_everything(args.random_seed, args.deterministic)
     run = RunDir(run_dir, use_tensorboard=False)
     trainer = build_trainer(args, device, None)
-    trainer.space.model.load_state_dict(state["model"])
-    trainer.controller.load_state_dict(state["controller"])
+    try:
+        trainer.space.model.load_state_dict(state["model"])
+        trainer.controller.load_state_dict(state["controller"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise UserError(f"checkpoint {path} does not fit this model: {' '.join(str(err).split())[:300]}") from err
     log.info("loaded %s (epoch %d)", path, state["epoch"])
     return args, trainer, run, state
 
@@ -168,16 +203,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = choose_device(args.num_gpu)
         if device.type == "cpu" and keep_freed_memory():
             log.debug("glibc malloc: freed memory kept in the heap (no page faults per step)")
-        MODES[args.mode](args, explicit, device)
+        with stop_on_signals():
+            MODES[args.mode](args, explicit, device)
     except UserError as err:
         if args.log_level == "DEBUG":
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except Stopped as stop:
+        print(stop_message(stop, argv), file=sys.stderr)
+        return stop.exit_code
     return 0
+
+
+def stop_message(stop: Stopped, argv: Sequence[str]) -> str:
+    """One line: the signal, what was kept and the exact command that continues the run."""
+    if not stop.comment:
+        return f"stopped by {stop.name}"
+    kept = [a for a in argv if not a.startswith(("--resume=", "--comment="))]
+    command = shlex.join(["python", "main.py", *kept, f"--comment={stop.comment}", "--resume=True"])
+    return f"stopped by {stop.name}: {stop.saved}; resume with: {command}"
 
 
 if __name__ == "__main__":

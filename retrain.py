@@ -51,6 +51,7 @@ from models.rnn import SharedRNN
 from models.rnn_arch import RNNArch
 from models.space import OptimSpec, SearchSpace
 from runlog import RunDir, load_checkpoint, resolve_checkpoint
+from stopping import Stopped, critical
 from trainer import MAX_NONFINITE_IN_A_ROW, NonFiniteLoss, build_shared_optimizer, scheduled_lr
 from utils import (UserError, atomic_write_bytes, load_json, rng_state, save_json, seed_everything, set_rng_state,
                    setup_logging)
@@ -459,10 +460,11 @@ class Retrainer:
         best_text = f"{best['score']:.4g} (epoch {best['epoch']})" if self.best else "none yet"
         log.info("| retrain epoch %3d | %.1fs | lr %.3g | train_loss %.4f | %s %.4g | best %s%s", epoch, record["epoch_s"],
                  record["lr"], record["train_loss"], self.key, score, best_text, " | averaging" if record.get("averaging") else "")
-        self.run.append_metrics(record)
-        self.run.scalars({f"retrain/{self.key}": score, "retrain/train_loss": record["train_loss"]}, epoch)
         numbered = (epoch + 1) % max(1, self.cfg.save_epoch) == 0 or self.epoch == self.cfg.epochs
-        self.run.save_checkpoint(self.state_dict(), epoch, numbered, self.cfg.max_save_num)
+        with critical():  # the metrics line and the checkpoint that covers it: a stop signal waits
+            self.run.append_metrics(record)
+            self.run.save_checkpoint(self.state_dict(), epoch, numbered, self.cfg.max_save_num)
+        self.run.scalars({f"retrain/{self.key}": score, "retrain/train_loss": record["train_loss"]}, epoch)
         return record
 
     # ------------------------------------------------------------------------- checkpoints
@@ -604,8 +606,9 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
     run = RunDir(Path(args.log_dir) / builders.run_name(args), args.use_tensorboard)
     checkpoint = run.latest_checkpoint()
     state = None
+    run.remove_stale_temps()
     if args.resume and checkpoint is not None:
-        path, state = resolve_checkpoint(str(checkpoint), device)
+        path, state = resolve_checkpoint(str(run.path), device)
         if state.get("kind") != "retrain":
             raise UserError(f"{path} is a search checkpoint: resume it with --mode=train")
         if not args.resume_with_new_params:
@@ -620,7 +623,6 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
         args, arch_dict, source = choose_arch(args, explicit)
     setup_logging(args.log_level, run.path / "train.log")
     seed_everything(args.random_seed, args.deterministic)
-    save_json(run.path / "params.json", vars(args))
     retrainer = build_retrainer(args, arch_dict, device, run)
     if state is None:
         save_json(run.path / "arch.json", {"arch": retrainer.arch.to_dict(), "source": source})
@@ -630,13 +632,17 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
             retrainer.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(f"checkpoint does not fit this configuration: {str(err).splitlines()[0]}") from err
-        run.truncate_metrics(retrainer.epoch)
+    if run.metrics_path.exists():
+        run.truncate_metrics(retrainer.epoch, state.get("metrics_lines") if state is not None else 0)
+    save_json(run.path / "params.json", vars(args))  # only once the checkpoint is known to fit
     log.info("retraining %s (%s) in %s on %s for %d epochs", retrainer.arch, source, run.path, device, retrainer.cfg.epochs)
     try:
         retrainer.train()
-    except KeyboardInterrupt:
-        raise UserError(f"interrupted during epoch {retrainer.epoch}; the last complete epoch is saved in "
-                        f"{run.latest_checkpoint() or 'no checkpoint yet'}: continue with --resume=True --comment={args.comment}")
+    except Stopped as stop:
+        latest = run.latest_checkpoint()
+        stop.comment = run.path.name[len(args.dataset) + 1:]
+        stop.saved = f"{latest} holds epochs 0-{retrainer.epoch - 1}" if latest and retrainer.epoch else "nothing saved yet"
+        raise
     finally:
         run.close()
     if retrainer.best is None:

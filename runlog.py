@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,33 +61,74 @@ class RunDir:
         self.writer.add_image(tag, iio.imread(png)[..., :3], step, dataformats="HWC")
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append one record as strict JSON: non-finite numbers become null, listed under ``nonfinite``."""
+        record = strict_json_record(record)
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record, allow_nan=False) + "\n")
+        except OSError as err:
+            raise UserError(f"cannot append to {self.metrics_path} ({err.strerror or err}); "
+                            f"the last checkpoint is kept: {self.latest_checkpoint() or 'none yet'}") from err
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The records; a torn last line (a write cut short) is dropped with a warning."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics_path.read_text(errors="replace").splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if number < len(lines):
+                    raise UserError(f"{self.metrics_path} line {number} is not JSON ({err.msg})") from err
+                log.warning("%s: dropping a torn last line (%d characters)", self.metrics_path, len(line))
+        return records
 
-    def truncate_metrics(self, epochs_done: int) -> None:
-        """Drop the records of epochs a resumed run will redo (they come after its checkpoint)."""
-        kept = [r for r in self.read_metrics() if r["epoch"] < epochs_done]
-        atomic_write_bytes(self.metrics_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+    def truncate_metrics(self, epochs_done: int, lines: int | None = None) -> None:
+        """Keep the first ``lines`` records (what the checkpoint covers), or those of epochs before ``epochs_done``."""
+        records = self.read_metrics()
+        kept = records[:lines] if lines is not None else [r for r in records if r["epoch"] < epochs_done]
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+        atomic_write_bytes(self.metrics_path, lambda f: f.write(text.encode()))
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Delete ``.<name>.tmp`` files a killed process left (atomic writes in progress); returns them."""
+        stale = [p for folder in (self.path, self.checkpoints) if folder.is_dir() for p in folder.glob(".*.tmp")]
+        for path in stale:
+            path.unlink()
+        if stale:
+            log.info("removed %d unfinished temporary file(s) of an interrupted write: %s", len(stale),
+                     ", ".join(p.name for p in stale))
+        return stale
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as err:
+                log.warning("TensorBoard events in %s could not be flushed (%s)", self.path, err.strerror or err)
             self._writer = None
 
     # -------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict[str, Any], epoch: int, numbered: bool, keep: int) -> Path:
-        """Write ``latest.pt`` (and ``epoch_XXXX.pt`` when ``numbered``) atomically."""
+        """Write ``epoch_XXXX.pt`` (when ``numbered``), then ``latest.pt``, each atomically.
+
+        The numbered file comes first, so an interruption between the two leaves ``latest.pt`` at the
+        previous epoch (that epoch is redone) rather than a numbered checkpoint that is never written.
+        ``state`` records ``metrics_lines``: how many records of metrics.jsonl it covers.
+        """
+        state = {**state, "metrics_lines": len(self.read_metrics())}
         latest = self.checkpoints / "latest.pt"
-        atomic_write_bytes(latest, lambda f: torch.save(state, f))
-        if numbered:
-            target = self.checkpoints / f"epoch_{epoch:04d}.pt"
-            atomic_write_bytes(target, lambda f: torch.save(state, f))
-            for old in sorted(self.checkpoints.glob("epoch_*.pt"))[:-keep] if keep > 0 else []:
+        try:
+            if numbered:
+                save_state(self.checkpoints / f"epoch_{epoch:04d}.pt", state)
+            save_state(latest, state)
+        except UserError as err:
+            kept = f"{latest} is unchanged" if latest.exists() else "no checkpoint exists yet"
+            raise UserError(f"{err}; {kept} (resume from it with --resume=True once there is space)") from err
+        if numbered and keep > 0:
+            for old in sorted(self.checkpoints.glob("epoch_*.pt"))[:-keep]:
                 old.unlink()
         return latest
 
@@ -97,17 +139,61 @@ class RunDir:
         numbered = sorted(self.checkpoints.glob("epoch_*.pt"))
         return numbered[-1] if numbered else None
 
+    def load_latest(self, device: torch.device) -> tuple[Path, dict[str, Any]] | None:
+        """The newest readable checkpoint: ``latest.pt``, else the numbered ones newest first (said so)."""
+        candidates = [self.checkpoints / "latest.pt", *sorted(self.checkpoints.glob("epoch_*.pt"), reverse=True)]
+        candidates = [p for p in candidates if p.is_file()]
+        problems = []
+        for path in candidates:
+            try:
+                state = load_checkpoint(path, device)
+            except UserError as err:
+                problems.append(str(err))
+                continue
+            if problems:
+                log.warning("%s; falling back to %s (epoch %s)", "; ".join(problems), path, state.get("epoch"))
+            return path, state
+        if problems:
+            raise UserError(f"no readable checkpoint in {self.checkpoints}: {problems[0]}")
+        return None
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` atomically; a full disk or other I/O error is one line and the old file stays."""
+    try:
+        atomic_write_bytes(path, lambda f: torch.save(state, f))
+    except RuntimeError as err:  # torch reports some failed writes (a full disk) as a RuntimeError
+        reason = str(err).splitlines()[0][:120]
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        raise UserError(f"cannot write {path} ({reason}); {kept}") from err
+
+
+def strict_json_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every non-finite float as None and their keys under ``nonfinite`` (JSON has no NaN)."""
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return record
+    return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
+
+
+REQUIRED_KEYS = ("epoch", "model", "config")
+
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     """Load a checkpoint written by ``RunDir.save_checkpoint``, with a clear error when unreadable."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError as err:
         raise UserError(f"checkpoint {path} does not exist") from err
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise UserError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__})") from err
     if not isinstance(state, dict) or state.get("format") != 1:
         raise UserError(f"{path} is not a checkpoint of this project")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing or not isinstance(state["config"], dict) or not isinstance(state["model"], dict):
+        raise UserError(f"checkpoint {path} is incomplete (lacks or mangles {', '.join(missing) or 'config/model'})")
     return state
 
 
@@ -117,8 +203,8 @@ def resolve_checkpoint(load_path: str, device: torch.device) -> tuple[Path, dict
         raise UserError("this mode needs --load_path=<run directory or checkpoint file>")
     path = Path(load_path)
     if path.is_dir():
-        found = RunDir(path, use_tensorboard=False).latest_checkpoint()
+        found = RunDir(path, use_tensorboard=False).load_latest(device)
         if found is None:
             raise UserError(f"run directory {path} holds no checkpoint (checkpoints/latest.pt)")
-        path = found
+        return found
     return path, load_checkpoint(path, device)

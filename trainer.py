@@ -24,6 +24,7 @@ from models.controller import Controller
 from models.space import OptimSpec, SearchSpace
 from models.wpl import WPL, alpha_schedule
 from runlog import RunDir
+from stopping import critical
 from utils import UserError, rng_state, save_json, set_rng_state
 
 log = logging.getLogger("wpl")
@@ -134,6 +135,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.started = time.time()
         self.elapsed_before = 0.0
+        self.run_id = ""  # identifies the run its checkpoints belong to (set by main.py)
 
     # ------------------------------------------------------------------------------ helpers
     def alpha(self, epoch: int) -> float:
@@ -188,11 +190,14 @@ class Trainer:
             if not bool(torch.isfinite(out.total)):
                 self._nonfinite()
                 continue
-            self.nonfinite_in_row = 0
             out.total.backward()
             if fisher_from_train and b == n - 1 and self.cfg.shared_ce_fisher:
                 wpl.update_fisher(groups, alpha)
             penalty = wpl.add_penalty_grad_(groups, alpha) if use_wpl else sums.new_zeros(())
+            if use_wpl and not bool(torch.isfinite(penalty)):
+                self._nonfinite("WPL penalty")
+                continue
+            self.nonfinite_in_row = 0
             if fisher_from_train and b == n - 1 and not self.cfg.shared_ce_fisher:
                 wpl.update_fisher(groups, alpha)
             if self.spec.grad_clip > 0:
@@ -213,22 +218,43 @@ class Trainer:
         self.shared_optim.zero_grad(set_to_none=True)
         with self.autocast():
             out = self.space.fisher_loss(arch)
-        (out.ce if self.cfg.shared_ce_fisher else out.total).backward()
+        loss = out.ce if self.cfg.shared_ce_fisher else out.total
+        if not bool(torch.isfinite(loss)):
+            self._nonfinite("Fisher loss")
+            return
+        loss.backward()
         if not self.cfg.shared_ce_fisher:
             self.wpl.add_penalty_grad_(groups, alpha)
         self.wpl.update_fisher(groups, alpha)
         self.shared_optim.zero_grad(set_to_none=True)
 
-    def _nonfinite(self) -> None:
+    def _nonfinite(self, what: str = "loss") -> None:
+        """Count a skipped non-finite loss or reward; too many in a row stop the run."""
         self.nonfinite_in_row += 1
         self.nonfinite_total += 1
-        log.warning("non-finite loss at epoch %d shared step %d: update skipped (%d in a row)",
-                    self.epoch, self.shared_step, self.nonfinite_in_row)
+        log.warning("non-finite %s at epoch %d shared step %d controller step %d: update skipped (%d in a row)",
+                    what, self.epoch, self.shared_step, self.controller_step, self.nonfinite_in_row)
         if self.nonfinite_in_row >= MAX_NONFINITE_IN_A_ROW:
-            latest = self.run.latest_checkpoint() if self.run else None
-            raise NonFiniteLoss(f"{MAX_NONFINITE_IN_A_ROW} non-finite losses in a row at epoch {self.epoch}: "
+            raise NonFiniteLoss(f"{MAX_NONFINITE_IN_A_ROW} non-finite losses or rewards in a row at epoch {self.epoch}: "
                                 f"the search diverged (try a smaller --shared_lr or --alpha_fisher); "
-                                f"last good checkpoint: {latest or 'none yet'}")
+                                f"last good checkpoint: {self._last_checkpoint()}")
+
+    def _last_checkpoint(self) -> str:
+        """The newest checkpoint on disk; only finite states are ever written (``nonfinite_state``)."""
+        latest = self.run.latest_checkpoint() if self.run else None
+        return str(latest) if latest else "none yet"
+
+    def nonfinite_state(self) -> str | None:
+        """The first tensor of the model, controller or WPL that holds NaN or infinity, if any."""
+        sources = [("model", self.space.model.state_dict()), ("controller", self.controller.state_dict()),
+                   ("wpl", self.wpl.state_dict() if self.wpl is not None else {})]
+        for source, state in sources:
+            for name, tensor in state.items():
+                if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    return f"{source} {name}"
+        if self.baseline is not None and not math.isfinite(self.baseline):
+            return "controller baseline"
+        return None
 
     def shared_phase(self, epoch: int, steps: int, measure_forgetting: bool) -> dict[str, Any]:
         alpha = self.alpha(epoch)
@@ -287,10 +313,16 @@ class Trainer:
             with self.autocast():
                 scored = [self.space.reward(a, c.nb_batch_reward_controller, c.reward_c, c.ppl_square) for a in archs]
             reward = torch.tensor([r for r, _ in scored], device=sample.log_probs.device)
+            if not bool(torch.isfinite(reward).all()):
+                self._nonfinite("reward")
+                continue
             entropy = sample.entropies.sum(1)
             if c.entropy_mode == "reward":
                 reward = reward + c.entropy_coeff * entropy.detach()
             mean_reward = float(reward.mean())
+            if not math.isfinite(mean_reward):
+                self._nonfinite("reward")
+                continue
             self.baseline = mean_reward if self.baseline is None else (
                 c.ema_baseline_decay * self.baseline + (1 - c.ema_baseline_decay) * mean_reward)
             steps = sample.log_probs.size(1)
@@ -299,11 +331,19 @@ class Trainer:
             loss = -(sample.log_probs * adv).sum(1).mean()
             if c.entropy_mode == "regularizer":
                 loss = loss - c.entropy_coeff * entropy.mean()
+            if not bool(torch.isfinite(loss)):
+                self._nonfinite("controller loss")
+                continue
+            self.nonfinite_in_row = 0
             self.controller_optim.zero_grad(set_to_none=True)
             loss.backward()
             if c.controller_grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.controller.parameters(), c.controller_grad_clip)
             self.controller_optim.step()
+            if not all(bool(torch.isfinite(p).all()) for p in self.controller.parameters()):
+                raise NonFiniteLoss(f"the controller's weights became non-finite at epoch {epoch} (try a smaller "
+                                    f"--controller_lr or a --controller_grad_clip); last good checkpoint: "
+                                    f"{self._last_checkpoint()}")
             self.controller_step += 1
             step_stats = {"controller/reward": mean_reward, "controller/entropy": float(entropy.detach().mean()),
                           "controller/baseline": self.baseline, "controller/adv": float(adv[:, -1].mean()),
@@ -316,6 +356,8 @@ class Trainer:
             bar.set_postfix(reward=f"{mean_reward:.3f}")
             if self.run:
                 self.run.scalars(step_stats, self.controller_step)
+        if not rewards:
+            return {}
         return {"controller_reward": float(np.mean(rewards)), "controller_entropy": float(np.mean(entropies)),
                 "controller_baseline": self.baseline, "controller_adv": float(np.mean(advs)),
                 "controller_loss": float(np.mean(losses)), f"controller_{self.space.metric}": float(np.mean(metrics))}
@@ -353,12 +395,18 @@ class Trainer:
         save = (epoch + 1) % max(1, c.save_epoch) == 0 or epoch + 1 == c.max_epoch
         if save:
             record.update(self.derive_and_evaluate(epoch))
-        self.epoch += 1
-        record["nonfinite_losses"] = self.nonfinite_total
-        record["epoch_s"] = time.time() - t0
-        record["elapsed_s"] = self.elapsed_before + time.time() - self.started
-        self._report(record)
-        self.save_checkpoint(numbered=save)
+        bad = self.nonfinite_state()
+        if bad is not None:
+            raise NonFiniteLoss(f"{bad} is not finite after epoch {epoch}: the search diverged and this state is not "
+                                f"saved (try a smaller --shared_lr or --alpha_fisher); last good checkpoint: "
+                                f"{self._last_checkpoint()}")
+        with critical():  # the metrics line and the checkpoint that covers it: a stop signal waits
+            self.epoch += 1
+            record["nonfinite_losses"] = self.nonfinite_total
+            record["epoch_s"] = time.time() - t0
+            record["elapsed_s"] = self.elapsed_before + time.time() - self.started
+            self._report(record)
+            self.save_checkpoint(numbered=save)
         return record
 
     def derive_and_evaluate(self, epoch: int) -> dict[str, Any]:
@@ -413,6 +461,7 @@ class Trainer:
             "nonfinite_total": self.nonfinite_total,
             "elapsed_s": self.elapsed_before + time.time() - self.started,
             "config": self.config_dict,
+            "run_id": self.run_id,
         }
 
     def load_state_dict(self, state: dict[str, Any], restore_optimizers: bool = True) -> None:

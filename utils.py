@@ -73,15 +73,19 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only folder, ...: the previous file is untouched
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        raise UserError(f"cannot write {path} ({err.strerror or err}); {kept}") from err
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -151,11 +155,21 @@ def keep_freed_memory() -> bool:
 
 # --------------------------------------------------------------------------------------- drawing
 _warned_no_dot = False
+_said_renderer = False
 
 
 def dot_program() -> str | None:
-    """Graphviz's ``dot``, or the pip-installable ``graphviz-pure`` port with the same flags."""
-    return shutil.which("dot") or shutil.which("graphviz-pure")
+    """Graphviz's ``dot``, or the pip-installable ``graphviz-pure`` port with the same flags.
+
+    Looked up on ``PATH`` and beside the running interpreter, so a virtualenv that is not
+    activated (``.venv/bin/python main.py``) still finds the ``graphviz-pure`` it installed.
+    """
+    beside = str(Path(sys.executable).parent)
+    for name in ("dot", "graphviz-pure"):
+        found = shutil.which(name) or shutil.which(name, path=beside)
+        if found:
+            return found
+    return None
 
 
 def render_dot(source: str, png_path: Path) -> Path:
@@ -163,7 +177,7 @@ def render_dot(source: str, png_path: Path) -> Path:
 
     Without a dot program the ``.gv`` source is kept and a warning is logged once per process.
     """
-    global _warned_no_dot
+    global _warned_no_dot, _said_renderer
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     gv_path = png_path.with_suffix(".gv")
@@ -174,6 +188,9 @@ def render_dot(source: str, png_path: Path) -> Path:
             log.warning("no 'dot' program found (install graphviz or graphviz-pure): writing .gv sources only")
             _warned_no_dot = True
         return gv_path
+    if not _said_renderer:
+        log.info("drawing architectures with %s", program)
+        _said_renderer = True
     result = subprocess.run([program, "-Tpng", str(gv_path), "-o", str(png_path)], capture_output=True, text=True)
     if result.returncode != 0 or not png_path.is_file():
         log.warning("%s failed to draw %s: %s", program, gv_path, result.stderr.strip()[:200])

@@ -14,6 +14,7 @@ batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from utils import UserError
 
+log = logging.getLogger("wpl")
 CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)  # the paper code's per-channel statistics
 CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
 MNIST_MEAN = (0.1307,)
@@ -98,8 +100,8 @@ class FolderImages:
                 if image.size != (width, height):
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
                 array = np.array(image)
-        except OSError as err:
-            raise UserError(f"cannot decode {self.paths[index]}: {err}") from err
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for corrupt or truncated files
+            raise UserError(f"cannot decode image {self.paths[index]}: {_first_line(err)}") from err
         return torch.from_numpy(array).view(height, width, -1).permute(2, 0, 1)
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -172,6 +174,10 @@ def _torchvision(name: str, root: Path) -> tuple[tuple[TensorImages, TensorImage
 def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[str], Tensor]:
     """Class names, image paths and labels of ``folder/<class>/*``; ``classes`` fixes the label order."""
     found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    empty = [name for name in found if not _images_in(folder / name)]
+    if empty:
+        log.warning("%s: ignoring %d class folder(s) without images: %s", folder, len(empty), ", ".join(empty[:5]))
+        found = [name for name in found if name not in empty]
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))
@@ -180,12 +186,23 @@ def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[str]
     paths, labels = [], []
     for label, name in enumerate(classes):
         directory = folder / name
-        files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if directory.is_dir() else []
+        files = _images_in(directory)
         paths += [str(p) for p in files]
         labels += [label] * len(files)
     if not paths:
         raise UserError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {folder}/<class>/")
     return classes, paths, torch.tensor(labels)
+
+
+def _images_in(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if directory.is_dir() else []
+
+
+def worker_error_line(err: UserError) -> UserError:
+    """A UserError re-raised by a DataLoader worker carries the worker's whole traceback: keep its last line."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else str(err)
+    return UserError(last.split("UserError: ", 1)[-1])
 
 
 def _image_folder(folder: Path, valid_size: int, seed: int) -> ImageData:
@@ -368,6 +385,8 @@ class BatchStream:
             try:
                 images, labels = next(self._iter)
                 break
+            except UserError as err:
+                raise worker_error_line(err) from None
             except StopIteration:
                 self.epoch, self.pos, self._iter = self.epoch + 1, 0, None
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.salt, self.epoch, self.pos)) if self.augment else None
@@ -391,5 +410,12 @@ def iterate_split(images: ImageSet, batch_size: int, preprocess: Preprocess, num
     """
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).tolist()
     batches = [order[s : s + batch_size] for s in range(0, len(images), batch_size)]
-    for images_, labels in make_loader(images, batches, num_workers, preprocess.device, persistent=False):  # type: ignore[arg-type]
+    loader = iter(make_loader(images, batches, num_workers, preprocess.device, persistent=False))  # type: ignore[arg-type]
+    while True:
+        try:
+            images_, labels = next(loader)
+        except StopIteration:
+            return
+        except UserError as err:
+            raise worker_error_line(err) from None
         yield preprocess(images_), labels.to(preprocess.device, non_blocking=True)

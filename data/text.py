@@ -56,8 +56,16 @@ class Corpus:
 
 
 def _read_words(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [w for line in f for w in (*line.split(), "<eos>")]
+    """Whitespace-separated words plus ``<eos>`` per line; the file must be UTF-8 text."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text: byte {err.start} (0x{data[err.start]:02x}) cannot be decoded; "
+                        f"convert it (e.g. iconv -t utf-8)") from err
+    if "\0" in text:
+        raise UserError(f"{path} is not text: it holds a NUL byte at character {text.index(chr(0))}")
+    return [w for line in text.splitlines() for w in (*line.split(), "<eos>")]
 
 
 def build_corpus(folder: Path) -> Corpus:
@@ -71,6 +79,8 @@ def build_corpus(folder: Path) -> Corpus:
         words.append("<unk>")
     index = {w: i for i, w in enumerate(words)}
     unk = index["<unk>"]
+    if len(train_words) == 0 or all(w == "<eos>" for w in train_words):
+        raise UserError(f"{folder / 'train.txt'} holds no words")
     splits: dict[str, Tensor] = {"train": torch.tensor([index[w] for w in train_words], dtype=torch.long)}
     unknown: dict[str, int] = {}
     for split in ("valid", "test"):
@@ -155,6 +165,20 @@ def load_corpus(data_dir: str | Path, name: str) -> Corpus:
     elif not folder.is_dir():
         raise UserError(f"no dataset folder {folder} (expected train.txt, valid.txt, test.txt inside)")
     return build_corpus(folder)
+
+
+def check_split_sizes(corpus: Corpus, folder: str | Path, batch_sizes: dict[str, int], bptt: int) -> None:
+    """Each split must fill its batch with at least two rows (one input and one target step); name the file."""
+    for split, batch_size in batch_sizes.items():
+        tokens = len(getattr(corpus, split))
+        rows = tokens // batch_size
+        if rows < 2:
+            raise UserError(f"{Path(folder) / (split + '.txt')}: {tokens} tokens are too few for batch size "
+                            f"{batch_size} (need at least {2 * batch_size}; a BPTT length of {bptt} wants "
+                            f"{(bptt + 1) * batch_size})")
+        if rows <= bptt:
+            log.warning("%s: %d tokens give %d rows at batch size %d, fewer than BPTT %d + 1: every step is shorter",
+                        Path(folder) / f"{split}.txt", tokens, rows, batch_size, bptt)
 
 
 def batchify(data: Tensor, batch_size: int) -> Tensor:

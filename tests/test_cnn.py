@@ -474,8 +474,10 @@ def test_image_folder_space_decodes_in_workers_and_needs_a_test_split(tmp_path: 
 
 
 def test_space_rejects_unknown_ops_and_macro_mode(fake_cifar: Path) -> None:
+    args = cnn_args(fake_cifar)  # the command line refuses unknown ops already; the space does too
+    args.shared_cnn_reduce_types = ["identity", "conv9x9"]
     with pytest.raises(UserError, match="unknown"):
-        build_cnn_space(cnn_args(fake_cifar, "--shared_cnn_reduce_types=identity,conv9x9"), torch.device("cpu"))
+        build_cnn_space(args, torch.device("cpu"))
     with pytest.raises(UserError, match="macro"):
         build_cnn_space(cnn_args(fake_cifar, "--search_mode=macro"), torch.device("cpu"))
     with pytest.raises(UserError, match="2\\^"):
