@@ -87,6 +87,11 @@ DOMAINS: dict[str, Domain] = {
     "retrain_cnn_lr": POSITIVE, "retrain_cnn_lr_min": NON_NEGATIVE, "retrain_cnn_momentum": PROBABILITY,
     "retrain_cnn_l2_reg": NON_NEGATIVE, "retrain_cnn_grad_clip": NON_NEGATIVE, "retrain_cutout": NATURAL,
     "retrain_aux_weight": NON_NEGATIVE,
+    # continual
+    "seeds": COUNT, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
+    "cl_eval_every": COUNT, "importance_samples": COUNT, "ewc_lambda": NON_NEGATIVE, "online_ewc_lambda": NON_NEGATIVE,
+    "online_ewc_gamma": UNIT, "si_c": NON_NEGATIVE, "si_xi": POSITIVE, "mas_lambda": NON_NEGATIVE,
+    "l2_lambda": NON_NEGATIVE, "wpl_alpha": NON_NEGATIVE,
     # misc
     "log_step": NATURAL, "save_epoch": COUNT, "max_save_num": NATURAL, "num_gpu": NATURAL, "random_seed": SEED,
 }
@@ -144,7 +149,7 @@ def relation_problem(args: argparse.Namespace) -> str | None:
 def _name_problem(args: argparse.Namespace) -> str | None:
     """Unknown activation or op names (imported here: the model modules pull in torch)."""
     from models.cnn import OPS
-    from models.rnn import ACTIVATIONS
+    from models.rnn_arch import ACTIVATIONS
 
     lists = [("shared_rnn_activations", ACTIVATIONS), ("shared_cnn_types", OPS),
              ("shared_cnn_normal_types", OPS), ("shared_cnn_reduce_types", OPS)]

@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "rnn_arch" in out:
         print(f"RNN arch: {out['rnn_arch']}  ({out['rnn_params_m']:.1f}M params, {out['rnn_step_gflop']:.1f} GFLOP/step)")
     if "cnn_arch" in out:
-        print(f"CNN ({out['cnn_style']}) arch: {out['cnn_arch']}  ({out['cnn_params_m']:.3f}M params, "
+        print(f"CNN ({out['preset']}) arch: {out['cnn_arch']}  ({out['cnn_params_m']:.3f}M params, "
               f"{out['cnn_params_used_m']:.3f}M trained per step)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
