@@ -40,12 +40,12 @@ class CNNSpaceConfig:
     shared_cnn_normal_types: tuple[str, ...] = PAPER_OPS
     shared_cnn_reduce_types: tuple[str, ...] = PAPER_OPS
     # the paper code's model by default; models.cnn's table names each choice and its ENAS value
-    cnn_stem: bool = False
-    cnn_cell_inputs: str = "ops"
-    cnn_depthwise: str = "grouped"
-    cnn_node_combine: str = "avg"
-    cnn_cell_output: str = "last"
-    cnn_classifier: str = "flatten"
+    cnn_stem: bool = CNNStyle.stem  # one source of truth: CNNStyle's defaults
+    cnn_cell_inputs: str = CNNStyle.cell_inputs
+    cnn_depthwise: str = CNNStyle.depthwise
+    cnn_node_combine: str = CNNStyle.node_combine
+    cnn_cell_output: str = CNNStyle.cell_output
+    cnn_classifier: str = CNNStyle.classifier
     cnn_channels_last: bool = True
     batch_size: int = 64
     test_batch_size: int = 64
