@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 import builders
 import config
+from engine import MAX_NONFINITE_IN_A_ROW, NonFiniteLoss, build_optimizer, scheduled_lr
 from data.image import mixed_seed
 from data.text import get_batch
 from models.cnn import CNNArch, SharedCNN, live_nodes, loose_ends
@@ -52,7 +53,6 @@ from models.rnn_arch import RNNArch
 from models.space import OptimSpec, SearchSpace
 from runlog import RunDir, load_checkpoint, resolve_checkpoint
 from stopping import Stopped, critical
-from trainer import MAX_NONFINITE_IN_A_ROW, NonFiniteLoss, build_shared_optimizer, scheduled_lr
 from utils import (UserError, atomic_write_bytes, load_json, rng_state, save_json, seed_everything, set_rng_state,
                    setup_logging)
 
@@ -349,7 +349,7 @@ class Retrainer:
                  config_dict: dict[str, Any]) -> None:
         self.space, self.arch, self.spec, self.cfg, self.run, self.config_dict = space, arch, spec, cfg, run, config_dict
         self.model = space.model
-        self.optim = build_shared_optimizer(spec, self.model.parameters(), "sgd")
+        self.optim = build_optimizer(spec, self.model.parameters(), "sgd")
         self.key = f"valid_{space.metric}"
         self.averaged: AveragedModel | None = None
         self.epoch = 0  # epochs completed

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from engine import checkpoint
 from utils import UserError, atomic_write_bytes
 
 log = logging.getLogger("wpl")
@@ -176,9 +177,6 @@ def strict_json_record(record: dict[str, Any]) -> dict[str, Any]:
     return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
 
 
-REQUIRED_KEYS = ("epoch", "model", "config")
-
-
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     """Load a checkpoint written by ``RunDir.save_checkpoint``, with a clear error when unreadable."""
     try:
@@ -189,12 +187,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} does not exist") from err
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise UserError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__})") from err
-    if not isinstance(state, dict) or state.get("format") != 1:
-        raise UserError(f"{path} is not a checkpoint of this project")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing or not isinstance(state["config"], dict) or not isinstance(state["model"], dict):
-        raise UserError(f"checkpoint {path} is incomplete (lacks or mangles {', '.join(missing) or 'config/model'})")
-    return state
+    return checkpoint.validate(state, path)
 
 
 def resolve_checkpoint(load_path: str, device: torch.device) -> tuple[Path, dict[str, Any]]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from engine import MAX_NONFINITE_IN_A_ROW, NonFiniteLoss, build_optimizer, scheduled_lr
 from models.controller import Controller
 from models.space import OptimSpec, SearchSpace
 from models.wpl import WPL, alpha_schedule
@@ -28,7 +29,6 @@ from stopping import critical
 from utils import UserError, rng_state, save_json, set_rng_state
 
 log = logging.getLogger("wpl")
-MAX_NONFINITE_IN_A_ROW = 10
 
 
 @dataclass(frozen=True)
@@ -79,23 +79,6 @@ class TrainerConfig:
     compile: bool = False
 
 
-class NonFiniteLoss(UserError):
-    """Too many non-finite losses in a row: the run stops with its last good checkpoint kept."""
-
-
-def build_shared_optimizer(spec: OptimSpec, params: Any, kind: str) -> torch.optim.Optimizer:
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
-                           weight_decay=spec.weight_decay)
-
-
-def scheduled_lr(spec: OptimSpec, epoch: int, max_epoch: int) -> float:
-    if spec.schedule == "cosine":
-        return spec.lr_min + 0.5 * (spec.lr - spec.lr_min) * (1 + math.cos(math.pi * epoch / max(1, max_epoch)))
-    return spec.lr * spec.decay ** max(0, math.floor(epoch - spec.decay_after + 1))
-
-
 def ci95_half_width(values: list[float]) -> float:
     """Half-width of a t-based 95% confidence interval of the mean (0 for fewer than 2 values)."""
     if len(values) < 2:
@@ -123,7 +106,7 @@ class Trainer:
                 space.model.enable_compile()
             else:
                 log.warning("--compile: %s has no compiled path; running eagerly", type(space.model).__name__)
-        self.shared_optim = build_shared_optimizer(self.spec, space.model.parameters(), cfg.shared_optim)
+        self.shared_optim = build_optimizer(self.spec, space.model.parameters(), cfg.shared_optim)
         ctrl_cls = torch.optim.Adam if cfg.controller_optim == "adam" else torch.optim.SGD
         self.controller_optim = ctrl_cls(controller.parameters(), lr=cfg.controller_lr)
         self.epoch = 0  # epochs completed

@@ -14,7 +14,7 @@ import generate_gif
 import main
 from conftest import interrupted_copy, metrics_without_timing, paper_rnn_args
 from models.space import Loss
-from trainer import NonFiniteLoss
+from engine import NonFiniteLoss
 
 SMALL = ["--dataset=tiny", "--max_epoch=3", "--shared_max_step=3", "--num_batch_per_iter=2", "--controller_max_step=2",
          "--start_using_fisher=0", "--start_training_controller=0", "--save_epoch=1", "--shared_embed=16",

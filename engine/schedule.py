@@ -1,0 +1,31 @@
+"""Optimisers and learning-rate schedules built from a search space's :class:`~models.space.OptimSpec`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from models.space import OptimSpec
+
+
+def build_optimizer(spec: OptimSpec, params: Any, kind: str = "sgd") -> torch.optim.Optimizer:
+    """``kind`` is ``"sgd"`` (with the spec's momentum and Nesterov flag) or ``"adam"``."""
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
+                           weight_decay=spec.weight_decay)
+
+
+def cosine(lr_max: float, lr_min: float, epoch: float, max_epoch: int) -> float:
+    """Cosine annealing from ``lr_max`` at epoch 0 to ``lr_min`` at ``max_epoch``."""
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * epoch / max(1, max_epoch)))
+
+
+def scheduled_lr(spec: OptimSpec, epoch: float, max_epoch: int) -> float:
+    """The spec's learning rate at ``epoch``: cosine, or step decay ``lr * decay ** k`` after ``decay_after``."""
+    if spec.schedule == "cosine":
+        return cosine(spec.lr, spec.lr_min, epoch, max_epoch)
+    return spec.lr * spec.decay ** max(0, math.floor(epoch - spec.decay_after + 1))
+
