@@ -12,10 +12,11 @@ import argparse
 import ast
 import difflib
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
+C = TypeVar("C")
 
 
 def str2bool(text: str) -> bool:
@@ -375,6 +376,26 @@ SHAPE_KEYS = frozenset({
     "cnn_node_combine", "cnn_classifier",
     "random_seed",  # the seed also picks the held-out validation images
 })
+
+
+# What a search run fixes about its space and regularisation: a retrain of its architecture inherits these.
+SEARCH_KEYS = frozenset({
+    "network_type", "dataset", "num_blocks", "shared_rnn_activations", "rnn_next_state", "tie_weights",
+    "shared_dropout", "shared_dropoute", "shared_dropouti", "shared_wdrop", "shared_wdrop_scope", "rnn_output_norm",
+    "rnn_input_bias",
+    "activation_regularization", "activation_regularization_amount", "temporal_activation_regularization",
+    "temporal_activation_regularization_amount", "norm_stabilizer_regularization",
+    "norm_stabilizer_regularization_amount", "norm_stabilizer_fixed_point",
+    "search_mode", "shared_cnn_types", "shared_cnn_normal_types", "shared_cnn_reduce_types", "cnn_cell_output",
+    "cnn_stem", "cnn_cell_inputs", "cnn_depthwise", "cnn_node_combine", "cnn_classifier", "cnn_num_modules", "valid_size",
+})
+
+
+def defaults(cls: type[C], **overrides: Any) -> C:
+    """The typed config ``cls`` filled from the command line's defaults (one source of truth for them)."""
+    from models.space import pick
+
+    return pick(cls, parse_args([]), **overrides)
 
 
 def explicit_options(argv: Sequence[str]) -> set[str]:

@@ -59,17 +59,6 @@ from utils import (UserError, atomic_write_bytes, load_json, rng_state, save_jso
 log = logging.getLogger("wpl")
 
 RECIPE_EPOCHS = {"rnn": 500, "micro_cnn": 600}  # AWD-LSTM on PTB; DARTS on CIFAR-10
-# What a search run fixes about its space and regularisation: a retrain of its architecture inherits these.
-SEARCH_KEYS = frozenset({
-    "network_type", "dataset", "num_blocks", "shared_rnn_activations", "rnn_next_state", "tie_weights",
-    "shared_dropout", "shared_dropoute", "shared_dropouti", "shared_wdrop", "shared_wdrop_scope", "rnn_output_norm",
-    "rnn_input_bias",
-    "activation_regularization", "activation_regularization_amount", "temporal_activation_regularization",
-    "temporal_activation_regularization_amount", "norm_stabilizer_regularization",
-    "norm_stabilizer_regularization_amount", "norm_stabilizer_fixed_point",
-    "search_mode", "shared_cnn_types", "shared_cnn_normal_types", "shared_cnn_reduce_types", "cnn_cell_output",
-    "cnn_stem", "cnn_cell_inputs", "cnn_depthwise", "cnn_node_combine", "cnn_classifier", "cnn_num_modules", "valid_size",
-})
 RESUME_KEYS = config.RUNTIME_KEYS | {"retrain_epochs"}  # a resumed retrain may be given more epochs
 TEST_KEYS = (config.RUNTIME_KEYS - {"dataset"}) | {"test_batch_size"}
 CUTOUT_SALT = 5  # separates the cutout generator's seeds from data.image's streams
@@ -142,7 +131,7 @@ def with_search_config(args: argparse.Namespace, explicit: set[str]) -> argparse
         raise UserError(f"{params} is missing: --load_path must name a search run directory or checkpoint")
     saved = load_json(params)
     saved = {**{k: v for k, v in config.LEGACY_VALUES.items() if k not in saved}, **saved}  # what older runs did
-    inherited = {k: saved[k] for k in SEARCH_KEYS - explicit if k in saved}
+    inherited = {k: saved[k] for k in config.SEARCH_KEYS - explicit if k in saved}
     log.info("search configuration from %s: %s", params, ", ".join(f"{k}={v}" for k, v in sorted(inherited.items())))
     return argparse.Namespace(**{**vars(args), **inherited})
 
