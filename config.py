@@ -3,84 +3,21 @@
 Defaults are those of the paper's public code unless a help text says otherwise. Parsing is strict
 where the paper's code was lax: an unknown option is an error naming the closest valid ones,
 booleans accept only true/false/yes/no/1/0, and list options are read with ``ast.literal_eval`` or
-as comma-separated names (never ``eval``). A repeated option takes its last value.
+as comma-separated names (never ``eval``) (the machinery is parsing.py). A repeated option takes its
+last value. An option's ``role=`` says whether a checkpoint or the command line supplies it when a run
+is continued or reused (``parsing.ROLES``); ``SHAPE_KEYS``, ``RUNTIME_KEYS`` and ``SEARCH_KEYS`` are
+read off those marks.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import difflib
 import sys
-from typing import Any, Callable, NoReturn, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
-TRUE_WORDS = ("true", "yes", "1")
-FALSE_WORDS = ("false", "no", "0")
+from parsing import StrictParser, choice, str2bool, str_list
+
 C = TypeVar("C")
-
-
-def str2bool(text: str) -> bool:
-    """Strict boolean: true/false/yes/no/1/0 in any case, nothing else."""
-    word = text.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {text!r}")
-
-
-def str_list(text: str) -> list[str]:
-    """A list of names: ``"['tanh', 'ReLU']"`` (Python literal) or ``tanh,ReLU``."""
-    text = text.strip()
-    if text.startswith(("[", "(")):
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError) as err:
-            raise argparse.ArgumentTypeError(f"not a list literal: {text!r}") from err
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise argparse.ArgumentTypeError(f"expected a list of names, got {text!r}")
-        items = [v.strip() for v in value]
-    else:
-        items = [v.strip() for v in text.split(",")]
-    if not items or any(not v for v in items):
-        raise argparse.ArgumentTypeError(f"empty name in list {text!r}")
-    return items
-
-
-def choice(*options: str) -> Callable[[str], str]:
-    """A string type restricted to ``options`` (the error lists them)."""
-
-    def parse(text: str) -> str:
-        if text not in options:
-            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(options)}")
-        return text
-
-    parse.__name__ = "choice"
-    return parse
-
-
-class StrictParser(argparse.ArgumentParser):
-    """argparse that names close matches for unknown options and prints one-line errors."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
-
-    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
-        parsed, unknown = self.parse_known_args(args, namespace)
-        if unknown:
-            known = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
-            problems = []
-            for item in unknown:
-                flag = item.split("=", 1)[0]
-                if not flag.startswith("-"):
-                    problems.append(f"unexpected argument {item!r}")
-                    continue
-                close = difflib.get_close_matches(flag, known, n=3, cutoff=0.6)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                problems.append(f"unknown option {flag}{hint}")
-            self.error("; ".join(problems))
-        return parsed
 
 
 def build_parser() -> StrictParser:
@@ -95,7 +32,7 @@ def build_parser() -> StrictParser:
     p.add_argument("--preset", type=choice(*PRESETS), default="paper",
                    help="paper: the models of the paper's public code (its figures came from them); enas: every modelling "
                         "choice of the ENAS paper (Pham et al. 2018) instead. Options given explicitly win (docs/fidelity.md)")
-    g = p.add_argument_group("WPL (weight plasticity loss)")
+    g = p.group("WPL (weight plasticity loss)")
     g.add_argument("--start_using_fisher", type=int, default=0, help="first epoch (0-based) with the WPL penalty and Fisher updates")
     g.add_argument("--num_batch_per_iter", type=int, default=10, help="training batches per sampled architecture in the shared phase")
     g.add_argument("--set_fisher_zero_per_iter", type=int, default=-1, help="zero the Fisher at the start of every epoch divisible by this (<= 0: never)")
@@ -112,7 +49,6 @@ def build_parser() -> StrictParser:
     g.add_argument("--alpha_small_scale", type=float, default=0.0, help="floor that alpha never goes below once decay has started")
     g.add_argument("--shared_valid_fisher", type=b, default=True, help="Fisher from one validation batch after each step (else from the last training batch)")
     g.add_argument("--shared_ce_fisher", type=b, default=True, help="Fisher from the cross-entropy gradient only (else from the full loss)")
-    g.add_argument("--controller_update_fisher", type=b, default=False, help="accepted for compatibility with the paper's code; has no effect")
     g.add_argument("--train_controller", type=b, default=False, help="run the controller (REINFORCE) phase")
     g.add_argument("--start_training_controller", type=int, default=0, help="first epoch with a controller phase")
     g.add_argument("--stop_training_controller", type=int, default=1000, help="epoch from which the controller phase stops")
@@ -122,67 +58,70 @@ def build_parser() -> StrictParser:
     g.add_argument("--forgetting_models", type=int, default=20, help="--mode=forgetting: architectures trained in turn")
     g.add_argument("--forgetting_variants", type=str_list, default=["none", "compound", "loss"], help="--mode=forgetting: WPL variants compared")
 
-    g = p.add_argument_group("network")
-    g.add_argument("--network_type", type=choice("rnn", "micro_cnn"), default="rnn", help="search space")
-    g.add_argument("--num_blocks", type=int, default=12, help="nodes of the RNN cell / blocks of a CNN cell")
-    g.add_argument("--tie_weights", type=b, default=True, help="tie the RNN encoder and decoder (needs shared_embed == shared_hid)")
-    g.add_argument("--controller_hid", type=int, default=100, help="controller LSTM hidden size")
-    g.add_argument("--shared_wdrop", type=float, default=0.5, help="DropConnect on hidden-to-hidden weights")
-    g.add_argument("--shared_dropout", type=float, default=0.4, help="locked dropout on the cell output")
-    g.add_argument("--shared_dropoute", type=float, default=0.1, help="embedding (word) dropout")
-    g.add_argument("--shared_dropouti", type=float, default=0.65, help="locked dropout on the embedded input")
-    g.add_argument("--shared_embed", type=int, default=1000, help="RNN embedding size")
-    g.add_argument("--shared_hid", type=int, default=1000, help="RNN hidden size")
+    g = p.group("network")
+    g.add_argument("--network_type", type=choice("rnn", "micro_cnn"), default="rnn", help="search space", role=("shape", "search"))
+    g.add_argument("--num_blocks", type=int, default=12, help="nodes of the RNN cell / blocks of a CNN cell", role=("shape", "search"))
+    g.add_argument("--tie_weights", type=b, default=True, help="tie the RNN encoder and decoder (needs shared_embed == shared_hid)",
+                   role=("shape", "search"))
+    g.add_argument("--controller_hid", type=int, default=100, help="controller LSTM hidden size", role="shape")
+    g.add_argument("--shared_wdrop", type=float, default=0.5, help="DropConnect on hidden-to-hidden weights", role="search")
+    g.add_argument("--shared_dropout", type=float, default=0.4, help="locked dropout on the cell output", role="search")
+    g.add_argument("--shared_dropoute", type=float, default=0.1, help="embedding (word) dropout", role="search")
+    g.add_argument("--shared_dropouti", type=float, default=0.65, help="locked dropout on the embedded input", role="search")
+    g.add_argument("--shared_embed", type=int, default=1000, help="RNN embedding size", role="shape")
+    g.add_argument("--shared_hid", type=int, default=1000, help="RNN hidden size", role="shape")
     g.add_argument("--shared_rnn_max_length", type=int, default=35, help="BPTT length")
-    g.add_argument("--shared_rnn_activations", type=str_list, default=["tanh", "ReLU", "identity", "sigmoid"], help="RNN node activations")
+    g.add_argument("--shared_rnn_activations", type=str_list, default=["tanh", "ReLU", "identity", "sigmoid"], help="RNN node activations",
+                   role=("shape", "search"))
     g.add_argument("--rnn_next_state", type=choice("avg", "last"), default="last",
-                   help="state carried to the next time step: last node (paper's code) or avg of loose ends (ENAS paper)")
+                   help="state carried to the next time step: last node (paper's code) or avg of loose ends (ENAS paper)", role="search")
     g.add_argument("--shared_wdrop_scope", type=choice("node0", "all"), default="node0",
                    help="weights DropConnect (--shared_wdrop) applies to: node 0's hidden-to-hidden weights (paper's code) "
-                        "or those and every edge's (this project before the fidelity change)")
+                        "or those and every edge's (this project before the fidelity change)", role="search")
     g.add_argument("--rnn_output_norm", type=choice("batchnorm", "none"), default="batchnorm",
-                   help="normalisation of the cell output at every time step: BatchNorm1d (paper's code) or none (ENAS paper)")
+                   help="normalisation of the cell output at every time step: BatchNorm1d (paper's code) or none (ENAS paper)",
+                   role=("shape", "search"))
     g.add_argument("--rnn_input_bias", type=b, default=True,
-                   help="biases on node 0's input projections W_xc, W_xh (paper's code); false: none (ENAS paper)")
-    g.add_argument("--activation_regularization", type=b, default=False, help="AR penalty on dropped outputs")
-    g.add_argument("--activation_regularization_amount", type=float, default=2.0, help="AR weight")
-    g.add_argument("--temporal_activation_regularization", type=b, default=False, help="TAR penalty on output slowness")
-    g.add_argument("--temporal_activation_regularization_amount", type=float, default=1.0, help="TAR weight")
-    g.add_argument("--norm_stabilizer_regularization", type=b, default=False, help="norm-stabiliser penalty on hidden norms")
-    g.add_argument("--norm_stabilizer_regularization_amount", type=float, default=1.0, help="norm-stabiliser weight")
-    g.add_argument("--norm_stabilizer_fixed_point", type=float, default=5.0, help="target hidden norm of the norm stabiliser")
-    g.add_argument("--search_mode", type=choice("micro", "macro"), default="micro", help="CNN search space (only micro is implemented)")
-    g.add_argument("--output_classes", type=int, default=10, help="accepted for compatibility; the dataset sets the classes")
-    g.add_argument("--cnn_height", type=int, default=32, help="accepted for compatibility; the dataset sets the image size")
-    g.add_argument("--cnn_width", type=int, default=32, help="accepted for compatibility; the dataset sets the image size")
-    g.add_argument("--cnn_input_channels", type=int, default=3, help="accepted for compatibility; the dataset sets the channels")
-    g.add_argument("--cnn_final_filter_size", type=int, default=384, help="channels of the last CNN module")
-    g.add_argument("--cnn_num_repeat_normal", type=int, default=6, help="normal cells per CNN module")
-    g.add_argument("--cnn_num_modules", type=int, default=3, help="CNN modules (reduction cells between them)")
-    g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes for image data")
-    g.add_argument("--cnn_hid", type=int, default=64, help="accepted for compatibility with the paper's code")
-    g.add_argument("--shared_cnn_types", type=str_list, default=["identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5"], help="CNN ops (both cells) unless overridden below")
-    g.add_argument("--shared_cnn_normal_types", type=str_list, default=None, help="CNN ops of normal cells (default: shared_cnn_types)")
-    g.add_argument("--shared_cnn_reduce_types", type=str_list, default=None, help="CNN ops of reduction cells (default: shared_cnn_types)")
+                   help="biases on node 0's input projections W_xc, W_xh (paper's code); false: none (ENAS paper)", role=("shape", "search"))
+    g.add_argument("--activation_regularization", type=b, default=False, help="AR penalty on dropped outputs", role="search")
+    g.add_argument("--activation_regularization_amount", type=float, default=2.0, help="AR weight", role="search")
+    g.add_argument("--temporal_activation_regularization", type=b, default=False, help="TAR penalty on output slowness", role="search")
+    g.add_argument("--temporal_activation_regularization_amount", type=float, default=1.0, help="TAR weight", role="search")
+    g.add_argument("--norm_stabilizer_regularization", type=b, default=False, help="norm-stabiliser penalty on hidden norms", role="search")
+    g.add_argument("--norm_stabilizer_regularization_amount", type=float, default=1.0, help="norm-stabiliser weight", role="search")
+    g.add_argument("--norm_stabilizer_fixed_point", type=float, default=5.0, help="target hidden norm of the norm stabiliser", role="search")
+    g.add_argument("--search_mode", type=choice("micro", "macro"), default="micro", help="CNN search space (only micro is implemented)",
+                   role=("shape", "search"))
+    g.add_argument("--cnn_final_filter_size", type=int, default=384, help="channels of the last CNN module", role="shape")
+    g.add_argument("--cnn_num_repeat_normal", type=int, default=6, help="normal cells per CNN module", role="shape")
+    g.add_argument("--cnn_num_modules", type=int, default=3, help="CNN modules (reduction cells between them)", role=("shape", "search"))
+    g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes for image data", role="runtime")
+    g.add_argument("--shared_cnn_types", type=str_list, default=["identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5"], help="CNN ops (both cells) unless overridden below",
+                   role=("shape", "search"))
+    g.add_argument("--shared_cnn_normal_types", type=str_list, default=None, help="CNN ops of normal cells (default: shared_cnn_types)",
+                   role=("shape", "search"))
+    g.add_argument("--shared_cnn_reduce_types", type=str_list, default=None, help="CNN ops of reduction cells (default: shared_cnn_types)",
+                   role=("shape", "search"))
     g.add_argument("--cnn_stem", type=b, default=False,
-                   help="a 3x3 conv + BN stem before the first CNN cell (ENAS); false: the first two cells read the images (paper's code)")
+                   help="a 3x3 conv + BN stem before the first CNN cell (ENAS); false: the first two cells read the images (paper's code)",
+                   role=("shape", "search"))
     g.add_argument("--cnn_cell_inputs", type=choice("ops", "calibrate"), default="ops",
                    help="ops: the ops reading a CNN cell input map its channels and resolution themselves (paper's code: "
                         "grouped convs, identity/pooling subsample and repeat channels); calibrate: a 1x1 conv or "
-                        "factorized reduce per input first (ENAS)")
+                        "factorized reduce per input first (ENAS)", role=("shape", "search"))
     g.add_argument("--cnn_depthwise", type=choice("grouped", "separable"), default="grouped",
                    help="depthwise_KxK op: ReLU, one grouped KxK conv, affine BN (paper's code); separable: ReLU, "
-                        "depthwise KxK conv, pointwise 1x1 conv, BN (ENAS)")
+                        "depthwise KxK conv, pointwise 1x1 conv, BN (ENAS)", role=("shape", "search"))
     g.add_argument("--cnn_node_combine", type=choice("avg", "sum"), default="avg",
-                   help="how a CNN node joins its two inputs: average (paper's code) or sum (ENAS)")
+                   help="how a CNN node joins its two inputs: average (paper's code) or sum (ENAS)", role=("shape", "search"))
     g.add_argument("--cnn_cell_output", type=choice("last", "concat", "avg"), default="last",
                    help="a CNN cell's output: its last node (paper's code), its loose ends concatenated + 1x1 "
-                        "projection (ENAS), or the loose ends averaged")
+                        "projection (ENAS), or the loose ends averaged", role=("shape", "search"))
     g.add_argument("--cnn_classifier", type=choice("flatten", "gap"), default="flatten",
                    help="CNN classifier: linear layer on the flattened final feature map (paper's code), or ReLU, "
-                        "global average pooling and a linear layer (ENAS)")
+                        "global average pooling and a linear layer (ENAS)", role=("shape", "search"))
     g.add_argument("--cnn_channels_last", type=str2bool, default=True,
-                   help="run the CNN in channels-last memory layout (1.7x faster steps on the CPU; false: NCHW)")
+                   help="run the CNN in channels-last memory layout (1.7x faster steps on the CPU; false: NCHW)", role="runtime")
     g.add_argument("--shared_cnn_lr", type=float, default=0.05,
                    help="CNN shared lr (ENAS micro search: SGD, Nesterov momentum 0.9, cosine from 0.05 to 0.0005); "
                         "the RNN's shared_lr of 20 diverges on images")
@@ -190,15 +129,18 @@ def build_parser() -> StrictParser:
     g.add_argument("--shared_cnn_momentum", type=float, default=0.9, help="CNN shared SGD (Nesterov) momentum")
     g.add_argument("--shared_cnn_l2_reg", type=float, default=1e-4, help="CNN shared weight decay (ENAS micro search)")
     g.add_argument("--shared_cnn_grad_clip", type=float, default=5.0, help="CNN shared gradient norm clip (ENAS micro search)")
-    g.add_argument("--valid_size", type=int, default=5000, help="images held out of the training set for validation (class-stratified)")
+    g.add_argument("--valid_size", type=int, default=5000, help="images held out of the training set for validation (class-stratified)",
+                   role=("shape", "search"))
 
-    g = p.add_argument_group("learning")
-    g.add_argument("--dataset", type=str, default="ptb", help="ptb, wikitext2, cifar10, mnist, or a folder name under data_dir")
-    g.add_argument("--mode", type=choice("train", "derive", "test", "forgetting", "retrain", "continual"), default="train", help="what to run")
+    g = p.group("learning")
+    g.add_argument("--dataset", type=str, default="ptb", help="ptb, wikitext2, cifar10, mnist, or a folder name under data_dir",
+                   role=("shape", "runtime", "search"))
+    g.add_argument("--mode", type=choice("train", "derive", "test", "forgetting", "retrain", "continual"), default="train", help="what to run",
+                   role="runtime")
     g.add_argument("--arch", type=str, default="", help="architecture JSON file for test/retrain, or 'random'")
-    g.add_argument("--batch_size", type=int, default=64, help="training batch size")
+    g.add_argument("--batch_size", type=int, default=64, help="training batch size", role="shape")
     g.add_argument("--test_batch_size", type=int, default=1, help="batch size of the test split")
-    g.add_argument("--max_epoch", type=int, default=100, help="search epochs")
+    g.add_argument("--max_epoch", type=int, default=100, help="search epochs", role="runtime")
     g.add_argument("--entropy_mode", type=choice("reward", "regularizer"), default="reward", help="entropy bonus in the reward or as a loss term")
     g.add_argument("--policy_batch_size", type=int, default=5, help="architectures per controller step")
     g.add_argument("--ppl_square", type=b, default=False, help="reward reward_c/ppl^2 (CNN: reward_c*acc^2)")
@@ -226,7 +168,7 @@ def build_parser() -> StrictParser:
     g.add_argument("--shared_grad_clip", type=float, default=0.25, help="shared gradient norm clip")
     g.add_argument("--derive_num_sample", type=int, default=100, help="architectures scored when deriving")
 
-    g = p.add_argument_group(
+    g = p.group(
         "retrain", "--mode=retrain: train one architecture from scratch (no controller, no WPL). RNN defaults: "
                    "ENAS's final PTB recipe (scripts/ptb_final.sh: SGD lr 20, batch 64, BPTT 35, clip 0.25, L2 5e-7) "
                    "with AWD-LSTM's variable BPTT and NT-ASGD (Merity et al. 2018); the dropouts are the search's. "
@@ -258,7 +200,7 @@ def build_parser() -> StrictParser:
     g.add_argument("--retrain_aux_weight", type=float, default=0.4,
                    help="micro-CNN auxiliary classifier after the last reduction cell, loss weight; 0: off (DARTS)")
 
-    g = p.add_argument_group(
+    g = p.group(
         "continual", "--mode=continual: task sequences compared over paired seeds (docs/continual.md). Model, optimiser, "
         "batch and iterations follow van de Ven & Tolias (2019), 'Three scenarios for continual learning', split MNIST: "
         "MLP 2x400 ReLU, Adam lr 1e-3 betas (0.9, 0.999), batch 128, 2000 iterations per task. Strengths are not tuned.")
@@ -289,23 +231,34 @@ def build_parser() -> StrictParser:
     g.add_argument("--wpl_alpha", type=float, default=1e5, help="WPL strength alpha (Fisher: moving average of squared batch gradients)")
     g.add_argument("--wpl_mode", type=choice("loss", "compound"), default="loss", help="WPL arithmetic (with --lambda_fisher, --momentum, --fisher_clip_by_norm)")
 
-    g = p.add_argument_group("misc")
-    g.add_argument("--load_path", type=str, default="", help="run directory or checkpoint file to load (derive/test/forgetting)")
-    g.add_argument("--log_step", type=int, default=50, help="steps between progress log lines")
+    g = p.group("misc")
+    g.add_argument("--load_path", type=str, default="", help="run directory or checkpoint file to load (derive/test/forgetting)", role="runtime")
+    g.add_argument("--log_step", type=int, default=50, help="steps between progress log lines", role="runtime")
     g.add_argument("--save_epoch", type=int, default=5, help="derive, draw and checkpoint every this many epochs")
     g.add_argument("--max_save_num", type=int, default=4, help="numbered checkpoints kept")
-    g.add_argument("--log_level", type=choice("INFO", "DEBUG", "WARN"), default="INFO", help="log level (DEBUG also shows tracebacks)")
-    g.add_argument("--log_dir", type=str, default="logs", help="where run directories are created")
-    g.add_argument("--data_dir", type=str, default="data", help="where datasets live (downloaded when missing)")
-    g.add_argument("--num_gpu", type=int, default=1, help="0: CPU; >= 1: CUDA when available (one GPU is used)")
-    g.add_argument("--random_seed", type=int, default=12345, help="seed of every random generator")
+    g.add_argument("--log_level", type=choice("INFO", "DEBUG", "WARN"), default="INFO", help="log level (DEBUG also shows tracebacks)",
+                   role="runtime")
+    g.add_argument("--log_dir", type=str, default="logs", help="where run directories are created", role="runtime")
+    g.add_argument("--data_dir", type=str, default="data", help="where datasets live (downloaded when missing)", role="runtime")
+    g.add_argument("--num_gpu", type=int, default=1, help="0: CPU; >= 1: CUDA when available (one GPU is used)", role="runtime")
+    g.add_argument("--random_seed", type=int, default=12345, help="seed of every random generator", role="shape")
     g.add_argument("--deterministic", type=b, default=False, help="deterministic algorithms (slower on GPU)")
     g.add_argument("--amp", type=b, default=False, help="bfloat16 autocast for the shared model (GPU speed; off by default)")
     g.add_argument("--compile", type=b, default=False, help="torch.compile the shared model's hot paths (off by default)")
-    g.add_argument("--use_tensorboard", type=b, default=True, help="write TensorBoard events")
-    g.add_argument("--comment", type=str, default="", help="run name suffix: <log_dir>/<dataset>_<comment> (default: a timestamp)")
-    g.add_argument("--resume", type=b, default=False, help="continue <log_dir>/<dataset>_<comment> from its latest checkpoint")
-    g.add_argument("--resume_with_new_params", type=b, default=False, help="on resume, take this command line's hyper-parameters instead of the saved ones")
+    g.add_argument("--use_tensorboard", type=b, default=True, help="write TensorBoard events", role="runtime")
+    g.add_argument("--comment", type=str, default="", help="run name suffix: <log_dir>/<dataset>_<comment> (default: a timestamp)", role="runtime")
+    g.add_argument("--resume", type=b, default=False, help="continue <log_dir>/<dataset>_<comment> from its latest checkpoint", role="runtime")
+    g.add_argument("--resume_with_new_params", type=b, default=False, help="on resume, take this command line's hyper-parameters instead of the saved ones",
+                   role="runtime")
+    g = p.group(
+        "accepted for compatibility (no effect)",
+        "flags of the paper's code that it parsed and never used; accepted so its commands run verbatim")
+    g.add_argument("--controller_update_fisher", type=b, default=False, help="a WPL flag of the paper's code")
+    g.add_argument("--output_classes", type=int, default=10, help="the dataset sets the classes")
+    g.add_argument("--cnn_height", type=int, default=32, help="the dataset sets the image size")
+    g.add_argument("--cnn_width", type=int, default=32, help="the dataset sets the image size")
+    g.add_argument("--cnn_input_channels", type=int, default=3, help="the dataset sets the channels")
+    g.add_argument("--cnn_hid", type=int, default=64, help="a CNN width of the paper's code")
     return p
 
 
@@ -359,36 +312,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return options_domains.check(apply_preset(parser.parse_args(argv), explicit_options(argv)), parser)
 
 
-# Options that describe where and how a run executes rather than what it computes: on a resume
-# without new parameters they still come from the command line.
-RUNTIME_KEYS = frozenset({
-    "load_path", "log_dir", "data_dir", "num_gpu", "log_level", "use_tensorboard", "num_workers",
-    "resume", "resume_with_new_params", "mode", "comment", "dataset", "max_epoch", "log_step", "cnn_channels_last",
-})
-
-# Options that fix the shape of the saved weights: a derive/test/forgetting run always takes these
-# from the checkpoint it loads.
-SHAPE_KEYS = frozenset({
-    "network_type", "dataset", "num_blocks", "shared_embed", "shared_hid", "tie_weights", "shared_rnn_activations",
-    "controller_hid", "cnn_final_filter_size", "cnn_num_repeat_normal", "cnn_num_modules", "shared_cnn_types",
-    "shared_cnn_normal_types", "shared_cnn_reduce_types", "search_mode", "batch_size", "valid_size",
-    "cnn_cell_output", "rnn_output_norm", "rnn_input_bias", "cnn_stem", "cnn_cell_inputs", "cnn_depthwise",
-    "cnn_node_combine", "cnn_classifier",
-    "random_seed",  # the seed also picks the held-out validation images
-})
+def keys_with(role: str) -> frozenset[str]:
+    """Names of the options marked with ``role`` (see ``parsing.ROLES``) where they are defined."""
+    return frozenset(dest for dest, marks in build_parser().roles.items() if role in marks)
 
 
-# What a search run fixes about its space and regularisation: a retrain of its architecture inherits these.
-SEARCH_KEYS = frozenset({
-    "network_type", "dataset", "num_blocks", "shared_rnn_activations", "rnn_next_state", "tie_weights",
-    "shared_dropout", "shared_dropoute", "shared_dropouti", "shared_wdrop", "shared_wdrop_scope", "rnn_output_norm",
-    "rnn_input_bias",
-    "activation_regularization", "activation_regularization_amount", "temporal_activation_regularization",
-    "temporal_activation_regularization_amount", "norm_stabilizer_regularization",
-    "norm_stabilizer_regularization_amount", "norm_stabilizer_fixed_point",
-    "search_mode", "shared_cnn_types", "shared_cnn_normal_types", "shared_cnn_reduce_types", "cnn_cell_output",
-    "cnn_stem", "cnn_cell_inputs", "cnn_depthwise", "cnn_node_combine", "cnn_classifier", "cnn_num_modules", "valid_size",
-})
+RUNTIME_KEYS = keys_with("runtime")
+SHAPE_KEYS = keys_with("shape")  # random_seed among them: the seed also picks the held-out validation images
+SEARCH_KEYS = keys_with("search")
 
 
 def defaults(cls: type[C], **overrides: Any) -> C:

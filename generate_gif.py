@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from config import StrictParser, choice
+from parsing import StrictParser, choice
 from utils import UserError
 
 FRAME_NAME = re.compile(r"(\d+)-(\w+)\.png$")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import random
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PAPER_RNN_COMMAND = (
     "--comment='rnn-train' --train_controller=True --start_training_controller=1 --start_using_fisher=5 "

@@ -154,7 +154,7 @@ def test_config_defaults_are_the_paper_code_and_the_dataclass_agrees() -> None:
     fields = {f.name: f.default for f in dataclasses.fields(CNNSpaceConfig)}
     for key in ("cnn_stem", "cnn_cell_inputs", "cnn_depthwise", "cnn_node_combine", "cnn_cell_output", "cnn_classifier"):
         assert fields[key] == getattr(args, key), key
-        assert key in config.SHAPE_KEYS and key in retrain.SEARCH_KEYS
+        assert key in config.SHAPE_KEYS and key in config.SEARCH_KEYS
     assert cnn_style(pick(CNNSpaceConfig, args)) == PAPER
     assert cnn_style(pick(CNNSpaceConfig, config.parse_args(["--preset=enas"]))) == ENAS
     explicit = config.parse_args(["--preset=enas", "--cnn_classifier=flatten"])

@@ -96,3 +96,60 @@ def test_configs_saved_before_an_option_existed_take_its_legacy_value() -> None:
     merged = merge_config(saved, config.parse_args([]), set(), config.RUNTIME_KEYS)
     for key, value in config.LEGACY_VALUES.items():
         assert getattr(merged, key) == value, key
+
+
+# The key sets as they were kept by hand before the roles moved onto the options: a role added or dropped
+# changes what a resume, a derive or a retrain takes from where, so it must show up here.
+RUNTIME_BEFORE = {
+    "load_path", "log_dir", "data_dir", "num_gpu", "log_level", "use_tensorboard", "num_workers",
+    "resume", "resume_with_new_params", "mode", "comment", "dataset", "max_epoch", "log_step", "cnn_channels_last",
+}
+SHAPE_BEFORE = {
+    "network_type", "dataset", "num_blocks", "shared_embed", "shared_hid", "tie_weights", "shared_rnn_activations",
+    "controller_hid", "cnn_final_filter_size", "cnn_num_repeat_normal", "cnn_num_modules", "shared_cnn_types",
+    "shared_cnn_normal_types", "shared_cnn_reduce_types", "search_mode", "batch_size", "valid_size",
+    "cnn_cell_output", "rnn_output_norm", "rnn_input_bias", "cnn_stem", "cnn_cell_inputs", "cnn_depthwise",
+    "cnn_node_combine", "cnn_classifier", "random_seed",
+}
+SEARCH_BEFORE = {
+    "network_type", "dataset", "num_blocks", "shared_rnn_activations", "rnn_next_state", "tie_weights",
+    "shared_dropout", "shared_dropoute", "shared_dropouti", "shared_wdrop", "shared_wdrop_scope", "rnn_output_norm",
+    "rnn_input_bias", "activation_regularization", "activation_regularization_amount",
+    "temporal_activation_regularization", "temporal_activation_regularization_amount",
+    "norm_stabilizer_regularization", "norm_stabilizer_regularization_amount", "norm_stabilizer_fixed_point",
+    "search_mode", "shared_cnn_types", "shared_cnn_normal_types", "shared_cnn_reduce_types", "cnn_cell_output",
+    "cnn_stem", "cnn_cell_inputs", "cnn_depthwise", "cnn_node_combine", "cnn_classifier", "cnn_num_modules",
+    "valid_size",
+}
+
+
+def test_key_sets_read_off_the_role_marks_are_the_hand_kept_ones() -> None:
+    assert isinstance(config.SHAPE_KEYS, frozenset)
+    assert config.RUNTIME_KEYS == RUNTIME_BEFORE
+    assert config.SHAPE_KEYS == SHAPE_BEFORE
+    assert config.SEARCH_KEYS == SEARCH_BEFORE
+    assert config.keys_with("shape") == SHAPE_BEFORE  # several roles on one option: dataset is in all three
+    assert "dataset" in config.RUNTIME_KEYS & config.SHAPE_KEYS & config.SEARCH_KEYS
+
+
+def test_every_role_mark_names_a_real_option_and_an_unknown_role_is_refused() -> None:
+    parser = config.build_parser()
+    dests = {a.dest for a in parser._actions}
+    assert set(parser.roles) <= dests
+    group = parser.group("scratch")
+    with pytest.raises(ValueError, match="unknown role"):
+        group.add_argument("--scratch_option", type=int, default=1, role="shap")
+
+
+def test_the_papers_unused_flags_sit_in_their_own_help_group(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        config.parse_args(["--help"])
+    text = capsys.readouterr().out
+    head, compat = text.split("accepted for compatibility (no effect):")
+    for flag in ("--controller_update_fisher", "--output_classes", "--cnn_height", "--cnn_width",
+                 "--cnn_input_channels", "--cnn_hid"):
+        described = f"\n  {flag} "  # an option's own help line, not its mention in the usage summary
+        assert described in compat and described not in head, flag
+    listed = {word for line in text.splitlines() for word in line.split() if word.startswith("--")}
+    every = {s for a in config.build_parser()._actions for s in a.option_strings if s.startswith("--")}
+    assert every <= listed  # --help still lists every option

@@ -432,7 +432,6 @@ def test_graphviz_pure_beside_the_interpreter_is_found(tmp_path: Path, monkeypat
 # ------------------------------------------------------------------------------- real kill -9
 KILL_AFTER_METRICS = """
 import os, sys
-sys.path.insert(0, {root!r})
 import runlog, main
 original = runlog.RunDir.save_checkpoint
 def save(self, state, epoch, *a):
@@ -454,8 +453,8 @@ sys.exit(main.main(sys.argv[1:]))
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_real_kill_9_resumes_identically(where: str, epoch: int, base: Path, data_dir: Path) -> None:
     comment = f"kill9_{where}_{epoch}"
-    script = KILL_AFTER_METRICS.format(root=str(ROOT), epoch=epoch, where=where)
-    done = subprocess.run([sys.executable, "-c", script, *argv(data_dir, base.parent, comment)],
+    script = KILL_AFTER_METRICS.format(epoch=epoch, where=where)
+    done = subprocess.run([sys.executable, "-c", script, *argv(data_dir, base.parent, comment)], cwd=ROOT,
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 137, done.stderr[-2000:]
     resume_and_compare(base, data_dir, comment)
