@@ -146,31 +146,6 @@ def test_existing_run_and_missing_architecture_are_clear_errors(retrained: Path,
 
 
 # ------------------------------------------------------------------------------ unit level
-def test_pruned_rnn_computes_the_shared_function_with_the_same_weights() -> None:
-    arch = RNNArch(("tanh", "ReLU", "identity", "sigmoid", "tanh"), (0, 0, 2, 1))
-    torch.manual_seed(0)
-    shared = SharedRNN(11, 6, 6, 5)
-    for p in shared.parameters():  # larger than the init, so every edge matters
-        torch.nn.init.normal_(p, std=0.5)
-    torch.manual_seed(1)  # different fresh weights: only the transfer can make them agree
-    fixed = SharedRNN(11, 6, 6, 5).prune_to(arch)
-    assert sorted(fixed.edges) == ["0_1", "0_2", "1_4", "2_3"]
-    assert sum(p.numel() for p in fixed.parameters()) < sum(p.numel() for p in shared.parameters())
-    load_shared_weights(fixed, shared.state_dict())
-    tokens = torch.randint(11, (7, 3), generator=torch.Generator().manual_seed(2))
-    hidden = torch.randn(3, 6, generator=torch.Generator().manual_seed(3))
-    for training in (False, True):  # in training, the same seed draws the same dropout masks
-        shared.train(training)
-        fixed.train(training)
-        torch.manual_seed(4)
-        a = shared(tokens, hidden, arch)
-        torch.manual_seed(4)
-        b = fixed(tokens, hidden, arch)
-        assert torch.equal(a.logits, b.logits) and torch.equal(a.hidden, b.hidden)
-    with pytest.raises(KeyError):  # an architecture with another edge has no weights there
-        fixed(tokens, hidden, RNNArch(("tanh",) * 5, (0, 1, 2, 3)))
-
-
 def test_random_arch_is_uniform_over_choices_and_reproducible(data_dir: Path) -> None:
     space = RNNSpace(build_corpus(data_dir / "tiny"), config.defaults(RNNSpaceConfig, num_blocks=4, shared_embed=4, shared_hid=4, batch_size=4), CPU)
     assert random_arch(space, 7) == random_arch(space, 7)
