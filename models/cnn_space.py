@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from data.image import BatchStream, ImageData, Preprocess, iterate_split, mixed_seed
+from data.image import ImageData
+from data.image_stream import BatchStream, Preprocess, iterate_split, mixed_seed
 from models import cnn
 from models.cnn import CNNArch, CNNStyle, SharedCNN
 from models.space import Loss, OptimSpec

@@ -11,14 +11,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from data.image import mixed_seed
+from data.image_stream import mixed_seed
 from engine import scheduled_lr
 from models.cnn import CNNArch, SharedCNN
 from models.space import SearchSpace
 from recipes.loop import RetrainConfig, Retrainer
 from utils import UserError
 
-CUTOUT_SALT = 5  # separates the cutout generator's seeds from data.image's streams
+CUTOUT_SALT = 5  # separates the cutout generator's seeds from data.image_stream's streams
 
 
 def cutout(images: Tensor, length: int, generator: torch.Generator) -> Tensor:

@@ -26,8 +26,8 @@ from torchvision.datasets import CIFAR10
 import builders
 import config
 import main
-from data.image import (BatchStream, ImageData, Preprocess, TensorImages, iterate_split, load_images,
-                        stratified_holdout)
+from data.image import ImageData, TensorImages, load_images, stratified_holdout
+from data.image_stream import BatchStream, Preprocess, iterate_split
 from models.cnn import (OPS, Cell, CNNArch, CNNStyle, FactorizedReduce, SharedCNN, cat_channels, decision_sizes, decode, encode,
                         loose_ends, make_op)
 from models.cnn_space import cnn_dot
