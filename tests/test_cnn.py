@@ -7,6 +7,7 @@ whose MD5 table is pointed at the fake files so its integrity check still runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -447,6 +448,12 @@ def test_space_losses_rewards_and_state(fake_cifar: Path, caplog: pytest.LogCapt
     assert reward == pytest.approx((acc / 100) ** 2)
     result = space.evaluate(arch, "valid")
     assert result["valid_images"] == 20 and 0 <= result["valid_acc"] <= 100
+    blank = copy.deepcopy(space.model)  # another model of the architecture, evaluated in place of the shared one
+    for p in blank.parameters():
+        torch.nn.init.zeros_(p)
+    majority = 100.0 * float((space.data.valid.labels == 0).float().mean())  # zero logits: class 0 everywhere
+    assert space.evaluate(arch, "valid", model=blank)["valid_acc"] == pytest.approx(majority)
+    assert space.evaluate(arch, "valid") == result  # the shared model itself untouched
     assert space.evaluate(arch, "test")["test_images"] == PER_BATCH
     spec = space.optim_spec()
     assert (spec.lr, spec.lr_min, spec.momentum, spec.nesterov, spec.schedule) == (0.05, 0.0005, 0.9, True, "cosine")

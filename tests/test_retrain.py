@@ -27,7 +27,7 @@ from models.space import load_shared_weights
 from recipes.arch import random_arch
 from recipes.rnn import nonmono_trigger
 from runlog import RunDir, load_checkpoint
-from utils import seed_everything
+from utils import UserError, seed_everything
 
 CPU = torch.device("cpu")
 SMALL = ["--dataset=tiny", "--num_blocks=4", "--retrain_embed=16", "--retrain_hid=16", "--retrain_batch_size=16",
@@ -189,6 +189,20 @@ def test_averaged_weights_are_validated_and_kept(data_dir: Path, tmp_path: Path)
     trainer.averaged = None
     trainer.load_state_dict(state)
     assert torch.equal(trainer.averaged.module.state_dict()["w_x0"], averaged["w_x0"])
+
+
+def test_typed_retrain_configs_come_from_the_options() -> None:
+    rnn = builders.retrain_config(args_for("--mode=retrain"))
+    assert (rnn.epochs, rnn.bptt, rnn.nonmono, rnn.save_epoch) == (500, 35, 5, 5)  # AWD-LSTM's 500 epochs by default
+    cnn = builders.retrain_config(args_for("--mode=retrain", "--network_type=micro_cnn"))
+    assert (cnn.epochs, cnn.cutout, cnn.aux_weight) == (600, 16, 0.4)  # DARTS's
+    assert builders.retrain_config(args_for("--retrain_epochs=7")).epochs == 7
+    spec = builders.retrain_optim_spec(args_for("--network_type=micro_cnn"))
+    assert (spec.lr, spec.lr_min, spec.weight_decay, spec.schedule, spec.nesterov) == (0.025, 0.0, 3e-4, "cosine", True)
+    sizes = builders.retrain_sizes(args_for("--network_type=micro_cnn", "--cnn_num_modules=3", "--retrain_filters=36"))
+    assert (sizes.cnn_final_filter_size, sizes.test_batch_size) == (144, 96)  # doubled at each of 2 reductions
+    with pytest.raises(UserError, match="--retrain_embed == --retrain_hid"):
+        builders.retrain_sizes(args_for("--retrain_embed=8", "--retrain_hid=16"))
 
 
 def test_search_run_configuration_is_inherited(tmp_path: Path) -> None:
