@@ -32,8 +32,8 @@ STREAM_SALT = {"train": 1, "fisher": 2, "reward": 3, "fixed": 4, "evaluate": 6} 
 class CNNSpaceConfig:
     """The options a micro-CNN search space is built from (``builders`` fills it; tests use ``config.defaults``).
 
-    Defaults are the option defaults: the paper code's model (``models.cnn``'s table names each choice and
-    its ENAS value) and ENAS's micro search optimiser (Nesterov SGD, cosine lr 0.05 -> 0.0005).
+    The options' defaults are the paper code's model (``models.cnn``'s table names each choice and its
+    ENAS value) and ENAS's micro search optimiser (Nesterov SGD, cosine lr 0.05 -> 0.0005).
     """
 
     num_blocks: int
