@@ -26,7 +26,7 @@ from torch import nn
 
 import builders
 import config
-from engine import require_kind
+from engine import kind_of, require_kind
 from models.space import SearchSpace
 from recipes.arch import arch_shape, find_arch, inherited_options, run_dir_of, search_run_of
 from runlog import RunDir, load_checkpoint, resolve_checkpoint
@@ -130,7 +130,7 @@ def mode_test_retrained(args: argparse.Namespace, explicit: set[str], device: to
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
     state = load_checkpoint(path, device)
-    if state.get("kind") != "retrain" or "score" not in state:
+    if kind_of(state) != "retrain" or "score" not in state:
         raise UserError(f"{path} is not the best checkpoint of a retrain run (checkpoints/best.pt)")
     args = builders.merge_config(state["config"], args, explicit, TEST_KEYS)
     seed_everything(args.random_seed, args.deterministic)
