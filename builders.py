@@ -1,6 +1,7 @@
-"""Building the pieces of a run from the argparse namespace: search space, trainer, configuration.
+"""Building the pieces of a run from the argparse namespace: search space, trainer, retraining, configuration.
 
-Shared by main.py (search modes) and retrain.py, so both read options the same way.
+The one place (besides main.py and the thin mode modules) that reads the namespace: everything it builds
+receives typed configs. Shared by main.py (search modes) and retrain.py, so both read options the same way.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 import config
 from models.controller import Controller
-from models.space import SearchSpace, pick
+from models.space import OptimSpec, SearchSpace, pick
 from models.wpl import WPL
+from recipes import RECIPES, RetrainConfig, Retrainer
+from recipes.arch import make_arch
 from runlog import RunDir
 from trainer import Trainer, TrainerConfig
 from utils import UserError, load_json
@@ -25,25 +29,65 @@ log = logging.getLogger("wpl")
 
 
 def build_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
+    """The search space the options describe, its data loaded and its shared model built on ``device``."""
     if args.network_type == "rnn":
-        from data.text import check_split_sizes, load_corpus
-        from models.rnn_space import RNNSpace, RNNSpaceConfig
-
-        start = time.time()
-        corpus = load_corpus(args.data_dir, args.dataset)
-        check_split_sizes(corpus, Path(args.data_dir) / args.dataset,
-                          {"train": args.batch_size, "valid": args.batch_size, "test": args.test_batch_size},
-                          args.shared_rnn_max_length)
-        log.info("corpus %s: vocabulary %d, tokens train %d / valid %d / test %d (%.1fs)", args.dataset,
-                 corpus.ntokens, len(corpus.train), len(corpus.valid), len(corpus.test), time.time() - start)
-        space: SearchSpace = RNNSpace(corpus, pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations)), device)
+        space = build_rnn_space(args, device)
     else:
-        from models.cnn_space import build_cnn_space
-
         space = build_cnn_space(args, device)
     params = sum(p.numel() for p in space.model.parameters())
     log.info("shared %s model: %.2fM parameters", args.network_type, params / 1e6)
     return space
+
+
+def build_rnn_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
+    from data.text import check_split_sizes, load_corpus
+    from models.rnn_space import RNNSpace, RNNSpaceConfig
+
+    start = time.time()
+    corpus = load_corpus(args.data_dir, args.dataset)
+    check_split_sizes(corpus, Path(args.data_dir) / args.dataset,
+                      {"train": args.batch_size, "valid": args.batch_size, "test": args.test_batch_size},
+                      args.shared_rnn_max_length)
+    log.info("corpus %s: vocabulary %d, tokens train %d / valid %d / test %d (%.1fs)", args.dataset,
+             corpus.ntokens, len(corpus.train), len(corpus.valid), len(corpus.test), time.time() - start)
+    return RNNSpace(corpus, pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations)), device)
+
+
+def cnn_ops(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """The normal and reduction cells' op lists, checked (``--shared_cnn_types`` unless overridden per cell)."""
+    from models.cnn import OPS
+
+    if args.search_mode != "micro":
+        raise UserError(f"--search_mode={args.search_mode} is not implemented: only the micro search space is")
+    ops = {kind: tuple(getattr(args, f"shared_cnn_{kind}_types") or args.shared_cnn_types) for kind in ("normal", "reduce")}
+    for kind, names in ops.items():
+        unknown = sorted(set(names) - set(OPS))
+        if unknown or len(set(names)) != len(names):
+            raise UserError(f"{kind} cell ops {list(names)}: " + (f"unknown {unknown}; known: {', '.join(OPS)}"
+                                                                    if unknown else "each op may appear once"))
+    return ops
+
+
+def build_cnn_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
+    """The micro-CNN space: op lists checked, dataset loaded, model built."""
+    from data.image import load_images
+    from models.cnn_space import MIN_EVAL_BATCH, CNNSpace, CNNSpaceConfig
+
+    ops = cnn_ops(args)
+    start = time.time()
+    data = load_images(args.data_dir, args.dataset, args.valid_size, args.random_seed)
+    test = len(data.test) if data.test is not None else "none"
+    log.info("images %s: %d classes, %dx%dx%d, train %d / valid %d (%s) / test %s (%.1fs)", data.name,
+             len(data.classes), data.channels, *data.size, len(data.train), len(data.valid),
+             "held out of train" if data.valid_held_out else "its own split", test, time.time() - start)
+    cfg = pick(CNNSpaceConfig, args, shared_cnn_normal_types=ops["normal"], shared_cnn_reduce_types=ops["reduce"])
+    if cfg.test_batch_size < MIN_EVAL_BATCH:
+        log.warning("--test_batch_size=%d: the shared CNN normalises with batch statistics, so test batches "
+                    "under %d images lower its test accuracy", cfg.test_batch_size, MIN_EVAL_BATCH)
+    try:
+        return CNNSpace(data, cfg, device)
+    except ValueError as err:
+        raise UserError(f"cannot build the micro CNN: {err}") from err
 
 
 def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | None) -> Trainer:
@@ -62,6 +106,60 @@ def load_arch(space: SearchSpace, path: Path) -> Any:
         return space.arch_from_dict(data["arch"] if "arch" in data else data)
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{path} is not a valid architecture for this search space: {err}") from err
+
+
+# ------------------------------------------------------------------------------------ retrain
+def retrain_sizes(args: argparse.Namespace) -> argparse.Namespace:
+    """The options a retrain's space is built from: the retrain's sizes in place of the search's."""
+    if args.network_type == "rnn":
+        if args.tie_weights and args.retrain_embed != args.retrain_hid:
+            raise UserError(f"--tie_weights needs --retrain_embed == --retrain_hid "
+                            f"(got {args.retrain_embed} and {args.retrain_hid})")
+        sizes = {"shared_embed": args.retrain_embed, "shared_hid": args.retrain_hid,
+                 "batch_size": args.retrain_batch_size, "shared_rnn_max_length": args.retrain_bptt}
+    else:
+        sizes = {"cnn_final_filter_size": args.retrain_filters * 2 ** (args.cnn_num_modules - 1),
+                 "cnn_num_repeat_normal": args.retrain_layers, "batch_size": args.retrain_cnn_batch_size,
+                 "test_batch_size": args.retrain_cnn_batch_size}
+    return argparse.Namespace(**{**vars(args), **sizes})
+
+
+def retrain_config(args: argparse.Namespace) -> RetrainConfig:
+    return RetrainConfig(epochs=args.retrain_epochs or RECIPES[args.network_type].default_epochs,
+                         save_epoch=args.save_epoch, max_save_num=args.max_save_num, log_step=args.log_step,
+                         bptt=args.retrain_bptt, nonmono=args.retrain_nonmono, cutout=args.retrain_cutout,
+                         aux_weight=args.retrain_aux_weight, seed=args.random_seed)
+
+
+def retrain_optim_spec(args: argparse.Namespace) -> OptimSpec:
+    if args.network_type == "rnn":  # constant lr: the "decay" schedule with factor 1
+        return OptimSpec(lr=args.retrain_lr, weight_decay=args.retrain_l2_reg, grad_clip=args.retrain_grad_clip)
+    return OptimSpec(lr=args.retrain_cnn_lr, lr_min=args.retrain_cnn_lr_min, weight_decay=args.retrain_cnn_l2_reg,
+                     grad_clip=args.retrain_cnn_grad_clip, momentum=args.retrain_cnn_momentum,
+                     nesterov=args.retrain_cnn_momentum > 0, schedule="cosine")
+
+
+def build_fixed(args: argparse.Namespace, arch_dict: dict[str, Any] | None,
+                device: torch.device) -> tuple[SearchSpace, nn.Module, Any]:
+    """The space (data, evaluation) at the retrain's sizes, the architecture (``arch_dict``, or a random
+    one seeded by ``--random_seed``) and the model a recipe trains: the space's shared model with fresh
+    weights pruned to the architecture (plus what the recipe adds, e.g. an auxiliary head)."""
+    try:
+        space = build_space(retrain_sizes(args), device)
+    except ValueError as err:
+        raise UserError(f"cannot build the model: {err}") from err
+    arch = make_arch(space, arch_dict, args.random_seed)
+    pruned = space.model.prune_to(arch)  # type: ignore[operator]
+    model = RECIPES[args.network_type].model_for(pruned, space, retrain_config(args)).to(device)
+    log.info("architecture %s: %.3fM parameters", arch, model.count_parameters(arch) / 1e6)
+    return space, model, arch
+
+
+def build_retrainer(args: argparse.Namespace, arch_dict: dict[str, Any] | None, device: torch.device,
+                    run: RunDir) -> Retrainer:
+    space, model, arch = build_fixed(args, arch_dict, device)
+    recipe = RECIPES[args.network_type]
+    return recipe(space, model, arch, retrain_optim_spec(args), retrain_config(args), run, vars(args))
 
 
 # ------------------------------------------------------------------------------------- config

@@ -127,13 +127,14 @@ def mode_derive(args: argparse.Namespace, explicit: set[str], device: torch.devi
 
 def mode_test(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     import retrain
+    from recipes.arch import arch_from_option
 
     if retrain.is_retrain_run(args.load_path):
         retrain.mode_test_retrained(args, explicit, device)
         return
     args, trainer, run, _ = load_for_eval(args, explicit, device)
     if args.arch:  # a file, or "random" (seeded by --random_seed)
-        arch = retrain.arch_from_option(trainer.space, args.arch, args.random_seed)
+        arch = arch_from_option(trainer.space, args.arch, args.random_seed)
     else:
         arch_path = run.path / "best_arch.json"
         if not arch_path.is_file():

@@ -187,14 +187,15 @@ def preset_fields(cfg_type: type, preset: str) -> dict[str, Any]:
 
 
 def build_trainer(s: Size, args: argparse.Namespace) -> Any:
+    import config
     from models.controller import Controller
     from models.rnn_space import RNNSpace, RNNSpaceConfig
     from models.wpl import WPL
     from trainer import Trainer, TrainerConfig
 
     torch.manual_seed(args.seed)
-    cfg = RNNSpaceConfig(num_blocks=s.num_blocks, shared_embed=s.hid, shared_hid=s.hid, batch_size=s.batch,
-                         shared_rnn_max_length=s.bptt, **preset_fields(RNNSpaceConfig, args.preset))
+    cfg = config.defaults(RNNSpaceConfig, num_blocks=s.num_blocks, shared_embed=s.hid, shared_hid=s.hid, batch_size=s.batch,
+                          shared_rnn_max_length=s.bptt, **preset_fields(RNNSpaceConfig, args.preset))
     space = RNNSpace(synthetic_corpus(s, args.seed), cfg, DEVICE)
     controller = Controller(space.decision_sizes, 100, 5.0, 2.5).to(DEVICE)
     wpl = WPL(space.wpl_groups(), lambda_fisher=0.9, clip_by_norm=10.0, momentum=True, mode="compound")
@@ -333,6 +334,7 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
 
 def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     try:
+        import config
         from models import cnn
         from models.cnn_space import PAPER_OPS, CNNSpaceConfig
     except Exception as err:  # noqa: BLE001 - any import problem means "not available"
@@ -344,7 +346,7 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
         style = cnn.CNNStyle.enas() if args.preset == "enas" else cnn.CNNStyle()
         model = cnn.SharedCNN(3, 10, s.cnn_blocks, s.cnn_filters, s.cnn_modules, s.cnn_repeat, ops, ops, style,
                               image_size=(s.cnn_image, s.cnn_image),
-                              channels_last=CNNSpaceConfig.cnn_channels_last and not args.nchw).to(DEVICE)
+                              channels_last=config.defaults(CNNSpaceConfig).cnn_channels_last and not args.nchw).to(DEVICE)
         g = torch.Generator().manual_seed(args.seed)
         tokens = [int(torch.randint(n, (1,), generator=g)) for n in cnn.decision_sizes(s.cnn_blocks, len(ops), len(ops))]
         arch = cnn.decode(tokens, ops, ops)

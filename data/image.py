@@ -1,4 +1,4 @@
-"""Image datasets for the micro-CNN search (CIFAR-10, MNIST or an image folder) and endless batch streams.
+"""Image datasets for the micro-CNN search: CIFAR-10, MNIST or an image folder, split into train/valid/test.
 
 Every split is a set of *un-augmented* uint8 images ``(C, H, W)`` with integer labels. CIFAR-10 and
 MNIST come through torchvision (downloaded and checksummed when missing) and live in memory as one
@@ -6,10 +6,7 @@ tensor; an image folder ``<data_dir>/<name>/{train,valid,test}/<class>/*.{jpg,jp
 on demand in DataLoader workers. Validation is always held out of the training images (unless the
 folder has its own ``valid/``): the official test split is only read by ``--mode=test``.
 
-Augmentation (zero-pad + random crop, horizontal flip) and normalisation run per batch on the
-model's device, drawing from a generator seeded by ``(seed, stream, epoch, position)``. Workers
-therefore only decode, and a stream's whole state is two integers: a resumed run sees exactly the
-batches an uninterrupted one would have seen.
+Batches, augmentation and the resumable streams over these splits are in :mod:`data.image_stream`.
 """
 
 from __future__ import annotations
@@ -18,13 +15,11 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, Sampler
 
 from utils import UserError
 
@@ -198,13 +193,6 @@ def _images_in(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if directory.is_dir() else []
 
 
-def worker_error_line(err: UserError) -> UserError:
-    """A UserError re-raised by a DataLoader worker carries the worker's whole traceback: keep its last line."""
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    last = lines[-1] if lines else str(err)
-    return UserError(last.split("UserError: ", 1)[-1])
-
-
 def _image_folder(folder: Path, valid_size: int, seed: int) -> ImageData:
     if not (folder / "train").is_dir():
         raise UserError(f"no dataset {folder.name!r}: expected cifar10, mnist or an image folder "
@@ -276,146 +264,3 @@ def stratified_holdout(labels: Tensor, size: int, seed: int) -> tuple[Tensor, Te
     held = torch.zeros(n, dtype=torch.bool)
     held[torch.argsort(rank, stable=True)[:size]] = True
     return perm[~held].sort().values, perm[held].sort().values
-
-
-# -------------------------------------------------------------------------------------- batches
-def mixed_seed(*parts: int) -> int:
-    """A well-mixed 32-bit seed from several integers (seed, stream, epoch, position)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-class Preprocess:
-    """uint8 batches to normalised float batches on ``device``, with the training augmentation if asked."""
-
-    def __init__(self, data: ImageData, device: torch.device) -> None:
-        self.device = device
-        self.padding = data.padding
-        self.flip = data.flip
-        mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-        self.scale, self.shift = 1.0 / (255.0 * std), mean / std
-
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        images = images.to(self.device, non_blocking=True)
-        if generator is not None:
-            images = self.augment(images, generator)
-        return images.float() * self.scale - self.shift
-
-    def augment(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Random crop of the zero-padded image (torchvision's RandomCrop(padding=p)), then a random flip."""
-        n, _, h, w = images.shape
-        p = self.padding
-        padded = F.pad(images, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=generator)
-        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=generator)
-        rows, cols = dy + torch.arange(h), dx + torch.arange(w)
-        if self.flip:
-            flipped = torch.rand(n, 1, generator=generator) < 0.5
-            cols = torch.where(flipped, cols.flip(1), cols)
-        rows, cols = rows.to(self.device), cols.to(self.device)
-        batch = torch.arange(n, device=self.device)[:, None, None]
-        return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()  # (n, h, w, c) -> NCHW
-
-
-def _as_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """``__getitems__`` already returns a stacked batch."""
-    return batch
-
-
-class _EpochBatches(Sampler[list[int]]):
-    """The batches of one epoch from position ``start`` on: a permutation seeded by (seed, stream, epoch)."""
-
-    def __init__(self, size: int, batch_size: int, seed: int, salt: int) -> None:
-        self.size, self.batch_size, self.seed, self.salt = size, batch_size, seed, salt
-        self.epoch = 0
-        self.start = 0
-
-    @property
-    def per_epoch(self) -> int:
-        return self.size // self.batch_size
-
-    def __len__(self) -> int:
-        return self.per_epoch - self.start
-
-    def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.salt, self.epoch))
-        order = torch.randperm(self.size, generator=generator)
-        batches = order[: self.per_epoch * self.batch_size].view(self.per_epoch, self.batch_size)
-        for batch in batches[self.start :]:
-            yield batch.tolist()
-
-
-def make_loader(images: ImageSet, batch_sampler: Sampler[list[int]], num_workers: int, device: torch.device,
-                persistent: bool) -> DataLoader:
-    """A DataLoader whose workers decode lazy splits; in-memory splits are gathered in-process.
-
-    Its own generator keeps it from drawing worker seeds from the global RNG whenever an iterator
-    starts, which would shift the controller's samples after a resume (the workers draw nothing).
-    """
-    workers = num_workers if images.lazy else 0
-    return DataLoader(images, batch_sampler=batch_sampler, num_workers=workers, collate_fn=_as_batch,  # type: ignore[arg-type]
-                      pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0,
-                      generator=torch.Generator())
-
-
-class BatchStream:
-    """Endless full batches of one split, reshuffled every epoch; its state is ``(epoch, position)``.
-
-    The DataLoader iterator persists across calls (workers keep prefetching) and rolls over to the
-    next epoch when exhausted. ``load_state_dict`` restarts it at the saved position without decoding
-    the skipped batches, and the augmentation is re-drawn from the same seeds.
-    """
-
-    def __init__(self, images: ImageSet, batch_size: int, preprocess: Preprocess, *, seed: int, salt: int,
-                 augment: bool, num_workers: int) -> None:
-        if len(images) < batch_size:
-            raise UserError(f"a split of {len(images)} images is smaller than the batch size {batch_size}")
-        self.preprocess, self.seed, self.salt, self.augment = preprocess, seed, salt, augment
-        self.sampler = _EpochBatches(len(images), batch_size, seed, salt)
-        self.loader = make_loader(images, self.sampler, num_workers, preprocess.device, persistent=True)
-        self.epoch, self.pos = 0, 0
-        self._iter: Iterator[tuple[Tensor, Tensor]] | None = None
-
-    def next(self) -> tuple[Tensor, Tensor]:
-        """The next ``(images, labels)`` on the device, images normalised (and augmented if asked)."""
-        while True:
-            if self._iter is None:
-                self.sampler.epoch, self.sampler.start = self.epoch, self.pos
-                self._iter = iter(self.loader)
-            try:
-                images, labels = next(self._iter)
-                break
-            except UserError as err:
-                raise worker_error_line(err) from None
-            except StopIteration:
-                self.epoch, self.pos, self._iter = self.epoch + 1, 0, None
-        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.salt, self.epoch, self.pos)) if self.augment else None
-        self.pos += 1
-        return self.preprocess(images, generator), labels.to(self.preprocess.device, non_blocking=True)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        self._iter = None
-
-
-def iterate_split(images: ImageSet, batch_size: int, preprocess: Preprocess, num_workers: int,
-                  seed: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Every image of a split once, un-augmented, in one fixed shuffled order (the last batch may be smaller).
-
-    Shuffled because splits are often stored class by class, and a model that normalises with batch
-    statistics cannot classify a batch holding a single class; seeded so that evaluations repeat.
-    """
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).tolist()
-    batches = [order[s : s + batch_size] for s in range(0, len(images), batch_size)]
-    loader = iter(make_loader(images, batches, num_workers, preprocess.device, persistent=False))  # type: ignore[arg-type]
-    while True:
-        try:
-            images_, labels = next(loader)
-        except StopIteration:
-            return
-        except UserError as err:
-            raise worker_error_line(err) from None
-        yield preprocess(images_), labels.to(preprocess.device, non_blocking=True)

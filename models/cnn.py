@@ -297,6 +297,38 @@ class SharedCNN(nn.Module):
             names += [self.group_name(c, j, i, op) for j in live_nodes(spec, cell.output) for i, op in spec[j]]
         return [name for name in dict.fromkeys(names) if name in self._grouped]
 
+    def prune_to(self, arch: CNNArch) -> "SharedCNN":
+        """Delete, in place, every op ``arch`` never runs, and return ``self`` (final training).
+
+        Ops of nodes the cell output does not depend on go too (with output ``last``), and so does the
+        calibration of a cell input nobody reads. The rest keeps its names, so the pruned model computes
+        ``arch`` with this same forward and its state_dict is the shared one restricted to ``arch``.
+        """
+        for cell in self.cells:
+            spec = arch.reduce if cell.reduction else arch.normal
+            live = live_nodes(spec, cell.output)
+            for j, node in enumerate(spec):
+                for i, ops in enumerate(cell.nodes[j]):
+                    for op in [op for op in ops if (i, op) not in node or j not in live]:
+                        del ops[op]
+            read = {i for j in live for i, _ in spec[j]}
+            if 0 not in read:  # a cell input nobody reads is never calibrated
+                cell.pre0 = nn.Identity()
+            if 1 not in read:
+                cell.pre1 = nn.Identity()
+        self._grouped = set(self.op_groups())
+        return self
+
+    def count_parameters(self, arch: CNNArch) -> int:
+        """Parameters of this model that ``arch``'s inference uses, once pruned to it: all of them but the
+        concat projection's columns of nodes that are not cell outputs (they are sliced away)."""
+        total = sum(p.numel() for p in self.parameters())
+        for cell in self.cells:
+            spec = arch.reduce if cell.reduction else arch.normal
+            if cell.output == "concat":
+                total -= cell.channels**2 * (len(spec) - len(loose_ends(spec)))
+        return total
+
     def forward(self, images: Tensor, arch: CNNArch) -> Tensor:
         """Logits of ``arch`` for ``images`` (N, C, H, W); only the sampled ops run."""
         if arch.num_blocks != self.num_blocks:

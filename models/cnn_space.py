@@ -8,24 +8,21 @@ metric's batches are fixed, and validation/test splits are read in one fixed, sh
 
 from __future__ import annotations
 
-import argparse
-import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from data.image import BatchStream, ImageData, Preprocess, iterate_split, load_images, mixed_seed
+from data.image import ImageData
+from data.image_stream import BatchStream, Preprocess, iterate_split, mixed_seed
 from models import cnn
-from models.cnn import OPS, CNNArch, CNNStyle, SharedCNN
-from models.space import Loss, OptimSpec, pick
+from models.cnn import CNNArch, CNNStyle, SharedCNN
+from models.space import Loss, OptimSpec
 from utils import UserError, render_dot
 
-log = logging.getLogger("wpl")
 PAPER_OPS = ("identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5")
 MIN_EVAL_BATCH = 16  # test batches smaller than this (the paper command's size) give noisy batch statistics
 STREAM_SALT = {"train": 1, "fisher": 2, "reward": 3, "fixed": 4, "evaluate": 6}  # separates the streams' seeds
@@ -33,31 +30,35 @@ STREAM_SALT = {"train": 1, "fisher": 2, "reward": 3, "fixed": 4, "evaluate": 6} 
 
 @dataclass(frozen=True)
 class CNNSpaceConfig:
-    num_blocks: int = 5
-    cnn_final_filter_size: int = 384
-    cnn_num_modules: int = 3
-    cnn_num_repeat_normal: int = 6
-    shared_cnn_normal_types: tuple[str, ...] = PAPER_OPS
-    shared_cnn_reduce_types: tuple[str, ...] = PAPER_OPS
-    # the paper code's model by default; models.cnn's table names each choice and its ENAS value
-    cnn_stem: bool = CNNStyle.stem  # one source of truth: CNNStyle's defaults
-    cnn_cell_inputs: str = CNNStyle.cell_inputs
-    cnn_depthwise: str = CNNStyle.depthwise
-    cnn_node_combine: str = CNNStyle.node_combine
-    cnn_cell_output: str = CNNStyle.cell_output
-    cnn_classifier: str = CNNStyle.classifier
-    cnn_channels_last: bool = True
-    batch_size: int = 64
-    test_batch_size: int = 64
-    forgetting_eval_batches: int = 4
-    num_workers: int = 4
-    random_seed: int = 12345
-    # ENAS micro search (Pham et al. 2018): SGD with Nesterov momentum, cosine lr 0.05 -> 0.0005
-    shared_cnn_lr: float = 0.05
-    shared_cnn_lr_min: float = 0.0005
-    shared_cnn_momentum: float = 0.9
-    shared_cnn_l2_reg: float = 1e-4
-    shared_cnn_grad_clip: float = 5.0
+    """The options a micro-CNN search space is built from (``builders`` fills it; tests use ``config.defaults``).
+
+    The options' defaults are the paper code's model (``models.cnn``'s table names each choice and its
+    ENAS value) and ENAS's micro search optimiser (Nesterov SGD, cosine lr 0.05 -> 0.0005).
+    """
+
+    num_blocks: int
+    cnn_final_filter_size: int
+    cnn_num_modules: int
+    cnn_num_repeat_normal: int
+    shared_cnn_normal_types: tuple[str, ...]
+    shared_cnn_reduce_types: tuple[str, ...]
+    cnn_stem: bool
+    cnn_cell_inputs: str
+    cnn_depthwise: str
+    cnn_node_combine: str
+    cnn_cell_output: str
+    cnn_classifier: str
+    cnn_channels_last: bool
+    batch_size: int
+    test_batch_size: int
+    forgetting_eval_batches: int
+    num_workers: int
+    random_seed: int
+    shared_cnn_lr: float
+    shared_cnn_lr_min: float
+    shared_cnn_momentum: float
+    shared_cnn_l2_reg: float
+    shared_cnn_grad_clip: float
 
 
 def cnn_style(cfg: CNNSpaceConfig) -> CNNStyle:
@@ -72,39 +73,50 @@ class CNNSpace:
     error_unit = "error-rate points (100 - accuracy %)"
 
     def __init__(self, data: ImageData, cfg: CNNSpaceConfig, device: torch.device) -> None:
-        self.cfg, self.data = cfg, data
+        self._cfg, self.data = cfg, data
         self.normal_ops, self.reduce_ops = list(cfg.shared_cnn_normal_types), list(cfg.shared_cnn_reduce_types)
         self.model = SharedCNN(data.channels, len(data.classes), cfg.num_blocks, cfg.cnn_final_filter_size,
                                cfg.cnn_num_modules, cfg.cnn_num_repeat_normal, self.normal_ops, self.reduce_ops,
                                cnn_style(cfg), image_size=data.size, channels_last=cfg.cnn_channels_last).to(device)
-        self.preprocess = Preprocess(data, device)
+        self._preprocess = Preprocess(data, device)
         seed, workers = cfg.random_seed, cfg.num_workers
-        self.streams = {
-            "train": BatchStream(data.train, cfg.batch_size, self.preprocess, seed=seed, salt=STREAM_SALT["train"],
+        self._streams = {
+            "train": BatchStream(data.train, cfg.batch_size, self._preprocess, seed=seed, salt=STREAM_SALT["train"],
                                  augment=True, num_workers=workers),
-            "fisher": BatchStream(data.valid, cfg.batch_size, self.preprocess, seed=seed, salt=STREAM_SALT["fisher"],
+            "fisher": BatchStream(data.valid, cfg.batch_size, self._preprocess, seed=seed, salt=STREAM_SALT["fisher"],
                                   augment=False, num_workers=workers),
-            "reward": BatchStream(data.valid, cfg.batch_size, self.preprocess, seed=seed, salt=STREAM_SALT["reward"],
+            "reward": BatchStream(data.valid, cfg.batch_size, self._preprocess, seed=seed, salt=STREAM_SALT["reward"],
                                   augment=False, num_workers=workers),
         }
         self.fixed_batches = self._fixed_batches()
 
     def _fixed_batches(self) -> list[tuple[Tensor, Tensor]]:
         """The forgetting metric's validation batches: a seeded choice, decoded once and kept on the device."""
-        valid, bs = self.data.valid, self.cfg.batch_size
-        n = max(1, min(self.cfg.forgetting_eval_batches, len(valid) // bs))
-        generator = torch.Generator().manual_seed(mixed_seed(self.cfg.random_seed, STREAM_SALT["fixed"]))
+        valid, bs = self.data.valid, self._cfg.batch_size
+        n = max(1, min(self._cfg.forgetting_eval_batches, len(valid) // bs))
+        generator = torch.Generator().manual_seed(mixed_seed(self._cfg.random_seed, STREAM_SALT["fixed"]))
         picked = torch.randperm(len(valid), generator=generator)[: n * bs].view(n, bs)
         batches = []
         for indices in picked:
             images, labels = valid.__getitems__(indices.tolist())
-            batches.append((self.preprocess(images), labels.to(self.preprocess.device)))
+            batches.append((self._preprocess(images), labels.to(self._preprocess.device)))
         return batches
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.classes)
+
+    def train_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch's worth of augmented training batches (images on the device, labels), drawn from the
+        resumable training stream the search reads too (its position is in ``state_dict``)."""
+        stream = self._streams["train"]
+        for _ in range(len(self.data.train) // self._cfg.batch_size):
+            yield stream.next()
 
     # ------------------------------------------------------------------------ architectures
     @property
     def decision_sizes(self) -> list[int]:
-        return cnn.decision_sizes(self.cfg.num_blocks, len(self.normal_ops), len(self.reduce_ops))
+        return cnn.decision_sizes(self._cfg.num_blocks, len(self.normal_ops), len(self.reduce_ops))
 
     def decode(self, tokens: Sequence[int]) -> CNNArch:
         return cnn.decode(tokens, self.normal_ops, self.reduce_ops)
@@ -114,8 +126,8 @@ class CNNSpace:
 
     def arch_from_dict(self, d: dict[str, Any]) -> CNNArch:
         arch = CNNArch.from_dict(d)
-        if arch.num_blocks != self.cfg.num_blocks:
-            raise ValueError(f"architecture has {arch.num_blocks} nodes per cell but --num_blocks={self.cfg.num_blocks}")
+        if arch.num_blocks != self._cfg.num_blocks:
+            raise ValueError(f"architecture has {arch.num_blocks} nodes per cell but --num_blocks={self._cfg.num_blocks}")
         for kind, ops in (("normal", self.normal_ops), ("reduce", self.reduce_ops)):
             unused = sorted({op for node in arch.cells()[kind] for _, op in node} - set(ops))
             if unused:
@@ -133,14 +145,14 @@ class CNNSpace:
         return self.model.groups_for(arch)
 
     def optim_spec(self) -> OptimSpec:
-        c = self.cfg
+        c = self._cfg
         return OptimSpec(lr=c.shared_cnn_lr, lr_min=c.shared_cnn_lr_min, weight_decay=c.shared_cnn_l2_reg,
                          grad_clip=c.shared_cnn_grad_clip, momentum=c.shared_cnn_momentum,
                          nesterov=c.shared_cnn_momentum > 0, schedule="cosine")
 
     # ------------------------------------------------------------------------------ losses
     def _stream_loss(self, stream: str, arch: CNNArch) -> Loss:
-        images, labels = self.streams[stream].next()
+        images, labels = self._streams[stream].next()
         logits = self.model(images, arch)
         ce = F.cross_entropy(logits, labels)
         return Loss(ce, ce, (logits.detach().argmax(1) == labels).float().mean())
@@ -156,11 +168,12 @@ class CNNSpace:
         return self._stream_loss("fisher", arch)
 
     @torch.inference_mode()
-    def _count_correct(self, arch: CNNArch, batches: Any) -> tuple[int, int]:
-        self.model.eval()
-        correct, total = torch.zeros((), dtype=torch.long, device=self.preprocess.device), 0
+    def _count_correct(self, arch: CNNArch, batches: Any, model: nn.Module | None = None) -> tuple[int, int]:
+        model = self.model if model is None else model
+        model.eval()
+        correct, total = torch.zeros((), dtype=torch.long, device=self._preprocess.device), 0
         for images, labels in batches:
-            correct += (self.model(images, arch).argmax(1) == labels).sum()
+            correct += (model(images, arch).argmax(1) == labels).sum()
             total += len(labels)
         return int(correct), total  # one host synchronisation per call
 
@@ -172,33 +185,35 @@ class CNNSpace:
     def reward(self, arch: CNNArch, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
         """``reward_c * acc`` (or ``* acc**2``) with acc the fraction correct on the next validation
         batches; the returned metric is that accuracy in percent, the unit of every other ``acc`` logged."""
-        stream = self.streams["reward"]
+        stream = self._streams["reward"]
         correct, total = self._count_correct(arch, (stream.next() for _ in range(num_batches)))
         acc = correct / total
         return reward_c * (acc**2 if square else acc), 100.0 * acc
 
-    def evaluate(self, arch: CNNArch, split: str) -> dict[str, float]:
-        """Accuracy in percent over the whole split, un-augmented, eval mode, class-mixed batches."""
+    def evaluate(self, arch: CNNArch, split: str, model: nn.Module | None = None) -> dict[str, float]:
+        """Accuracy in percent over the whole split, un-augmented, eval mode, class-mixed batches
+        (``model``: another model of ``arch``, default the shared one)."""
         if split == "valid":
-            images, batch_size = self.data.valid, self.cfg.batch_size
+            images, batch_size = self.data.valid, self._cfg.batch_size
         else:
             if self.data.test is None:
                 raise UserError(f"dataset {self.data.name!r} has no test split: add test/<class>/ images beside train/")
-            images, batch_size = self.data.test, self.cfg.test_batch_size
-        seed = mixed_seed(self.cfg.random_seed, STREAM_SALT["evaluate"])
-        correct, total = self._count_correct(arch, iterate_split(images, batch_size, self.preprocess, self.cfg.num_workers, seed))
+            images, batch_size = self.data.test, self._cfg.test_batch_size
+        seed = mixed_seed(self._cfg.random_seed, STREAM_SALT["evaluate"])
+        batches = iterate_split(images, batch_size, self._preprocess, self._cfg.num_workers, seed)
+        correct, total = self._count_correct(arch, batches, model)
         return {f"{split}_acc": 100.0 * correct / total, f"{split}_images": total}
 
     # ----------------------------------------------------------------------------- drawing
     def draw(self, arch: CNNArch, path: Path) -> Path:
-        return render_dot(cnn_dot(arch, self.cfg.cnn_cell_output), path)
+        return render_dot(cnn_dot(arch, self._cfg.cnn_cell_output), path)
 
     # ------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {name: s.state_dict() for name, s in self.streams.items()}
+        return {name: s.state_dict() for name, s in self._streams.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, s in self.streams.items():
+        for name, s in self._streams.items():
             s.load_state_dict(state[name])
 
 
@@ -220,29 +235,3 @@ def cnn_dot(arch: CNNArch, output: str) -> str:
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def build_cnn_space(args: argparse.Namespace, device: torch.device) -> CNNSpace:
-    """The micro-CNN space from the command line: op lists checked, dataset loaded, model built."""
-    if args.search_mode != "micro":
-        raise UserError(f"--search_mode={args.search_mode} is not implemented: only the micro search space is")
-    ops = {kind: tuple(getattr(args, f"shared_cnn_{kind}_types") or args.shared_cnn_types) for kind in ("normal", "reduce")}
-    for kind, names in ops.items():
-        unknown = sorted(set(names) - set(OPS))
-        if unknown or len(set(names)) != len(names):
-            raise UserError(f"{kind} cell ops {list(names)}: " + (f"unknown {unknown}; known: {', '.join(OPS)}"
-                                                                    if unknown else "each op may appear once"))
-    start = time.time()
-    data = load_images(args.data_dir, args.dataset, args.valid_size, args.random_seed)
-    test = len(data.test) if data.test is not None else "none"
-    log.info("images %s: %d classes, %dx%dx%d, train %d / valid %d (%s) / test %s (%.1fs)", data.name,
-             len(data.classes), data.channels, *data.size, len(data.train), len(data.valid),
-             "held out of train" if data.valid_held_out else "its own split", test, time.time() - start)
-    cfg = pick(CNNSpaceConfig, args, shared_cnn_normal_types=ops["normal"], shared_cnn_reduce_types=ops["reduce"])
-    if cfg.test_batch_size < MIN_EVAL_BATCH:
-        log.warning("--test_batch_size=%d: the shared CNN normalises with batch statistics, so test batches "
-                    "under %d images lower its test accuracy", cfg.test_batch_size, MIN_EVAL_BATCH)
-    try:
-        return CNNSpace(data, cfg, device)
-    except ValueError as err:
-        raise UserError(f"cannot build the micro CNN: {err}") from err

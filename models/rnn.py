@@ -174,6 +174,24 @@ class SharedRNN(nn.Module):
         """WPL parameter groups: one per edge, holding its ``W^c`` and ``W^h``."""
         return {name: [edge.w_c, edge.w_h] for name, edge in self.edges.items()}
 
+    def prune_to(self, arch: RNNArch) -> "SharedRNN":
+        """Delete, in place, every edge ``arch`` never runs, and return ``self`` (final training).
+
+        The remaining parameters keep their names, so the pruned model computes ``arch`` with this
+        same forward and its state_dict is the shared one restricted to ``arch``: shared weights
+        transfer by name (``models.space.load_shared_weights``).
+        """
+        used = {self.edge_name(i, j) for i, j in arch.edges}
+        for name in [n for n in self.edges if n not in used]:
+            del self.edges[name]
+        return self
+
+    def count_parameters(self, arch: RNNArch) -> int:
+        """Parameters ``arch`` computes with (tied weights once): all but the edges it does not run."""
+        used = {self.edge_name(i, j) for i, j in arch.edges}
+        unused = sum(p.numel() for name, edge in self.edges.items() if name not in used for p in edge.parameters())
+        return sum(p.numel() for p in self.parameters()) - unused
+
     def init_hidden(self, batch_size: int) -> Tensor:
         return self.w_h0.new_zeros(batch_size, self.hid)
 

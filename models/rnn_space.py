@@ -21,35 +21,37 @@ from utils import render_dot
 
 @dataclass(frozen=True)
 class RNNSpaceConfig:
-    num_blocks: int = 12
-    shared_embed: int = 1000
-    shared_hid: int = 1000
-    shared_rnn_activations: tuple[str, ...] = ("tanh", "ReLU", "identity", "sigmoid")
-    shared_dropout: float = 0.4
-    shared_dropoute: float = 0.1
-    shared_dropouti: float = 0.65
-    shared_wdrop: float = 0.5
-    tie_weights: bool = True
-    rnn_next_state: str = "last"
-    shared_wdrop_scope: str = "node0"
-    rnn_output_norm: str = "batchnorm"
-    rnn_input_bias: bool = True
-    batch_size: int = 64
-    test_batch_size: int = 1
-    shared_rnn_max_length: int = 35
-    forgetting_eval_batches: int = 4
-    activation_regularization: bool = False
-    activation_regularization_amount: float = 2.0
-    temporal_activation_regularization: bool = False
-    temporal_activation_regularization_amount: float = 1.0
-    norm_stabilizer_regularization: bool = False
-    norm_stabilizer_regularization_amount: float = 1.0
-    norm_stabilizer_fixed_point: float = 5.0
-    shared_lr: float = 20.0
-    shared_l2_reg: float = 1e-7
-    shared_grad_clip: float = 0.25
-    shared_decay: float = 0.96
-    shared_decay_after: float = 15.0
+    """The options an RNN search space is built from (``builders`` fills it; tests use ``config.defaults``)."""
+
+    num_blocks: int
+    shared_embed: int
+    shared_hid: int
+    shared_rnn_activations: tuple[str, ...]
+    shared_dropout: float
+    shared_dropoute: float
+    shared_dropouti: float
+    shared_wdrop: float
+    tie_weights: bool
+    rnn_next_state: str
+    shared_wdrop_scope: str
+    rnn_output_norm: str
+    rnn_input_bias: bool
+    batch_size: int
+    test_batch_size: int
+    shared_rnn_max_length: int
+    forgetting_eval_batches: int
+    activation_regularization: bool
+    activation_regularization_amount: float
+    temporal_activation_regularization: bool
+    temporal_activation_regularization_amount: float
+    norm_stabilizer_regularization: bool
+    norm_stabilizer_regularization_amount: float
+    norm_stabilizer_fixed_point: float
+    shared_lr: float
+    shared_l2_reg: float
+    shared_grad_clip: float
+    shared_decay: float
+    shared_decay_after: float
 
 
 class TextStream:
@@ -91,7 +93,7 @@ class RNNSpace:
     error_unit = "nats (mean cross-entropy)"
 
     def __init__(self, corpus: Corpus, cfg: RNNSpaceConfig, device: torch.device) -> None:
-        self.cfg = cfg
+        self._cfg = cfg
         self.activations = list(cfg.shared_rnn_activations)
         self.model = SharedRNN(
             corpus.ntokens, cfg.shared_embed, cfg.shared_hid, cfg.num_blocks,
@@ -100,10 +102,11 @@ class RNNSpace:
             wdrop_scope=cfg.shared_wdrop_scope, output_norm=cfg.rnn_output_norm, input_bias=cfg.rnn_input_bias,
         ).to(device)
         bptt = cfg.shared_rnn_max_length
+        # The batchified splits, (time, batch): public for loops that slice them their own way (variable BPTT).
         self.train_data = batchify(corpus.train, cfg.batch_size).to(device)
         self.valid_data = batchify(corpus.valid, cfg.batch_size).to(device)
         self.test_data = batchify(corpus.test, cfg.test_batch_size).to(device)
-        self.streams = {
+        self._streams = {
             "train": TextStream(self.train_data, bptt),
             "fisher": TextStream(self.valid_data, bptt),
             "reward": TextStream(self.valid_data, bptt),
@@ -117,7 +120,7 @@ class RNNSpace:
     # ------------------------------------------------------------------------ architectures
     @property
     def decision_sizes(self) -> list[int]:
-        return rnn_arch.decision_sizes(self.cfg.num_blocks, len(self.activations))
+        return rnn_arch.decision_sizes(self._cfg.num_blocks, len(self.activations))
 
     def decode(self, tokens: Sequence[int]) -> RNNArch:
         return rnn_arch.decode(tokens, self.activations)
@@ -127,8 +130,8 @@ class RNNSpace:
 
     def arch_from_dict(self, d: dict[str, Any]) -> RNNArch:
         arch = RNNArch.from_dict(d)
-        if arch.num_nodes != self.cfg.num_blocks:
-            raise ValueError(f"architecture has {arch.num_nodes} nodes but --num_blocks={self.cfg.num_blocks}")
+        if arch.num_nodes != self._cfg.num_blocks:
+            raise ValueError(f"architecture has {arch.num_nodes} nodes but --num_blocks={self._cfg.num_blocks}")
         return arch
 
     def random_arch(self, generator: torch.Generator) -> RNNArch:
@@ -142,14 +145,14 @@ class RNNSpace:
         return [SharedRNN.edge_name(i, j) for i, j in arch.edges]
 
     def optim_spec(self) -> OptimSpec:
-        c = self.cfg
+        c = self._cfg
         return OptimSpec(lr=c.shared_lr, weight_decay=c.shared_l2_reg, grad_clip=c.shared_grad_clip,
                          schedule="decay", decay=c.shared_decay, decay_after=c.shared_decay_after)
 
     # ------------------------------------------------------------------------------ losses
     def regularizers(self, out: RNNOutput) -> Tensor:
         """The optional AR / TAR / norm-stabiliser terms; retraining adds the same ones."""
-        c = self.cfg
+        c = self._cfg
         extra = out.raw.new_zeros(())
         if c.activation_regularization:
             extra = extra + c.activation_regularization_amount * out.dropped.pow(2).mean()
@@ -169,11 +172,11 @@ class RNNSpace:
 
     def train_loss(self, arch: RNNArch) -> Loss:
         self.model.train()
-        return self._stream_loss(self.streams["train"], arch)
+        return self._stream_loss(self._streams["train"], arch)
 
     def fisher_loss(self, arch: RNNArch) -> Loss:
         self.model.eval()
-        return self._stream_loss(self.streams["fisher"], arch)
+        return self._stream_loss(self._streams["fisher"], arch)
 
     @torch.inference_mode()
     def error(self, arch: RNNArch) -> float:
@@ -188,20 +191,22 @@ class RNNSpace:
     @torch.inference_mode()
     def reward(self, arch: RNNArch, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
         self.model.eval()
-        ces = [float(self._stream_loss(self.streams["reward"], arch).ce) for _ in range(num_batches)]
+        ces = [float(self._stream_loss(self._streams["reward"], arch).ce) for _ in range(num_batches)]
         ppl = math.exp(sum(ces) / len(ces))
         return reward_c / (ppl**2 if square else ppl), ppl
 
     @torch.inference_mode()
-    def evaluate(self, arch: RNNArch, split: str) -> dict[str, float]:
-        """Perplexity ``exp(total NLL / total tokens)`` over the whole split, state carried."""
-        self.model.eval()
+    def evaluate(self, arch: RNNArch, split: str, model: nn.Module | None = None) -> dict[str, float]:
+        """Perplexity ``exp(total NLL / total tokens)`` over the whole split, state carried (``model``:
+        another model of ``arch``, default the shared one)."""
+        model = self.model if model is None else model
+        model.eval()
         data = self.valid_data if split == "valid" else self.test_data
-        hidden = self.model.init_hidden(data.size(1))
+        hidden = model.init_hidden(data.size(1))
         nll, count = 0.0, 0
-        for i in range(0, data.size(0) - 1, self.cfg.shared_rnn_max_length):
-            x, y = get_batch(data, i, self.cfg.shared_rnn_max_length)
-            out = self.model(x, hidden, arch)
+        for i in range(0, data.size(0) - 1, self._cfg.shared_rnn_max_length):
+            x, y = get_batch(data, i, self._cfg.shared_rnn_max_length)
+            out = model(x, hidden, arch)
             hidden = out.hidden
             nll += float(F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), reduction="sum"))
             count += y.numel()
@@ -213,10 +218,10 @@ class RNNSpace:
 
     # ------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {name: s.state_dict() for name, s in self.streams.items()}
+        return {name: s.state_dict() for name, s in self._streams.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, s in self.streams.items():
+        for name, s in self._streams.items():
             s.load_state_dict(state[name])
 
 

@@ -68,8 +68,11 @@ class SearchSpace(Protocol):
     def reward(self, arch: Any, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
         """Controller reward and the metric it came from, on the next validation batches."""
 
-    def evaluate(self, arch: Any, split: str) -> dict[str, float]:
-        """The metric over a whole split ("valid" or "test"), e.g. ``{"valid_ppl": 81.2}``."""
+    def evaluate(self, arch: Any, split: str, model: nn.Module | None = None) -> dict[str, float]:
+        """The metric over a whole split ("valid" or "test"), e.g. ``{"valid_ppl": 81.2}``.
+
+        ``model`` (default: the shared model) is another model computing ``arch`` with the same
+        forward, such as a retrain's pruned model or its running average of weights."""
 
     def draw(self, arch: Any, path: Path) -> Path: ...
 
@@ -80,6 +83,11 @@ class SearchSpace(Protocol):
         """
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def load_shared_weights(model: nn.Module, shared_state: dict[str, Tensor]) -> None:
+    """Give a model pruned to one architecture (``prune_to``) the weights of a shared model, by name."""
+    model.load_state_dict({name: shared_state[name] for name in model.state_dict()})
 
 
 C = TypeVar("C")

@@ -7,6 +7,7 @@ whose MD5 table is pointed at the fake files so its integrity check still runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -23,13 +24,14 @@ from PIL import Image
 from torch.nn import functional as F
 from torchvision.datasets import CIFAR10
 
+import builders
 import config
 import main
-from data.image import (BatchStream, ImageData, Preprocess, TensorImages, iterate_split, load_images,
-                        stratified_holdout)
+from data.image import ImageData, TensorImages, load_images, stratified_holdout
+from data.image_stream import BatchStream, Preprocess, iterate_split
 from models.cnn import (OPS, Cell, CNNArch, CNNStyle, FactorizedReduce, SharedCNN, cat_channels, decision_sizes, decode, encode,
                         loose_ends, make_op)
-from models.cnn_space import build_cnn_space, cnn_dot
+from models.cnn_space import cnn_dot
 from models.controller import Controller
 from utils import UserError
 
@@ -430,7 +432,7 @@ def test_drawing_has_both_cells(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------- search space
 def test_space_losses_rewards_and_state(fake_cifar: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="wpl"):
-        space = build_cnn_space(cnn_args(fake_cifar), torch.device("cpu"))
+        space = builders.build_space(cnn_args(fake_cifar), torch.device("cpu"))
     assert "--test_batch_size=8" in caplog.text  # batch statistics need bigger test batches
     arch = space.random_arch(torch.Generator().manual_seed(0))
     assert space.metric == "acc" and len(space.decision_sizes) == 40
@@ -446,14 +448,20 @@ def test_space_losses_rewards_and_state(fake_cifar: Path, caplog: pytest.LogCapt
     assert reward == pytest.approx((acc / 100) ** 2)
     result = space.evaluate(arch, "valid")
     assert result["valid_images"] == 20 and 0 <= result["valid_acc"] <= 100
+    blank = copy.deepcopy(space.model)  # another model of the architecture, evaluated in place of the shared one
+    for p in blank.parameters():
+        torch.nn.init.zeros_(p)
+    majority = 100.0 * float((space.data.valid.labels == 0).float().mean())  # zero logits: class 0 everywhere
+    assert space.evaluate(arch, "valid", model=blank)["valid_acc"] == pytest.approx(majority)
+    assert space.evaluate(arch, "valid") == result  # the shared model itself untouched
     assert space.evaluate(arch, "test")["test_images"] == PER_BATCH
     spec = space.optim_spec()
     assert (spec.lr, spec.lr_min, spec.momentum, spec.nesterov, spec.schedule) == (0.05, 0.0005, 0.9, True, "cosine")
 
     state = json.loads(json.dumps(space.state_dict()))  # plain integers
-    expected = space.streams["train"].next()
+    expected = next(space.train_batches())
     space.load_state_dict(state)
-    assert torch.equal(space.streams["train"].next()[0], expected[0])
+    assert torch.equal(next(space.train_batches())[0], expected[0])
 
 
 def test_image_folder_space_decodes_in_workers_and_needs_a_test_split(tmp_path: Path) -> None:
@@ -461,8 +469,8 @@ def test_image_folder_space_decodes_in_workers_and_needs_a_test_split(tmp_path: 
     args = config.parse_args(["--network_type=micro_cnn", "--dataset=shapes", f"--data_dir={tmp_path}", "--num_blocks=2",
                               "--cnn_num_modules=2", "--cnn_final_filter_size=4", "--cnn_num_repeat_normal=1",
                               "--batch_size=4", "--num_workers=1", "--num_gpu=0"])
-    space = build_cnn_space(args, torch.device("cpu"))
-    assert space.streams["train"].loader.num_workers == 1 and next(m for m in space.model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 1
+    space = builders.build_space(args, torch.device("cpu"))
+    assert space._streams["train"].loader.num_workers == 1 and next(m for m in space.model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 1
     arch = space.random_arch(torch.Generator().manual_seed(0))
     state = space.state_dict()
     first = [space.train_loss(arch).ce.item() for _ in range(5)]  # 18 images: 4 full batches, then a new epoch
@@ -477,11 +485,11 @@ def test_space_rejects_unknown_ops_and_macro_mode(fake_cifar: Path) -> None:
     args = cnn_args(fake_cifar)  # the command line refuses unknown ops already; the space does too
     args.shared_cnn_reduce_types = ["identity", "conv9x9"]
     with pytest.raises(UserError, match="unknown"):
-        build_cnn_space(args, torch.device("cpu"))
+        builders.build_space(args, torch.device("cpu"))
     with pytest.raises(UserError, match="macro"):
-        build_cnn_space(cnn_args(fake_cifar, "--search_mode=macro"), torch.device("cpu"))
+        builders.build_space(cnn_args(fake_cifar, "--search_mode=macro"), torch.device("cpu"))
     with pytest.raises(UserError, match="2\\^"):
-        build_cnn_space(cnn_args(fake_cifar, "--cnn_final_filter_size=6"), torch.device("cpu"))
+        builders.build_space(cnn_args(fake_cifar, "--cnn_final_filter_size=6"), torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------------- end to end

@@ -151,9 +151,8 @@ def test_parameter_counts_at_the_paper_command_sizes(extra: tuple[str, ...], tot
 
 def test_config_defaults_are_the_paper_code_and_the_dataclass_agrees() -> None:
     args = config.parse_args([])
-    fields = {f.name: f.default for f in dataclasses.fields(CNNSpaceConfig)}
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(CNNSpaceConfig))  # nothing to drift
     for key in ("cnn_stem", "cnn_cell_inputs", "cnn_depthwise", "cnn_node_combine", "cnn_cell_output", "cnn_classifier"):
-        assert fields[key] == getattr(args, key), key
         assert key in config.SHAPE_KEYS and key in config.SEARCH_KEYS
     assert cnn_style(pick(CNNSpaceConfig, args)) == PAPER
     assert cnn_style(pick(CNNSpaceConfig, config.parse_args(["--preset=enas"]))) == ENAS

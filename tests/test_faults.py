@@ -395,7 +395,8 @@ def write_folder(root: Path, per_class: int = 4) -> Path:
 
 
 def test_image_that_fails_in_a_worker_is_one_line_naming_it(tmp_path: Path) -> None:
-    from data.image import iterate_split, load_images, Preprocess
+    from data.image import load_images
+    from data.image_stream import Preprocess, iterate_split
 
     root = write_folder(tmp_path)
     broken = root / "shapes" / "test" / "b" / "1.png"

@@ -23,8 +23,11 @@ from data.text import batchify, build_corpus
 from models.rnn import SharedRNN
 from models.rnn_arch import RNNArch
 from models.rnn_space import RNNSpace, RNNSpaceConfig
+from models.space import load_shared_weights
+from recipes.arch import random_arch
+from recipes.rnn import nonmono_trigger
 from runlog import RunDir, load_checkpoint
-from utils import seed_everything
+from utils import UserError, seed_everything
 
 CPU = torch.device("cpu")
 SMALL = ["--dataset=tiny", "--num_blocks=4", "--retrain_embed=16", "--retrain_hid=16", "--retrain_batch_size=16",
@@ -79,16 +82,16 @@ def test_run_leaves_every_artefact(retrained: Path) -> None:
 def test_arch_json_is_the_seeded_random_architecture(retrained: Path, data_dir: Path) -> None:
     saved = json.loads((retrained / "arch.json").read_text())
     assert saved["source"] == "random (seed 12345)"
-    space, _ = retrain.build_fixed(args_for(*SMALL, f"--data_dir={data_dir}"), saved["arch"], CPU)
-    assert retrain.random_arch(space, 12345).to_dict() == saved["arch"]
+    space, _, _ = builders.build_fixed(args_for(*SMALL, f"--data_dir={data_dir}"), saved["arch"], CPU)
+    assert random_arch(space, 12345).to_dict() == saved["arch"]
 
 
 def test_retraining_lowers_the_validation_loss(retrained: Path, data_dir: Path) -> None:
     """The run's best validation perplexity against the same seeded model before its first step."""
     args = args_for(*SMALL, f"--data_dir={data_dir}")
     seed_everything(args.random_seed)  # as mode_retrain does before building: the same initial weights
-    space, arch = retrain.build_fixed(args, None, CPU)
-    start = space.evaluate(arch, "valid")["valid_ppl"]
+    space, model, arch = builders.build_fixed(args, None, CPU)
+    start = space.evaluate(arch, "valid", model=model)["valid_ppl"]
     best = json.loads((retrained / "test_results.json").read_text())["valid_ppl"]
     assert start == pytest.approx(42, rel=0.05)  # untrained: about uniform over the 42 words
     assert best < 0.95 * start
@@ -99,7 +102,7 @@ def test_test_perplexity_is_exp_of_the_mean_nll_by_hand(retrained: Path, data_di
     corpus = build_corpus(data_dir / "tiny")
     model = SharedRNN(corpus.ntokens, 16, 16, 4)
     arch = RNNArch.from_dict(best["arch"])
-    retrain.load_shared_weights(retrain.prune_to_arch(model, arch), best["model"])
+    load_shared_weights(model.prune_to(arch), best["model"])
     data = batchify(corpus.test, 2)  # --test_batch_size=2
     model.eval()
     with torch.no_grad():  # the whole split as one sequence per column, state carried through
@@ -143,36 +146,11 @@ def test_existing_run_and_missing_architecture_are_clear_errors(retrained: Path,
 
 
 # ------------------------------------------------------------------------------ unit level
-def test_pruned_rnn_computes_the_shared_function_with_the_same_weights() -> None:
-    arch = RNNArch(("tanh", "ReLU", "identity", "sigmoid", "tanh"), (0, 0, 2, 1))
-    torch.manual_seed(0)
-    shared = SharedRNN(11, 6, 6, 5)
-    for p in shared.parameters():  # larger than the init, so every edge matters
-        torch.nn.init.normal_(p, std=0.5)
-    torch.manual_seed(1)  # different fresh weights: only the transfer can make them agree
-    fixed = retrain.prune_to_arch(SharedRNN(11, 6, 6, 5), arch)
-    assert sorted(fixed.edges) == ["0_1", "0_2", "1_4", "2_3"]
-    assert sum(p.numel() for p in fixed.parameters()) < sum(p.numel() for p in shared.parameters())
-    retrain.load_shared_weights(fixed, shared.state_dict())
-    tokens = torch.randint(11, (7, 3), generator=torch.Generator().manual_seed(2))
-    hidden = torch.randn(3, 6, generator=torch.Generator().manual_seed(3))
-    for training in (False, True):  # in training, the same seed draws the same dropout masks
-        shared.train(training)
-        fixed.train(training)
-        torch.manual_seed(4)
-        a = shared(tokens, hidden, arch)
-        torch.manual_seed(4)
-        b = fixed(tokens, hidden, arch)
-        assert torch.equal(a.logits, b.logits) and torch.equal(a.hidden, b.hidden)
-    with pytest.raises(KeyError):  # an architecture with another edge has no weights there
-        fixed(tokens, hidden, RNNArch(("tanh",) * 5, (0, 1, 2, 3)))
-
-
 def test_random_arch_is_uniform_over_choices_and_reproducible(data_dir: Path) -> None:
-    space = RNNSpace(build_corpus(data_dir / "tiny"), RNNSpaceConfig(num_blocks=4, shared_embed=4, shared_hid=4, batch_size=4), CPU)
-    assert retrain.random_arch(space, 7) == retrain.random_arch(space, 7)
-    assert len({str(retrain.random_arch(space, seed)) for seed in range(20)}) > 15
-    samples = torch.tensor([space.encode(retrain.random_arch(space, seed)) for seed in range(3000)])
+    space = RNNSpace(build_corpus(data_dir / "tiny"), config.defaults(RNNSpaceConfig, num_blocks=4, shared_embed=4, shared_hid=4, batch_size=4), CPU)
+    assert random_arch(space, 7) == random_arch(space, 7)
+    assert len({str(random_arch(space, seed)) for seed in range(20)}) > 15
+    samples = torch.tensor([space.encode(random_arch(space, seed)) for seed in range(3000)])
     for position, size in enumerate(space.decision_sizes):  # each decision: counts of its choices
         counts = torch.bincount(samples[:, position], minlength=size)
         assert len(counts) == size
@@ -183,16 +161,16 @@ def test_random_arch_is_uniform_over_choices_and_reproducible(data_dir: Path) ->
 
 def test_nt_asgd_trigger() -> None:
     history = [50.0, 40.0, 35.0, 36.0, 37.0, 38.0, 39.0]
-    assert not retrain.nonmono_trigger(history[:5], 60.0, 5)  # not enough epochs yet
-    assert retrain.nonmono_trigger(history, 40.1, 5)  # worse than the best before the last 5 (40)
-    assert not retrain.nonmono_trigger(history, 39.9, 5)
-    assert not retrain.nonmono_trigger(history, 99.0, 0)  # 0 disables averaging
+    assert not nonmono_trigger(history[:5], 60.0, 5)  # not enough epochs yet
+    assert nonmono_trigger(history, 40.1, 5)  # worse than the best before the last 5 (40)
+    assert not nonmono_trigger(history, 39.9, 5)
+    assert not nonmono_trigger(history, 99.0, 0)  # 0 disables averaging
 
 
 def test_averaged_weights_are_validated_and_kept(data_dir: Path, tmp_path: Path) -> None:
     args = args_for(*SMALL, f"--data_dir={data_dir}", "--use_tensorboard=False")
     seed_everything(0)
-    trainer = retrain.build_retrainer(args, None, CPU, RunDir(tmp_path, use_tensorboard=False))
+    trainer = builders.build_retrainer(args, None, CPU, RunDir(tmp_path, use_tensorboard=False))
     trainer.start_averaging()
     steps = trainer.step
     trainer.train_epoch(0)
@@ -211,6 +189,20 @@ def test_averaged_weights_are_validated_and_kept(data_dir: Path, tmp_path: Path)
     trainer.averaged = None
     trainer.load_state_dict(state)
     assert torch.equal(trainer.averaged.module.state_dict()["w_x0"], averaged["w_x0"])
+
+
+def test_typed_retrain_configs_come_from_the_options() -> None:
+    rnn = builders.retrain_config(args_for("--mode=retrain"))
+    assert (rnn.epochs, rnn.bptt, rnn.nonmono, rnn.save_epoch) == (500, 35, 5, 5)  # AWD-LSTM's 500 epochs by default
+    cnn = builders.retrain_config(args_for("--mode=retrain", "--network_type=micro_cnn"))
+    assert (cnn.epochs, cnn.cutout, cnn.aux_weight) == (600, 16, 0.4)  # DARTS's
+    assert builders.retrain_config(args_for("--retrain_epochs=7")).epochs == 7
+    spec = builders.retrain_optim_spec(args_for("--network_type=micro_cnn"))
+    assert (spec.lr, spec.lr_min, spec.weight_decay, spec.schedule, spec.nesterov) == (0.025, 0.0, 3e-4, "cosine", True)
+    sizes = builders.retrain_sizes(args_for("--network_type=micro_cnn", "--cnn_num_modules=3", "--retrain_filters=36"))
+    assert (sizes.cnn_final_filter_size, sizes.test_batch_size) == (144, 96)  # doubled at each of 2 reductions
+    with pytest.raises(UserError, match="--retrain_embed == --retrain_hid"):
+        builders.retrain_sizes(args_for("--retrain_embed=8", "--retrain_hid=16"))
 
 
 def test_search_run_configuration_is_inherited(tmp_path: Path) -> None:
@@ -276,15 +268,15 @@ def test_pruned_cnn_computes_the_shared_function(tmp_path: Path, preset: str) ->
     write_images(tmp_path / "images")
     args = args_for(*CNN, f"--data_dir={tmp_path}", "--retrain_aux_weight=0", f"--preset={preset}")
     torch.manual_seed(0)
-    shared_space = builders.build_space(retrain.sized_options(args), CPU)
-    arch = retrain.random_arch(shared_space, 3)
-    fixed_space, fixed_arch = retrain.build_fixed(args, arch.to_dict(), CPU)
+    shared_space = builders.build_space(builders.retrain_sizes(args), CPU)
+    arch = random_arch(shared_space, 3)
+    _, fixed, fixed_arch = builders.build_fixed(args, arch.to_dict(), CPU)
     assert fixed_arch == arch
-    retrain.load_shared_weights(fixed_space.model.net, shared_space.model.state_dict())
+    load_shared_weights(fixed.net, shared_space.model.state_dict())
     images = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     shared_space.model.eval()
-    fixed_space.model.eval()
+    fixed.eval()
     with torch.no_grad():
-        assert torch.equal(shared_space.model(images, arch), fixed_space.model(images, arch))
-    kept = sum(p.numel() for p in fixed_space.model.parameters())
+        assert torch.equal(shared_space.model(images, arch), fixed(images, arch))
+    kept = sum(p.numel() for p in fixed.parameters())
     assert kept < sum(p.numel() for p in shared_space.model.parameters())

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import config
 from data.text import batchify, build_corpus
 from models.controller import Controller
 from models.rnn import SharedRNN, drop_connect
@@ -205,7 +206,7 @@ def test_controller_log_probs_are_log_softmax_at_the_sampled_actions() -> None:
 
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(data_dir: Path) -> None:
     corpus = build_corpus(data_dir / "tiny")
-    space = RNNSpace(corpus, RNNSpaceConfig(num_blocks=3, shared_embed=8, shared_hid=8, tie_weights=False,
+    space = RNNSpace(corpus, config.defaults(RNNSpaceConfig, num_blocks=3, shared_embed=8, shared_hid=8, tie_weights=False,
                                             batch_size=4, test_batch_size=2), torch.device("cpu"))
     torch.nn.init.zeros_(space.model.decoder.weight)
     torch.nn.init.zeros_(space.model.decoder.bias)
@@ -217,7 +218,7 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(data_dir: Path) ->
 
 def test_perplexity_is_exp_of_total_nll_over_tokens(data_dir: Path) -> None:
     corpus = build_corpus(data_dir / "tiny")
-    cfg = RNNSpaceConfig(num_blocks=3, shared_embed=8, shared_hid=8, batch_size=4, test_batch_size=3, shared_rnn_max_length=5)
+    cfg = config.defaults(RNNSpaceConfig, num_blocks=3, shared_embed=8, shared_hid=8, batch_size=4, test_batch_size=3, shared_rnn_max_length=5)
     space = RNNSpace(corpus, cfg, torch.device("cpu"))
     arch = RNNArch(("tanh", "sigmoid", "ReLU"), (0, 0))
     data = batchify(corpus.test, 3)
@@ -230,7 +231,7 @@ def test_perplexity_is_exp_of_total_nll_over_tokens(data_dir: Path) -> None:
 
 def test_wpl_groups_are_the_edges_of_the_architecture(data_dir: Path) -> None:
     corpus = build_corpus(data_dir / "tiny")
-    space = RNNSpace(corpus, RNNSpaceConfig(num_blocks=4, shared_embed=8, shared_hid=8, batch_size=4), torch.device("cpu"))
+    space = RNNSpace(corpus, config.defaults(RNNSpaceConfig, num_blocks=4, shared_embed=8, shared_hid=8, batch_size=4), torch.device("cpu"))
     assert len(space.wpl_groups()) == 6  # every i < j edge of 4 nodes
     arch = RNNArch(("tanh",) * 4, (0, 0, 2))
     assert space.groups_for(arch) == ["0_1", "0_2", "2_3"]
