@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 
-from experiments.two_model import MAX_SHARED, ToyConfig
+from experiments.two_model import MAX_SHARED, PROTOCOLS, STRATEGIES, ToyConfig
 from experiments.two_model_report import run
 from utils import UserError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    defaults = ToyConfig()
+    """The options; ``--protocol`` first sets the defaults of the options it presets (given ones win)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--protocol", choices=PROTOCOLS, default=ToyConfig.protocol)
+    protocol = pre.parse_known_args(argv)[0].protocol
+    defaults = replace(ToyConfig(), **PROTOCOLS[protocol])
     parser = argparse.ArgumentParser(
         description="Two-model MNIST example of multi-model forgetting and WPL (ICML 2019). Model A "
                     "(4 layers) is trained briefly; B (6 layers) shares A's first k layers and is trained "
@@ -35,6 +40,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, nargs="+", default=list(defaults.alphas),
                         help="WPL strengths; 0 is plain training. Scaled for the per-sample empirical "
                              "Fisher, which is ~60x the squared mean mini-batch gradient")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy,
+                        help="importance of A's shared weights: wpl (per-sample empirical Fisher), ewc (true "
+                             "Fisher, labels drawn from A), mas (output-norm sensitivity), si (path integral over "
+                             "A's training), l2 (uniform); --alpha scales differ between them")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=protocol,
+                        help="long: B trained 1500 steps (the example's first protocol); paper: the paper's figure "
+                             "(B 100 steps at batch 128, early evaluations, 10 seeds): forgetting grows with k. "
+                             "Sets the defaults of --iterations, --batch_size, --eval_every, --seeds")
     parser.add_argument("--hidden", type=int, default=defaults.hidden, help="hidden width h")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate for A and B")
     parser.add_argument("--a_iterations", type=int, default=defaults.a_iterations,
@@ -62,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = ToyConfig(shared_layers=tuple(args.shared_layers), alphas=tuple(args.alpha), hidden=args.hidden,
                     lr=args.lr, a_iterations=args.a_iterations, iterations=args.iterations,
                     batch_size=args.batch_size, eval_every=args.eval_every,
-                    fisher_samples=args.fisher_samples, seeds=args.seeds, device=args.device)
+                    fisher_samples=args.fisher_samples, seeds=args.seeds, device=args.device,
+                    strategy=args.strategy, protocol=args.protocol)
     try:
         return run(cfg, args.data_dir, args.output_dir)
     except UserError as err:

@@ -40,11 +40,21 @@ from analysis.stats import columns_mean_std, mean_std
 from engine import NonFiniteGuard, Step
 from regularizers import REGULARIZERS, Regularizer, TaskData
 from regularizers.importance import log_likelihood, mean_per_sample
+from utils import UserError
 
 A_LAYERS, B_LAYERS = 4, 6
 MAX_SHARED = A_LAYERS - 1  # A's last layer is its 10-way classifier and fits nowhere in B's stack
 
 LayerParams = list[tuple[Tensor, Tensor]]  # (weight, bias) per layer
+
+# Importance measures of A's shared layers, each a regulariser of :mod:`regularizers` (options for this example).
+# ``wpl`` is the per-sample empirical Fisher; ``ewc`` the true Fisher (labels drawn from A), so the two differ.
+STRATEGIES: dict[str, dict[str, Any]] = {"wpl": {"mode": "loss"}, "ewc": {"fisher": "true", "per_task": False},
+                                         "mas": {}, "si": {}, "l2": {}}
+# Presets of the options a protocol changes; "long" is the example's first protocol (and the CLI default).
+PROTOCOLS: dict[str, dict[str, Any]] = {"long": {}, "paper": {"iterations": 100, "batch_size": 128, "eval_every": 10,
+                                                              "seeds": 10}}
+EARLY_POINTS = (1, 2, 3, 5)  # extra evaluations of the paper protocol: the fall is within B's first steps
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,14 @@ class ToyConfig:
     fisher_samples: int = 3200
     seeds: int = 3
     device: str = "cpu"
+    strategy: str = "wpl"
+    protocol: str = "long"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -124,8 +142,12 @@ def train(
     generator: torch.Generator,
     penalty: Callable[[], Tensor] | None = None,
     after_step: Callable[[int], None] | None = None,
+    hooks: Regularizer | None = None,
 ) -> None:
     """Adam on random mini-batches (drawn with ``generator``), plus an optional extra loss term.
+
+    ``hooks`` is a regulariser learning an importance from this training (SI's path integral, WPL's
+    online Fisher): its ``after_backward`` and ``after_step`` hooks are called over all its groups.
 
     Adam rather than SGD because plain SGD on a strong WPL term diverges once
     ``lr * alpha * max(F)`` reaches about 2; Adam's step size does not scale with the penalty.
@@ -139,7 +161,9 @@ def train(
         loss = F.cross_entropy(model(x[idx]), y[idx])
         if penalty is not None:
             loss = loss + penalty()
-        update.update(loss)
+        stepped = update.update(loss, (lambda: hooks.after_backward(list(hooks.params))) if hooks else None)
+        if hooks is not None and stepped:
+            hooks.after_step(list(hooks.params))
         if after_step is not None:
             after_step(step)
 
@@ -161,22 +185,51 @@ def shared_groups(a: MLP, k: int) -> dict[str, list[nn.Parameter]]:
     return {f"layer{i + 1}": [a.layers[i].weight, a.layers[i].bias] for i in range(k)}
 
 
-def make_wpl(a: MLP, k: int, fisher: LayerParams, alpha: float = 1.0) -> Regularizer:
-    """WPL over A's first ``k`` layers, importance = ``fisher`` from A, anchors theta* = A's weights."""
-    wpl = REGULARIZERS["wpl"](shared_groups(a, k), alpha, mode="loss")
+def new_regularizer(strategy: str, a: MLP, k: int, alpha: float, **extra: Any) -> Regularizer:
+    """The ``strategy`` regulariser over A's first ``k`` layers with strength ``alpha``."""
+    return REGULARIZERS[strategy](shared_groups(a, k), alpha, **STRATEGIES[strategy], **extra)
+
+
+def learner(strategy: str, a: MLP, cfg: ToyConfig, seed: int) -> Regularizer:
+    """The regulariser that watches A's training and then measures A's importance (over every shareable layer)."""
+    extra = {"samples": cfg.fisher_samples} if strategy in ("ewc", "mas") else {}
+    if strategy == "ewc":
+        extra["seed"] = seed
+    return new_regularizer(strategy, a, MAX_SHARED, 1.0, **extra)
+
+
+def importance_of(strategy: str, reg: Regularizer, a: MLP, x: Tensor, y: Tensor) -> LayerParams:
+    """A's importance per shareable layer once A is trained: ``reg`` (which saw A's training) ends its task.
+
+    ``x, y`` are the importance samples. WPL's importance here is the per-sample empirical Fisher
+    (this example's estimator since its first version), not the online average ``reg`` built.
+    """
+    if strategy == "wpl":
+        return empirical_fisher(a, x, y)[:MAX_SHARED]
+    reg.end_task(TaskData(a, [(x[i:i + 512], y[i:i + 512]) for i in range(0, len(x), 512)]))
+    return [(reg.importance[name][0], reg.importance[name][1]) for name in reg.params]
+
+
+def make_penalty(strategy: str, a: MLP, k: int, importance: LayerParams, alpha: float = 1.0) -> Regularizer:
+    """``strategy``'s penalty over A's first ``k`` layers: importance from A, anchors theta* = A's weights.
+
+    Only its penalty is used while B trains: the importance stays A's.
+    """
+    reg = new_regularizer(strategy, a, k, alpha)
     for i in range(k):
-        wpl.set_importance(f"layer{i + 1}", fisher[i])
-    wpl.refresh_anchors()
-    return wpl
+        reg.set_importance(f"layer{i + 1}", importance[i])
+    reg.refresh_anchors()
+    return reg
 
 
 # ------------------------------------------------------------------------------------- protocol
 def eval_points(cfg: ToyConfig) -> list[int]:
     """B-iterations at which both models are evaluated: 0, every ``eval_every`` steps, and the last."""
-    return sorted({0, cfg.iterations, *range(cfg.eval_every, cfg.iterations + 1, cfg.eval_every)})
+    early = [p for p in EARLY_POINTS if p < cfg.iterations] if cfg.protocol == "paper" else []
+    return sorted({0, *early, cfg.iterations, *range(cfg.eval_every, cfg.iterations + 1, cfg.eval_every)})
 
 
-def run_b(a: MLP, k: int, alpha: float, fisher: LayerParams, data: tuple[Tensor, ...], cfg: ToyConfig,
+def run_b(a: MLP, k: int, alpha: float, importance: LayerParams, data: tuple[Tensor, ...], cfg: ToyConfig,
           seed: int) -> tuple[list[float], list[float]]:
     """Train a B sharing ``k`` layers with (a copy of) ``a``; return A's and B's test-accuracy curves.
 
@@ -187,7 +240,7 @@ def run_b(a: MLP, k: int, alpha: float, fisher: LayerParams, data: tuple[Tensor,
     a = copy.deepcopy(a)
     torch.manual_seed(1000 * seed + k)
     b = make_model_b(a, k, cfg.hidden)
-    wpl = make_wpl(a, k, fisher, alpha)
+    penalty = make_penalty(cfg.strategy, a, k, importance, alpha)
     points = set(eval_points(cfg))
     curve_a, curve_b = [accuracy(a, test_x, test_y)], [accuracy(b, test_x, test_y)]
 
@@ -198,7 +251,7 @@ def run_b(a: MLP, k: int, alpha: float, fisher: LayerParams, data: tuple[Tensor,
 
     train(b, train_x, train_y, steps=cfg.iterations, lr=cfg.lr, batch_size=cfg.batch_size,
           generator=torch.Generator().manual_seed(1000 * seed + k),
-          penalty=(lambda: wpl.penalty(wpl.params)) if alpha else None, after_step=record)
+          penalty=(lambda: penalty.penalty(penalty.params)) if alpha else None, after_step=record)
     return curve_a, curve_b
 
 
@@ -241,12 +294,13 @@ def run_protocol(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
         torch.manual_seed(seed)
         a = make_model_a(cfg.hidden).to(device)
         generator = torch.Generator().manual_seed(seed)
+        watcher = learner(cfg.strategy, a, cfg, seed)
         train(a, data[0], data[1], steps=cfg.a_iterations, lr=cfg.lr, batch_size=cfg.batch_size,
-              generator=generator)
+              generator=generator, hooks=watcher)
         fisher_idx = torch.randperm(len(train_x), generator=generator)[:cfg.fisher_samples].to(device)
-        fisher = empirical_fisher(a, data[0][fisher_idx], data[1][fisher_idx])
+        importance = importance_of(cfg.strategy, watcher, a, data[0][fisher_idx], data[1][fisher_idx])
         for k, alpha in runs:
-            curve_a, curve_b = run_b(a, k, alpha, fisher, data, cfg, seed)
+            curve_a, curve_b = run_b(a, k, alpha, importance, data, cfg, seed)
             curves[k, alpha]["a"].append(curve_a)
             curves[k, alpha]["b"].append(curve_b)
             bar.update()
