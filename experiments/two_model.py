@@ -16,7 +16,17 @@ that is multi-model forgetting. The penalty is the ``wpl`` regulariser of :mod:`
 :meth:`~regularizers.store.QuadraticStore.set_importance`) instead of being a moving average, so
 B's training calls only its penalty. Every update goes through :class:`engine.Step`.
 
-Fisher estimator: the per-sample *empirical* Fisher,
+Importance (``strategy``): any regulariser of :mod:`regularizers` can weigh the penalty. One of
+that kind watches A's training through its hooks (SI integrates its path there) and measures A's
+importance at the end of it (``end_task``: EWC's true Fisher, MAS's output sensitivity, L2's ones);
+each B run then gets a fresh one over its k shared layers holding that importance.
+
+Protocol (``protocol``): ``long`` (the default, this example's first protocol: B trained 1,500 steps
+at batch 64) or ``paper`` (B trained 100 steps at batch 128 with evaluations at steps 1, 2, 3, 5, 10,
+..., 10 seeds), which reproduces the paper's figure: A's drop grows with k. docs/two_model.md has the
+measurements and why the order by k depends on when A is measured.
+
+Fisher estimator (``wpl``): the per-sample *empirical* Fisher,
 ``F = (1/N) sum_n (d CE(A(x_n), y_n) / d theta)^2`` with the true labels y_n, over N training images
 (``fisher_samples``), from :func:`regularizers.importance.mean_per_sample` (``torch.func.vmap``). On
 MNIST it is about 60 times the square of a mean mini-batch gradient, so alpha values do not carry
