@@ -23,7 +23,7 @@ each B run then gets a fresh one over its k shared layers holding that importanc
 
 Protocol (``protocol``): ``long`` (the default, this example's first protocol: B trained 1,500 steps
 at batch 64) or ``paper`` (B trained 100 steps at batch 128 with evaluations at steps 1, 2, 3, 5, 10,
-..., 10 seeds), which reproduces the paper's figure: A's drop grows with k. docs/two_model.md has the
+..., 10 seeds), which reproduces the paper's figure: A's drop grows with k. docs/toy_mnist.md has the
 measurements and why the order by k depends on when A is measured.
 
 Fisher estimator (``wpl``): the per-sample *empirical* Fisher,
