@@ -26,19 +26,21 @@ def format_table(results: dict[str, Any]) -> str:
 def plot(results: dict[str, Any], path: Path) -> None:
     """One panel per k: A's (blue) and B's (orange) test accuracy over B's iterations, ± std shaded.
 
-    Line style tells the alpha apart (dashed: alpha = 0, no WPL). The y axis starts a little below
+    Line style tells the alpha apart (dashed: alpha = 0, no penalty). The y axis starts a little below
     A's lowest point, so B's first, near-chance evaluations fall off the bottom.
     """
     ks = sorted({row["k"] for row in results["results"]})
-    alphas = sorted({row["alpha"] for row in results["results"]})
-    styles = ["--", "-", ":", "-."]
+    alphas = sorted({row["alpha"] for row in results["results"] if row["alpha"] != 0})
+    styles = ["-", ":", "-."]
+    name = results["config"].get("strategy", "wpl").upper()  # the importance measure behind the penalty
     fig, axes = plots.panels(1, len(ks), (4.5 * len(ks), 3.8), sharey=True)
     lowest = min(min(row["curves"]["a_mean"]) for row in results["results"])
     for ax, k in zip(axes[0], ks):
         for row in (r for r in results["results"] if r["k"] == k):
-            curves, style = row["curves"], styles[alphas.index(row["alpha"]) % len(styles)]
+            curves = row["curves"]
+            style = "--" if row["alpha"] == 0 else styles[alphas.index(row["alpha"]) % len(styles)]
             for model, color in (("a", "tab:blue"), ("b", "tab:orange")):
-                label = f"{model.upper()}, " + ("no WPL" if row["alpha"] == 0 else f"WPL α={row['alpha']:g}")
+                label = f"{model.upper()}, " + (f"no {name}" if row["alpha"] == 0 else f"{name} α={row['alpha']:g}")
                 plots.band(ax, curves["iterations"], curves[f"{model}_mean"], curves[f"{model}_std"],
                            color=color, style=style, label=label)
         ax.set_title(f"B shares A's first {k} layer{'s' if k > 1 else ''}")
