@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from analysis import plots
+from analysis.tables import cell, markdown
 from config import StrictParser
 from runlog import RunDir
 from utils import UserError, load_json
@@ -95,13 +96,9 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
 
 
 def draw(runs: Sequence[Run], labels: Sequence[str], output: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    fig, axes = plots.panels(2, 2, (12, 8), constrained_layout=True)
     for ax, (key, name) in zip(axes.flat, PANELS):
         drawn = False
         for run, label in zip(runs, labels):
@@ -121,18 +118,10 @@ def draw(runs: Sequence[Run], labels: Sequence[str], output: Path, title: str) -
         if drawn:
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no data in these runs", ha="center", va="center", transform=ax.transAxes, color="grey")
+            plots.no_data(ax)
     if title:
         fig.suptitle(title)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    plots.save(fig, output, dpi=120, tight=False)
 
 
 def table(runs: Sequence[Run], labels: Sequence[str]) -> str:
@@ -152,9 +141,7 @@ def table(runs: Sequence[Run], labels: Sequence[str]) -> str:
         epochs = max((r["epoch"] for r in run.metrics), default=-1) + 1
         rows.append([label, epochs, last.get("forgetting_mean_diff"), last.get("forgetting_max_diff"),
                      last.get("controller_reward"), best, test, run.test.get("params")])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown(head, [[cell(v) for v in row] for row in rows])
 
 
 def build_parser() -> StrictParser:

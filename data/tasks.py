@@ -95,7 +95,7 @@ def load_mnist(data_dir: str | Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     folder = next((d for d in (root / "mnist", root / "MNIST" / "raw", root)
                    if all((d / f).is_file() for pair in MNIST_FILES.values() for f in pair)), None)
     if folder is None:
-        raise UserError(f"MNIST not found: put {', '.join(f for p in MNIST_FILES.values() for f in p)} in {root / 'mnist'}")
+        raise UserError(f"MNIST not found: put {', '.join(f for p in MNIST_FILES.values() for f in p)} in {root / 'mnist'} or {root / 'MNIST' / 'raw'}")
     out: list[Tensor] = []
     for images, labels in MNIST_FILES.values():
         with gzip.open(folder / images, "rb") as f:

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from data.tasks import Task, TaskSequence
+from engine import NonFiniteGuard, Step
 from models.continual_net import MultiHeadNet, mlp, small_cnn
 from regularizers import REGULARIZERS, Regularizer, TaskData
 
@@ -103,8 +104,19 @@ def train_task(model: MultiHeadNet, optim: torch.optim.Optimizer, reg: Regulariz
     gens = {j: batch_generator(seed, t, j) for j in sources}
     per = max(1, cfg.batch_size // len(sources))
     names = penalised(strategy, model, seq.tasks[t].head)
+    it = 0
+    guard = NonFiniteGuard(f"{strategy} loss", "lower --lr or the strategy's strength", lambda: f"task {t} iteration {it + 1}",
+                           lambda: "the one written after the last finished task")
+    step = Step(optim, model.parameters(), grad_clip=0.0, guard=guard)
+
+    def hooks() -> Tensor | None:
+        """The regulariser reads the task loss's gradient, then adds its penalty's (the documented order)."""
+        if reg is None:
+            return None
+        reg.after_backward(names)
+        return reg.add_penalty_grad_(names)
+
     for it in range(cfg.iters):
-        optim.zero_grad(set_to_none=True)
         total = 0
         loss = torch.zeros(())
         for j in sources:
@@ -112,13 +124,7 @@ def train_task(model: MultiHeadNet, optim: torch.optim.Optimizer, reg: Regulariz
             idx = torch.randint(len(task.x_train), (per,), generator=gens[j])
             loss = loss + F.cross_entropy(model(task.x_train[idx], head=task.head), task.y_train[idx], reduction="sum")
             total += per
-        loss = loss / total
-        loss.backward()
-        if reg is not None:
-            reg.after_backward(names)
-            reg.add_penalty_grad_(names)
-        optim.step()
-        if reg is not None:
+        if step.update(loss / total, hooks) and reg is not None:
             reg.after_step(names)
         bar.update(1)
         if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iters:

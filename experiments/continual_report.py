@@ -7,7 +7,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from analysis import plots
 from analysis.stats import bootstrap_ci, mean_ci, paired_difference
+from analysis.tables import markdown as markdown_table
+from analysis.tables import pm
 
 METRICS = ("average_accuracy", "backward_transfer", "forgetting", "integrated_loss")
 
@@ -52,37 +55,30 @@ def summarise(runs: dict[str, dict[str, Any]], strategies: Sequence[str], seeds:
 
 
 def fmt(ci: dict[str, float], scale: float = 100.0) -> str:
-    return f"{scale * ci['mean']:.2f} ± {scale * (ci['hi'] - ci['mean']):.2f}"
+    """``mean ± half-width`` of a t interval, scaled (to percent by default)."""
+    return pm(scale * ci["mean"], scale * (ci["hi"] - ci["mean"]))
 
 
 def markdown(summary: dict[str, Any], title: str) -> str:
-    lines = [f"### {title}", "", "| strategy | avg acc (%) | BWT (pts) | forgetting (pts) | integrated loss | paired acc vs none | s/run |",
-             "|---|---|---|---|---|---|---|"]
-    for s, e in summary.items():
-        paired = fmt(e["average_accuracy"]["paired_vs_none"]) if "paired_vs_none" in e["average_accuracy"] else "-"
-        lines.append(f"| {s} | {fmt(e['average_accuracy'])} | {fmt(e['backward_transfer'])} | {fmt(e['forgetting'])} | "
-                     f"{fmt(e['integrated_loss'], 1.0)} | {paired} | {e['seconds_per_run']:.1f} |")
-    return "\n".join(lines)
+    head = ["strategy", "avg acc (%)", "BWT (pts)", "forgetting (pts)", "integrated loss", "paired acc vs none", "s/run"]
+    rows = [[s, fmt(e["average_accuracy"]), fmt(e["backward_transfer"]), fmt(e["forgetting"]),
+             fmt(e["integrated_loss"], 1.0),
+             fmt(e["average_accuracy"]["paired_vs_none"]) if "paired_vs_none" in e["average_accuracy"] else "-",
+             f"{e['seconds_per_run']:.1f}"] for s, e in summary.items()]
+    return markdown_table(head, rows, title)
 
 
 def forgetting_table(summary: dict[str, Any], strategy: str, task_names: Sequence[str]) -> str:
-    lines = [f"| Task ({strategy}) | Forgetting (%) |", "|---|---|"]
-    for name, ci in zip(task_names, summary[strategy]["task_forgetting"]):
-        lines.append(f"| {name} | {fmt(ci)} |")
-    return "\n".join(lines)
+    rows = [[name, fmt(ci)] for name, ci in zip(task_names, summary[strategy]["task_forgetting"])]
+    return markdown_table([f"Task ({strategy})", "Forgetting (%)"], rows)
 
 
 def plot(runs: dict[str, dict[str, Any]], strategies: Sequence[str], seeds: Sequence[int], task_names: Sequence[str],
          path: Path) -> None:
     """Top row: test accuracy of every task over training (mean over seeds), one panel per strategy.
     Bottom row: the mean accuracy matrix R[i][j]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(strategies)
-    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 6.2), squeeze=False)
+    fig, axes = plots.panels(2, n, (3.2 * n, 6.2))
     for col, s in enumerate(strategies):
         curves = [runs[f"{s}/{k}"]["curve"] for k in seeds]
         steps = [c["step"] for c in curves[0]]
@@ -95,10 +91,6 @@ def plot(runs: dict[str, dict[str, Any]], strategies: Sequence[str], seeds: Sequ
         if col == 0:
             ax.legend(fontsize=7)
         R = np.mean([runs[f"{s}/{k}"]["R"] for k in seeds], axis=0)
-        axes[1][col].imshow(R, vmin=0, vmax=1, cmap="viridis")
-        for (i, j), v in np.ndenumerate(R):
-            axes[1][col].text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+        plots.heatmap(axes[1][col], R, vmin=0, vmax=1, text=lambda v: f"{100 * v:.0f}", dark_below=0.6)
         axes[1][col].set(xlabel="task tested j", ylabel="after task i" if col == 0 else None)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    plots.save(fig, path, dpi=90)

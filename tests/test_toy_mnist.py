@@ -12,8 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import toy_mnist
-from toy_mnist import (ToyConfig, empirical_fisher, eval_points, format_table, load_mnist, make_model_a,
-                       make_model_b, make_wpl, run_protocol, train, write_outputs)
+from data.image import MNIST_MEAN, MNIST_STD
+from data.tasks import load_mnist
+from experiments.two_model import (MLP, ToyConfig, empirical_fisher, eval_points, importance_of, learner, make_model_a,
+                                   make_model_b, make_penalty, run_protocol, train)
+from experiments.two_model_report import format_table, write_outputs
+from utils import UserError
 
 HIDDEN = 16
 
@@ -32,7 +36,7 @@ def data() -> tuple[torch.Tensor, ...]:
 
 
 @pytest.fixture()
-def trained_a(data: tuple[torch.Tensor, ...]) -> toy_mnist.MLP:
+def trained_a(data: tuple[torch.Tensor, ...]) -> MLP:
     torch.manual_seed(0)
     a = make_model_a(HIDDEN)
     train(a, data[0], data[1], steps=20, lr=1e-3, batch_size=32, generator=torch.Generator().manual_seed(0))
@@ -79,7 +83,7 @@ def test_penalty_is_zero_at_theta_star_and_its_gradient_is_alpha_f_delta(trained
     k, alpha = 2, 7.0
     fisher = empirical_fisher(trained_a, data[0][:64], data[1][:64])
     b = make_model_b(trained_a, k, HIDDEN)
-    wpl = make_wpl(trained_a, k, fisher)
+    wpl = make_penalty("wpl", trained_a, k, fisher)
     assert list(wpl.params) == ["layer1", "layer2"]
     for i in range(k):
         assert wpl.params[f"layer{i + 1}"][0] is trained_a.layers[i].weight
@@ -113,7 +117,7 @@ def test_huge_alpha_keeps_shared_weights_while_b_own_layers_learn(trained_a, dat
         a = make_model_a(HIDDEN)
         a.load_state_dict(trained_a.state_dict())
         b = make_model_b(a, k, HIDDEN)
-        wpl = make_wpl(a, k, fisher)
+        wpl = make_penalty("wpl", a, k, fisher)
         start = [p.detach().clone() for p in b.parameters()]
         train(b, data[0], data[1], steps=100, lr=1e-3, batch_size=32, generator=torch.Generator().manual_seed(2),
               penalty=(lambda: wpl.penalty(wpl.params, alpha)) if alpha else None)
@@ -164,7 +168,7 @@ def write_idx(path: Path, tensor: torch.Tensor) -> None:
         f.write(header + tensor.to(torch.uint8).numpy().tobytes())
 
 
-def test_load_mnist_unpacks_gz_copies_and_normalises(tmp_path: Path) -> None:
+def test_load_mnist_reads_gz_files_and_normalises(tmp_path: Path) -> None:
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for split, n in (("train", 6), ("t10k", 4)):
@@ -173,11 +177,11 @@ def test_load_mnist_unpacks_gz_copies_and_normalises(tmp_path: Path) -> None:
     train_x, train_y, test_x, test_y = load_mnist(tmp_path)
     assert train_x.shape == (6, 784) and test_x.shape == (4, 784)
     assert train_y.tolist() == [0, 1, 2, 3, 4, 5] and test_y.dtype == torch.int64
-    assert train_x[0, 0].item() == pytest.approx(-toy_mnist.MNIST_MEAN / toy_mnist.MNIST_STD)
-    assert train_x[0, 255].item() == pytest.approx((1 - toy_mnist.MNIST_MEAN) / toy_mnist.MNIST_STD)
+    assert train_x[0, 0].item() == pytest.approx(-MNIST_MEAN[0] / MNIST_STD[0])
+    assert train_x[0, 255].item() == pytest.approx((1 - MNIST_MEAN[0]) / MNIST_STD[0])
 
 
-def test_cli_is_strict_and_offline_failure_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_is_strict_and_missing_mnist_is_one_line(tmp_path: Path) -> None:
     for bad in (["--bogus"], ["--shared_layers", "4"], ["--iterations", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             toy_mnist.parse_args(bad)
@@ -185,14 +189,58 @@ def test_cli_is_strict_and_offline_failure_is_one_line(tmp_path: Path, monkeypat
     args = toy_mnist.parse_args(["--alpha", "0", "10", "--shared_layers", "2"])
     assert args.alpha == [0.0, 10.0] and args.shared_layers == [2]
 
-    import torchvision.datasets
-
-    def offline(*_args, **_kwargs):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried ..., got: no network")
-
-    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     with pytest.raises(SystemExit) as exit_info:
         toy_mnist.main(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
     message = str(exit_info.value.code)
     assert "\n" not in message and str(tmp_path / "MNIST" / "raw") in message
     assert "train-images-idx3-ubyte.gz" in message and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("strategy", ["ewc", "mas", "si", "l2"])
+def test_every_importance_protects_the_shared_layers(strategy: str, data) -> None:
+    cfg = ToyConfig(hidden=HIDDEN, fisher_samples=64, strategy=strategy)
+    torch.manual_seed(0)
+    a = make_model_a(HIDDEN)
+    watcher = learner(strategy, a, cfg, seed=0)
+    train(a, data[0], data[1], steps=20, lr=1e-3, batch_size=32, generator=torch.Generator().manual_seed(0),
+          hooks=watcher)
+    importance = importance_of(strategy, watcher, a, data[0][:64], data[1][:64])
+    assert len(importance) == 3
+    assert [tuple(w.shape) for w, _ in importance] == [(HIDDEN, 784), (HIDDEN, HIDDEN), (HIDDEN, HIDDEN)]
+    assert all(float(w.sum()) > 0 for w, _ in importance)
+    if strategy == "l2":
+        assert all(bool((w == 1).all() and (b == 1).all()) for w, b in importance)
+    penalty = make_penalty(strategy, a, 2, importance, alpha=1e8)
+    assert list(penalty.params) == ["layer1", "layer2"] and float(penalty.penalty(penalty.params)) == 0.0
+    torch.manual_seed(1)
+    b = make_model_b(a, 2, HIDDEN)
+    start = [p.detach().clone() for p in b.parameters()]
+    train(b, data[0], data[1], steps=30, lr=1e-3, batch_size=32, generator=torch.Generator().manual_seed(2),
+          penalty=lambda: penalty.penalty(penalty.params))
+    moved = [(p.detach() - s).abs().mean().item() for p, s in zip(b.parameters(), start)]
+    assert max(moved[:4]) < 0.1 * min(moved[4::2])  # shared weights held, B's own layers learn
+
+
+def test_ewc_here_is_the_true_fisher_and_differs_from_wpl(trained_a, data) -> None:
+    cfg = ToyConfig(hidden=HIDDEN, fisher_samples=64, strategy="ewc")
+    x, y = data[0][:64], data[1][:64]
+    wpl = importance_of("wpl", learner("wpl", trained_a, cfg, 0), trained_a, x, y)
+    ewc = importance_of("ewc", learner("ewc", trained_a, cfg, 0), trained_a, x, y)
+    empirical = empirical_fisher(trained_a, x, y)
+    torch.testing.assert_close(wpl[0][0], empirical[0][0], rtol=0, atol=0)
+    assert not torch.allclose(ewc[0][0], wpl[0][0])
+
+
+def test_paper_protocol_presets_and_early_evaluations() -> None:
+    args = toy_mnist.parse_args(["--protocol", "paper", "--iterations", "50", "--strategy", "si"])
+    assert (args.iterations, args.batch_size, args.eval_every, args.seeds) == (50, 128, 10, 10)
+    assert args.strategy == "si" and args.protocol == "paper"
+    default = toy_mnist.parse_args([])
+    assert (default.protocol, default.iterations, default.batch_size, default.seeds) == ("long", 1500, 64, 3)
+    cfg = ToyConfig(iterations=30, eval_every=10, protocol="paper")
+    assert eval_points(cfg) == [0, 1, 2, 3, 5, 10, 20, 30]
+    assert eval_points(ToyConfig(iterations=30, eval_every=10)) == [0, 10, 20, 30]
+    with pytest.raises(SystemExit):
+        toy_mnist.parse_args(["--strategy", "bogus"])
+    with pytest.raises(UserError):
+        ToyConfig(protocol="bogus")
