@@ -59,3 +59,46 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
     if len(a) != len(b):
         raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
     return mean_ci([x - y for x, y in zip(a, b)], level)
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], seed: int = 0, resamples: int = 10000,
+                     level: float = 0.95) -> dict[str, float]:
+    """Mean of ``a - b`` over paired runs with its percentile-bootstrap interval (seeds resampled as pairs)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b)]
+    lo, hi = bootstrap_ci(diffs, seed, resamples, level)
+    return {"mean": float(np.mean(diffs)), "lo": lo, "hi": hi, "n": len(diffs)}
+
+
+def noise_floor(groups: Sequence[Sequence[float]]) -> float:
+    """Pooled standard deviation across seeds at a fixed setting: the run-to-run noise of one measurement."""
+    usable = [g for g in groups if len(g) > 1]
+    if not usable:
+        return 0.0
+    dof = sum(len(g) - 1 for g in usable)
+    return float(math.sqrt(sum(np.var(g, ddof=1) * (len(g) - 1) for g in usable) / dof))
+
+
+def detectable_effect(sd: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
+    """Smallest true mean difference a two-sided t test on ``n`` paired differences of spread ``sd`` detects
+    with probability ``power``: ``(t_{1-a/2} + t_{power}) * sd / sqrt(n)`` (infinite below two seeds)."""
+    if n < 2:
+        return math.inf
+    from scipy import stats
+
+    return float((stats.t.ppf(0.5 + level / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
+
+
+def best_stability(table: Sequence[Sequence[float]], minimize: bool, seed: int = 0, resamples: int = 2000) -> list[float]:
+    """How often each setting is the best when the seeds are resampled (rows: settings, columns: paired seeds).
+
+    Every bootstrap draw resamples the same seeds for all settings, keeping the pairing; the result is
+    the fraction of draws in which each setting has the best mean.
+    """
+    data = np.asarray(table, dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, data.shape[1], size=(resamples, data.shape[1]))
+    means = data[:, picks].mean(axis=2)  # settings x resamples
+    best = means.argmin(axis=0) if minimize else means.argmax(axis=0)
+    return [float(np.mean(best == i)) for i in range(data.shape[0])]

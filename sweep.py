@@ -1,0 +1,118 @@
+"""Strength sweeps and ablations with statistics: many runs of a project command over a parameter.
+
+    python sweep.py --strategy=grid --grid ewc_lambda=0,1,10,100 --seeds=5 \\
+        --measure=summary.ewc.integrated_loss --minimize -- \\
+        --mode=continual --benchmark=seq_mnist_0-2_3-5 --strategies=ewc --seeds=1 --data_dir=../shared/data
+    python sweep.py --strategy=narrowing --param=ewc_lambda --low_range 1 100 --high_range 1000 100000 \\
+        --spacing=log --num_steps=5 --termination_threshold=0.5 --trials=3 --measure=... --minimize -- ...
+    python sweep.py --recipe=paper_ablation --seeds=3 -- <search options>
+
+Everything after ``--`` is passed to the program (``main.py`` or ``toy_mnist.py``) unchanged. The
+study (every evaluation) lives in ``<log_dir>/sweep_<comment>/study.db`` unless ``--storage`` names
+a shared database (``postgresql://user@host/db``): then workers on many machines run the same
+command and share the evaluations. Rerunning a command continues its study. See docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from config import StrictParser
+from experiments.sweep import SweepConfig, grid_settings
+from experiments.sweep_eval import PROGRAMS, Program
+from experiments.sweep_main import run_sweep
+from utils import UserError, setup_logging
+
+RECIPES = {
+    # The paper's ablation: no WPL vs WPL's two arithmetics vs random search, then the forgetting probe.
+    "paper_ablation": {
+        "settings": ["alpha_fisher=0", "alpha_fisher=60 wpl_alpha_mode=compound", "alpha_fisher=60 wpl_alpha_mode=loss",
+                     "alpha_fisher=0 sampler=random"],
+        "then": "--mode=forgetting --forgetting_models=4 --forgetting_variants=none",
+        "measure": "metrics.last.forgetting_mean_diff",
+        "report": ["metrics.last.forgetting_max_diff", "metrics.last.valid_ppl", "metrics.last.controller_reward",
+                   "variants.none.mean_diff"],
+        "minimize": True,
+    },
+}
+
+
+def build_parser() -> StrictParser:
+    p = StrictParser(description=__doc__.split("\n\n")[0], formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--strategy", choices=("grid", "narrowing", "tpe"), default="grid")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default=None, help="a ready-made sweep (its options can be overridden)")
+    p.add_argument("--program", default="main.py", help=f"the command every evaluation runs: {', '.join(PROGRAMS)} (or a script file)")
+    p.add_argument("--measure", default=None, help="dotted path into the run's results JSON, e.g. summary.ewc.integrated_loss")
+    p.add_argument("--report", nargs="*", default=None, help="more measures (dotted paths) shown in the table")
+    p.add_argument("--minimize", action="store_true", default=None, help="lower is better (default: higher)")
+    p.add_argument("--grid", nargs="*", default=[], help="name=v1,v2,... (several: their product)")
+    p.add_argument("--setting", action="append", default=[], help="one setting 'name=value [name=value ...]' (repeatable)")
+    p.add_argument("--reference", default=None, help="the setting differences are paired against (default: the first)")
+    p.add_argument("--param", default="", help="narrowing/tpe: the option swept")
+    p.add_argument("--low_range", type=float, nargs=2, default=(1.0, 10.0), help="narrowing: range the lower bound is drawn from")
+    p.add_argument("--high_range", type=float, nargs=2, default=(100.0, 1000.0), help="narrowing: range the upper bound is drawn from")
+    p.add_argument("--num_steps", type=int, default=5, help="narrowing: values per step (>= 4)")
+    p.add_argument("--termination_threshold", type=float, default=1.0,
+                   help="narrowing: stop when the range is narrower (parameter units; decades with --spacing=log)")
+    p.add_argument("--spacing", choices=("linear", "log"), default="linear")
+    p.add_argument("--trials", type=int, default=3, help="narrowing trials / TPE proposals")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per setting (paired: same seed, same base model and batches)")
+    p.add_argument("--first_seed", type=int, default=0)
+    p.add_argument("--seed_option", default="random_seed",
+                   help="option the seed is passed with; '' when the program runs its seeds itself (toy_mnist.py --seeds)")
+    p.add_argument("--then", default="", help="a main.py command run on each evaluation's run directory afterwards")
+    p.add_argument("--workers", type=int, default=1, help="evaluations run at once as worker processes (0: in this process)")
+    p.add_argument("--storage", default="", help="Optuna storage URL (default: sqlite in the sweep directory)")
+    p.add_argument("--log_dir", default="logs")
+    p.add_argument("--comment", default="", help="the sweep's name: <log_dir>/sweep_<comment>/")
+    p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
+    return p
+
+
+def split_settings(text: str | None) -> dict[str, str] | None:
+    return None if not text else {k.lstrip("-"): v for k, _, v in (p.partition("=") for p in text.split())}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, program_argv = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = build_parser().parse_args(own)
+    setup_logging(args.log_level)
+    try:
+        recipe = RECIPES.get(args.recipe or "", {})
+        measure = args.measure or recipe.get("measure")
+        if not measure:
+            raise UserError("--measure is required (a dotted path into the run's results JSON)")
+        if args.seeds < 1 or args.trials < 1 or args.workers < 0:
+            raise UserError("--seeds and --trials must be >= 1 and --workers >= 0")
+        for name, (lo, hi) in (("--low_range", args.low_range), ("--high_range", args.high_range)):
+            if not lo <= hi or (args.spacing == "log" and lo <= 0):
+                raise UserError(f"{name} {lo:g} {hi:g}: expected low <= high{' and both > 0 with --spacing=log' if args.spacing == 'log' else ''}")
+        settings = tuple(grid_settings(args.grid, [*recipe.get("settings", []), *args.setting])) if args.strategy == "grid" else ()
+        if args.strategy != "grid" and not args.param:
+            raise UserError(f"--strategy={args.strategy} needs --param=<option name>")
+        minimize = args.minimize if args.minimize is not None else recipe.get("minimize", False)
+        seeds = tuple(range(args.first_seed, args.first_seed + args.seeds)) if args.seed_option else (None,)
+        cfg = SweepConfig(args.strategy, settings, args.param.lstrip("-"), tuple(args.low_range), tuple(args.high_range),
+                          args.num_steps, args.termination_threshold, args.spacing, args.trials, seeds, minimize, args.workers)
+        program = Program(args.program, tuple(program_argv), args.seed_option,
+                          tuple(shlex.split(args.then or recipe.get("then", ""))), in_process=args.workers == 0)
+        name = args.comment or args.recipe or time.strftime("%Y-%m-%d_%H-%M-%S")
+        run_sweep(Path(args.log_dir) / f"sweep_{name}", program, cfg, measure, args.storage, name,
+                  split_settings(args.reference), args.first_seed,
+                  extras=tuple(args.report if args.report is not None else recipe.get("report", [])))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped: rerun the same command to continue the sweep", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
