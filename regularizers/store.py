@@ -113,6 +113,20 @@ class QuadraticStore:
         torch._foreach_copy_(self.flat(self.anchor), [p.detach() for p in self.flat(self.params)])
 
     @torch.no_grad()
+    def set_importance(self, name: str, values: Sequence[Tensor]) -> None:
+        """Replace the importance of group ``name`` by ``values`` (one tensor per parameter, same shapes).
+
+        For importances estimated outside the hooks, e.g. a Fisher computed once from a trained model.
+        """
+        if name not in self.importance:
+            raise KeyError(f"unknown regulariser group {name!r}")
+        stored = self.importance[name]
+        if len(values) != len(stored) or any(v.shape != s.shape for v, s in zip(values, stored)):
+            raise ValueError(f"importance of {name!r} needs shapes {[tuple(s.shape) for s in stored]}, "
+                             f"got {[tuple(v.shape) for v in values]}")
+        torch._foreach_copy_(stored, list(values))
+
+    @torch.no_grad()
     def zero_importance(self) -> None:
         torch._foreach_zero_(self.flat(self.importance))
 
