@@ -135,7 +135,7 @@ def build_parser() -> StrictParser:
     g = p.group("learning")
     g.add_argument("--dataset", type=str, default="ptb", help="ptb, wikitext2, cifar10, mnist, or a folder name under data_dir",
                    role=("shape", "runtime", "search"))
-    g.add_argument("--mode", type=choice("train", "derive", "test", "forgetting", "retrain", "continual"), default="train", help="what to run",
+    g.add_argument("--mode", type=choice("train", "derive", "test", "forgetting", "retrain", "continual", "pathnet"), default="train", help="what to run",
                    role="runtime")
     g.add_argument("--arch", type=str, default="", help="architecture JSON file for test/retrain, or 'random'")
     g.add_argument("--batch_size", type=int, default=64, help="training batch size", role="shape")
@@ -230,6 +230,32 @@ def build_parser() -> StrictParser:
     g.add_argument("--l2_lambda", type=float, default=1.0, help="L2 baseline strength")
     g.add_argument("--wpl_alpha", type=float, default=1e5, help="WPL strength alpha (Fisher: moving average of squared batch gradients)")
     g.add_argument("--wpl_mode", type=choice("loss", "compound"), default="loss", help="WPL arithmetic (with --lambda_fisher, --momentum, --fisher_clip_by_norm)")
+
+    g = p.group("pathnet (--mode=pathnet: Fernando et al. 2017, binary MNIST transfer)")
+    g.add_argument("--tasks", type=str, default="1v3,1v2",
+                   help="task pair A,B as digit pairs (several pairs joined by +, e.g. 1v3,1v2+4v5,6v7)")
+    g.add_argument("--pathnet_variants", type=str_list, default=["scratch", "pathnet", "finetune", "wpl"],
+                   help="how B is learned: scratch (fresh network), pathnet (A's path frozen, the rest re-initialised), "
+                        "finetune (A's network, nothing frozen), wpl (A's path protected by WPL instead of frozen)")
+    g.add_argument("--pathnet_layers", type=int, default=3, help="L: layers of modules (paper: 3)")
+    g.add_argument("--pathnet_modules", type=int, default=10, help="M: modules per layer (paper: 10)")
+    g.add_argument("--pathnet_units", type=int, default=20, help="ReLU units per module (paper: 20)")
+    g.add_argument("--pathnet_active", type=int, default=3, help="N: at most this many modules of a layer in a path (paper: 3)")
+    g.add_argument("--pathnet_aggregate", type=choice("sum", "mean"), default="sum",
+                   help="how a layer joins its active modules' outputs: sum (paper) or mean (the public TF code)")
+    g.add_argument("--pathnet_population", type=int, default=64, help="P: paths in the population (paper: 64; TF code: 20)")
+    g.add_argument("--pathnet_batches", type=int, default=50, help="T: minibatches each tournament path trains for (paper: 50)")
+    g.add_argument("--pathnet_batch_size", type=int, default=16, help="minibatch size (paper: 16)")
+    g.add_argument("--pathnet_lr", type=float, default=0.05,
+                   help="SGD learning rate (the public TF code's 0.05; we could not confirm the paper's own value)")
+    g.add_argument("--pathnet_converge", type=float, default=0.998,
+                   help="fitness (training accuracy over a tournament's batches) that ends an evolution (paper: 99.8%%)")
+    g.add_argument("--pathnet_max_generations", type=int, default=500, help="tournaments before giving up on a task")
+    g.add_argument("--pathnet_mutation_bound", type=choice("wrap", "clip"), default="wrap",
+                   help="a mutated module index leaving 0..M-1 wraps around (default) or is clipped")
+    g.add_argument("--noise", type=float, default=0.5, help="salt-and-pepper probability per pixel (paper: 0.5)")
+    g.add_argument("--pathnet_wpl_alpha", type=float, default=100.0, help="wpl variant: strength of the penalty on A's path")
+    g.add_argument("--pathnet_fisher_batches", type=int, default=50, help="wpl variant: minibatches of A's Fisher")
 
     g = p.group("misc")
     g.add_argument("--load_path", type=str, default="", help="run directory or checkpoint file to load (derive/test/forgetting)", role="runtime")

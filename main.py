@@ -189,8 +189,25 @@ def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.d
                   task_split=args.task_split, resume=args.resume, use_tensorboard=args.use_tensorboard)
 
 
+def mode_pathnet(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
+    from experiments.pathnet import EvolutionConfig
+    from experiments.pathnet_main import run_pathnet
+    from experiments.pathnet_transfer import NetConfig
+
+    net = NetConfig(args.pathnet_layers, args.pathnet_modules, args.pathnet_units, args.pathnet_active,
+                    args.pathnet_aggregate, args.pathnet_wpl_alpha, args.pathnet_fisher_batches)
+    evolution = EvolutionConfig(args.pathnet_population, args.pathnet_batches, args.pathnet_batch_size, args.pathnet_lr,
+                                args.pathnet_converge, args.pathnet_max_generations, args.noise,
+                                args.pathnet_mutation_bound)
+    name = f"pathnet_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    seeds = list(range(args.random_seed, args.random_seed + args.seeds))
+    run_pathnet(Path(args.log_dir) / name, args.data_dir, args.tasks, args.pathnet_variants, seeds, net, evolution,
+                args.resume, args.use_tensorboard)
+
+
 MODES = {"train": mode_train, "derive": mode_derive, "test": mode_test, "forgetting": mode_forgetting,
-         "retrain": mode_retrain, "continual": mode_continual}
+         "retrain": mode_retrain, "continual": mode_continual,
+         "pathnet": mode_pathnet}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

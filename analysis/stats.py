@@ -102,3 +102,17 @@ def best_stability(table: Sequence[Sequence[float]], minimize: bool, seed: int =
     means = data[:, picks].mean(axis=2)  # settings x resamples
     best = means.argmin(axis=0) if minimize else means.argmax(axis=0)
     return [float(np.mean(best == i)) for i in range(data.shape[0])]
+
+
+def ratio_bootstrap(num: Sequence[float], den: Sequence[float], seed: int = 0, resamples: int = 10000,
+                    level: float = 0.95) -> dict[str, float]:
+    """``mean(num) / mean(den)`` over paired runs with a percentile-bootstrap interval (pairs resampled)."""
+    if len(num) != len(den) or not num:
+        raise ValueError(f"paired samples need equal, non-zero lengths, got {len(num)} and {len(den)}")
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(a), size=(resamples, len(a)))
+    ratios = a[picks].mean(axis=1) / b[picks].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return {"ratio": float(a.mean() / b.mean()), "lo": float(np.percentile(ratios, tail)),
+            "hi": float(np.percentile(ratios, 100 - tail)), "n": len(a)}

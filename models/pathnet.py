@@ -1,0 +1,153 @@
+"""PathNet (Fernando et al. 2017): ``L`` layers of ``M`` modules; a path picks at most ``N`` per layer.
+
+A :class:`Path` is data (an ``L x N`` table of module indices) with a JSON round trip, random
+draws, the paper's mutation and a drawing. :class:`PathNet` keeps each layer's modules in one
+``(M, units, inputs)`` weight tensor, so a forward pass gathers the active modules' rows and runs
+them as one batched product; the outputs of a layer's active modules are summed (the paper) or
+averaged (``aggregate="mean"``, the public TF code). Each task has its own linear head.
+
+Freezing (PathNet's transfer: task A's best path is fixed before task B) is a per-module mask:
+:meth:`PathNet.mask_frozen_grads` zeroes the gradient rows of frozen modules after a backward pass,
+so plain SGD leaves them exactly unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path as FilePath
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from utils import UserError, render_dot
+
+BOUNDS = ("wrap", "clip")
+
+
+@dataclass(frozen=True)
+class Path:
+    """``layers[l]`` lists the ``N`` module indices active in layer ``l`` (a repeated index counts once)."""
+
+    layers: tuple[tuple[int, ...], ...]
+
+    def modules(self, layer: int) -> list[int]:
+        return sorted(set(self.layers[layer]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [list(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], num_layers: int, num_modules: int) -> "Path":
+        layers = d.get("layers") if isinstance(d, dict) else None
+        if (not isinstance(layers, list) or len(layers) != num_layers
+                or not all(isinstance(row, list) and row and all(isinstance(m, int) and 0 <= m < num_modules for m in row)
+                           for row in layers)):
+            raise UserError(f"not a path of {num_layers} layers of modules 0..{num_modules - 1}: {str(d)[:120]}")
+        return cls(tuple(tuple(row) for row in layers))
+
+    @classmethod
+    def random(cls, generator: torch.Generator, num_layers: int, num_modules: int, per_layer: int) -> "Path":
+        table = torch.randint(num_modules, (num_layers, per_layer), generator=generator)
+        return cls(tuple(tuple(int(m) for m in row) for row in table))
+
+    def mutate(self, generator: torch.Generator, num_modules: int, rate: float, bound: str = "wrap") -> "Path":
+        """Each index independently, with probability ``rate``, moves by an integer in [-2, 2].
+
+        ``wrap`` keeps it inside ``0..M-1`` modulo ``M``; ``clip`` clamps it to the range. (The public TF
+        code's mutation only ever shifts indices downwards; this one is symmetric, as the paper says.)
+        """
+        if bound not in BOUNDS:
+            raise ValueError(f"mutation bound must be one of {BOUNDS}, got {bound!r}")
+        flat = [m for layer in self.layers for m in layer]
+        hit = torch.rand(len(flat), generator=generator) < rate
+        offsets = torch.randint(-2, 3, (len(flat),), generator=generator)
+        moved = [m + int(o) if h else m for m, h, o in zip(flat, hit.tolist(), offsets)]
+        moved = [m % num_modules if bound == "wrap" else min(max(m, 0), num_modules - 1) for m in moved]
+        n = len(self.layers[0])
+        return Path(tuple(tuple(moved[i * n:(i + 1) * n]) for i in range(len(self.layers))))
+
+    def draw(self, num_modules: int, path: FilePath, frozen: "Path | None" = None, title: str = "") -> FilePath:
+        """The module grid with this path's modules filled (a frozen path's outlined in bold)."""
+        lines = ["digraph pathnet {", "  rankdir=BT; node [shape=box, style=filled, fontsize=9, width=0.3, height=0.25];",
+                 f'  label="{title}"; labelloc=t;']
+        for layer in range(len(self.layers)):
+            active, fixed = set(self.modules(layer)), set(frozen.modules(layer)) if frozen else set()
+            lines.append(f"  subgraph layer{layer} {{ rank=same;")
+            for m in range(num_modules):
+                colour = "#4a90d9" if m in active else "#eeeeee"
+                border = ", penwidth=3, color=\"#c0392b\"" if m in fixed else ""
+                lines.append(f'    l{layer}m{m} [label="{m}", fillcolor="{colour}"{border}];')
+            lines.append("  }")
+            if layer:
+                lines += [f"  l{layer - 1}m{a} -> l{layer}m{b} [arrowsize=0.4];"
+                          for a in sorted(set(self.modules(layer - 1))) for b in sorted(active)]
+        lines.append("}")
+        return render_dot("\n".join(lines), path)
+
+
+class PathNet(nn.Module):
+    """The modular network: ``layers`` of ``num_modules`` ReLU modules of ``units`` each, one head per task."""
+
+    def __init__(self, inputs: int, num_layers: int, num_modules: int, units: int, head_sizes: Sequence[int],
+                 aggregate: str = "sum") -> None:
+        super().__init__()
+        if aggregate not in ("sum", "mean"):
+            raise ValueError(f"aggregate must be sum or mean, got {aggregate!r}")
+        self.num_layers, self.num_modules, self.units, self.aggregate = num_layers, num_modules, units, aggregate
+        sizes = [inputs] + [units] * (num_layers - 1)
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(num_modules, units, n)) for n in sizes)
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(num_modules, units)) for _ in sizes)
+        self.heads = nn.ModuleList(nn.Linear(units, n) for n in head_sizes)
+        self.register_buffer("frozen", torch.zeros(num_layers, num_modules, dtype=torch.bool))
+        self.reset_modules(torch.ones(num_layers, num_modules, dtype=torch.bool), torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def reset_modules(self, which: Tensor, generator: torch.Generator) -> None:
+        """Re-initialise the modules ``which[l, m]`` (PyTorch's Linear initialisation, from ``generator``)."""
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            bound = 1 / math.sqrt(w.shape[2])
+            for m in which[layer].nonzero().flatten().tolist():
+                w[m].copy_(torch.rand(w.shape[1:], generator=generator) * 2 * bound - bound)
+                b[m].copy_(torch.rand(b.shape[1:], generator=generator) * 2 * bound - bound)
+
+    @torch.no_grad()
+    def reset_head(self, head: int, generator: torch.Generator) -> None:
+        lin = self.heads[head]
+        bound = 1 / math.sqrt(lin.in_features)
+        lin.weight.copy_(torch.rand(lin.weight.shape, generator=generator) * 2 * bound - bound)
+        lin.bias.copy_(torch.rand(lin.bias.shape, generator=generator) * 2 * bound - bound)
+
+    def mask(self, path: Path) -> Tensor:
+        """``(L, M)`` booleans: the modules ``path`` uses."""
+        out = torch.zeros(self.num_layers, self.num_modules, dtype=torch.bool)
+        for layer in range(self.num_layers):
+            out[layer, path.modules(layer)] = True
+        return out
+
+    def freeze(self, path: Path) -> None:
+        self.frozen |= self.mask(path).to(self.frozen.device)
+
+    def forward(self, x: Tensor, path: Path, head: int) -> Tensor:
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            idx = torch.tensor(path.modules(layer), device=x.device)
+            out = torch.relu(torch.einsum("bi,kui->bku", x, w[idx]) + b[idx])  # batch x active modules x units
+            x = out.sum(1) if self.aggregate == "sum" else out.mean(1)
+        return self.heads[head](x)
+
+    @torch.no_grad()
+    def mask_frozen_grads(self) -> None:
+        """Zero the gradients of frozen modules (call between backward and the optimiser step)."""
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            keep = (~self.frozen[layer]).to(w.dtype)
+            if w.grad is not None:
+                w.grad.mul_(keep[:, None, None])
+            if b.grad is not None:
+                b.grad.mul_(keep[:, None])
+
+    def groups(self) -> dict[str, list[nn.Parameter]]:
+        """One regulariser group per layer's modules (``layer.<l>``) and per head (``head.<t>``)."""
+        out = {f"layer.{l}": [w, b] for l, (w, b) in enumerate(zip(self.weights, self.biases))}
+        out.update({f"head.{t}": list(h.parameters()) for t, h in enumerate(self.heads)})
+        return out
