@@ -157,7 +157,6 @@ class Trainer:
         per_step: list[dict[str, float]] = []
         trained: list[tuple[Any, float]] = []  # (architecture, err1) for the forgetting metric
         figures: list[dict[str, float]] = []  # the regulariser's, after each architecture
-        self.guard.ok()  # each phase counts its own skipped updates in a row
         bar = tqdm(range(steps), desc=f"epoch {epoch} shared", leave=False, disable=None)
         for _ in bar:
             for arch in self.sampler.sample(self.cfg.shared_num_sample):

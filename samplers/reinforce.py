@@ -99,11 +99,11 @@ class ReinforceSampler:
     def learn(self, epoch: int) -> dict[str, float]:
         """``controller_max_step`` REINFORCE steps; the means of their figures as ``controller_*`` entries.
 
-        A non-finite reward or loss skips its step; ten in a row within this phase stop the run.
+        A non-finite reward or loss skips its step; ten in a row (the shared steps in between do not
+        count) stop the run.
         """
         c, metric = self.cfg, self.space.metric
         self.epoch = epoch
-        self.guard.ok()
         if c.controller_lr_cosine:
             for group in self.optim.param_groups:
                 group["lr"] = cosine(c.controller_lr_max, c.controller_lr_min, epoch, c.max_epoch)
