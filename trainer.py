@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -318,6 +318,3 @@ class Trainer:
     def save_checkpoint(self, numbered: bool) -> None:
         if self.run:
             self.run.save_checkpoint(self.state_dict(), self.epoch - 1, numbered, self.cfg.max_save_num)
-
-
-__all__: Sequence[str] = ("Trainer", "TrainerConfig", "sampler_state", "regularizer_state")

@@ -42,10 +42,6 @@ The parts live in bench_rnn.py and bench_cnn.py, the timers and sizes in bench_u
 from __future__ import annotations
 
 import argparse
-
-from __future__ import annotations
-
-import argparse
 import json
 import os
 import platform

@@ -111,6 +111,7 @@ class Regularizer(QuadraticStore):
         """A model of the search (one sampled architecture on ``names``) finished its batches."""
 
     def stats(self, names: Iterable[str]) -> dict[str, float]:
-        """``strength``, ``importance_norm`` (mean per-tensor norm) and ``importance_max`` for ``names``."""
+        """Figures of the importance of ``names`` after a model: ``importance_norm`` (mean per-tensor
+        norm) and ``importance_max`` (largest entry); the loop records them with ``strength``."""
         norm, peak = self.importance_stats(names)
-        return {"strength": self.strength, "importance_norm": norm, "importance_max": peak}
+        return {"importance_norm": norm, "importance_max": peak}

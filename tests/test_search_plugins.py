@@ -111,7 +111,8 @@ class Recording(Regularizer):
 
     def __init__(self, groups: dict[str, list[nn.Parameter]], strength: float) -> None:
         super().__init__(groups, strength)
-        torch._foreach_fill_(self.flat(self.importance), 1.0)
+        for importance in self.flat(self.importance):
+            importance.fill_(1.0)
         self.log: list[str] = []
 
     def begin_epoch(self, epoch: int) -> None:
@@ -222,7 +223,7 @@ def test_random_derive_keeps_the_lowest_error_of_its_samples() -> None:
 
 
 # ------------------------------------------------------------------------------ end to end
-RANDOM = ["--dataset=tiny", "--sampler=random", "--max_epoch=2", "--shared_max_step=2", "--num_batch_per_iter=1",
+RANDOM = ["--dataset=tiny", "--sampler=random", "--max_epoch=2", "--shared_max_step=2", "--num_batch_per_iter=2",
           "--save_epoch=1", "--shared_embed=8", "--shared_hid=8", "--batch_size=4", "--test_batch_size=2",
           "--num_blocks=3", "--derive_num_sample=3", "--num_gpu=0", "--forgetting_eval_batches=1", "--alpha_fisher=5",
           "--use_tensorboard=False", "--train_controller=True"]
