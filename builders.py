@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 import config
-from models.controller import Controller
 from models.space import OptimSpec, SearchSpace, pick
-from models.wpl import WPL
 from recipes import RECIPES, RetrainConfig, Retrainer
 from recipes.arch import make_arch
+from regularizers.wpl_search import SearchWPL, WPLSearchConfig
 from runlog import RunDir
+from samplers import SAMPLERS
 from trainer import Trainer, TrainerConfig
 from utils import UserError, load_json
 
@@ -91,13 +91,13 @@ def build_cnn_space(args: argparse.Namespace, device: torch.device) -> SearchSpa
 
 
 def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | None) -> Trainer:
+    """The search: its space, the ``--sampler`` (built first: the controller's initial weights draw from
+    the seeded global generator), WPL when ``--alpha_fisher > 0``, and the loop."""
     space = build_space(args, device)
-    controller = Controller(space.decision_sizes, args.controller_hid, args.softmax_temperature, args.tanh_c).to(device)
-    wpl = None
-    if args.alpha_fisher > 0:
-        wpl = WPL(space.wpl_groups(), lambda_fisher=args.lambda_fisher, clip_by_norm=args.fisher_clip_by_norm,
-                  momentum=args.momentum, mode=args.wpl_alpha_mode)
-    return Trainer(space, controller, wpl, pick(TrainerConfig, args), run, vars(args))
+    sampler_cls = SAMPLERS[args.sampler]
+    sampler = sampler_cls.build(space, pick(sampler_cls.Config, args), device, run)
+    wpl = SearchWPL(space.wpl_groups(), pick(WPLSearchConfig, args)) if args.alpha_fisher > 0 else None
+    return Trainer(space, sampler, wpl, pick(TrainerConfig, args), run, vars(args))
 
 
 def load_arch(space: SearchSpace, path: Path) -> Any:

@@ -49,6 +49,10 @@ def build_parser() -> StrictParser:
     g.add_argument("--alpha_small_scale", type=float, default=0.0, help="floor that alpha never goes below once decay has started")
     g.add_argument("--shared_valid_fisher", type=b, default=True, help="Fisher from one validation batch after each step (else from the last training batch)")
     g.add_argument("--shared_ce_fisher", type=b, default=True, help="Fisher from the cross-entropy gradient only (else from the full loss)")
+    g.add_argument("--sampler", type=choice("reinforce", "random"), default="reinforce",
+                   help="architecture sampler: reinforce (the ENAS controller; --train_controller runs its REINFORCE phase) "
+                        "or random (uniform architectures, no controller phase: random search with weight sharing, "
+                        "Li & Talwalkar 2019; derive still keeps the best of --derive_num_sample samples)")
     g.add_argument("--train_controller", type=b, default=False, help="run the controller (REINFORCE) phase")
     g.add_argument("--start_training_controller", type=int, default=0, help="first epoch with a controller phase")
     g.add_argument("--stop_training_controller", type=int, default=1000, help="epoch from which the controller phase stops")

@@ -23,6 +23,8 @@ import torch
 
 import config
 from builders import build_trainer, load_arch, merge_config, run_name
+from models.space import pick
+from regularizers.wpl_search import WPLSearchConfig
 from runlog import RunDir, resolve_checkpoint
 from stopping import Stopped, stop_on_signals
 from trainer import Trainer
@@ -106,9 +108,8 @@ def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.de
     run = RunDir(run_dir, use_tensorboard=False)
     trainer = build_trainer(args, device, None)
     try:
-        trainer.space.model.load_state_dict(state["model"])
-        trainer.controller.load_state_dict(state["controller"])
-    except (RuntimeError, KeyError, TypeError) as err:
+        trainer.load_weights(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise UserError(f"checkpoint {path} does not fit this model: {' '.join(str(err).split())[:300]}") from err
     log.info("loaded %s (epoch %d)", path, state["epoch"])
     return args, trainer, run, state
@@ -154,12 +155,12 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
 
 
 def mode_forgetting(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    import forgetting
+    from experiments.forgetting import mode_forgetting as run
 
-    args, trainer, run, state = load_for_eval(args, explicit, device)
-    wpl_options = {"lambda_fisher": args.lambda_fisher, "clip_by_norm": args.fisher_clip_by_norm, "momentum": args.momentum}
-    forgetting.mode_forgetting(trainer, state, run.path, args.forgetting_models, args.arch == "random",
-                               args.forgetting_variants, trainer.alpha(state["epoch"]), wpl_options, args.random_seed)
+    args, trainer, run_dir, state = load_for_eval(args, explicit, device)
+    source = "controller" if args.sampler == "reinforce" else f"{args.sampler} sampler"
+    run(trainer, state, run_dir.path, args.forgetting_models, args.arch == "random", args.forgetting_variants,
+        pick(WPLSearchConfig, args), args.random_seed, source)
 
 
 def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:

@@ -12,6 +12,19 @@ calls, for the names of the parameter groups the model uses::
     reg.end_task(task)                # importance at the end of a task (EWC, MAS), anchors refreshed
     reg.reset()                       # a scheduled reset (WPL's periodic zeroing)
 
+The search loop (trainer.py) trains one sampled architecture (a "model") at a time on shared
+weights and adds the points around it::
+
+    reg.begin_epoch(epoch)            # strength schedules, scheduled resets
+    if reg.active(epoch):             # else the epoch trains without the regulariser
+        for each sampled architecture, names = the groups it uses:
+            for each of its batches:
+                reg.begin_batch(last)       # ``last``: the architecture's final batch
+                loss.backward(); reg.after_backward(names); reg.add_penalty_grad_(names)
+                optimiser.step(); reg.after_step(names)
+            reg.end_model(names, held_out)  # e.g. an importance from one validation batch, anchors moved
+            reg.stats(names)                # figures for the metrics
+
 Every hook has a no-op default, so a regulariser implements only the points it needs and no loop
 branches on which regulariser it holds.
 """
@@ -19,7 +32,7 @@ branches on which regulariser it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -39,11 +52,20 @@ class TaskData:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+# ``held_out(ce_only, what)``: zero the gradients and back-propagate one held-out batch of the model
+# (its cross-entropy alone when ``ce_only``, else its whole loss); ``False`` when that loss was not
+# finite (nothing back-propagated; counted as a skipped update named ``what``).
+HeldOut = Callable[[bool, str], bool]
+
+
 class Regularizer(QuadraticStore):
     """A quadratic regulariser ``strength/2 * sum Omega (theta - theta*)^2`` with the loop's hooks.
 
-    Subclasses decide how ``Omega`` and ``theta*`` evolve by overriding hooks.
+    Subclasses decide how ``Omega`` and ``theta*`` evolve by overriding hooks. ``label`` names the
+    regulariser in messages and checks (a non-finite "WPL penalty").
     """
+
+    label = "regulariser"
 
     def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]], strength: float) -> None:
         super().__init__(groups)
@@ -73,3 +95,23 @@ class Regularizer(QuadraticStore):
     def reset(self) -> None:
         """A scheduled reset: forget every importance."""
         self.zero_importance()
+
+    # ------------------------------------------------------------------ the search loop's hooks
+    def begin_epoch(self, epoch: int) -> None:
+        """A search epoch starts (0-based): a strength schedule or a scheduled reset acts here."""
+
+    def active(self, epoch: int) -> bool:
+        """Whether the penalty and the importance updates take part in ``epoch``'s training."""
+        return True
+
+    def begin_batch(self, last: bool) -> None:
+        """A batch of the current model is about to be trained; ``last``: it is the model's final one."""
+
+    def end_model(self, names: Sequence[str], held_out: HeldOut) -> None:
+        """A model of the search (one sampled architecture on ``names``) finished its batches."""
+
+    def stats(self, names: Iterable[str]) -> dict[str, float]:
+        """Figures of the importance of ``names`` after a model: ``importance_norm`` (mean per-tensor
+        norm) and ``importance_max`` (largest entry); the loop records them with ``strength``."""
+        norm, peak = self.importance_stats(names)
+        return {"importance_norm": norm, "importance_max": peak}

@@ -307,8 +307,8 @@ def test_device_checkpoint_loads_on_the_cpu_and_back(device_run: Path, data_dir:
     original = load_checkpoint(written, CPU)
     for key, value in back.state_dict()["model"].items():
         assert torch.equal(value.cpu(), original["model"][key]), key
-    for key, value in back.wpl.state_dict().items():
-        assert torch.equal(value.cpu(), original["wpl"][key]), key
+    for key, value in back.reg.state_dict().items():
+        assert torch.equal(value.cpu(), original["regularizer"][key]), key
     moments = [s["momentum_buffer"] for s in back.shared_optim.state.values() if s.get("momentum_buffer") is not None]
     assert all(m.device.type == DEVICE.type for m in moments)
     assert back.space.evaluate(arch, "valid")["valid_ppl"] == pytest.approx(cpu_ppl, rel=1e-4)

@@ -227,10 +227,13 @@ def test_nan_reward_penalty_or_fisher_is_skipped_and_counted(what: str, base: Pa
     records = [json.loads(line) for line in (base.parent / f"tiny_nan_{what}" / "metrics.jsonl").read_text().splitlines()]
     if what == "fisher":  # the shared steps go on; only the Fisher updates are skipped (one per shared step)
         assert code == 0 and records[-1]["nonfinite_losses"] == 6 * 2
-    elif what == "reward":  # 5 skipped controller steps per epoch, then finite shared steps again
-        assert code == 0 and records[-1]["nonfinite_losses"] == 6 * 5 and "controller_reward" not in records[-1]
-    else:  # every shared update is skipped (2 shared steps x 2 batches per epoch), the controller's go on
-        assert code == 0 and records[-1]["nonfinite_losses"] == 6 * 4
+    else:  # each phase counts its own skips in a row: the other phase's healthy updates do not reset the count,
+        # so 5 skipped controller steps per epoch stop the run in epoch 1, 4 skipped shared updates in epoch 2
+        stopped, per_epoch = (1, 5) if what == "reward" else (2, 4)
+        assert code == 2 and len(records) == stopped and records[-1]["nonfinite_losses"] == stopped * per_epoch
+        assert "controller_reward" not in records[-1] or what == "penalty"
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: 10 non-finite ") and f"in a row at epoch {stopped}" in last and "latest.pt" in last
 
 
 def test_metrics_stay_strict_json(tmp_path: Path) -> None:

@@ -9,9 +9,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from forgetting import bootstrap_ci, run_forgetting
-from models.controller import Controller
+import config
+from analysis.stats import bootstrap_ci
+from experiments.forgetting import run_forgetting
 from models.space import Loss, OptimSpec
+from regularizers.wpl_search import WPLSearchConfig
+from samplers import ReinforceSampler, ReinforceConfig
 from trainer import Trainer, TrainerConfig
 
 
@@ -78,16 +81,18 @@ class ConflictSpace:
 def make_trainer() -> Trainer:
     torch.manual_seed(0)
     space = ConflictSpace()
-    cfg = TrainerConfig(num_batch_per_iter=40, shared_optim="adam", shared_valid_fisher=True)
-    return Trainer(space, Controller([2], hidden=4), None, cfg, None, {})  # type: ignore[arg-type]
+    cfg = config.defaults(TrainerConfig, num_batch_per_iter=40, shared_optim="adam")
+    sampler = ReinforceSampler.build(space, config.defaults(ReinforceConfig, controller_hid=4), torch.device("cpu"), None)  # type: ignore[arg-type]
+    return Trainer(space, sampler, None, cfg, None, {})  # type: ignore[arg-type]
 
 
 def test_paired_variants_share_start_batches_and_architectures() -> None:
     trainer = make_trainer()
     archs = [Conflict(False), Conflict(True)]
     start = copy.deepcopy(trainer.state_dict())
-    options = {"lambda_fisher": 1.0, "clip_by_norm": 0.0, "momentum": False}
-    results = run_forgetting(trainer, start, archs, ["none", "loss"], alpha=1e5, wpl_options=options)
+    wpl = config.defaults(WPLSearchConfig, lambda_fisher=1.0, fisher_clip_by_norm=0.0, momentum=False, alpha_fisher=1e5,
+                          shared_valid_fisher=True)
+    results = run_forgetting(trainer, start, archs, ["none", "loss"], wpl, epoch=0)
     none, wpl = results["variants"]["none"], results["variants"]["loss"]
     assert results["noise_floor"]["max_abs"] == 0.0  # eval mode: evaluating twice gives the same error
     assert none["start_weights_sha1"] == wpl["start_weights_sha1"]

@@ -145,7 +145,7 @@ def test_non_finite_losses_stop_the_run(data_dir: Path, tmp_path: Path) -> None:
     nan = torch.tensor(float("nan"), requires_grad=True)
     trainer.space.train_loss = lambda arch: Loss(nan, nan, None)  # type: ignore[method-assign]
     before = [p.detach().clone() for p in trainer.space.model.parameters()]
-    with pytest.raises(NonFiniteLoss, match="10 non-finite losses or rewards in a row"):
+    with pytest.raises(NonFiniteLoss, match="10 non-finite shared-step loss values in a row"):
         trainer.train()
     assert trainer.nonfinite_total == 10
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.space.model.parameters()))

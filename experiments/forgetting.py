@@ -3,7 +3,8 @@
 The in-search metric compares a WPL run with a no-WPL run that differ in everything (sampled
 architectures, batches, dropout masks). Here every variant starts from the *same* weights,
 optimiser, data cursors and random state, trains the *same* architectures in the same order on the
-same batches exactly as the shared phase does, and differs only in the WPL arithmetic. For each
+same batches exactly as the shared phase does (``Trainer.train_arch``, handed each variant's own
+regulariser), and differs only in the WPL arithmetic. For each
 architecture ``err1`` is measured right after its own training and ``err2`` after the last one, so
 ``diff = err2 - err1`` is what the later architectures cost it. The noise floor (``err2 - err1``
 with no training in between) is zero in eval mode, which makes every non-zero diff real.
@@ -12,6 +13,7 @@ with no training in between) is zero in eval mode, which makes every non-zero di
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -22,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.wpl import WPL
+from analysis.stats import bootstrap_ci
+from regularizers.wpl_search import SearchWPL, WPLSearchConfig, scheduled_alpha
 from trainer import Trainer
 from utils import UserError, save_json
 
@@ -30,15 +33,15 @@ log = logging.getLogger("wpl")
 VARIANTS = ("none", "compound", "loss")
 
 
-def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = 10000) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean."""
-    data = np.asarray(values, dtype=np.float64)
-    if data.size < 2:
-        return float(data.mean()), float(data.mean())
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+def variant_regularizer(trainer: Trainer, variant: str, wpl: WPLSearchConfig, epoch: int) -> SearchWPL | None:
+    """A fresh WPL of arithmetic ``variant`` (zero Fisher, anchored at the current weights) at ``epoch``'s
+    strength, on from the first architecture and never reset; ``None`` for ``"none"``."""
+    if variant == "none":
+        return None
+    cfg = dataclasses.replace(wpl, wpl_alpha_mode=variant, start_using_fisher=0, set_fisher_zero_per_iter=0)
+    reg = SearchWPL(trainer.space.wpl_groups(), cfg)
+    reg.begin_epoch(epoch)
+    return reg
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -63,25 +66,22 @@ def cursor_fingerprint(state: Any) -> str:
     return hashlib.sha1(repr(strip(state)).encode()).hexdigest()
 
 
-def run_variant(trainer: Trainer, start: dict[str, Any], archs: list[Any], variant: str, alpha: float,
-                wpl_options: dict[str, Any]) -> dict[str, Any]:
+def run_variant(trainer: Trainer, start: dict[str, Any], archs: list[Any], variant: str, wpl: WPLSearchConfig,
+                epoch: int) -> dict[str, Any]:
     """Train ``archs`` in turn from ``start`` with one WPL variant; err1/err2 for each."""
     space = trainer.space
-    trainer.wpl = None
     trainer.load_state_dict(start)
-    use_wpl = variant != "none"
-    if use_wpl:  # a fresh Fisher (zero) anchored at the common starting weights
-        trainer.wpl = WPL(space.wpl_groups(), mode=variant, **wpl_options)
+    reg = variant_regularizer(trainer, variant, wpl, epoch)
     fingerprint = weights_fingerprint(space.model)
     cursors = [cursor_fingerprint(space.state_dict()["train"])]
     began = time.time()
     err1, ce, penalty = [], [], []
     for arch in archs:
-        stats = trainer.train_arch(arch, alpha, use_wpl)
+        stats = trainer.train_arch(arch, reg)
         cursors.append(cursor_fingerprint(space.state_dict()["train"]))
         err1.append(space.error(arch))
         ce.append(stats["ce"])
-        penalty.append(stats["wpl"])
+        penalty.append(stats["penalty"])
     err2 = [space.error(arch) for arch in archs]
     diff = [b - a for a, b in zip(err1, err2)]
     return {
@@ -95,8 +95,9 @@ def run_variant(trainer: Trainer, start: dict[str, Any], archs: list[Any], varia
     }
 
 
-def run_forgetting(trainer: Trainer, start: dict[str, Any], archs: list[Any], variants: Sequence[str], alpha: float,
-                   wpl_options: dict[str, Any]) -> dict[str, Any]:
+def run_forgetting(trainer: Trainer, start: dict[str, Any], archs: list[Any], variants: Sequence[str],
+                   wpl: WPLSearchConfig, epoch: int) -> dict[str, Any]:
+    """Every variant from ``start`` with WPL's options ``wpl`` at the strength of search epoch ``epoch``."""
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise UserError(f"unknown forgetting variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
@@ -105,22 +106,20 @@ def run_forgetting(trainer: Trainer, start: dict[str, Any], archs: list[Any], va
     first = [space.error(a) for a in archs]
     floor = [space.error(a) - e for a, e in zip(archs, first)]
     results: dict[str, Any] = {
-        "num_models": len(archs), "alpha": alpha, "error_unit": space.error_unit,
+        "num_models": len(archs), "alpha": scheduled_alpha(wpl, epoch), "error_unit": space.error_unit,
         "archs": [a.to_dict() for a in archs],
         "noise_floor": {"diff": floor, "mean": float(np.mean(floor)), "max_abs": float(np.max(np.abs(floor)))},
         "variants": {},
     }
     for variant in variants:
         log.info("forgetting: variant %s (%d architectures)", variant, len(archs))
-        results["variants"][variant] = run_variant(trainer, start, archs, variant, alpha, wpl_options)
+        results["variants"][variant] = run_variant(trainer, start, archs, variant, wpl, epoch)
     if "none" in results["variants"]:
         base = results["variants"]["none"]["diff"]
         for name, res in results["variants"].items():
             paired = [d - b for d, b in zip(res["diff"], base)]
             res["paired_vs_none"] = {"mean": float(np.mean(paired)), "ci95": bootstrap_ci(paired)}
     return results
-
-
 def format_table(results: dict[str, Any]) -> str:
     unit = results["error_unit"]
     lines = [f"forgetting over {results['num_models']} architectures (alpha {results['alpha']:g}; diff in {unit})",
@@ -163,20 +162,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def mode_forgetting(trainer: Trainer, state: dict[str, Any], run_dir: Path, num_models: int, use_random: bool,
-                    variants: Sequence[str], alpha: float, wpl_options: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Sample the architectures, run every variant from the checkpoint's state, write the results."""
-    if alpha <= 0:
+                    variants: Sequence[str], wpl: WPLSearchConfig, seed: int, source: str = "controller") -> dict[str, Any]:
+    """Sample the architectures (from the run's sampler, named ``source``, or uniformly with ``seed``),
+    run every variant from the checkpoint's state, write the results."""
+    if scheduled_alpha(wpl, state["epoch"]) <= 0:
         raise UserError("--mode=forgetting needs a WPL strength: pass --alpha_fisher > 0")
     trainer.load_state_dict(state)
     if use_random:
         generator = torch.Generator().manual_seed(seed)
         archs = [trainer.space.random_arch(generator) for _ in range(num_models)]
     else:
-        archs = trainer.sample_archs(num_models)
+        archs = trainer.sampler.sample(num_models)
     start = copy.deepcopy(trainer.state_dict())
-    results = run_forgetting(trainer, start, archs, variants, alpha, wpl_options)
+    results = run_forgetting(trainer, start, archs, variants, wpl, state["epoch"])
     results["checkpoint_epoch"] = state["epoch"]
-    results["arch_source"] = "random" if use_random else "controller"
+    results["arch_source"] = "random" if use_random else source
     save_json(run_dir / "forgetting_results.json", results)
     plot(results, run_dir / "forgetting.png")
     print(format_table(results))

@@ -1,0 +1,139 @@
+"""Shared pieces of the search benchmark (bench_search.py): sizes, timers, synthetic data, reference matmuls.
+
+Every timed region starts and ends with a CUDA synchronisation when ``DEVICE`` (set by
+bench_search.py's ``--device``) is a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Size:
+    ntokens: int
+    hid: int
+    num_blocks: int
+    batch: int
+    bptt: int
+    cnn_filters: int
+    cnn_repeat: int
+    cnn_modules: int
+    cnn_blocks: int
+    cnn_batch: int
+    cnn_image: int
+
+
+SIZES = {
+    "paper": Size(10_000, 1000, 12, 64, 35, 384, 5, 3, 5, 32, 32),
+    "small": Size(10_000, 256, 12, 64, 35, 96, 2, 3, 5, 32, 32),
+    "tiny": Size(200, 32, 4, 8, 12, 24, 1, 3, 3, 4, 16),
+}
+ALPHA = 60.0  # the paper command's --alpha_fisher (compound mode, Fisher clip 10)
+
+
+# ------------------------------------------------------------------------------------ helpers
+DEVICE = torch.device("cpu")  # --device; every timed region ends (and starts) with a CUDA synchronisation
+
+
+def now() -> float:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def peak_gpu_mib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if DEVICE.type == "cuda" else 0.0
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = now()
+    fn()
+    return now() - start
+
+
+def timed2(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of ``fn()``."""
+    wall, cpu = now(), time.process_time()
+    fn()
+    return now() - wall, time.process_time() - cpu
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"load average: {loadavg()}"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def matmul_gflops(m: int, k: int, n: int, calls: int = 3) -> tuple[float, float]:
+    """Rate of an ``[m x k] @ [k x n]`` fp32 matmul (operands reused, warm), per wall-clock second
+    and per CPU second: the median of ``calls`` timings of enough products to last ~0.1 s."""
+    a, b = _MM_CACHE.setdefault((m, k, n), (torch.randn(m, k, device=DEVICE), torch.randn(k, n, device=DEVICE)))
+    out = torch.empty(m, n, device=DEVICE)
+    flop = 2.0 * m * k * n
+    inner = max(1, int(5e9 / flop))  # about 0.1 s at 50 GFLOP/s
+
+    def run() -> None:
+        for _ in range(inner):
+            torch.mm(a, b, out=out)
+
+    run()
+    times = [timed2(run) for _ in range(calls)]
+    wall = statistics.median(t[0] for t in times)
+    cpu = statistics.median(t[1] for t in times)
+    return flop * inner / wall / 1e9, flop * inner / max(cpu, 1e-9) / 1e9
+
+
+_MM_CACHE: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def rnn_step_flops(s: Size) -> float:
+    """Matmul FLOPs of one training batch: (cell + decoder) forward, x3 for forward + backward."""
+    tokens = s.bptt * s.batch
+    cell = tokens * (2 * 2 * s.hid * s.hid  # node 0's input projection (embed = hid)
+                     + s.num_blocks * 2 * 2 * s.hid * s.hid)  # W_h0 and one fused (2 hid x hid) per edge
+    decoder = tokens * 2 * s.hid * s.ntokens
+    return 3.0 * (cell + decoder)
+
+
+def synthetic_corpus(s: Size, seed: int) -> Any:
+    from data.text import Corpus
+
+    g = torch.Generator().manual_seed(seed)
+    n_train = s.batch * (s.bptt * 8 + 1)
+    n_valid = s.batch * (s.bptt * 8 + 1)
+    words = [f"w{i}" for i in range(s.ntokens)]
+    return Corpus(words, torch.randint(s.ntokens, (n_train,), generator=g),
+                  torch.randint(s.ntokens, (n_valid,), generator=g), torch.randint(s.ntokens, (s.bptt * 4,), generator=g))
+
+
+def preset_fields(cfg_type: type, preset: str) -> dict[str, Any]:
+    """The values ``--preset`` gives the fields of a space configuration (config.PRESETS)."""
+    import dataclasses
+
+    import config
+
+    names = {f.name for f in dataclasses.fields(cfg_type)}
+    return {k: v for k, v in config.PRESETS[preset].items() if k in names}
+
