@@ -49,10 +49,18 @@ def build_parser() -> StrictParser:
     g.add_argument("--alpha_small_scale", type=float, default=0.0, help="floor that alpha never goes below once decay has started")
     g.add_argument("--shared_valid_fisher", type=b, default=True, help="Fisher from one validation batch after each step (else from the last training batch)")
     g.add_argument("--shared_ce_fisher", type=b, default=True, help="Fisher from the cross-entropy gradient only (else from the full loss)")
-    g.add_argument("--sampler", type=choice("reinforce", "random"), default="reinforce",
+    g.add_argument("--sampler", type=choice("reinforce", "random", "evolution"), default="reinforce",
                    help="architecture sampler: reinforce (the ENAS controller; --train_controller runs its REINFORCE phase) "
                         "or random (uniform architectures, no controller phase: random search with weight sharing, "
-                        "Li & Talwalkar 2019; derive still keeps the best of --derive_num_sample samples)")
+                        "Li & Talwalkar 2019; derive still keeps the best of --derive_num_sample samples) or evolution "
+                        "(tournament selection on the shared-weight reward in the controller's phases; regularized "
+                        "evolution, Real et al. 2019, with --evolution_regularized; derive: the best individual seen)")
+    g.add_argument("--evolution_population", type=int, default=20, help="--sampler=evolution: architectures in the population")
+    g.add_argument("--evolution_sample_size", type=int, default=2,
+                   help="--sampler=evolution: members scored per tournament (2: PathNet-style tournament of two)")
+    g.add_argument("--evolution_regularized", type=b, default=False,
+                   help="--sampler=evolution: the mutated winner replaces the oldest member (regularized evolution) "
+                        "instead of the tournament's loser")
     g.add_argument("--train_controller", type=b, default=False, help="run the controller (REINFORCE) phase")
     g.add_argument("--start_training_controller", type=int, default=0, help="first epoch with a controller phase")
     g.add_argument("--stop_training_controller", type=int, default=1000, help="epoch from which the controller phase stops")

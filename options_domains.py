@@ -61,7 +61,8 @@ DOMAINS: dict[str, Domain] = {
     "alpha_decay": NON_NEGATIVE, "alpha_decay_after": NON_NEGATIVE, "alpha_decay_mode": INTEGER,
     "alpha_small_scale": NON_NEGATIVE, "start_training_controller": NATURAL, "stop_training_controller": NATURAL,
     "nb_batch_reward_controller": COUNT, "start_evaluate_diff": NATURAL, "forgetting_eval_batches": COUNT,
-    "forgetting_models": COUNT,
+    "forgetting_models": COUNT, "evolution_population": Domain(lo=2, integer=True),
+    "evolution_sample_size": Domain(lo=2, integer=True),
     # network
     "num_blocks": COUNT, "controller_hid": COUNT, "shared_wdrop": PROBABILITY, "shared_dropout": PROBABILITY,
     "shared_dropoute": PROBABILITY, "shared_dropouti": PROBABILITY, "shared_embed": COUNT, "shared_hid": COUNT,
@@ -145,6 +146,9 @@ def relation_problem(args: argparse.Namespace) -> str | None:
                 f"{args.shared_hid}); pass --tie_weights=False or equal sizes")
     if args.controller_lr_cosine and args.controller_lr_min > args.controller_lr_max:
         return f"--controller_lr_min={args.controller_lr_min} is above --controller_lr_max={args.controller_lr_max}"
+    if args.evolution_sample_size > args.evolution_population:
+        return (f"--evolution_sample_size={args.evolution_sample_size} is above --evolution_population="
+                f"{args.evolution_population}: a tournament draws distinct members")
     if args.shared_cnn_lr_min > args.shared_cnn_lr:
         return f"--shared_cnn_lr_min={args.shared_cnn_lr_min} is above --shared_cnn_lr={args.shared_cnn_lr}"
     return _name_problem(args)

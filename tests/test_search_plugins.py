@@ -8,6 +8,8 @@ derives and resumes end to end on the tiny corpus.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 from collections import Counter
@@ -25,7 +27,7 @@ import main
 from conftest import metrics_without_timing
 from models.space import Loss, OptimSpec
 from regularizers.base import HeldOut, Regularizer
-from samplers import SAMPLERS, RandomSampler
+from samplers import SAMPLERS, EvolutionSampler, RandomSampler
 from trainer import Trainer, TrainerConfig
 
 X, Y, LR = 2.0, 3.0, 0.1  # the fake space's one training example and the shared SGD learning rate
@@ -250,3 +252,74 @@ def test_random_search_trains_derives_and_resumes_identically(data_dir: Path, tm
     assert main.main(["--mode=derive", f"--load_path={run}", "--derive_num_sample=3", f"--data_dir={data_dir}"]) == 0
     derived = json.loads((run / "best_arch.json").read_text())
     assert derived["metric"] == "valid_ppl" and derived["arch"]["type"] == "rnn"
+
+
+# ------------------------------------------------------------------------------ evolution
+class RewardSpace(LinearSpace):
+    """The reward of an architecture is the sum of its tokens: evolution should climb towards the maximum."""
+
+    def reward(self, arch: Choice, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
+        self.calls.append("reward")
+        return float(sum(arch.tokens)), 0.0
+
+
+def evolution(space: LinearSpace, regularized: bool = False, seed: int = 0) -> EvolutionSampler:
+    cfg = EvolutionSampler.Config(train_controller=True, start_training_controller=0, stop_training_controller=9,
+                                  controller_max_step=30, nb_batch_reward_controller=1, reward_c=1.0, ppl_square=False,
+                                  evolution_population=6, evolution_sample_size=2, evolution_regularized=regularized,
+                                  random_seed=seed)
+    return SAMPLERS["evolution"].build(space, cfg, torch.device("cpu"), None)
+
+
+def test_evolution_mutates_one_decision_and_climbs_the_reward() -> None:
+    space = RewardSpace(decision_sizes=(4, 4, 4, 1))
+    sampler = evolution(space)
+    parent = [1, 2, 3, 0]
+    for _ in range(50):
+        child = sampler.mutate(parent)
+        assert sum(a != b for a, b in zip(parent, child)) == 1 and child[3] == 0  # one decision, never a fixed one
+    start = max(sum(t) for t in sampler.population)
+    record = sampler.learn(0)
+    assert sampler.step == 30 and space.calls.count("reward") == 60  # two members scored per tournament
+    assert record["evolution_best_reward"] >= start and sampler.best is not None
+    arch, error = sampler.derive(5, lambda a: -float(sum(a.tokens)))
+    assert list(arch.tokens) == sampler.best[1] and error == -sampler.best[0]
+
+
+def test_regularized_evolution_removes_the_oldest() -> None:
+    sampler = evolution(RewardSpace(decision_sizes=(3, 3)), regularized=True)
+    sampler.cfg = dataclasses.replace(sampler.cfg, controller_max_step=1)
+    oldest = sampler.ages.index(min(sampler.ages))
+    sampler.learn(0)
+    assert sampler.ages[oldest] == 6 and sorted(sampler.ages) == [1, 2, 3, 4, 5, 6]
+
+
+def test_evolution_state_round_trips_and_resumes_exactly() -> None:
+    space = RewardSpace(decision_sizes=(3, 3, 2))
+    a = evolution(space, seed=4)
+    a.learn(0)
+    state = a.state_dict()
+    ahead = (a.learn(1), a.sample(8), a.state_dict()["population"])
+    b = evolution(space, seed=99)
+    b.load_state_dict(torch.load(_saved(state), weights_only=True))
+    assert (b.learn(1), b.sample(8), b.state_dict()["population"]) == ahead
+
+
+def _saved(state: dict[str, Any]) -> Any:
+    """``state`` through torch.save and a weights-only load, as a checkpoint holds it."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_evolution_search_runs_end_to_end(data_dir: Path, tmp_path: Path) -> None:
+    argv = [*[a for a in RANDOM if not a.startswith("--sampler")], "--sampler=evolution", "--controller_max_step=2",
+            "--evolution_population=4", f"--data_dir={data_dir}", f"--log_dir={tmp_path}", "--comment=evo"]
+    assert main.main(argv) == 0
+    records = metrics_without_timing(tmp_path / "tiny_evo")
+    assert [r["epoch"] for r in records] == [0, 1] and "evolution_best_reward" in records[1]
+    state = torch.load(tmp_path / "tiny_evo" / "checkpoints" / "latest.pt", weights_only=True)
+    assert len(state["sampler"]["population"]) == 4 and state["sampler"]["step"] == 4
