@@ -36,7 +36,8 @@ class Program:
 
     ``seed_option`` names the option a seed is passed with (empty: the program runs every seed itself
     and the measure is a per-seed list); ``then`` is a second ``main.py`` command run on the first
-    one's run directory (``--load_path``), e.g. the forgetting probe after a search.
+    one's run directory (``--load_path``, after the program's own ``argv``: the same data and device),
+    e.g. the forgetting probe after a search.
     """
 
     script: str
@@ -158,7 +159,7 @@ def evaluate(program: Program, setting: dict[str, str], seed: int | None, sweep_
     argv = command(program, setting, seed, folder)
     rc, last = execute(argv, program.script, program.in_process, folder / "output.log")
     if rc == 0 and program.then:
-        argv_then = [*program.then, f"--load_path={run_folder(folder)}"]
+        argv_then = [*program.argv, *program.then, f"--load_path={run_folder(folder)}"]  # same data, same device
         rc, last = execute(argv_then, "main.py", program.in_process, folder / "then.log")
     if rc != 0:
         raise RuntimeError(f"{program.script} exited with {rc}: {last[:300]} (log: {folder / 'output.log'})")

@@ -35,7 +35,8 @@ import main
 from conftest import metrics_without_timing, paper_rnn_args
 from models.cnn import OPS, CNNStyle, SharedCNN, decision_sizes, decode
 from models.rnn import RNNArch, SharedRNN
-from models.wpl import _CHUNK, WPL
+from regularizers.store import CHUNK
+from regularizers.wpl import WPL
 from runlog import load_checkpoint
 
 ON_CPU = os.environ.get("CUDA_TESTS_ON_CPU", "") not in ("", "0")
@@ -149,7 +150,7 @@ def test_fused_cell_on_the_device_matches_a_float64_cpu_reference() -> None:
 # ---------------------------------------------------------------------------------------- WPL
 def wpl_pair(mode: str, device: torch.device) -> tuple[WPL, list[torch.nn.Parameter]]:
     g = torch.Generator().manual_seed(0)
-    shapes = [(_CHUNK * 2 + 77,), (300, 300), (7,)]  # chunked path, whole-tensor path, tiny
+    shapes = [(CHUNK * 2 + 77,), (300, 300), (7,)]  # chunked path, whole-tensor path, tiny
     params = [torch.nn.Parameter(torch.randn(s, generator=g).to(device)) for s in shapes]
     return WPL({"a": params[:2], "b": params[2:]}, lambda_fisher=0.9, clip_by_norm=10.0, momentum=True, mode=mode), params
 

@@ -212,7 +212,7 @@ def test_nan_reward_penalty_or_fisher_is_skipped_and_counted(what: str, base: Pa
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     from models.rnn_space import RNNSpace
     from models.space import Loss
-    from models.wpl import WPL
+    from regularizers.wpl import WPL
 
     nan = torch.tensor(float("nan"))
     if what == "reward":

@@ -209,10 +209,11 @@ def test_gradients_accumulate_and_second_backward_through_the_carried_state() ->
 @pytest.mark.parametrize("mode", ["loss", "compound"])
 def test_chunked_penalty_gradient_equals_autograd_on_large_tensors(mode: str) -> None:
     """Tensors above the chunk size take the chunked path, small ones the foreach path."""
-    from models.wpl import _CHUNK, WPL
+    from regularizers.store import CHUNK
+    from regularizers.wpl import WPL
 
     torch.manual_seed(0)
-    big = torch.nn.Parameter(torch.randn(_CHUNK * 2 + 123))  # three chunks, the last one partial
+    big = torch.nn.Parameter(torch.randn(CHUNK * 2 + 123))  # three chunks, the last one partial
     mat = torch.nn.Parameter(torch.randn(300, 300))
     small = torch.nn.Parameter(torch.randn(7))
     wpl = WPL({"a": [big, mat], "b": [small]}, clip_by_norm=50.0, mode=mode)  # type: ignore[arg-type]

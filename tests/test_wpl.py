@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.wpl import WPL, alpha_schedule
+from regularizers.wpl import WPL, alpha_schedule
 
 
 def make(mode: str = "loss", momentum: bool = True, clip: float = 0.0, lam: float = 0.9) -> tuple[WPL, nn.Parameter, nn.Parameter]:
