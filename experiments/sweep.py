@@ -160,9 +160,12 @@ def run_narrowing(runner: Runner, cfg: SweepConfig, base_seed: int) -> dict[str,
             raise UserError(f"narrowing trial {t}: drawn lower bound {low:.4g} >= upper bound {high:.4g}; "
                             f"make --low_range lie below --high_range")
         seed = None if cfg.seeds == (None,) else base_seed + t  # the trial's fixed base model
-        steps = []
+        steps, seen = [], []
         for _ in range(MAX_NARROWING_STEPS):
-            values = spaced(low, high, cfg.num_steps, cfg.spacing)
+            # A value the trial already evaluated, re-derived with rounding noise, is reused as it was.
+            values = [next((s for s in seen if abs(s - v) <= 1e-4 * abs(v)), v)
+                      for v in spaced(low, high, cfg.num_steps, cfg.spacing)]
+            seen += [v for v in values if v not in seen]
             jobs = [({cfg.param: f"{v:g}"}, seed) for v in values]
             step_results = runner.run(jobs, f"trial {t} [{low:.4g}, {high:.4g}]")
             results.update(step_results)
