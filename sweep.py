@@ -32,7 +32,8 @@ RECIPES = {
     "paper_ablation": {
         "settings": ["alpha_fisher=0", "alpha_fisher=60 wpl_alpha_mode=compound", "alpha_fisher=60 wpl_alpha_mode=loss",
                      "alpha_fisher=0 sampler=random"],
-        "then": "--mode=forgetting --forgetting_models=4 --forgetting_variants=none",
+        # the probe trains each model without WPL (variant none); the mode asks for a strength all the same
+        "then": "--mode=forgetting --forgetting_models=4 --forgetting_variants=none --alpha_fisher=60",
         "measure": "metrics.last.forgetting_mean_diff",
         "report": ["metrics.last.forgetting_max_diff", "metrics.last.valid_ppl", "metrics.last.controller_reward",
                    "variants.none.mean_diff"],
