@@ -142,7 +142,13 @@ def execute(argv: Sequence[str], script: str, in_process: bool, log_path: Path) 
 
 def measures(folder: Path, measure: str, extras: Sequence[str]) -> tuple[float | list[float], dict[str, Any]]:
     results = read_results(folder)
-    return as_result(resolve(results, measure), measure), {m: as_result(resolve(results, m), m) for m in extras}
+    found = {}
+    for m in extras:  # an extra measure a run does not report (no controller phase, say) is left out
+        try:
+            found[m] = as_result(resolve(results, m), m)
+        except UserError:
+            continue
+    return as_result(resolve(results, measure), measure), found
 
 
 def evaluate(program: Program, setting: dict[str, str], seed: int | None, sweep_dir: Path, measure: str,
