@@ -54,7 +54,8 @@ def build_parser() -> StrictParser:
                         "or random (uniform architectures, no controller phase: random search with weight sharing, "
                         "Li & Talwalkar 2019; derive still keeps the best of --derive_num_sample samples) or evolution "
                         "(tournament selection on the shared-weight reward in the controller's phases; regularized "
-                        "evolution, Real et al. 2019, with --evolution_regularized; derive: the best individual seen)")
+                        "evolution, Real et al. 2019, with --evolution_regularized; derive: the population and the best "
+                        "individual seen, re-scored)")
     g.add_argument("--evolution_population", type=int, default=20, help="--sampler=evolution: architectures in the population")
     g.add_argument("--evolution_sample_size", type=int, default=2,
                    help="--sampler=evolution: members scored per tournament (2: PathNet-style tournament of two)")

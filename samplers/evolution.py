@@ -7,7 +7,8 @@ the next validation batches (the same reward REINFORCE sees), and replaces one m
 the winner with one decision re-drawn (a different value where the decision has one): the loser
 (PathNet-style tournament selection), or with ``--evolution_regularized`` the oldest member
 (regularized evolution, Real et al. 2019). The shared phase trains members drawn uniformly from the
-population; ``derive`` returns the best individual seen (highest reward). The generator, the
+population; ``derive`` re-scores the population and the best individual seen (highest reward) with
+the space's held-out error and returns the lowest. The generator, the
 population with its ages and fitnesses, and the best seen are saved, so a resumed run is exact.
 """
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from engine import NonFiniteGuard
 from models.space import SearchSpace
 from runlog import RunDir
-from samplers.base import last_checkpoint
+from samplers.base import arch_key, best_of, last_checkpoint
 
 
 @dataclass(frozen=True)
@@ -123,14 +124,16 @@ class EvolutionSampler:
                 "evolution_population_reward": float(np.mean(known)) if known else math.nan}
 
     def derive(self, n: int, score: Callable[[Any], float]) -> tuple[Any, float]:
-        """The best individual seen (highest reward); before any tournament, the best of ``n`` members by ``score``."""
+        """The lowest-``score`` architecture among the population and the best individual seen.
+
+        Rewards were measured with the shared weights of their time; ``score`` (the space's held-out
+        error) re-measures every candidate with today's, so a once-lucky cell cannot win on an old
+        reward. The population is the candidate set, whatever ``n``.
+        """
+        candidates = [self.space.decode(t) for t in self.population]
         if self.best is not None:
-            arch = self.space.decode(self.best[1])
-            return arch, score(arch)
-        candidates = [self.space.decode(t) for t in self.population[:n]]
-        errors = [score(a) for a in candidates]
-        k = int(np.argmin(errors))
-        return candidates[k], errors[k]
+            candidates.append(self.space.decode(self.best[1]))
+        return best_of(((arch_key(a), a) for a in candidates), score)
 
     @property
     def skipped(self) -> int:
