@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-HIGHER_IS_BETTER = {"ppl": False, "acc": True, "loss": False, "error": False}
+HIGHER_IS_BETTER = {"ppl": False, "acc": True}  # the search spaces' metrics
 
 
 def higher_is_better(metric: str) -> bool:

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from analysis.stats import mean_ci, ratio_bootstrap
+from engine import stamp
 from experiments.pathnet import EvolutionConfig
 from experiments.pathnet_transfer import NetConfig, binary_tasks, parse_pairs, run_pair
 from models.pathnet import Path as NetPath
@@ -118,8 +119,8 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
                   **{f"{v}_generations": result["variants"][v]["generations"] for v in variants},
                   **{f"{v}_A_accuracy_after": result["variants"][v]["A_accuracy_after"] for v in variants}}
         run.append_metrics(record)
-        run.save_checkpoint({"format": 1, "kind": "pathnet", "epoch": len(runs), "model": {}, "config": config,
-                             "runs": runs}, len(runs) - 1, numbered=False, keep=0)
+        run.save_checkpoint(stamp("pathnet", {"epoch": len(runs), "model": {}, "config": config, "runs": runs}),
+                            len(runs) - 1, numbered=False, keep=0)
         log.info("pathnet %s seed %d: A %d generations; B %s", result["pair"], seed, result["A"]["generations"],
                  ", ".join(f"{v} {result['variants'][v]['generations']}" for v in variants))
     summary = summarise(runs, variants)

@@ -58,7 +58,7 @@ def run_sweep(sweep_dir: Path, program: Program, cfg: SweepConfig, measure: str,
         "study": study_name, "program": {"script": program.script, "argv": list(program.argv), "then": list(program.then),
                                          "seed_option": program.seed_option},
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-        "seconds": time.time() - started, "evaluations": {k: v for k, v in found["results"].items()},
+        "seconds": time.time() - started, "evaluations": dict(found["results"]),
     }
     text = ""
     if summary is not None:

@@ -56,7 +56,7 @@ def summarise(settings: Sequence[dict[str, str]], seeds: Sequence[int | None], r
         if values:
             row.update(mean_ci(values))
         for m in extra_names:
-            got = [v for x in per_seed_extra(s, seeds, extras or {}, m) if math.isfinite(v := x)]
+            got = [v for v in per_seed_extra(s, seeds, extras or {}, m) if math.isfinite(v)]
             row.setdefault("extras", {})[m] = mean_ci(got) if got else None
         pairs = [(v, r) for v, r in zip(table[name], table[ref]) if math.isfinite(v) and math.isfinite(r)]
         if name != ref and len(pairs) >= 2:
