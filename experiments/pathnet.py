@@ -61,12 +61,14 @@ class Evolution:
 
 
 def noisy(x: Tensor, task: BinaryTask, p: float, generator: torch.Generator) -> Tensor:
-    """Salt-and-pepper noise: each pixel, with probability ``p``, becomes black or white (even odds)."""
+    """Salt-and-pepper noise: each pixel, with probability ``p``, becomes black or white (even odds).
+
+    One uniform draw per pixel decides both: below ``p / 2`` white, in ``[p / 2, p)`` black.
+    """
     if p <= 0:
         return x
-    hit = torch.rand(x.shape, generator=generator) < p
-    white = torch.rand(x.shape, generator=generator) < 0.5
-    return torch.where(hit, torch.where(white, torch.full_like(x, task.high), torch.full_like(x, task.low)), x)
+    u = torch.rand(x.shape, generator=generator)
+    return x.masked_fill(u < p, task.low).masked_fill_(u < p / 2, task.high)
 
 
 def make_step(net: PathNet, lr: float) -> Step:
@@ -84,16 +86,15 @@ def train_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: Evolu
         net.mask_frozen_grads()  # last: nothing, not even a penalty, moves a frozen module
         return penalty
 
-    correct = total = 0
+    correct = torch.zeros((), dtype=torch.long)
     net.train()
     for _ in range(cfg.batches):
         idx = torch.randint(len(task.y_train), (cfg.batch_size,), generator=generator)
         x, y = noisy(task.x_train[idx], task, cfg.noise, generator), task.y_train[idx]
         logits = net(x, path, head)
         step.update(F.cross_entropy(logits, y), before_step)
-        correct += int((logits.detach().argmax(1) == y).sum())
-        total += len(y)
-    return correct / total
+        correct += (logits.detach().argmax(1) == y).sum()
+    return int(correct) / (cfg.batches * cfg.batch_size)
 
 
 @torch.no_grad()

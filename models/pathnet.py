@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from utils import UserError, render_dot
 
@@ -131,14 +132,18 @@ class PathNet(nn.Module):
 
     def forward(self, x: Tensor, path: Path, head: int) -> Tensor:
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
-            idx = torch.tensor(path.modules(layer), device=x.device)
-            out = torch.relu(torch.einsum("bi,kui->bku", x, w[idx]) + b[idx])  # batch x active modules x units
+            idx = path.modules(layer)
+            # The active modules stacked into one (k * units, inputs) matrix: one product per layer.
+            out = torch.relu(F.linear(x, w[idx].flatten(0, 1), b[idx].flatten()))
+            out = out.view(len(x), len(idx), self.units)  # batch x active modules x units
             x = out.sum(1) if self.aggregate == "sum" else out.mean(1)
         return self.heads[head](x)
 
     @torch.no_grad()
     def mask_frozen_grads(self) -> None:
         """Zero the gradients of frozen modules (call between backward and the optimiser step)."""
+        if not bool(self.frozen.any()):
+            return
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
             keep = (~self.frozen[layer]).to(w.dtype)
             if w.grad is not None:
