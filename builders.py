@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import config
+from distributed import comm
 from distributed.context import world
 from models.space import OptimSpec, SearchSpace, pick
 from recipes import RECIPES, RetrainConfig, Retrainer
@@ -182,4 +183,5 @@ def merge_config(saved: dict[str, Any], cli: argparse.Namespace, explicit: set[s
 
 
 def run_name(args: argparse.Namespace) -> str:
-    return f"{args.dataset}_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    """``<dataset>_<comment>``, the comment defaulting to rank 0's clock (one run directory per job)."""
+    return f"{args.dataset}_{args.comment or comm.from_rank0(time.strftime('%Y-%m-%d_%H-%M-%S'))}"

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 import config
-from distributed import context, launch
+from distributed import comm, context, launch
 from builders import build_trainer, load_arch, merge_config, run_name
 from models.space import pick
 from regularizers.wpl_search import WPLSearchConfig
@@ -54,7 +54,7 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
         log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
     seed_everything(args.random_seed, args.deterministic)
     trainer = build_trainer(args, device, run)
-    trainer.run_id = run_id
+    trainer.run_id = run_id = comm.from_rank0(run_id)  # one run id for the job (rank 0's is the one written)
     if state is not None:
         load_into(trainer, state, path)
     # Only now, with the checkpoint known to fit, is anything of the run rewritten.

@@ -95,9 +95,10 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
     setup_logging(args.log_level, run.path / "train.log")
     seed_everything(args.random_seed, args.deterministic)
     retrainer = builders.build_retrainer(args, arch_dict, device, run)
-    if state is None and run.writes:
-        save_json(run.path / "arch.json", {"arch": retrainer.arch.to_dict(), "source": source})
-        run.image("networks/arch", retrainer.space.draw(retrainer.arch, run.networks / "arch.png"), 0)
+    if state is None:
+        if run.writes:
+            save_json(run.path / "arch.json", {"arch": retrainer.arch.to_dict(), "source": source})
+            run.image("networks/arch", retrainer.space.draw(retrainer.arch, run.networks / "arch.png"), 0)
     else:
         try:
             retrainer.load_state_dict(state)

@@ -92,6 +92,15 @@ def sum_values(values: Sequence[float], sharded: bool = True) -> list[float]:
     return t.tolist()
 
 
+def from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a picklable object: a time stamp, a run id)."""
+    if not world().active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     """Wait for every rank (e.g. until rank 0 has written a file the others read)."""
     if world().active:
