@@ -4,7 +4,9 @@ The recurrent search is compared with dropout and the output batch norm off (``E
 random numbers or take statistics per shard, which is legitimate data-parallel training but not the
 one-process computation. Everything else (sharded columns, averaged gradients, reduced rewards,
 forgetting errors and perplexities) is the same arithmetic in another order, so figures agree to
-float32 rounding: ``RTOL`` relative. Architectures (sampled, derived) must be identical.
+float32 rounding: ``RTOL`` relative, or ``ATOL`` absolute for the figures that are differences of
+nearly equal values (the controller's advantage, the forgetting metric and its t-interval).
+Architectures (sampled, derived) must be identical.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from utils import UserError
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
 
-RTOL, ATOL = 1e-5, 1e-5  # ATOL: the forgetting figures are differences of two ~4-nat float32 errors (and their t-interval)
+RTOL, ATOL = 1e-5, 1e-4  # ATOL: figures that are differences of nearly equal float32 values (advantage, forgetting)
 EXACT = ["--shared_dropout=0", "--shared_dropoute=0", "--shared_dropouti=0", "--shared_wdrop=0", "--rnn_output_norm=none"]
 SEARCH = ["--dataset=tiny", "--max_epoch=2", "--shared_max_step=2", "--num_batch_per_iter=2", "--controller_max_step=2",
           "--train_controller=True", "--start_training_controller=0", "--start_using_fisher=0", "--alpha_fisher=60",
@@ -101,6 +103,7 @@ def test_a_two_rank_checkpoint_resumes_on_one_process(logs: Path, data_dir: Path
     assert_same_records(metrics_without_timing(run), metrics_without_timing(logs / "tiny_one"))
 
 
+@pytest.mark.slow  # another two-rank job (~15 s on 2 idle cores); the 2 -> 1 resume runs by default
 def test_a_one_process_checkpoint_resumes_on_two_ranks(logs: Path, data_dir: Path) -> None:
     run = stopped_after_epoch_0(logs / "tiny_one", "tiny_one_to_two")
     done = ranks(2, *SEARCH, "--comment=one_to_two", "--resume=True", f"--data_dir={data_dir}", f"--log_dir={logs}")
@@ -108,6 +111,7 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(logs: Path, data_dir: Pat
     assert_same_records(metrics_without_timing(run), metrics_without_timing(logs / "tiny_one"))
 
 
+@pytest.mark.slow  # another two-rank job (~12 s on 2 idle cores)
 def test_a_two_rank_retrain_epoch_matches_one_process(data_dir: Path, tmp_path: Path) -> None:
     assert one_process(*RETRAIN, "--comment=one", f"--data_dir={data_dir}", f"--log_dir={tmp_path}") == 0
     done = ranks(2, *RETRAIN, "--comment=two", f"--data_dir={data_dir}", f"--log_dir={tmp_path}")
