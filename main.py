@@ -241,6 +241,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rank = context.world()
         print(f"error: {'rank %d: ' % rank.rank if rank.active else ''}{err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # gloo and NCCL report a lost or silent peer as a RuntimeError (DistError)
+        rank = context.world()
+        if not rank.active or args.log_level == "DEBUG" or not context.peer_failure(err):
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        print(f"error: rank {rank.rank}: a collective failed ({reason}): another rank died or waited longer than "
+              f"--dist_timeout={args.dist_timeout:g} s; resume with --resume=True", file=sys.stderr)
+        return 1
     except Stopped as stop:
         if context.world().is_main:
             print(stop_message(stop, argv), file=sys.stderr)

@@ -77,3 +77,11 @@ def stop() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _world = World()
+
+
+def peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another rank died or timed out (gloo raises a
+    plain RuntimeError naming its transport; NCCL and the store raise ``DistError``)."""
+    text = str(err)
+    return isinstance(err, getattr(dist, "DistError", ())) or any(
+        mark in text for mark in ("gloo", "NCCL", "Timed out", "timed out", "Connection closed", "Connection reset"))

@@ -95,6 +95,7 @@ def test_two_ranks_compute_what_one_process_computes(logs: Path) -> None:
     assert_same_records(metrics_without_timing(logs / "tiny_two"), metrics_without_timing(logs / "tiny_one"))
     log = (logs / "tiny_two" / "train.log").read_text()
     assert "[rank 0]" in log and "[rank 1]" not in log  # only rank 0 writes the run directory
+    assert not dist.is_initialized()  # the one-process run made no process group
 
 
 def test_a_two_rank_checkpoint_resumes_on_one_process(logs: Path, data_dir: Path) -> None:
@@ -181,3 +182,9 @@ def test_collectives_by_hand(tmp_path: Path) -> None:
         assert got["buffer"] == [5.0] and got["loss"] == 0.5 and got["gathered"] == [0, 1]
         assert got["bytes"] == 4 * (2 + 1 + 1)  # the gradients, the buffer and the loss in one float32 bucket
         assert f"the ranks' tables differ (rank {rank} sees a mismatch)" in got["mismatch"]
+
+
+def test_single_process_modes_refuse_several_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main.main(["--mode=derive", "--load_path=nowhere", "--num_gpu=2"]) == 2
+    assert "--num_gpu=2: --mode=derive runs in one process (pass --num_gpu=1)" in capsys.readouterr().err
+    assert not dist.is_initialized()  # nothing was started
