@@ -144,6 +144,22 @@ def test_a_killed_rank_ends_the_job_with_one_line_naming_it(data_dir: Path, tmp_
     assert all(not Path(f"/proc/{w}").exists() or "zombie" in Path(f"/proc/{w}/status").read_text() for w in workers)
 
 
+@pytest.mark.slow  # another two-rank job
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the workers through /proc")
+def test_sigterm_to_the_launcher_stops_every_rank_with_the_resume_command(data_dir: Path, tmp_path: Path) -> None:
+    argv = [sys.executable, str(ROOT / "main.py"), *SEARCH, "--max_epoch=1000", "--num_gpu=2", "--comment=term",
+            f"--data_dir={data_dir}", f"--log_dir={tmp_path}"]
+    job = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "tiny_term" / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    workers = children(job.pid)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 128 + signal.SIGTERM and len(workers) == 2
+    assert "stopped by SIGTERM: " in err and "--comment=term --resume=True" in err and "error: rank" not in err
+
+
 def test_a_global_batch_that_does_not_divide_among_the_ranks_is_one_clear_error(data_dir: Path,
                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(context, "_world", context.World(rank=0, size=3))
