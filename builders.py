@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 import config
+from distributed import comm
+from distributed.context import world
 from models.space import OptimSpec, SearchSpace, pick
 from recipes import RECIPES, RetrainConfig, Retrainer
 from recipes.arch import make_arch
@@ -29,7 +31,14 @@ log = logging.getLogger("wpl")
 
 
 def build_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
-    """The search space the options describe, its data loaded and its shared model built on ``device``."""
+    """The search space the options describe, its data loaded and its shared model built on ``device``.
+
+    Data-parallel, ``--batch_size`` is the global batch: each of the N ranks reads ``batch_size / N``
+    of it, so the same command on 1 or N ranks takes the same steps on the same data."""
+    ranks = world().size
+    if args.batch_size % ranks:
+        raise UserError(f"--batch_size={args.batch_size} is the global batch and must divide evenly among the "
+                        f"{ranks} ranks (each reads batch_size / {ranks}); pass a multiple of {ranks}")
     if args.network_type == "rnn":
         space = build_rnn_space(args, device)
     else:
@@ -174,4 +183,5 @@ def merge_config(saved: dict[str, Any], cli: argparse.Namespace, explicit: set[s
 
 
 def run_name(args: argparse.Namespace) -> str:
-    return f"{args.dataset}_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    """``<dataset>_<comment>``, the comment defaulting to rank 0's clock (one run directory per job)."""
+    return f"{args.dataset}_{args.comment or comm.from_rank0(time.strftime('%Y-%m-%d_%H-%M-%S'))}"

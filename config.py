@@ -279,7 +279,13 @@ def build_parser() -> StrictParser:
                    role="runtime")
     g.add_argument("--log_dir", type=str, default="logs", help="where run directories are created", role="runtime")
     g.add_argument("--data_dir", type=str, default="data", help="where datasets live (downloaded when missing)", role="runtime")
-    g.add_argument("--num_gpu", type=int, default=1, help="0: CPU; >= 1: CUDA when available (one GPU is used)", role="runtime")
+    g.add_argument("--num_gpu", type=int, default=1, role="runtime",
+                   help="0: CPU; 1: one CUDA device when available; N > 1: N data-parallel workers, one per GPU "
+                        "(N gloo CPU workers without CUDA); docs/distributed.md")
+    g.add_argument("--dist_backend", type=choice("auto", "nccl", "gloo"), default="auto", role="runtime",
+                   help="data-parallel backend: auto is NCCL on CUDA, gloo on the CPU")
+    g.add_argument("--dist_timeout", type=float, default=300.0, role="runtime",
+                   help="seconds a data-parallel collective (or the start) waits for the other ranks before the job ends")
     g.add_argument("--random_seed", type=int, default=12345, help="seed of every random generator", role="shape")
     g.add_argument("--deterministic", type=b, default=False, help="deterministic algorithms (slower on GPU)")
     g.add_argument("--amp", type=b, default=False, help="bfloat16 autocast for the shared model (GPU speed; off by default)")

@@ -3,6 +3,7 @@
     python main.py --network_type=rnn --dataset=ptb ...            # search (--mode=train)
     python main.py --mode=derive --load_path=logs/ptb_run          # best of N sampled cells
     python main.py --mode=test --load_path=logs/ptb_run            # test split, shared weights
+    python main.py --num_gpu=4 ...      # or torchrun --nproc_per_node=4 main.py ...: data-parallel (docs/distributed.md)
 
 Only this file sees the argparse namespace; everything else receives plain values or small
 dataclasses built from it.
@@ -22,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 import config
+from distributed import comm, context, launch
 from builders import build_trainer, load_arch, merge_config, run_name
 from models.space import pick
 from regularizers.wpl_search import WPLSearchConfig
@@ -52,13 +54,14 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
         log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
     seed_everything(args.random_seed, args.deterministic)
     trainer = build_trainer(args, device, run)
-    trainer.run_id = run_id
+    trainer.run_id = run_id = comm.from_rank0(run_id)  # one run id for the job (rank 0's is the one written)
     if state is not None:
         load_into(trainer, state, path)
     # Only now, with the checkpoint known to fit, is anything of the run rewritten.
     if run.metrics_path.exists():
         run.truncate_metrics(trainer.epoch, state.get("metrics_lines") if state is not None else 0)
-    save_json(run.path / "params.json", {**vars(args), "run_id": run_id})
+    if run.writes:
+        save_json(run.path / "params.json", {**vars(args), "run_id": run_id})
     log.info("run directory %s on %s", run.path, device)
     try:
         trainer.train()
@@ -219,7 +222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mode not in MODES:
             raise UserError(f"--mode={args.mode} is not available yet")
         explicit = config.explicit_options(argv)
-        device = choose_device(args.num_gpu)
+        if launch.wanted(args.num_gpu):
+            return start_workers(args, argv)
+        world = context.from_env()
+        if world.active and args.mode not in DATA_PARALLEL_MODES:
+            raise UserError(f"--mode={args.mode} runs in one process: data-parallel runs are "
+                            f"{', '.join(DATA_PARALLEL_MODES)} (drop torchrun or --num_gpu > 1)")
+        device = choose_device(args.num_gpu, world.local_rank if world.active else 0)
+        context.start(world, context.backend_for(args.dist_backend, device), args.dist_timeout, device)
+        setup_logging(args.log_level)
         if device.type == "cpu" and keep_freed_memory():
             log.debug("glibc malloc: freed memory kept in the heap (no page faults per step)")
         with stop_on_signals():
@@ -227,12 +238,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         if args.log_level == "DEBUG":
             raise
-        print(f"error: {err}", file=sys.stderr)
+        rank = context.world()
+        print(f"error: {'rank %d: ' % rank.rank if rank.active else ''}{err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # gloo and NCCL report a lost or silent peer as a RuntimeError (DistError)
+        rank = context.world()
+        if not rank.active or args.log_level == "DEBUG" or not context.peer_failure(err):
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        print(f"error: rank {rank.rank}: a collective failed ({reason}): another rank died or waited longer than "
+              f"--dist_timeout={args.dist_timeout:g} s; resume with --resume=True", file=sys.stderr)
+        return 1
     except Stopped as stop:
-        print(stop_message(stop, argv), file=sys.stderr)
+        if context.world().is_main:
+            print(stop_message(stop, argv), file=sys.stderr)
         return stop.exit_code
+    finally:
+        context.stop()
     return 0
+
+
+DATA_PARALLEL_MODES = ("train", "retrain")
+
+
+def start_workers(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``--num_gpu=N > 1`` in a plain process: one worker per GPU, or N gloo CPU workers without CUDA."""
+    if args.mode not in DATA_PARALLEL_MODES:
+        raise UserError(f"--num_gpu={args.num_gpu}: --mode={args.mode} runs in one process (pass --num_gpu=1)")
+    if torch.cuda.is_available() and torch.cuda.device_count() < args.num_gpu:
+        raise UserError(f"--num_gpu={args.num_gpu} but this node has {torch.cuda.device_count()} GPU(s)")
+    if not torch.cuda.is_available():
+        log.warning("--num_gpu=%d without CUDA: starting %d data-parallel CPU workers (gloo)", args.num_gpu, args.num_gpu)
+    return launch.launch(argv, args.num_gpu, Path(__file__).resolve())
 
 
 def stop_message(stop: Stopped, argv: Sequence[str]) -> str:

@@ -99,6 +99,7 @@ DOMAINS: dict[str, Domain] = {
     "l2_lambda": NON_NEGATIVE, "wpl_alpha": NON_NEGATIVE,
     # misc
     "log_step": NATURAL, "save_epoch": COUNT, "max_save_num": NATURAL, "num_gpu": NATURAL, "random_seed": SEED,
+    "dist_timeout": POSITIVE,
 }
 
 

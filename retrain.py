@@ -26,6 +26,7 @@ from torch import nn
 
 import builders
 import config
+from distributed.comm import barrier
 from engine import kind_of, require_kind
 from models.space import SearchSpace
 from recipes.arch import arch_shape, find_arch, inherited_options, run_dir_of, search_run_of
@@ -59,6 +60,8 @@ def report_test(space: SearchSpace, model: nn.Module, arch: Any, best: dict[str,
     """Test the best weights; write and print test_results.json."""
     model.load_state_dict(best["model"])
     result = space.evaluate(arch, "test", model=model)
+    if not run.writes:
+        return result
     epochs = max((r["epoch"] for r in run.read_metrics()), default=-1) + 1
     result = {**result, "params": model.count_parameters(arch), "epochs": epochs,  # type: ignore[operator]
               "best_epoch": best["epoch"], best["metric"]: best["score"], "arch": arch.to_dict(),
@@ -93,8 +96,9 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
     seed_everything(args.random_seed, args.deterministic)
     retrainer = builders.build_retrainer(args, arch_dict, device, run)
     if state is None:
-        save_json(run.path / "arch.json", {"arch": retrainer.arch.to_dict(), "source": source})
-        run.image("networks/arch", retrainer.space.draw(retrainer.arch, run.networks / "arch.png"), 0)
+        if run.writes:
+            save_json(run.path / "arch.json", {"arch": retrainer.arch.to_dict(), "source": source})
+            run.image("networks/arch", retrainer.space.draw(retrainer.arch, run.networks / "arch.png"), 0)
     else:
         try:
             retrainer.load_state_dict(state)
@@ -102,7 +106,8 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
             raise UserError(f"checkpoint does not fit this configuration: {str(err).splitlines()[0]}") from err
     if run.metrics_path.exists():
         run.truncate_metrics(retrainer.epoch, state.get("metrics_lines") if state is not None else 0)
-    save_json(run.path / "params.json", vars(args))  # only once the checkpoint is known to fit
+    if run.writes:
+        save_json(run.path / "params.json", vars(args))  # only once the checkpoint is known to fit
     log.info("retraining %s (%s) in %s on %s for %d epochs", retrainer.arch, source, run.path, device, retrainer.cfg.epochs)
     try:
         retrainer.train()
@@ -115,6 +120,7 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
         run.close()
     if retrainer.best is None:
         raise UserError(f"no epoch reached a finite validation score: nothing to test (see {run.metrics_path})")
+    barrier()  # rank 0 has written best.pt
     best = load_checkpoint(retrainer.best_path, device)
     report_test(retrainer.space, retrainer.model, retrainer.arch, best, retrainer.best_path, run)
 

@@ -9,6 +9,10 @@ Layout of ``<log_dir>/<dataset>_<comment>/``::
     networks/          drawings of sampled and derived architectures
     checkpoints/       latest.pt (every epoch) and epoch_XXXX.pt (after epoch XXXX, every save_epoch; newest kept)
     best_arch.json     the derived architecture
+
+In a data-parallel job every rank holds a ``RunDir`` (they all read its checkpoints), but only rank 0's
+writes (``writes``): the others' metrics, scalars, images and checkpoints are dropped here, so the
+loops call the same methods on every rank and stay in step.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 
+from distributed.context import world
 from engine import checkpoint
 from utils import UserError, atomic_write_bytes
 
@@ -31,7 +36,9 @@ log = logging.getLogger("wpl")
 class RunDir:
     def __init__(self, path: Path, use_tensorboard: bool = True) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.writes = world().is_main
+        if self.writes:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.networks = self.path / "networks"
         self.checkpoints = self.path / "checkpoints"
         self.metrics_path = self.path / "metrics.jsonl"
@@ -41,7 +48,7 @@ class RunDir:
     # ------------------------------------------------------------------------------ metrics
     @property
     def writer(self) -> Any:
-        if self._writer is None and self._use_tensorboard:
+        if self._writer is None and self._use_tensorboard and self.writes:
             from tensorboardX import SummaryWriter
 
             self._writer = SummaryWriter(str(self.path), flush_secs=30)
@@ -63,6 +70,8 @@ class RunDir:
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one record as strict JSON: non-finite numbers become null, listed under ``nonfinite``."""
+        if not self.writes:
+            return
         record = strict_json_record(record)
         try:
             with open(self.metrics_path, "a") as f:
@@ -88,6 +97,8 @@ class RunDir:
 
     def truncate_metrics(self, epochs_done: int, lines: int | None = None) -> None:
         """Keep the first ``lines`` records (what the checkpoint covers), or those of epochs before ``epochs_done``."""
+        if not self.writes:
+            return
         records = self.read_metrics()
         kept = records[:lines] if lines is not None else [r for r in records if r["epoch"] < epochs_done]
         text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
@@ -95,6 +106,8 @@ class RunDir:
 
     def remove_stale_temps(self) -> list[Path]:
         """Delete ``.<name>.tmp`` files a killed process left (atomic writes in progress); returns them."""
+        if not self.writes:
+            return []
         stale = [p for folder in (self.path, self.checkpoints) if folder.is_dir() for p in folder.glob(".*.tmp")]
         for path in stale:
             path.unlink()
@@ -119,8 +132,10 @@ class RunDir:
         previous epoch (that epoch is redone) rather than a numbered checkpoint that is never written.
         ``state`` records ``metrics_lines``: how many records of metrics.jsonl it covers.
         """
-        state = {**state, "metrics_lines": len(self.read_metrics())}
         latest = self.checkpoints / "latest.pt"
+        if not self.writes:
+            return latest
+        state = {**state, "metrics_lines": len(self.read_metrics())}
         try:
             if numbered:
                 save_state(self.checkpoints / f"epoch_{epoch:04d}.pt", state)

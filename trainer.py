@@ -21,6 +21,8 @@ import torch
 from tqdm import tqdm
 
 from analysis.stats import t_halfwidth
+from distributed import comm
+from distributed.context import world
 from engine import NonFiniteGuard, NonFiniteLoss, Step, build_optimizer, first_nonfinite, improves, scheduled_lr, stamp
 from models.space import SearchSpace
 from regularizers.base import Regularizer
@@ -84,7 +86,8 @@ class Trainer:
         self.shared_optim = build_optimizer(self.spec, space.model.parameters(), cfg.shared_optim)
         self.guard = NonFiniteGuard("shared-step loss", "the search diverged (try a smaller --shared_lr or --alpha_fisher)",
                                     lambda: f"epoch {self.epoch}, shared step {self.shared_step}", lambda: last_checkpoint(run))
-        self.step = Step(self.shared_optim, space.model.parameters(), self.spec.grad_clip, self.guard, cfg.amp)
+        self.step = Step(self.shared_optim, space.model.parameters(), self.spec.grad_clip, self.guard, cfg.amp,
+                         space.model.buffers())
         self.device = self.step.params[0].device
         self.epoch = 0  # epochs completed
         self.shared_step = 0
@@ -135,20 +138,17 @@ class Trainer:
         if reg is not None:
             reg.end_model(names, lambda ce_only, what: self.held_out_backward(arch, ce_only, what))
             self.step.zero_grad()
-        values = (sums / max(done, 1)).tolist()
+        values = comm.mean_(sums / max(done, 1)).tolist()  # each rank's figures are its shard's
         return {"loss": values[0], "ce": values[1], "penalty": values[2], "accuracy": values[3], "batches": done}
 
     def held_out_backward(self, arch: Any, ce_only: bool, what: str) -> bool:
-        """Gradient of one validation batch of ``arch`` in ``.grad`` (no weight update); ``False``
-        when its loss was not finite (counted by the shared step's guard)."""
+        """Gradient of one validation batch of ``arch`` in ``.grad`` (no weight update; averaged over the
+        ranks, so the Fisher is the same everywhere); ``False`` when its loss was not finite (counted by
+        the shared step's guard)."""
         self.step.zero_grad()
         with self.step.autocast():
             out = self.space.fisher_loss(arch)
-        loss = out.ce if ce_only else out.total
-        if not self.guard.check(loss.detach(), what):
-            return False
-        loss.backward()
-        return True
+        return self.step.backward(out.ce if ce_only else out.total, what)
 
     def shared_phase(self, epoch: int, steps: int, measure_forgetting: bool) -> dict[str, Any]:
         reg = self.reg if self.reg is not None and self.reg.active(epoch) else None
@@ -160,6 +160,7 @@ class Trainer:
         bar = tqdm(range(steps), desc=f"epoch {epoch} shared", leave=False, disable=None)
         for _ in bar:
             for arch in self.sampler.sample(self.cfg.shared_num_sample):
+                comm.agree("sampled architectures", comm.text_fingerprint(str(arch)))
                 stats = self.train_arch(arch, reg)
                 per_step.append(stats)
                 if reg is not None:
@@ -225,6 +226,7 @@ class Trainer:
         save = (epoch + 1) % max(1, c.save_epoch) == 0 or epoch + 1 == c.max_epoch
         if save:
             record.update(self.derive_and_evaluate(epoch))
+        self.check_ranks_agree()
         bad = self.nonfinite_state()
         if bad is not None:
             raise NonFiniteLoss(f"{bad} is not finite after epoch {epoch}: the search diverged and this state is not "
@@ -238,6 +240,16 @@ class Trainer:
             self._report(record)
             self.save_checkpoint(numbered=save)
         return record
+
+    def check_ranks_agree(self) -> None:
+        """Data-parallel runs: the shared weights, the sampler's and the regulariser's state are bit-identical
+        on every rank (the averaged gradients make them so; a mismatch is a bug or mixed code versions)."""
+        if not world().active:
+            return
+        comm.agree("shared weights", comm.fingerprint(self.space.model.state_dict()))
+        comm.agree("sampler states", comm.fingerprint(self.sampler.state_dict()))
+        if self.reg is not None:
+            comm.agree(f"{self.reg.label} states", comm.fingerprint(self.reg.state_dict()))
 
     def nonfinite_state(self) -> str | None:
         """The first tensor of the model, the sampler or the regulariser that holds NaN or infinity, if any."""
@@ -253,12 +265,13 @@ class Trainer:
         if self.best is None or improves(self.space.metric, result[metric_key], self.best["score"]):
             self.best = {"arch": arch.to_dict(), "score": result[metric_key], "epoch": epoch}
         if self.run:
-            save_json(self.run.path / "best_arch.json", {**self.best, "metric": metric_key})
-            png = self.space.draw(arch, self.run.networks / f"{epoch:04d}-derived.png")
-            self.run.image("networks/derived", png, epoch)
-            sampled = self.sampler.sample(1)[0]
-            png = self.space.draw(sampled, self.run.networks / f"{epoch:04d}-sampled.png")
-            self.run.image("networks/sampled", png, epoch)
+            sampled = self.sampler.sample(1)[0]  # on every rank: the samplers' generators stay in step
+            if self.run.writes:
+                save_json(self.run.path / "best_arch.json", {**self.best, "metric": metric_key})
+                png = self.space.draw(arch, self.run.networks / f"{epoch:04d}-derived.png")
+                self.run.image("networks/derived", png, epoch)
+                png = self.space.draw(sampled, self.run.networks / f"{epoch:04d}-sampled.png")
+                self.run.image("networks/sampled", png, epoch)
             self.run.scalars({f"eval/{metric_key}": result[metric_key]}, epoch)
         log.info("| epoch %3d | derived %s | %s %.3f", epoch, arch, metric_key, result[metric_key])
         return {metric_key: result[metric_key], "derived_arch": arch.to_dict(), "derived_error": error,

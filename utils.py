@@ -104,12 +104,19 @@ def load_json(path: Path) -> Any:
 
 # --------------------------------------------------------------------------------------- logging
 def setup_logging(level: str, logfile: Path | None = None) -> None:
+    """Console (and ``logfile``) logging at ``level``; data-parallel ranks other than 0 log warnings and
+    errors only, to the console only (rank 0 speaks for the job and owns the run directory)."""
+    from distributed.context import world
+
+    if not world().is_main:
+        level, logfile = "WARN" if level != "DEBUG" else level, None
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     root.setLevel({"WARN": logging.WARNING}.get(level, getattr(logging, level)))
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    prefix = f"[rank {world().rank}] " if world().active else ""
+    fmt = logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(message)s", "%H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
     root.addHandler(console)
@@ -120,15 +127,22 @@ def setup_logging(level: str, logfile: Path | None = None) -> None:
         root.addHandler(handler)
 
 
-def choose_device(num_gpu: int) -> torch.device:
-    """``num_gpu=0`` is the CPU; ``>= 1`` is CUDA when present, else the CPU with one warning."""
+def choose_device(num_gpu: int, local_rank: int = 0) -> torch.device:
+    """``num_gpu=0`` is the CPU; ``>= 1`` is CUDA when present, else the CPU with one warning.
+
+    A data-parallel worker takes the GPU of its ``local_rank`` (``num_gpu > 1`` starts one worker per
+    GPU: distributed.launch), a single process the current one."""
     if num_gpu <= 0:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        log.warning("num_gpu=%d but CUDA is not available: running on the CPU", num_gpu)
+        if local_rank == 0:
+            log.warning("num_gpu=%d but CUDA is not available: running on the CPU", num_gpu)
         return torch.device("cpu")
-    if num_gpu > 1:
-        log.warning("num_gpu=%d: multi-GPU training is not implemented, using one GPU", num_gpu)
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}")
+    if local_rank > 0 or "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device("cuda")
 
 

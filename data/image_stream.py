@@ -5,6 +5,10 @@ model's device, drawing from a generator seeded by ``(seed, stream, epoch, posit
 workers therefore only decode, and a stream's whole state is two integers: a resumed run sees
 exactly the batches an uninterrupted one would have seen. The splits themselves come from
 :mod:`data.image`.
+
+Data-parallel: every rank draws the same global batch of ``batch_size`` indices and keeps its
+contiguous share (``distributed.context.World.part``); the augmentation is drawn for the whole global
+batch and sliced, so the ranks together see the images a single process would have seen.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from data.image import ImageData, ImageSet
+from distributed.context import world
 from utils import UserError
 
 
@@ -44,22 +49,28 @@ class Preprocess:
         std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * std), mean / std
 
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None, part: slice | None = None,
+                 total: int = 0) -> Tensor:
         images = images.to(self.device, non_blocking=True)
         if generator is not None:
-            images = self.augment(images, generator)
+            images = self.augment(images, generator, part, total)
         return images.float() * self.scale - self.shift
 
-    def augment(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Random crop of the zero-padded image (torchvision's RandomCrop(padding=p)), then a random flip."""
+    def augment(self, images: Tensor, generator: torch.Generator, part: slice | None = None, total: int = 0) -> Tensor:
+        """Random crop of the zero-padded image (torchvision's RandomCrop(padding=p)), then a random flip.
+
+        ``images`` may be the ``part`` of a batch of ``total`` images: the draws are made for the whole
+        batch and sliced, so each image is augmented as it would be in the whole batch."""
         n, _, h, w = images.shape
+        part = part if part is not None else slice(0, n)
+        drawn = total or n
         p = self.padding
         padded = F.pad(images, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=generator)
-        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=generator)
+        dy = torch.randint(0, 2 * p + 1, (drawn, 1), generator=generator)[part]
+        dx = torch.randint(0, 2 * p + 1, (drawn, 1), generator=generator)[part]
         rows, cols = dy + torch.arange(h), dx + torch.arange(w)
         if self.flip:
-            flipped = torch.rand(n, 1, generator=generator) < 0.5
+            flipped = torch.rand(drawn, 1, generator=generator)[part] < 0.5
             cols = torch.where(flipped, cols.flip(1), cols)
         rows, cols = rows.to(self.device), cols.to(self.device)
         batch = torch.arange(n, device=self.device)[:, None, None]
@@ -74,8 +85,8 @@ def _as_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 class _EpochBatches(Sampler[list[int]]):
     """The batches of one epoch from position ``start`` on: a permutation seeded by (seed, stream, epoch)."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, salt: int) -> None:
-        self.size, self.batch_size, self.seed, self.salt = size, batch_size, seed, salt
+    def __init__(self, size: int, batch_size: int, seed: int, salt: int, part: slice = slice(None)) -> None:
+        self.size, self.batch_size, self.seed, self.salt, self.part = size, batch_size, seed, salt, part
         self.epoch = 0
         self.start = 0
 
@@ -91,7 +102,7 @@ class _EpochBatches(Sampler[list[int]]):
         order = torch.randperm(self.size, generator=generator)
         batches = order[: self.per_epoch * self.batch_size].view(self.per_epoch, self.batch_size)
         for batch in batches[self.start :]:
-            yield batch.tolist()
+            yield batch[self.part].tolist()
 
 
 def make_loader(images: ImageSet, batch_sampler: Sampler[list[int]], num_workers: int, device: torch.device,
@@ -120,7 +131,8 @@ class BatchStream:
         if len(images) < batch_size:
             raise UserError(f"a split of {len(images)} images is smaller than the batch size {batch_size}")
         self.preprocess, self.seed, self.salt, self.augment = preprocess, seed, salt, augment
-        self.sampler = _EpochBatches(len(images), batch_size, seed, salt)
+        self.batch_size, self.part = batch_size, world().part(batch_size)  # this rank's share of each batch
+        self.sampler = _EpochBatches(len(images), batch_size, seed, salt, self.part)
         self.loader = make_loader(images, self.sampler, num_workers, preprocess.device, persistent=True)
         self.epoch, self.pos = 0, 0
         self._iter: Iterator[tuple[Tensor, Tensor]] | None = None
@@ -140,7 +152,7 @@ class BatchStream:
                 self.epoch, self.pos, self._iter = self.epoch + 1, 0, None
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.salt, self.epoch, self.pos)) if self.augment else None
         self.pos += 1
-        return self.preprocess(images, generator), labels.to(self.preprocess.device, non_blocking=True)
+        return self.preprocess(images, generator, self.part, self.batch_size), labels.to(self.preprocess.device, non_blocking=True)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}
@@ -159,6 +171,8 @@ def iterate_split(images: ImageSet, batch_size: int, preprocess: Preprocess, num
     """
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).tolist()
     batches = [order[s : s + batch_size] for s in range(0, len(images), batch_size)]
+    if world().active:  # each rank its share of every batch (the last, smaller one may leave a rank none)
+        batches = [share for b in batches if (share := b[world().part(len(b))])]
     loader = iter(make_loader(images, batches, num_workers, preprocess.device, persistent=False))  # type: ignore[arg-type]
     while True:
         try:

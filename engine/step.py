@@ -3,7 +3,9 @@
 Search (a sampled architecture on the shared weights), retraining (one fixed architecture) and the
 experiments all do the same thing per batch: forward under optional bfloat16 autocast, refuse a
 non-finite loss, back-propagate, let a regulariser read and extend the gradient, clip, step. Doing it
-in one place means one fix reaches every loop.
+in one place means one fix reaches every loop, data-parallel training included: with several ranks
+the gradient is averaged over them right after the backward pass (``distributed.comm``), so the
+regulariser, the clip and the optimiser all see the whole global batch's gradient on every rank.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from distributed import comm
+from distributed.context import world
 from engine.guard import NonFiniteGuard
 
 
@@ -20,14 +24,17 @@ class Step:
     """``update(loss)`` performs one guarded step of ``optimizer`` over ``params``.
 
     ``amp`` turns on bfloat16 autocast in :meth:`autocast` (use it around the forward and loss);
-    ``grad_clip > 0`` clips the global gradient norm of ``params``.
+    ``grad_clip > 0`` clips the global gradient norm of ``params``; ``buffers`` (the model's running
+    statistics) are kept identical across data-parallel ranks.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], grad_clip: float,
-                 guard: NonFiniteGuard, amp: bool = False) -> None:
+                 guard: NonFiniteGuard, amp: bool = False, buffers: Iterable[Tensor] = ()) -> None:
         self.optimizer, self.grad_clip, self.guard, self.amp = optimizer, grad_clip, guard, amp
         self.params = list(params)
+        self.buffers = [b for b in buffers if b.is_floating_point()]  # running statistics, averaged with the gradients
         self.device_type = self.params[0].device.type if self.params else "cpu"
+        self.data_parallel = world().active
 
     def autocast(self) -> torch.autocast:
         """bfloat16 autocast when ``amp`` is on, otherwise a no-op context."""
@@ -44,6 +51,23 @@ class Step:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
+    def backward(self, loss: Tensor, what: str = "loss") -> bool:
+        """``.grad`` := the gradient of ``loss`` (averaged over the ranks); ``False`` when the loss is
+        not finite (data-parallel: on any rank, so that every rank skips the same steps).
+
+        A single process checks before back-propagating (a skipped step costs no backward); several
+        ranks back-propagate first and check the mean loss that travelled with the gradients.
+        """
+        if not self.data_parallel:
+            if not self.guard.check(loss.detach(), what):
+                return False
+            self.zero_grad()
+            loss.backward()
+            return True
+        self.zero_grad()
+        loss.backward()
+        return self.guard.check(comm.average_gradients(self.params, loss.detach(), self.buffers), what)
+
     def update(self, loss: Tensor, before_step: Callable[[], Tensor | None] | None = None, what: str = "penalty") -> bool:
         """Back-propagate ``loss`` and step; ``False`` (nothing changed) when the step was skipped.
 
@@ -51,10 +75,8 @@ class Step:
         regulariser's hooks: read it, add a penalty's gradient); a non-finite value it returns (named
         ``what``) skips the step like a non-finite loss.
         """
-        if not self.guard.check(loss.detach(), "loss"):
+        if not self.backward(loss):
             return False
-        self.zero_grad()
-        loss.backward()
         if before_step is not None:
             extra = before_step()
             if extra is not None and not self.guard.check(extra, what):

@@ -4,6 +4,11 @@ Errors, rewards, Fisher batches and evaluations run the shared model in eval mod
 asks; its batch norms nevertheless normalise with the batch's own statistics (``models.cnn`` explains
 why), so an evaluation depends on the weights and on the images batched together: the forgetting
 metric's batches are fixed, and validation/test splits are read in one fixed, shuffled order.
+
+Data-parallel: each rank reads its share of every batch (``data.image_stream``) and counts are summed
+over the ranks. Batch norms normalise with the statistics of a rank's share (no synchronised batch
+norm), so a run on N ranks is not the same computation as one process with the same global batch,
+as with any data-parallel CNN; the recurrent space has no such term and matches exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from torch.nn import functional as F
 
 from data.image import ImageData
 from data.image_stream import BatchStream, Preprocess, iterate_split, mixed_seed
+from distributed import comm
+from distributed.context import world
 from models import cnn
 from models.cnn import CNNArch, CNNStyle, SharedCNN
 from models.space import Loss, OptimSpec
@@ -95,7 +102,7 @@ class CNNSpace:
         valid, bs = self.data.valid, self._cfg.batch_size
         n = max(1, min(self._cfg.forgetting_eval_batches, len(valid) // bs))
         generator = torch.Generator().manual_seed(mixed_seed(self._cfg.random_seed, STREAM_SALT["fixed"]))
-        picked = torch.randperm(len(valid), generator=generator)[: n * bs].view(n, bs)
+        picked = torch.randperm(len(valid), generator=generator)[: n * bs].view(n, bs)[:, world().part(bs)]
         batches = []
         for indices in picked:
             images, labels = valid.__getitems__(indices.tolist())
@@ -175,7 +182,8 @@ class CNNSpace:
         for images, labels in batches:
             correct += (model(images, arch).argmax(1) == labels).sum()
             total += len(labels)
-        return int(correct), total  # one host synchronisation per call
+        correct_all, total_all = comm.sum_values([int(correct), total])  # one host synchronisation per call
+        return int(correct_all), int(total_all)
 
     def error(self, arch: CNNArch) -> float:
         """Error rate in percent on the fixed forgetting batches (eval mode)."""

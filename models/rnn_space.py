@@ -1,4 +1,11 @@
-"""The recurrent-cell search space as a trainer plug-in: data streams, losses, rewards, drawings."""
+"""The recurrent-cell search space as a trainer plug-in: data streams, losses, rewards, drawings.
+
+Data-parallel (``distributed``): a split is batchified into its ``batch_size`` columns as in one
+process, and each rank keeps a contiguous block of ``batch_size / world`` of them, so the hidden state
+a rank carries is its own columns' state and the ranks together see exactly the one-process batch.
+Losses are means over a rank's columns (equal shares: their mean over ranks is the global mean);
+rewards, errors and evaluations sum what each rank saw and reduce it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from data.text import Corpus, batchify, get_batch
+from distributed import comm
+from distributed.context import world
 from models import rnn_arch
 from models.rnn import RNNOutput, SharedRNN
 from models.rnn_arch import RNNArch
@@ -78,11 +87,15 @@ class TextStream:
         self.hidden = hidden.detach()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pos": self.pos, "hidden": self.hidden}
+        """The position and the hidden state of every column (gathered from all ranks: a collective)."""
+        return {"pos": self.pos, "hidden": comm.gather_rows(self.hidden) if self.hidden is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Saved by any number of ranks: this rank takes its own columns' rows of the hidden state."""
         self.pos = int(state["pos"])
         hidden = state["hidden"]
+        if hidden is not None and world().active:
+            hidden = hidden[world().part(hidden.size(0))]
         self.hidden = hidden.to(self.data.device) if hidden is not None else None
 
 
@@ -103,9 +116,12 @@ class RNNSpace:
         ).to(device)
         bptt = cfg.shared_rnn_max_length
         # The batchified splits, (time, batch): public for loops that slice them their own way (variable BPTT).
-        self.train_data = batchify(corpus.train, cfg.batch_size).to(device)
-        self.valid_data = batchify(corpus.valid, cfg.batch_size).to(device)
-        self.test_data = batchify(corpus.test, cfg.test_batch_size).to(device)
+        self.train_data = shard_columns(batchify(corpus.train, cfg.batch_size)).to(device)
+        self.valid_data = shard_columns(batchify(corpus.valid, cfg.batch_size)).to(device)
+        # Test columns are shared out when they divide evenly (the default test batch of 1 does not).
+        self.test_sharded = cfg.test_batch_size % world().size == 0
+        test = batchify(corpus.test, cfg.test_batch_size)
+        self.test_data = (shard_columns(test) if self.test_sharded else test).to(device)
         self._streams = {
             "train": TextStream(self.train_data, bptt),
             "fisher": TextStream(self.valid_data, bptt),
@@ -186,12 +202,15 @@ class RNNSpace:
             out = self.model(x, self.model.init_hidden(x.size(1)), arch)
             total += float(F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), reduction="sum"))
             count += y.numel()
+        total, count = comm.sum_values([total, count])
         return total / count
 
     @torch.inference_mode()
     def reward(self, arch: RNNArch, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
         self.model.eval()
         ces = [float(self._stream_loss(self._streams["reward"], arch).ce) for _ in range(num_batches)]
+        if world().active:  # each rank's mean over its columns; equal shares, so their mean is the global one
+            ces = [c / world().size for c in comm.sum_values(ces)]
         ppl = math.exp(sum(ces) / len(ces))
         return reward_c / (ppl**2 if square else ppl), ppl
 
@@ -210,6 +229,8 @@ class RNNSpace:
             hidden = out.hidden
             nll += float(F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), reduction="sum"))
             count += y.numel()
+        nll, count = comm.sum_values([nll, count], sharded=split == "valid" or self.test_sharded)
+        count = int(count)
         return {f"{split}_ppl": math.exp(nll / count), f"{split}_nll": nll / count, f"{split}_tokens": count}
 
     # ----------------------------------------------------------------------------- drawing
@@ -223,6 +244,11 @@ class RNNSpace:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, s in self._streams.items():
             s.load_state_dict(state[name])
+
+
+def shard_columns(data: Tensor) -> Tensor:
+    """This rank's contiguous block of a batchified split's columns (the whole split in one process)."""
+    return data[:, world().part(data.size(1))].contiguous() if world().active else data
 
 
 def rnn_dot(arch: RNNArch) -> str:

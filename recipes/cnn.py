@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from data.image_stream import mixed_seed
+from distributed import comm
 from engine import scheduled_lr
 from models.cnn import CNNArch, SharedCNN
 from models.space import SearchSpace
@@ -107,6 +108,6 @@ class CNNRetrainer(Retrainer):
             if self.update(loss):
                 n = labels.numel()
                 sums += torch.stack([ce.detach() * n, (logits.detach().argmax(1) == labels).sum().float(), ce.new_tensor(n)])
-        total = sums.tolist()
+        total = comm.sum_(sums).tolist()  # every rank's images
         images = max(total[2], 1.0)
         return {"train_loss": total[0] / images, "train_acc": 100.0 * total[1] / images, "lr": lr}

@@ -5,6 +5,10 @@ A recipe (``recipes.rnn``, ``recipes.cnn``) supplies ``train_epoch`` and may rea
 metric's direction through ``engine.improves``, checkpoints through ``engine.stamp("retrain", ...)``.
 When a recipe starts weight averaging (NT-ASGD), the running average is the model validated, kept as
 best and tested.
+
+Data-parallel, nothing here changes: ``Step`` averages the gradients over the ranks, so every rank's
+weights (and their running average) stay identical, and the space's evaluation reduces over the ranks,
+so every rank sees the whole split's score and takes the same NT-ASGD and best-weights decisions.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class Retrainer:
         self.guard = NonFiniteGuard("loss", "training diverged (try a smaller learning rate)",
                                     where=lambda: f"retrain step {self.step}",
                                     last_checkpoint=lambda: str(self.run.latest_checkpoint() or "none yet"))
-        self.updater = Step(self.optim, model.parameters(), spec.grad_clip, self.guard)
+        self.updater = Step(self.optim, model.parameters(), spec.grad_clip, self.guard, buffers=model.buffers())
         self.key = f"valid_{space.metric}"
         self.averaged: AveragedModel | None = None
         self.epoch = 0  # epochs completed
@@ -153,6 +157,8 @@ class Retrainer:
 
     def save_best(self) -> None:
         state = self.best_state()
+        if not self.run.writes:  # data-parallel: rank 0 writes the run directory
+            return
         atomic_write_bytes(self.best_path, lambda f: torch.save(state, f))
 
     @property

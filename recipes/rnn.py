@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from data.text import get_batch
+from distributed import comm
 from engine import scheduled_lr
 from recipes.loop import Retrainer
 
@@ -64,6 +65,7 @@ class RNNRetrainer(Retrainer):
                 pos += seq_len
                 bar.update(x.size(0))
         self.updater.set_lr(lr)
+        comm.sum_(sums)  # every rank's tokens
         loss = float(sums[0] / sums[1].clamp_min(1))
         return {"train_loss": loss, "train_ppl": math.exp(min(loss, 50.0)), "lr": lr}
 
