@@ -23,7 +23,7 @@ from tqdm import tqdm
 from analysis.stats import t_halfwidth
 from engine import NonFiniteGuard, NonFiniteLoss, Step, build_optimizer, first_nonfinite, improves, scheduled_lr, stamp
 from models.space import SearchSpace
-from regularizers.base import Regularizer
+from regularizers.base import Objective, Regularizer
 from runlog import RunDir
 from samplers.base import Sampler, last_checkpoint
 from stopping import critical
@@ -133,18 +133,18 @@ class Trainer:
             sums += torch.stack([out.total.detach() + penalty, out.ce.detach(), penalty, accuracy.float()])
             done += 1
         if reg is not None:
-            reg.end_model(names, lambda ce_only, what: self.held_out_backward(arch, ce_only, what))
+            reg.end_model(names, lambda objective, what: self.held_out_backward(arch, objective, what))
             self.step.zero_grad()
         values = (sums / max(done, 1)).tolist()
         return {"loss": values[0], "ce": values[1], "penalty": values[2], "accuracy": values[3], "batches": done}
 
-    def held_out_backward(self, arch: Any, ce_only: bool, what: str) -> bool:
-        """Gradient of one validation batch of ``arch`` in ``.grad`` (no weight update); ``False``
-        when its loss was not finite (counted by the shared step's guard)."""
+    def held_out_backward(self, arch: Any, objective: Objective, what: str) -> bool:
+        """Gradient of ``objective`` of one validation batch of ``arch`` in ``.grad`` (no weight update);
+        ``False`` when its value was not finite (counted by the shared step's guard)."""
         self.step.zero_grad()
         with self.step.autocast():
             out = self.space.fisher_loss(arch)
-        loss = out.ce if ce_only else out.total
+            loss = objective(out)
         if not self.guard.check(loss.detach(), what):
             return False
         loss.backward()
