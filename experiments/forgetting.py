@@ -172,7 +172,11 @@ def mode_forgetting(trainer: Trainer, state: dict[str, Any], run_dir: Path, num_
     run every variant from the checkpoint's state, write the results."""
     if scheduled_alpha(wpl, state["epoch"]) <= 0:
         raise UserError("--mode=forgetting needs a WPL strength: pass --alpha_fisher > 0")
-    trainer.load_state_dict(state)
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"the checkpoint does not fit this configuration ({' '.join(str(err).split())[:200]}); "
+                        "keep the run's --wpl_importance and compare importances with --forgetting_variants") from err
     if use_random:
         generator = torch.Generator().manual_seed(seed)
         archs = [trainer.space.random_arch(generator) for _ in range(num_models)]

@@ -4,6 +4,7 @@ tiny search per importance resumed exactly, and ``--mode=forgetting``'s importan
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,8 @@ TINY = ["--dataset=tiny", "--sampler=random", "--max_epoch=2", "--shared_max_ste
 
 
 @pytest.mark.parametrize("importance", ["mas", "si"])
-def test_a_tiny_search_per_importance_resumes_exactly(importance: str, data_dir: Path, tmp_path: Path) -> None:
+def test_a_tiny_search_per_importance_resumes_exactly(importance: str, data_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     argv = [*TINY, f"--wpl_importance={importance}", f"--data_dir={data_dir}", f"--log_dir={tmp_path}"]
     assert main.main([*argv, "--comment=full"]) == 0
     run = tmp_path / "tiny_full"
@@ -196,3 +198,10 @@ def test_a_tiny_search_per_importance_resumes_exactly(importance: str, data_dir:
     resumed = torch.load(again / "checkpoints" / "latest.pt", weights_only=True)
     assert resumed["regularizer"].keys() == state["regularizer"].keys()
     assert all(torch.equal(resumed["regularizer"][k], v) for k, v in state["regularizer"].items())
+    if importance == "si":
+        forgetting = ["--mode=forgetting", f"--load_path={run}", "--forgetting_models=2", f"--data_dir={data_dir}"]
+        assert main.main([*forgetting, "--forgetting_variants=none,fisher,mas,si"]) == 0
+        assert list(json.loads((run / "forgetting_results.json").read_text())["variants"]) == ["none", "fisher", "mas", "si"]
+        capsys.readouterr()
+        assert main.main([*forgetting, "--wpl_importance=fisher"]) == 2  # the run's SI state does not fit a Fisher
+        assert "--forgetting_variants" in capsys.readouterr().err
