@@ -21,7 +21,8 @@ from distributed.context import world
 from models.space import OptimSpec, SearchSpace, pick
 from recipes import RECIPES, RetrainConfig, Retrainer
 from recipes.arch import make_arch
-from regularizers.wpl_search import SearchWPL, WPLSearchConfig
+from regularizers.search_importance import build_search_regularizer
+from regularizers.wpl_search import WPLSearchConfig
 from runlog import RunDir
 from samplers import SAMPLERS
 from trainer import Trainer, TrainerConfig
@@ -101,11 +102,11 @@ def build_cnn_space(args: argparse.Namespace, device: torch.device) -> SearchSpa
 
 def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | None) -> Trainer:
     """The search: its space, the ``--sampler`` (built first: the controller's initial weights draw from
-    the seeded global generator), WPL when ``--alpha_fisher > 0``, and the loop."""
+    the seeded global generator), WPL (its ``--wpl_importance``) when ``--alpha_fisher > 0``, and the loop."""
     space = build_space(args, device)
     sampler_cls = SAMPLERS[args.sampler]
     sampler = sampler_cls.build(space, pick(sampler_cls.Config, args), device, run)
-    wpl = SearchWPL(space.wpl_groups(), pick(WPLSearchConfig, args)) if args.alpha_fisher > 0 else None
+    wpl = build_search_regularizer(space.wpl_groups(), pick(WPLSearchConfig, args)) if args.alpha_fisher > 0 else None
     return Trainer(space, sampler, wpl, pick(TrainerConfig, args), run, vars(args))
 
 

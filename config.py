@@ -42,6 +42,10 @@ def build_parser() -> StrictParser:
     g.add_argument("--wpl_alpha_mode", type=choice("compound", "loss"), default="compound",
                    help="compound: alpha multiplies the stored Fisher at every update, as the paper's code does; "
                         "loss: textbook (alpha/2) sum F (theta-theta*)^2 with alpha applied at loss time")
+    g.add_argument("--wpl_importance", type=choice("fisher", "mas", "si"), default="fisher",
+                   help="the search's importance: fisher (the paper's online Fisher), mas (|d mean ||f(x)||^2 / d theta| on "
+                        "the validation batch, Aljundi et al. 2018) or si (path integral over each model's training batches, "
+                        "Zenke et al. 2017, damping --si_xi); docs/wpl.md says which WPL options apply to which")
     g.add_argument("--momentum", type=b, default=True, help="Fisher as a moving average ((1-lambda) F + lambda g^2) instead of a sum")
     g.add_argument("--alpha_decay", type=float, default=2.0, help="alpha decrement (mode 1) or factor (mode 2) per epoch once decay starts")
     g.add_argument("--alpha_decay_after", type=float, default=15.0, help="epoch at which alpha starts to decay")
@@ -69,7 +73,9 @@ def build_parser() -> StrictParser:
     g.add_argument("--start_evaluate_diff", type=int, default=0, help="first epoch with the forgetting metric")
     g.add_argument("--forgetting_eval_batches", type=int, default=4, help="fixed validation batches for the forgetting metric (eval mode)")
     g.add_argument("--forgetting_models", type=int, default=20, help="--mode=forgetting: architectures trained in turn")
-    g.add_argument("--forgetting_variants", type=str_list, default=["none", "compound", "loss"], help="--mode=forgetting: WPL variants compared")
+    g.add_argument("--forgetting_variants", type=str_list, default=["none", "compound", "loss"],
+                   help="--mode=forgetting: variants compared: none; compound, loss (the arithmetic, with --wpl_importance); "
+                        "fisher, mas, si (the importance, with --wpl_alpha_mode)")
 
     g = p.group("network")
     g.add_argument("--network_type", type=choice("rnn", "micro_cnn"), default="rnn", help="search space", role=("shape", "search"))
@@ -238,7 +244,7 @@ def build_parser() -> StrictParser:
     g.add_argument("--online_ewc_lambda", type=float, default=5000.0, help="online EWC strength")
     g.add_argument("--online_ewc_gamma", type=float, default=1.0, help="online EWC: decay of the running Fisher")
     g.add_argument("--si_c", type=float, default=1.0, help="SI strength c (c sum Omega (theta - theta*)^2)")
-    g.add_argument("--si_xi", type=float, default=0.1, help="SI damping xi")
+    g.add_argument("--si_xi", type=float, default=0.1, help="SI damping xi (also the search's, --wpl_importance=si)")
     g.add_argument("--mas_lambda", type=float, default=1.0, help="MAS strength lambda (lambda sum Omega (theta - theta*)^2)")
     g.add_argument("--l2_lambda", type=float, default=1.0, help="L2 baseline strength")
     g.add_argument("--wpl_alpha", type=float, default=1e5, help="WPL strength alpha (Fisher: moving average of squared batch gradients)")

@@ -25,7 +25,7 @@ from distributed import comm
 from distributed.context import world
 from engine import NonFiniteGuard, NonFiniteLoss, Step, build_optimizer, first_nonfinite, improves, scheduled_lr, stamp
 from models.space import SearchSpace
-from regularizers.base import Regularizer
+from regularizers.base import Objective, Regularizer
 from runlog import RunDir
 from samplers.base import Sampler, last_checkpoint
 from stopping import critical
@@ -136,19 +136,20 @@ class Trainer:
             sums += torch.stack([out.total.detach() + penalty, out.ce.detach(), penalty, accuracy.float()])
             done += 1
         if reg is not None:
-            reg.end_model(names, lambda ce_only, what: self.held_out_backward(arch, ce_only, what))
+            reg.end_model(names, lambda objective, what: self.held_out_backward(arch, objective, what))
             self.step.zero_grad()
         values = comm.mean_(sums / max(done, 1)).tolist()  # each rank's figures are its shard's
         return {"loss": values[0], "ce": values[1], "penalty": values[2], "accuracy": values[3], "batches": done}
 
-    def held_out_backward(self, arch: Any, ce_only: bool, what: str) -> bool:
-        """Gradient of one validation batch of ``arch`` in ``.grad`` (no weight update; averaged over the
-        ranks, so the Fisher is the same everywhere); ``False`` when its loss was not finite (counted by
-        the shared step's guard)."""
+    def held_out_backward(self, arch: Any, objective: Objective, what: str) -> bool:
+        """Gradient of ``objective`` of one validation batch of ``arch`` in ``.grad`` (no weight update;
+        averaged over the ranks, so the importance is the same everywhere); ``False`` when its value was
+        not finite (counted by the shared step's guard)."""
         self.step.zero_grad()
         with self.step.autocast():
             out = self.space.fisher_loss(arch)
-        return self.step.backward(out.ce if ce_only else out.total, what)
+            loss = objective(out)
+        return self.step.backward(loss, what)
 
     def shared_phase(self, epoch: int, steps: int, measure_forgetting: bool) -> dict[str, Any]:
         reg = self.reg if self.reg is not None and self.reg.active(epoch) else None

@@ -76,7 +76,7 @@ def shared_batch(trainer: Trainer, arch: Any, wpl: TimedWPL | None) -> float:
 
 def fisher_refresh(trainer: Trainer, arch: Any, wpl: TimedWPL) -> None:
     """WPL's end of an architecture: the Fisher from one validation batch, then the anchors."""
-    wpl.refresh(trainer.space.groups_for(arch), lambda ce_only, what: trainer.held_out_backward(arch, ce_only, what))
+    wpl.refresh(trainer.space.groups_for(arch), lambda objective, what: trainer.held_out_backward(arch, objective, what))
     trainer.step.zero_grad()
 
 

@@ -4,7 +4,7 @@ The in-search metric compares a WPL run with a no-WPL run that differ in everyth
 architectures, batches, dropout masks). Here every variant starts from the *same* weights,
 optimiser, data cursors and random state, trains the *same* architectures in the same order on the
 same batches exactly as the shared phase does (``Trainer.train_arch``, handed each variant's own
-regulariser), and differs only in the WPL arithmetic. For each
+regulariser), and differs only in the WPL arithmetic or importance measure. For each
 architecture ``err1`` is measured right after its own training and ``err2`` after the last one, so
 ``diff = err2 - err1`` is what the later architectures cost it. The noise floor (``err2 - err1``
 with no training in between) is zero in eval mode, which makes every non-zero diff real.
@@ -25,21 +25,26 @@ import numpy as np
 import torch
 
 from analysis.stats import bootstrap_ci
+from regularizers.search_importance import SEARCH_IMPORTANCES, build_search_regularizer
+from regularizers.wpl import MODES
 from regularizers.wpl_search import SearchWPL, WPLSearchConfig, scheduled_alpha
 from trainer import Trainer
 from utils import UserError, save_json
 
 log = logging.getLogger("wpl")
-VARIANTS = ("none", "compound", "loss")
+VARIANTS = ("none", *MODES, *SEARCH_IMPORTANCES)
 
 
 def variant_regularizer(trainer: Trainer, variant: str, wpl: WPLSearchConfig, epoch: int) -> SearchWPL | None:
-    """A fresh WPL of arithmetic ``variant`` (zero Fisher, anchored at the current weights) at ``epoch``'s
-    strength, on from the first architecture and never reset; ``None`` for ``"none"``."""
+    """A fresh WPL (zero importance, anchored at the current weights) at ``epoch``'s strength, on from
+    the first architecture and never reset: of arithmetic ``variant`` ("compound", "loss") with
+    ``wpl``'s importance, or of importance ``variant`` ("fisher", "mas", "si") with ``wpl``'s
+    arithmetic; ``None`` for ``"none"``."""
     if variant == "none":
         return None
-    cfg = dataclasses.replace(wpl, wpl_alpha_mode=variant, start_using_fisher=0, set_fisher_zero_per_iter=0)
-    reg = SearchWPL(trainer.space.wpl_groups(), cfg)
+    which = {"wpl_alpha_mode": variant} if variant in MODES else {"wpl_importance": variant}
+    cfg = dataclasses.replace(wpl, **which, start_using_fisher=0, set_fisher_zero_per_iter=0)
+    reg = build_search_regularizer(trainer.space.wpl_groups(), cfg)
     reg.begin_epoch(epoch)
     return reg
 
@@ -167,7 +172,11 @@ def mode_forgetting(trainer: Trainer, state: dict[str, Any], run_dir: Path, num_
     run every variant from the checkpoint's state, write the results."""
     if scheduled_alpha(wpl, state["epoch"]) <= 0:
         raise UserError("--mode=forgetting needs a WPL strength: pass --alpha_fisher > 0")
-    trainer.load_state_dict(state)
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"the checkpoint does not fit this configuration ({' '.join(str(err).split())[:200]}); "
+                        "keep the run's --wpl_importance and compare importances with --forgetting_variants") from err
     if use_random:
         generator = torch.Generator().manual_seed(seed)
         archs = [trainer.space.random_arch(generator) for _ in range(num_models)]

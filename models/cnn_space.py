@@ -162,7 +162,7 @@ class CNNSpace:
         images, labels = self._streams[stream].next()
         logits = self.model(images, arch)
         ce = F.cross_entropy(logits, labels)
-        return Loss(ce, ce, (logits.detach().argmax(1) == labels).float().mean())
+        return Loss(ce, ce, (logits.detach().argmax(1) == labels).float().mean(), logits)
 
     def train_loss(self, arch: CNNArch) -> Loss:
         """The next augmented training batch, batch norms in training mode."""

@@ -184,7 +184,7 @@ class RNNSpace:
         out = self.model(x, hidden, arch)
         stream.carry(out.hidden)
         ce = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
-        return Loss(ce + self.regularizers(out), ce, None)
+        return Loss(ce + self.regularizers(out), ce, None, out.logits)
 
     def train_loss(self, arch: RNNArch) -> Loss:
         self.model.train()

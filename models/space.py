@@ -19,6 +19,7 @@ class Loss(NamedTuple):
     total: Tensor  # what is back-propagated: cross-entropy plus the space's own regularisers
     ce: Tensor  # mean cross-entropy of the batch
     accuracy: Tensor | None  # fraction of the batch classified correctly (image spaces), else None
+    logits: Tensor | None = None  # the batch's outputs (an output-sensitivity importance such as MAS reads them)
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,17 @@ class TaskData:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-# ``held_out(ce_only, what)``: zero the gradients and back-propagate one held-out batch of the model
-# (its cross-entropy alone when ``ce_only``, else its whole loss); ``False`` when that loss was not
-# finite (nothing back-propagated; counted as a skipped update named ``what``).
-HeldOut = Callable[[bool, str], bool]
+# ``held_out(objective, what)``: zero the gradients and back-propagate ``objective(loss)`` of one
+# held-out batch of the model (``loss`` a models.space.Loss: its cross-entropy, its whole loss, its
+# logits); ``False`` when that value was not finite (nothing back-propagated; counted as a skipped
+# update named ``what``).
+Objective = Callable[[Any], Tensor]
+HeldOut = Callable[[Objective, str], bool]
+
+
+def fisher_objective(ce_only: bool) -> Objective:
+    """What a Fisher reads off a held-out batch: its cross-entropy alone or its whole loss."""
+    return (lambda out: out.ce) if ce_only else (lambda out: out.total)
 
 
 class Regularizer(QuadraticStore):

@@ -28,6 +28,12 @@ def squared_output_norm(logits: Tensor, label: Tensor) -> Tensor:
     return logits.square().sum()
 
 
+def mean_squared_output_norm(logits: Tensor) -> Tensor:
+    """MAS's objective over a batch: the mean over samples (every leading index of ``logits``, e.g.
+    each token of a language model's ``(T, B, V)`` outputs) of ``squared_output_norm``."""
+    return logits.flatten(0, -2).square().sum(-1).mean()
+
+
 def mean_per_sample(task: TaskData, params: Sequence[nn.Parameter], score: Score, statistic: str,
                     max_samples: int, sample_labels: bool = False, seed: int = 0) -> list[Tensor]:
     """Mean over up to ``max_samples`` samples of ``g^2`` (``statistic="square"``) or ``|g|`` (``"abs"``).

@@ -17,6 +17,30 @@ from torch import Tensor, nn
 from regularizers.base import Regularizer, TaskData
 
 
+@torch.no_grad()
+def record_gradients(grads: Sequence[Tensor], params: Sequence[nn.Parameter]) -> None:
+    """``g`` of the coming step: each parameter's task-loss gradient (zero without one)."""
+    for g, p in zip(grads, params):
+        g.copy_(p.grad) if p.grad is not None else g.zero_()
+
+
+@torch.no_grad()
+def integrate_step(path: Sequence[Tensor], grads: Sequence[Tensor], previous: Sequence[Tensor],
+                   params: Sequence[nn.Parameter]) -> None:
+    """One update's share of the path integral, ``w += -g * delta_theta``; ``previous`` moves on."""
+    for w, g, prev, p in zip(path, grads, previous, params):
+        delta = p.detach() - prev
+        w.addcmul_(g, delta, value=-1.0)
+        prev.copy_(p.detach())
+
+
+@torch.no_grad()
+def path_importance(path: Sequence[Tensor], start: Sequence[Tensor], params: Sequence[nn.Parameter],
+                    xi: float) -> list[Tensor]:
+    """``w / ((theta - theta_start)^2 + xi)``: the path integral normalised by the total move."""
+    return [w / ((p.detach() - s).square() + xi) for w, s, p in zip(path, start, params)]
+
+
 class SI(Regularizer):
     def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]], strength: float, *, xi: float = 0.1) -> None:
         super().__init__(groups, strength)
@@ -32,28 +56,21 @@ class SI(Regularizer):
     def _tables(self, names: Iterable[str], table: Mapping[str, list[Tensor]]) -> list[Tensor]:
         return [t for name in dict.fromkeys(names) for t in table[name]]
 
-    @torch.no_grad()
     def after_backward(self, names: Iterable[str]) -> None:
         names = list(names)
-        for g, p in zip(self._tables(names, self.grad), self._tables(names, self.params)):
-            g.copy_(p.grad) if p.grad is not None else g.zero_()
+        record_gradients(self._tables(names, self.grad), self._tables(names, self.params))
 
-    @torch.no_grad()
     def after_step(self, names: Iterable[str]) -> None:
         names = list(names)
-        for w, g, prev, p in zip(self._tables(names, self.path), self._tables(names, self.grad),
-                                 self._tables(names, self.previous), self._tables(names, self.params)):
-            delta = p.detach() - prev
-            w.addcmul_(g, delta, value=-1.0)
-            prev.copy_(p.detach())
+        integrate_step(self._tables(names, self.path), self._tables(names, self.grad),
+                       self._tables(names, self.previous), self._tables(names, self.params))
 
     @torch.no_grad()
     def end_task(self, task: TaskData) -> None:
-        for omega, w, start, p in zip(self.flat(self.importance), self.flat(self.path), self.flat(self.anchor),
-                                      self.flat(self.params)):
-            total = p.detach() - start  # the anchor still holds the weights at the task's start
-            omega += w / (total.square() + self.xi)
-            w.zero_()
+        # The anchor still holds the weights at the task's start.
+        new = path_importance(self.flat(self.path), self.flat(self.anchor), self.flat(self.params), self.xi)
+        torch._foreach_add_(self.flat(self.importance), new)
+        torch._foreach_zero_(self.flat(self.path))
         self.refresh_anchors()
         torch._foreach_copy_(self.flat(self.previous), [p.detach() for p in self.flat(self.params)])
 

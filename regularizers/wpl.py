@@ -126,6 +126,25 @@ class WPL(Regularizer):
         if with_grad:
             torch._foreach_addcmul_([f for f, _ in with_grad], [g for _, g in with_grad], [g for _, g in with_grad],
                                     value=self.lambda_fisher)
+        self._clip_and_scale(fisher, alpha)
+
+    @torch.no_grad()
+    def fold_importance(self, names: Iterable[str], values: Sequence[Tensor], alpha: float | None = None) -> None:
+        """``update_fisher`` with another importance estimate ``values`` (one tensor per parameter of
+        ``names``, in order) in place of ``g^2``: ``F <- (1 - lambda) F + lambda v`` (or ``F + lambda v``),
+        then the same clip and compound ``alpha``."""
+        names = list(dict.fromkeys(names))
+        fisher = [f for name in names for f in self.running[name]]
+        if len(values) != len(fisher):
+            raise ValueError(f"fold_importance needs {len(fisher)} tensors, got {len(values)}")
+        if not fisher:
+            return
+        if self.momentum:
+            torch._foreach_mul_(fisher, 1.0 - self.lambda_fisher)
+        torch._foreach_add_(fisher, list(values), alpha=self.lambda_fisher)
+        self._clip_and_scale(fisher, alpha)
+
+    def _clip_and_scale(self, fisher: list[Tensor], alpha: float | None) -> None:
         factor = self._alpha(alpha) if self.mode == "compound" else 1.0
         if self.clip_by_norm > 0:
             # Per-tensor clip, then (compound) alpha: one multiplication by clip_scale * alpha per tensor.

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from regularizers.base import HeldOut
+from regularizers.base import HeldOut, fisher_objective
 from regularizers.wpl import WPL, alpha_schedule
 
 
@@ -37,6 +37,8 @@ class WPLSearchConfig:
     fisher_clip_by_norm: float
     momentum: bool
     wpl_alpha_mode: str
+    wpl_importance: str = "fisher"  # regularizers/search_importance.py: fisher (the paper's), mas, si
+    si_xi: float = 0.1  # SI's damping (--wpl_importance=si)
 
 
 def scheduled_alpha(cfg: WPLSearchConfig, epoch: int) -> float:
@@ -83,7 +85,7 @@ class SearchWPL(WPL):
 
     def end_model(self, names: Sequence[str], held_out: HeldOut) -> None:
         ce_only = self.cfg.shared_ce_fisher
-        if self.cfg.shared_valid_fisher and held_out(ce_only, "Fisher loss"):
+        if self.cfg.shared_valid_fisher and held_out(fisher_objective(ce_only), "Fisher loss"):
             if not ce_only:
                 super().add_penalty_grad_(names)
             self.update_fisher(names)

@@ -26,7 +26,7 @@ import config
 import main
 from conftest import metrics_without_timing
 from models.space import Loss, OptimSpec
-from regularizers.base import HeldOut, Regularizer
+from regularizers.base import HeldOut, Regularizer, fisher_objective
 from samplers import SAMPLERS, EvolutionSampler, RandomSampler
 from trainer import Trainer, TrainerConfig
 
@@ -135,7 +135,7 @@ class Recording(Regularizer):
 
     def end_model(self, names: Sequence[str], held_out: HeldOut) -> None:
         self.log.append(f"end_model {list(names)}")
-        assert held_out(True, "test loss")  # one validation batch's gradient, as WPL's Fisher reads it
+        assert held_out(fisher_objective(True), "test loss")  # one validation batch's gradient, as WPL's Fisher reads it
         self.refresh_anchors()
 
     def stats(self, names: Iterable[str]) -> dict[str, float]:
