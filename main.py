@@ -25,7 +25,7 @@ import config
 from builders import build_trainer, load_arch, merge_config, run_name
 from models.space import pick
 from regularizers.wpl_search import WPLSearchConfig
-from runlog import RunDir, resolve_checkpoint
+from runlog import RunDir, resolve_checkpoint, warn_on_thread_change
 from stopping import Stopped, stop_on_signals
 from trainer import Trainer
 from utils import UserError, choose_device, keep_freed_memory, load_json, save_json, seed_everything, setup_logging
@@ -48,6 +48,7 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
         if not args.resume_with_new_params:
             args = merge_config(state["config"], args, explicit, config.RUNTIME_KEYS)
         log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
+        warn_on_thread_change(state, device)
     elif args.resume:
         log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
     seed_everything(args.random_seed, args.deterministic)

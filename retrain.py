@@ -29,7 +29,7 @@ import config
 from engine import kind_of, require_kind
 from models.space import SearchSpace
 from recipes.arch import arch_shape, find_arch, inherited_options, run_dir_of, search_run_of
-from runlog import RunDir, load_checkpoint, resolve_checkpoint
+from runlog import RunDir, load_checkpoint, resolve_checkpoint, warn_on_thread_change
 from stopping import Stopped
 from utils import UserError, save_json, seed_everything, setup_logging
 
@@ -83,6 +83,7 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
             args = builders.merge_config(state["config"], args, explicit, RESUME_KEYS)
         arch_dict, source = state["arch"], str(run.path / "arch.json")
         log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
+        warn_on_thread_change(state, device)
     else:
         if args.resume:
             log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)

@@ -117,16 +117,18 @@ class RunDir:
 
         The numbered file comes first, so an interruption between the two leaves ``latest.pt`` at the
         previous epoch (that epoch is redone) rather than a numbered checkpoint that is never written.
-        ``state`` records ``metrics_lines``: how many records of metrics.jsonl it covers.
+        ``state`` records ``metrics_lines``: how many records of metrics.jsonl it covers, and
+        ``cpu_threads``: the thread count its figures were computed with (see ``warn_on_thread_change``).
         """
-        state = {**state, "metrics_lines": len(self.read_metrics())}
+        state = {**state, "metrics_lines": len(self.read_metrics()), "cpu_threads": torch.get_num_threads()}
         latest = self.checkpoints / "latest.pt"
         try:
             if numbered:
                 save_state(self.checkpoints / f"epoch_{epoch:04d}.pt", state)
             save_state(latest, state)
         except UserError as err:
-            kept = f"{latest} is unchanged" if latest.exists() else "no checkpoint exists yet"
+            previous = self.latest_checkpoint()
+            kept = f"{previous} is unchanged" if previous is not None else "no checkpoint exists yet"
             raise UserError(f"{err}; {kept} (resume from it with --resume=True once there is space)") from err
         if numbered and keep > 0:
             for old in sorted(self.checkpoints.glob("epoch_*.pt"))[:-keep]:
@@ -188,6 +190,19 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise UserError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__})") from err
     return checkpoint.validate(state, path)
+
+
+def warn_on_thread_change(state: dict[str, Any], device: torch.device) -> None:
+    """Warn when a CPU run resumes on another thread count than its checkpoint was written with.
+
+    CPU kernels split their sums by thread, so another count changes the late digits of every
+    figure (1 and 2 threads differ from the first epoch on); the resumed run is then not identical
+    to an uninterrupted one, and ``OMP_NUM_THREADS`` set to the saved count makes it so.
+    """
+    saved, now = state.get("cpu_threads"), torch.get_num_threads()
+    if device.type == "cpu" and saved is not None and saved != now:
+        log.warning("resuming on %d CPU threads a run checkpointed on %d: its figures will differ from an "
+                    "uninterrupted run's in the late digits (OMP_NUM_THREADS=%d continues it exactly)", now, saved, saved)
 
 
 def resolve_checkpoint(load_path: str, device: torch.device) -> tuple[Path, dict[str, Any]]:

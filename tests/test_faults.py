@@ -433,6 +433,15 @@ def test_graphviz_pure_beside_the_interpreter_is_found(tmp_path: Path, monkeypat
     assert utils.dot_program() == str(tool)
 
 
+def test_resume_on_another_thread_count_is_warned(caplog: pytest.LogCaptureFixture) -> None:
+    cpu, threads = torch.device("cpu"), torch.get_num_threads()
+    runlog.warn_on_thread_change({"cpu_threads": threads}, cpu)
+    runlog.warn_on_thread_change({}, cpu)  # a checkpoint written before the count was recorded
+    assert caplog.text == ""
+    runlog.warn_on_thread_change({"cpu_threads": threads + 1}, cpu)
+    assert f"checkpointed on {threads + 1}" in caplog.text and f"OMP_NUM_THREADS={threads + 1}" in caplog.text
+
+
 # ------------------------------------------------------------------------------- real kill -9
 KILL_AFTER_METRICS = """
 import os, sys
@@ -456,9 +465,11 @@ sys.exit(main.main(sys.argv[1:]))
 @pytest.mark.parametrize("where", ["after_metrics", "mid_write"])
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_real_kill_9_resumes_identically(where: str, epoch: int, base: Path, data_dir: Path) -> None:
+    """The killed process runs on this one's thread count, as ``base`` did: CPU kernels sum in another
+    order on another count, so 1 and 2 threads differ in the late digits from epoch 0 on."""
     comment = f"kill9_{where}_{epoch}"
     script = KILL_AFTER_METRICS.format(epoch=epoch, where=where)
     done = subprocess.run([sys.executable, "-c", script, *argv(data_dir, base.parent, comment)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert done.returncode == 137, done.stderr[-2000:]
     resume_and_compare(base, data_dir, comment)
