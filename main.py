@@ -69,6 +69,10 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
         stop.saved = (f"{latest} holds epochs 0-{trainer.epoch - 1}" if latest and trainer.epoch
                       else "nothing saved yet (no epoch finished)")
         raise
+    except UserError as err:  # a failed write elsewhere in the run dir (best_arch.json, a drawing): what is kept
+        if isinstance(err.__cause__, OSError) and "--resume=True" not in str(err):
+            raise UserError(f"{err}; {run.resume_hint()}") from err.__cause__
+        raise
     finally:
         run.close()
     log.info("done: %d epochs in %s", trainer.epoch, run.path)

@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
+import struct
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,26 +43,22 @@ class RunDir:
 
     # ------------------------------------------------------------------------------ metrics
     @property
-    def writer(self) -> Any:
+    def writer(self) -> EventLog | None:
         if self._writer is None and self._use_tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.path), flush_secs=30)
-        return self._writer
+            self._writer = EventLog(self.path)
+        return self._writer if self._writer is not None and self._writer.ok else None
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is None:
-            return
-        for tag, value in values.items():
-            if value is not None and math.isfinite(value):
-                self.writer.add_scalar(tag, value, step)
+        if self.writer is not None:
+            self.writer.add([summary_scalar(tag, value) for tag, value in values.items()
+                             if value is not None and math.isfinite(value)], step)
 
     def image(self, tag: str, png: Path, step: int) -> None:
         if self.writer is None or png.suffix != ".png":
             return
         import imageio.v3 as iio
 
-        self.writer.add_image(tag, iio.imread(png)[..., :3], step, dataformats="HWC")
+        self.writer.add([summary_image(tag, iio.imread(png)[..., :3])], step)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one record as strict JSON: non-finite numbers become null, listed under ``nonfinite``."""
@@ -105,10 +104,7 @@ class RunDir:
 
     def close(self) -> None:
         if self._writer is not None:
-            try:
-                self._writer.close()
-            except OSError as err:
-                log.warning("TensorBoard events in %s could not be flushed (%s)", self.path, err.strerror or err)
+            self._writer.close()
             self._writer = None
 
     # -------------------------------------------------------------------------- checkpoints
@@ -127,13 +123,17 @@ class RunDir:
                 save_state(self.checkpoints / f"epoch_{epoch:04d}.pt", state)
             save_state(latest, state)
         except UserError as err:
-            previous = self.latest_checkpoint()
-            kept = f"{previous} is unchanged" if previous is not None else "no checkpoint exists yet"
-            raise UserError(f"{err}; {kept} (resume from it with --resume=True once there is space)") from err
+            raise UserError(f"{err}; {self.resume_hint()}") from err
         if numbered and keep > 0:
             for old in sorted(self.checkpoints.glob("epoch_*.pt"))[:-keep]:
                 old.unlink()
         return latest
+
+    def resume_hint(self) -> str:
+        """What an I/O failure leaves to continue from (every write is atomic, so it is intact)."""
+        previous = self.latest_checkpoint()
+        return (f"resume from {previous} with --resume=True once there is space" if previous is not None
+                else "no checkpoint exists yet")
 
     def latest_checkpoint(self) -> Path | None:
         latest = self.checkpoints / "latest.pt"
@@ -159,6 +159,78 @@ class RunDir:
         if problems:
             raise UserError(f"no readable checkpoint in {self.checkpoints}: {problems[0]}")
         return None
+
+
+class EventLog:
+    """TensorBoard's event file, written and flushed in the caller's thread.
+
+    tensorboardX's ``SummaryWriter`` writes from a thread: on a full disk that thread dies with a
+    traceback and the next events block the training loop on its full queue. Here a failed write
+    or flush is one warning, and TensorBoard is off for the rest of the run (``ok`` is False);
+    metrics.jsonl and the checkpoints carry on (and report their own failures).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+        self.ok = True
+        self._file: Any = None
+        try:
+            self._file = open(self.path, "ab")
+        except OSError as err:
+            self._fail(err)
+            return
+        from tensorboardX.proto.event_pb2 import Event
+
+        self._write([Event(wall_time=time.time(), file_version="brain.Event:2")])
+
+    def add(self, summaries: list[Any], step: int) -> None:
+        """Append one event per summary at ``step`` and flush (events are visible while the run goes on)."""
+        from tensorboardX.proto.event_pb2 import Event
+
+        if self.ok and summaries:
+            now = time.time()
+            self._write([Event(wall_time=now, step=step, summary=s) for s in summaries])
+
+    def _write(self, events: list[Any]) -> None:
+        """TFRecord framing: length, its masked CRC-32C, the serialised event, its masked CRC-32C."""
+        from tensorboardX.record_writer import masked_crc32c
+
+        chunks = []
+        for event in events:
+            data = event.SerializeToString()
+            header = struct.pack("<Q", len(data))
+            chunks += [header, struct.pack("<I", masked_crc32c(header)), data, struct.pack("<I", masked_crc32c(data))]
+        try:
+            self._file.write(b"".join(chunks))
+            self._file.flush()
+        except OSError as err:
+            self._fail(err)
+
+    def _fail(self, err: OSError) -> None:
+        log.warning("TensorBoard is off for the rest of this run: cannot write %s (%s); metrics.jsonl and the "
+                    "checkpoints go on", self.path, err.strerror or err)
+        self.ok = False
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:  # the buffered bytes that failed were reported by _fail already
+                pass
+            self._file = None
+
+
+def summary_scalar(tag: str, value: float) -> Any:
+    from tensorboardX.summary import scalar
+
+    return scalar(tag, value)
+
+
+def summary_image(tag: str, pixels: Any) -> Any:
+    from tensorboardX.summary import image
+
+    return image(tag, pixels, dataformats="HWC")
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

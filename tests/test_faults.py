@@ -262,7 +262,8 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(failure: Except
     monkeypatch.setattr(runlog.torch, "save", save)
     assert main.main(argv(data_dir, base.parent, comment)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: cannot write ") and "latest.pt is unchanged" in err
+    assert err.startswith("error: cannot write ") and "no epoch_0001.pt was written; resume from " in err
+    assert err.endswith("latest.pt with --resume=True once there is space")
     run = base.parent / f"tiny_{comment}"
     assert runlog.load_checkpoint(run / "checkpoints" / "latest.pt", torch.device("cpu"))["epoch"] == 1
     assert temp_files(run) == []
@@ -277,6 +278,41 @@ def test_full_disk_on_the_metrics_append(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(runlog, "open", full, raising=False)
     with pytest.raises(UserError, match="cannot append to .*metrics.jsonl .No space left on device.; the last checkpoint"):
         RunDir(tmp_path).append_metrics({"epoch": 0})
+
+
+class FillingFile:
+    """A file on a disk with ``room`` bytes left: a write beyond them fails with ENOSPC."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_full_disk_under_tensorboard_is_one_warning(base: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The event file fills up mid-run: one warning, no writer-thread traceback, the run goes on without it."""
+    import builtins
+
+    def open_(path: Any, *args: Any, **kwargs: Any) -> Any:
+        return FillingFile(4000) if Path(path).name.startswith("events.") else builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(runlog, "open", open_, raising=False)
+    assert main.main(argv(data_dir, base.parent, "full_tb", "--use_tensorboard=True")) == 0
+    err = capsys.readouterr().err
+    assert err.count("TensorBoard is off for the rest of this run: cannot write ") == 1 and "No space left" in err
+    assert "Traceback" not in err and "Exception in thread" not in err
+    assert metrics_without_timing(base.parent / "tiny_full_tb") == metrics_without_timing(base)
 
 
 # ------------------------------------------------------------------------- bad checkpoints
