@@ -25,7 +25,7 @@ import config
 from builders import build_trainer, load_arch, merge_config, run_name
 from models.space import pick
 from regularizers.wpl_search import WPLSearchConfig
-from runlog import RunDir, resolve_checkpoint, warn_on_thread_change
+from runlog import RunDir, note_mid_epoch, resolve_checkpoint, warn_on_thread_change
 from stopping import Stopped, stop_on_signals
 from trainer import Trainer
 from utils import UserError, choose_device, keep_freed_memory, load_json, save_json, seed_everything, setup_logging
@@ -49,6 +49,7 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
             args = merge_config(state["config"], args, explicit, config.RUNTIME_KEYS)
         log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
         warn_on_thread_change(state, device)
+        note_mid_epoch(state, path)
     elif args.resume:
         log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
     seed_everything(args.random_seed, args.deterministic)
@@ -66,8 +67,8 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
     except Stopped as stop:
         latest = run.latest_checkpoint()
         stop.comment = run.path.name[len(args.dataset) + 1:]
-        stop.saved = (f"{latest} holds epochs 0-{trainer.epoch - 1}" if latest and trainer.epoch
-                      else "nothing saved yet (no epoch finished)")
+        stop.saved = stop.saved or (f"{latest} holds epochs 0-{trainer.epoch - 1}" if latest and trainer.epoch
+                                    else "nothing saved yet (no epoch finished)")
         raise
     except UserError as err:  # a failed write elsewhere in the run dir (best_arch.json, a drawing): what is kept
         if isinstance(err.__cause__, OSError) and "--resume=True" not in str(err):
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = choose_device(args.num_gpu)
         if device.type == "cpu" and keep_freed_memory():
             log.debug("glibc malloc: freed memory kept in the heap (no page faults per step)")
-        with stop_on_signals():
+        with stop_on_signals(getattr(args, "save_on_signal", False)):
             MODES[args.mode](args, explicit, device)
     except UserError as err:
         if args.log_level == "DEBUG":

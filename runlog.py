@@ -277,6 +277,19 @@ def warn_on_thread_change(state: dict[str, Any], device: torch.device) -> None:
                     "uninterrupted run's in the late digits (OMP_NUM_THREADS=%d continues it exactly)", now, saved, saved)
 
 
+def mid_epoch_saved(path: Path, epoch: int, position: str) -> str:
+    """The stop message's account of a ``--save_on_signal`` checkpoint taken part-way through ``epoch``."""
+    done = f"epochs 0-{epoch - 1} and " if epoch else ""
+    return (f"{path} holds {done}epoch {epoch} up to {position}; a resume from it restarts epoch {epoch} "
+            f"with these weights")
+
+
+def note_mid_epoch(state: dict[str, Any], path: Path) -> None:
+    if state.get("mid_epoch"):
+        log.info("%s was saved on a stop signal part-way through epoch %d: that epoch restarts from its beginning "
+                 "with the saved weights (the run is not identical to an uninterrupted one)", path, state["epoch"])
+
+
 def resolve_checkpoint(load_path: str, device: torch.device) -> tuple[Path, dict[str, Any]]:
     """``--load_path`` may name a run directory (its latest checkpoint) or a checkpoint file."""
     if not load_path:

@@ -185,6 +185,61 @@ def test_signal_stops_with_one_line_and_a_resume_command(sig: int, code: int, wh
     assert metrics_without_timing(base.parent / f"tiny_{comment}") == metrics_without_timing(base)
 
 
+def test_sigterm_with_save_on_signal_saves_at_the_next_step(base: Path, data_dir: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A real process gets SIGTERM in the middle of epoch 0: ``latest.pt`` is written after the step
+    under way, the run exits 143 with one line, and the resume it names finishes the run."""
+    comment = "save_on_signal"
+    args = argv(data_dir, base.parent, comment, "--save_on_signal=True", "--max_epoch=1", "--shared_max_step=20",
+                "--log_step=1")
+    child = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert child.stderr is not None
+    for line in child.stderr:
+        if "| epoch   0 | shared step      3 |" in line:
+            break
+    child.send_signal(signal.SIGTERM)
+    err = child.stderr.read()
+    assert child.wait(timeout=120) == 143 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM: ") and "holds epoch 0 up to its shared phase (shared step " in last
+    run = base.parent / f"tiny_{comment}"
+    state = runlog.load_checkpoint(run / "checkpoints" / "latest.pt", torch.device("cpu"))
+    assert state["mid_epoch"] and state["epoch"] == 0 and state["metrics_lines"] == 0
+    assert 3 <= state["shared_step"] < 20 and f"(shared step {state['shared_step']})" in last
+    assert not (run / "metrics.jsonl").exists() and temp_files(run) == []
+    command = shlex.split(last.split("resume with: ", 1)[1])
+    assert command[:2] == ["python", "main.py"] and "--resume=True" in command
+    assert main.main(command[2:]) == 0
+    assert "that epoch restarts from its beginning" in capsys.readouterr().err
+    assert [r["epoch"] for r in metrics_without_timing(run)] == [0]
+
+
+def test_sigint_with_save_on_signal_in_the_controller_phase(base: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from models.rnn_space import RNNSpace
+
+    original, calls = RNNSpace.reward, []
+
+    def signal_on_the_second(self: RNNSpace, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    command = argv(data_dir, base.parent, "save_in_controller", "--save_on_signal=True")
+    with monkeypatch.context() as m:
+        m.setattr(RNNSpace, "reward", signal_on_the_second)
+        assert main.main(command) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "latest.pt holds epoch 0 up to its sampler phase (shared step 2); a resume from it restarts epoch 0" in last
+    run = base.parent / "tiny_save_in_controller"
+    state = runlog.load_checkpoint(run / "checkpoints" / "latest.pt", torch.device("cpu"))
+    assert state["mid_epoch"] and state["sampler"]["controller_step"] == 1
+    assert main.main([*command, "--resume=True"]) == 0
+    assert [r["epoch"] for r in metrics_without_timing(run)] == [0, 1, 2]
+
+
 # ---------------------------------------------------------------------------------- non-finite
 def test_weights_turning_nan_are_never_saved(base: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
