@@ -192,7 +192,7 @@ class RNNSpace:
     def reward(self, arch: RNNArch, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
         self.model.eval()
         ces = [float(self._stream_loss(self._streams["reward"], arch).ce) for _ in range(num_batches)]
-        ppl = math.exp(sum(ces) / len(ces))
+        ppl = perplexity(sum(ces) / len(ces))
         return reward_c / (ppl**2 if square else ppl), ppl
 
     @torch.inference_mode()
@@ -210,7 +210,7 @@ class RNNSpace:
             hidden = out.hidden
             nll += float(F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), reduction="sum"))
             count += y.numel()
-        return {f"{split}_ppl": math.exp(nll / count), f"{split}_nll": nll / count, f"{split}_tokens": count}
+        return {f"{split}_ppl": perplexity(nll / count), f"{split}_nll": nll / count, f"{split}_tokens": count}
 
     # ----------------------------------------------------------------------------- drawing
     def draw(self, arch: RNNArch, path: Path) -> Path:
@@ -223,6 +223,15 @@ class RNNSpace:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, s in self._streams.items():
             s.load_state_dict(state[name])
+
+
+def perplexity(mean_ce: float) -> float:
+    """``exp(mean_ce)``; infinite, not an OverflowError, for a diverged model's huge cross-entropy
+    (its reward ``reward_c / ppl`` is then 0, and metrics.jsonl records the perplexity as null)."""
+    try:
+        return math.exp(mean_ce)
+    except OverflowError:
+        return math.inf
 
 
 def rnn_dot(arch: RNNArch) -> str:

@@ -291,6 +291,19 @@ def test_nan_reward_penalty_or_fisher_is_skipped_and_counted(what: str, base: Pa
         assert last.startswith("error: 10 non-finite ") and f"in a row at epoch {stopped}" in last and "latest.pt" in last
 
 
+def test_exploding_learning_rate_stops_in_one_line_with_a_finite_checkpoint(base: Path, data_dir: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``--shared_lr=1e8``: cross-entropies of 1e13 overflowed ``math.exp`` in the reward (a traceback)."""
+    from models.rnn_space import perplexity
+
+    assert perplexity(1e6) == float("inf") and perplexity(0.0) == 1.0
+    assert main.main(argv(data_dir, base.parent, "huge_lr", "--shared_lr=1e8")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "is not finite after epoch" in err.strip().splitlines()[-1]
+    state = runlog.load_checkpoint(base.parent / "tiny_huge_lr" / "checkpoints" / "latest.pt", torch.device("cpu"))
+    assert all(bool(torch.isfinite(t).all()) for t in state["model"].values() if t.is_floating_point())
+
+
 def test_metrics_stay_strict_json(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     run.append_metrics({"epoch": 0, "shared_ce": float("nan"), "valid_ppl": float("inf"), "alpha": 1.0})
