@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = choose_device(args.num_gpu)
         if device.type == "cpu" and keep_freed_memory():
             log.debug("glibc malloc: freed memory kept in the heap (no page faults per step)")
-        with stop_on_signals(getattr(args, "save_on_signal", False)):
+        with stop_on_signals(args.save_on_signal):
             MODES[args.mode](args, explicit, device)
     except UserError as err:
         if args.log_level == "DEBUG":

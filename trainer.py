@@ -322,8 +322,10 @@ class Trainer:
 
     def save_mid_epoch(self) -> str:
         """``--save_on_signal``: ``latest.pt`` part-way through the epoch; returns what it holds."""
+        if self.run is None:
+            return "nothing saved (no run directory)"
         bad = self.nonfinite_state()
-        if self.run is None or bad is not None:
+        if bad is not None:
             return f"nothing more saved ({bad} is not finite); last good checkpoint: {last_checkpoint(self.run)}"
         path = self.run.save_checkpoint({**self.state_dict(), "mid_epoch": True}, self.epoch, numbered=False, keep=0)
         return mid_epoch_saved(path, self.epoch, f"{self.phase} (shared step {self.shared_step})")
