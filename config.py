@@ -299,6 +299,9 @@ def build_parser() -> StrictParser:
     g.add_argument("--use_tensorboard", type=b, default=True, help="write TensorBoard events", role="runtime")
     g.add_argument("--comment", type=str, default="", help="run name suffix: <log_dir>/<dataset>_<comment> (default: a timestamp)", role="runtime")
     g.add_argument("--resume", type=b, default=False, help="continue <log_dir>/<dataset>_<comment> from its latest checkpoint", role="runtime")
+    g.add_argument("--save_on_signal", type=b, default=False,
+                   help="on SIGTERM/SIGINT write latest.pt at the next step before stopping (a resume restarts that epoch)",
+                   role="runtime")
     g.add_argument("--resume_with_new_params", type=b, default=False, help="on resume, take this command line's hyper-parameters instead of the saved ones",
                    role="runtime")
     g = p.group(

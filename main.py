@@ -27,7 +27,7 @@ from distributed import comm, context, launch
 from builders import build_trainer, load_arch, merge_config, run_name
 from models.space import pick
 from regularizers.wpl_search import WPLSearchConfig
-from runlog import RunDir, resolve_checkpoint
+from runlog import RunDir, note_mid_epoch, resolve_checkpoint, warn_on_thread_change
 from stopping import Stopped, stop_on_signals
 from trainer import Trainer
 from utils import UserError, choose_device, keep_freed_memory, load_json, save_json, seed_everything, setup_logging
@@ -50,6 +50,8 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
         if not args.resume_with_new_params:
             args = merge_config(state["config"], args, explicit, config.RUNTIME_KEYS)
         log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
+        warn_on_thread_change(state, device)
+        note_mid_epoch(state, path)
     elif args.resume:
         log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
     seed_everything(args.random_seed, args.deterministic)
@@ -68,8 +70,12 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
     except Stopped as stop:
         latest = run.latest_checkpoint()
         stop.comment = run.path.name[len(args.dataset) + 1:]
-        stop.saved = (f"{latest} holds epochs 0-{trainer.epoch - 1}" if latest and trainer.epoch
-                      else "nothing saved yet (no epoch finished)")
+        stop.saved = stop.saved or (f"{latest} holds epochs 0-{trainer.epoch - 1}" if latest and trainer.epoch
+                                    else "nothing saved yet (no epoch finished)")
+        raise
+    except UserError as err:  # a failed write elsewhere in the run dir (best_arch.json, a drawing): what is kept
+        if isinstance(err.__cause__, OSError) and "--resume=True" not in str(err):
+            raise UserError(f"{err}; {run.resume_hint()}") from err.__cause__
         raise
     finally:
         run.close()
@@ -228,12 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if world.active and args.mode not in DATA_PARALLEL_MODES:
             raise UserError(f"--mode={args.mode} runs in one process: data-parallel runs are "
                             f"{', '.join(DATA_PARALLEL_MODES)} (drop torchrun or --num_gpu > 1)")
+        if world.active and args.save_on_signal:  # the ranks would reach their boundaries at different steps
+            raise UserError("--save_on_signal=True runs in one process (data-parallel runs stop at the end of "
+                            "the epoch under way)")
         device = choose_device(args.num_gpu, world.local_rank if world.active else 0)
         context.start(world, context.backend_for(args.dist_backend, device), args.dist_timeout, device)
         setup_logging(args.log_level)
         if device.type == "cpu" and keep_freed_memory():
             log.debug("glibc malloc: freed memory kept in the heap (no page faults per step)")
-        with stop_on_signals():
+        with stop_on_signals(args.save_on_signal):
             MODES[args.mode](args, explicit, device)
     except UserError as err:
         if args.log_level == "DEBUG":
@@ -265,6 +274,9 @@ def start_workers(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``--num_gpu=N > 1`` in a plain process: one worker per GPU, or N gloo CPU workers without CUDA."""
     if args.mode not in DATA_PARALLEL_MODES:
         raise UserError(f"--num_gpu={args.num_gpu}: --mode={args.mode} runs in one process (pass --num_gpu=1)")
+    if args.save_on_signal:
+        raise UserError(f"--num_gpu={args.num_gpu}: --save_on_signal=True runs in one process (data-parallel runs "
+                        "stop at the end of the epoch under way)")
     if torch.cuda.is_available() and torch.cuda.device_count() < args.num_gpu:
         raise UserError(f"--num_gpu={args.num_gpu} but this node has {torch.cuda.device_count()} GPU(s)")
     if not torch.cuda.is_available():

@@ -30,7 +30,7 @@ from distributed.comm import barrier
 from engine import kind_of, require_kind
 from models.space import SearchSpace
 from recipes.arch import arch_shape, find_arch, inherited_options, run_dir_of, search_run_of
-from runlog import RunDir, load_checkpoint, resolve_checkpoint
+from runlog import RunDir, load_checkpoint, note_mid_epoch, resolve_checkpoint, warn_on_thread_change
 from stopping import Stopped
 from utils import UserError, save_json, seed_everything, setup_logging
 
@@ -86,6 +86,8 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
             args = builders.merge_config(state["config"], args, explicit, RESUME_KEYS)
         arch_dict, source = state["arch"], str(run.path / "arch.json")
         log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
+        warn_on_thread_change(state, device)
+        note_mid_epoch(state, path)
     else:
         if args.resume:
             log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
@@ -114,7 +116,8 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
     except Stopped as stop:
         latest = run.latest_checkpoint()
         stop.comment = run.path.name[len(args.dataset) + 1:]
-        stop.saved = f"{latest} holds epochs 0-{retrainer.epoch - 1}" if latest and retrainer.epoch else "nothing saved yet"
+        stop.saved = stop.saved or (f"{latest} holds epochs 0-{retrainer.epoch - 1}" if latest and retrainer.epoch
+                                    else "nothing saved yet")
         raise
     finally:
         run.close()

@@ -20,6 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
+import struct
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -47,26 +50,22 @@ class RunDir:
 
     # ------------------------------------------------------------------------------ metrics
     @property
-    def writer(self) -> Any:
+    def writer(self) -> EventLog | None:
         if self._writer is None and self._use_tensorboard and self.writes:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.path), flush_secs=30)
-        return self._writer
+            self._writer = EventLog(self.path)
+        return self._writer if self._writer is not None and self._writer.ok else None
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is None:
-            return
-        for tag, value in values.items():
-            if value is not None and math.isfinite(value):
-                self.writer.add_scalar(tag, value, step)
+        if self.writer is not None:
+            self.writer.add([summary_scalar(tag, value) for tag, value in values.items()
+                             if value is not None and math.isfinite(value)], step)
 
     def image(self, tag: str, png: Path, step: int) -> None:
         if self.writer is None or png.suffix != ".png":
             return
         import imageio.v3 as iio
 
-        self.writer.add_image(tag, iio.imread(png)[..., :3], step, dataformats="HWC")
+        self.writer.add([summary_image(tag, iio.imread(png)[..., :3])], step)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one record as strict JSON: non-finite numbers become null, listed under ``nonfinite``."""
@@ -118,10 +117,7 @@ class RunDir:
 
     def close(self) -> None:
         if self._writer is not None:
-            try:
-                self._writer.close()
-            except OSError as err:
-                log.warning("TensorBoard events in %s could not be flushed (%s)", self.path, err.strerror or err)
+            self._writer.close()
             self._writer = None
 
     # -------------------------------------------------------------------------- checkpoints
@@ -130,23 +126,29 @@ class RunDir:
 
         The numbered file comes first, so an interruption between the two leaves ``latest.pt`` at the
         previous epoch (that epoch is redone) rather than a numbered checkpoint that is never written.
-        ``state`` records ``metrics_lines``: how many records of metrics.jsonl it covers.
+        ``state`` records ``metrics_lines``: how many records of metrics.jsonl it covers, and
+        ``cpu_threads``: the thread count its figures were computed with (see ``warn_on_thread_change``).
         """
         latest = self.checkpoints / "latest.pt"
         if not self.writes:
             return latest
-        state = {**state, "metrics_lines": len(self.read_metrics())}
+        state = {**state, "metrics_lines": len(self.read_metrics()), "cpu_threads": torch.get_num_threads()}
         try:
             if numbered:
                 save_state(self.checkpoints / f"epoch_{epoch:04d}.pt", state)
             save_state(latest, state)
         except UserError as err:
-            kept = f"{latest} is unchanged" if latest.exists() else "no checkpoint exists yet"
-            raise UserError(f"{err}; {kept} (resume from it with --resume=True once there is space)") from err
+            raise UserError(f"{err}; {self.resume_hint()}") from err
         if numbered and keep > 0:
             for old in sorted(self.checkpoints.glob("epoch_*.pt"))[:-keep]:
                 old.unlink()
         return latest
+
+    def resume_hint(self) -> str:
+        """What an I/O failure leaves to continue from (every write is atomic, so it is intact)."""
+        previous = self.latest_checkpoint()
+        return (f"resume from {previous} with --resume=True once there is space" if previous is not None
+                else "no checkpoint exists yet")
 
     def latest_checkpoint(self) -> Path | None:
         latest = self.checkpoints / "latest.pt"
@@ -172,6 +174,78 @@ class RunDir:
         if problems:
             raise UserError(f"no readable checkpoint in {self.checkpoints}: {problems[0]}")
         return None
+
+
+class EventLog:
+    """TensorBoard's event file, written and flushed in the caller's thread.
+
+    tensorboardX's ``SummaryWriter`` writes from a thread: on a full disk that thread dies with a
+    traceback and the next events block the training loop on its full queue. Here a failed write
+    or flush is one warning, and TensorBoard is off for the rest of the run (``ok`` is False);
+    metrics.jsonl and the checkpoints carry on (and report their own failures).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+        self.ok = True
+        self._file: Any = None
+        try:
+            self._file = open(self.path, "ab")
+        except OSError as err:
+            self._fail(err)
+            return
+        from tensorboardX.proto.event_pb2 import Event
+
+        self._write([Event(wall_time=time.time(), file_version="brain.Event:2")])
+
+    def add(self, summaries: list[Any], step: int) -> None:
+        """Append one event per summary at ``step`` and flush (events are visible while the run goes on)."""
+        from tensorboardX.proto.event_pb2 import Event
+
+        if self.ok and summaries:
+            now = time.time()
+            self._write([Event(wall_time=now, step=step, summary=s) for s in summaries])
+
+    def _write(self, events: list[Any]) -> None:
+        """TFRecord framing: length, its masked CRC-32C, the serialised event, its masked CRC-32C."""
+        from tensorboardX.record_writer import masked_crc32c
+
+        chunks = []
+        for event in events:
+            data = event.SerializeToString()
+            header = struct.pack("<Q", len(data))
+            chunks += [header, struct.pack("<I", masked_crc32c(header)), data, struct.pack("<I", masked_crc32c(data))]
+        try:
+            self._file.write(b"".join(chunks))
+            self._file.flush()
+        except OSError as err:
+            self._fail(err)
+
+    def _fail(self, err: OSError) -> None:
+        log.warning("TensorBoard is off for the rest of this run: cannot write %s (%s); metrics.jsonl and the "
+                    "checkpoints go on", self.path, err.strerror or err)
+        self.ok = False
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:  # the buffered bytes that failed were reported by _fail already
+                pass
+            self._file = None
+
+
+def summary_scalar(tag: str, value: float) -> Any:
+    from tensorboardX.summary import scalar
+
+    return scalar(tag, value)
+
+
+def summary_image(tag: str, pixels: Any) -> Any:
+    from tensorboardX.summary import image
+
+    return image(tag, pixels, dataformats="HWC")
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
@@ -203,6 +277,32 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise UserError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__})") from err
     return checkpoint.validate(state, path)
+
+
+def warn_on_thread_change(state: dict[str, Any], device: torch.device) -> None:
+    """Warn when a CPU run resumes on another thread count than its checkpoint was written with.
+
+    CPU kernels split their sums by thread, so another count changes the late digits of every
+    figure (1 and 2 threads differ from the first epoch on); the resumed run is then not identical
+    to an uninterrupted one, and ``OMP_NUM_THREADS`` set to the saved count makes it so.
+    """
+    saved, now = state.get("cpu_threads"), torch.get_num_threads()
+    if device.type == "cpu" and saved is not None and saved != now:
+        log.warning("resuming on %d CPU threads a run checkpointed on %d: its figures will differ from an "
+                    "uninterrupted run's in the late digits (OMP_NUM_THREADS=%d continues it exactly)", now, saved, saved)
+
+
+def mid_epoch_saved(path: Path, epoch: int, position: str) -> str:
+    """The stop message's account of a ``--save_on_signal`` checkpoint taken part-way through ``epoch``."""
+    done = f"epochs 0-{epoch - 1} and " if epoch else ""
+    return (f"{path} holds {done}epoch {epoch} up to {position}; a resume from it restarts epoch {epoch} "
+            f"with these weights")
+
+
+def note_mid_epoch(state: dict[str, Any], path: Path) -> None:
+    if state.get("mid_epoch"):
+        log.info("%s was saved on a stop signal part-way through epoch %d: that epoch restarts from its beginning "
+                 "with the saved weights (the run is not identical to an uninterrupted one)", path, state["epoch"])
 
 
 def resolve_checkpoint(load_path: str, device: torch.device) -> tuple[Path, dict[str, Any]]:

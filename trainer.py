@@ -26,9 +26,9 @@ from distributed.context import world
 from engine import NonFiniteGuard, NonFiniteLoss, Step, build_optimizer, first_nonfinite, improves, scheduled_lr, stamp
 from models.space import SearchSpace
 from regularizers.base import Objective, Regularizer
-from runlog import RunDir
+from runlog import RunDir, mid_epoch_saved
 from samplers.base import Sampler, last_checkpoint
-from stopping import critical
+from stopping import boundary, critical, saving_on_signal
 from utils import rng_state, save_json, set_rng_state
 
 log = logging.getLogger("wpl")
@@ -96,6 +96,7 @@ class Trainer:
         self.started = time.time()
         self.elapsed_before = 0.0
         self.run_id = ""  # identifies the run its checkpoints belong to (set by main.py)
+        self.phase = "the warm-up"  # where the epoch is, for a --save_on_signal checkpoint's message
 
     @property
     def nonfinite_total(self) -> int:
@@ -161,6 +162,7 @@ class Trainer:
         bar = tqdm(range(steps), desc=f"epoch {epoch} shared", leave=False, disable=None)
         for _ in bar:
             for arch in self.sampler.sample(self.cfg.shared_num_sample):
+                boundary()
                 comm.agree("sampled architectures", comm.text_fingerprint(str(arch)))
                 stats = self.train_arch(arch, reg)
                 per_step.append(stats)
@@ -206,13 +208,14 @@ class Trainer:
     # ---------------------------------------------------------------------------- main loop
     def train(self) -> None:
         c = self.cfg
-        if self.epoch == 0 and self.shared_step == 0 and c.shared_initial_step > 0:
-            log.info("warm-up: %d shared steps at the initial learning rate", c.shared_initial_step)
-            if self.reg is not None:
-                self.reg.begin_epoch(0)
-            self.shared_phase(0, c.shared_initial_step, measure_forgetting=False)
-        while self.epoch < c.max_epoch:
-            self.run_epoch()
+        with saving_on_signal(self.save_mid_epoch):
+            if self.epoch == 0 and self.shared_step == 0 and c.shared_initial_step > 0:
+                log.info("warm-up: %d shared steps at the initial learning rate", c.shared_initial_step)
+                if self.reg is not None:
+                    self.reg.begin_epoch(0)
+                self.shared_phase(0, c.shared_initial_step, measure_forgetting=False)
+            while self.epoch < c.max_epoch:
+                self.run_epoch()
 
     def run_epoch(self) -> dict[str, Any]:
         c, epoch = self.cfg, self.epoch
@@ -221,8 +224,10 @@ class Trainer:
             self.reg.begin_epoch(epoch)
         self.step.set_lr(scheduled_lr(self.spec, epoch, c.max_epoch))
         record: dict[str, Any] = {"epoch": epoch}
+        self.phase = "its shared phase"
         record.update(self.shared_phase(epoch, c.shared_max_step, measure_forgetting=epoch >= c.start_evaluate_diff))
         if self.sampler.active(epoch):
+            self.phase = "its sampler phase"
             record.update(self.sampler.learn(epoch))
         save = (epoch + 1) % max(1, c.save_epoch) == 0 or epoch + 1 == c.max_epoch
         if save:
@@ -328,6 +333,16 @@ class Trainer:
         self.elapsed_before = state["elapsed_s"]
         self.started = time.time()
         set_rng_state(state["rng"])
+
+    def save_mid_epoch(self) -> str:
+        """``--save_on_signal``: ``latest.pt`` part-way through the epoch; returns what it holds."""
+        if self.run is None:
+            return "nothing saved (no run directory)"
+        bad = self.nonfinite_state()
+        if bad is not None:
+            return f"nothing more saved ({bad} is not finite); last good checkpoint: {last_checkpoint(self.run)}"
+        path = self.run.save_checkpoint({**self.state_dict(), "mid_epoch": True}, self.epoch, numbered=False, keep=0)
+        return mid_epoch_saved(path, self.epoch, f"{self.phase} (shared step {self.shared_step})")
 
     def save_checkpoint(self, numbered: bool) -> None:
         if self.run:

@@ -211,7 +211,7 @@ class RNNSpace:
         ces = [float(self._stream_loss(self._streams["reward"], arch).ce) for _ in range(num_batches)]
         if world().active:  # each rank's mean over its columns; equal shares, so their mean is the global one
             ces = [c / world().size for c in comm.sum_values(ces)]
-        ppl = math.exp(sum(ces) / len(ces))
+        ppl = perplexity(sum(ces) / len(ces))
         return reward_c / (ppl**2 if square else ppl), ppl
 
     @torch.inference_mode()
@@ -231,7 +231,7 @@ class RNNSpace:
             count += y.numel()
         nll, count = comm.sum_values([nll, count], sharded=split == "valid" or self.test_sharded)
         count = int(count)
-        return {f"{split}_ppl": math.exp(nll / count), f"{split}_nll": nll / count, f"{split}_tokens": count}
+        return {f"{split}_ppl": perplexity(nll / count), f"{split}_nll": nll / count, f"{split}_tokens": count}
 
     # ----------------------------------------------------------------------------- drawing
     def draw(self, arch: RNNArch, path: Path) -> Path:
@@ -249,6 +249,15 @@ class RNNSpace:
 def shard_columns(data: Tensor) -> Tensor:
     """This rank's contiguous block of a batchified split's columns (the whole split in one process)."""
     return data[:, world().part(data.size(1))].contiguous() if world().active else data
+
+
+def perplexity(mean_ce: float) -> float:
+    """``exp(mean_ce)``; infinite, not an OverflowError, for a diverged model's huge cross-entropy
+    (its reward ``reward_c / ppl`` is then 0, and metrics.jsonl records the perplexity as null)."""
+    try:
+        return math.exp(mean_ce)
+    except OverflowError:
+        return math.inf
 
 
 def rnn_dot(arch: RNNArch) -> str:

@@ -25,8 +25,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from engine import NonFiniteGuard, Step, build_optimizer, improves, stamp
 from models.space import OptimSpec, SearchSpace
-from runlog import RunDir
-from stopping import critical
+from runlog import RunDir, mid_epoch_saved
+from stopping import boundary, critical, saving_on_signal
 from utils import atomic_write_bytes, rng_state, set_rng_state
 
 log = logging.getLogger("wpl")
@@ -95,6 +95,7 @@ class Retrainer:
             self.averaged.update_parameters(self.model)
         self.step += 1
         self._log_step(loss.detach())
+        boundary()
         return True
 
     def _log_step(self, loss: Tensor) -> None:
@@ -118,8 +119,9 @@ class Retrainer:
         return {}
 
     def train(self) -> None:
-        while self.epoch < self.cfg.epochs:
-            self.run_epoch()
+        with saving_on_signal(self.save_mid_epoch):
+            while self.epoch < self.cfg.epochs:
+                self.run_epoch()
 
     def run_epoch(self) -> dict[str, Any]:
         epoch, t0 = self.epoch, time.time()
@@ -148,6 +150,11 @@ class Retrainer:
         return record
 
     # ------------------------------------------------------------------------- checkpoints
+    def save_mid_epoch(self) -> str:
+        """``--save_on_signal``: ``latest.pt`` part-way through the epoch; returns what it holds."""
+        path = self.run.save_checkpoint({**self.state_dict(), "mid_epoch": True}, self.epoch, numbered=False, keep=0)
+        return mid_epoch_saved(path, self.epoch, f"step {self.step}")
+
     def best_state(self) -> dict[str, Any]:
         """What ``--mode=test`` needs: the validated weights, the architecture and the configuration."""
         assert self.best is not None

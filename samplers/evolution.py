@@ -26,6 +26,7 @@ from engine import NonFiniteGuard
 from models.space import SearchSpace
 from runlog import RunDir
 from samplers.base import arch_key, best_of, last_checkpoint
+from stopping import boundary
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class EvolutionSampler:
         c = self.cfg
         winners = []
         for _ in tqdm(range(c.controller_max_step), desc=f"epoch {epoch} evolution", leave=False, disable=None):
+            boundary()
             picks = torch.randperm(len(self.population), generator=self.generator)[:c.evolution_sample_size].tolist()
             scores = [self._score(m) for m in picks]
             if any(s is None for s in scores):

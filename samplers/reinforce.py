@@ -23,6 +23,7 @@ from models.controller import Controller
 from models.space import SearchSpace
 from runlog import RunDir
 from samplers.base import best_of, last_checkpoint
+from stopping import boundary
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class ReinforceSampler:
         rewards, entropies, advs, losses, metrics = [], [], [], [], []
         bar = tqdm(range(c.controller_max_step), desc=f"epoch {epoch} controller", leave=False, disable=None)
         for _ in bar:
+            boundary()
             self.controller.train()
             sample = self.controller(c.policy_batch_size)
             archs = [self.space.decode(t) for t in sample.tokens.tolist()]

@@ -104,6 +104,7 @@ RUNTIME_BEFORE = {
     "load_path", "log_dir", "data_dir", "num_gpu", "log_level", "use_tensorboard", "num_workers",
     "resume", "resume_with_new_params", "mode", "comment", "dataset", "max_epoch", "log_step", "cnn_channels_last",
     "dist_backend", "dist_timeout",  # data-parallel: how this process joins, not what it computes
+    "save_on_signal",
 }
 SHAPE_BEFORE = {
     "network_type", "dataset", "num_blocks", "shared_embed", "shared_hid", "tie_weights", "shared_rnn_activations",

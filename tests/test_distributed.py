@@ -204,3 +204,5 @@ def test_single_process_modes_refuse_several_workers(capsys: pytest.CaptureFixtu
     assert main.main(["--mode=derive", "--load_path=nowhere", "--num_gpu=2"]) == 2
     assert "--num_gpu=2: --mode=derive runs in one process (pass --num_gpu=1)" in capsys.readouterr().err
     assert not dist.is_initialized()  # nothing was started
+    assert main.main(["--num_gpu=2", "--save_on_signal=True", "--data_dir=nowhere"]) == 2
+    assert "--save_on_signal=True runs in one process" in capsys.readouterr().err

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -133,6 +135,32 @@ def test_resume_equals_uninterrupted(retrained: Path, data_dir: Path) -> None:
     assert metrics_without_timing(resumed) == metrics_without_timing(retrained)
     test = [json.loads((run / "test_results.json").read_text())["test_ppl"] for run in (retrained, resumed)]
     assert test[0] == pytest.approx(test[1], rel=1e-6)
+
+
+def test_signal_with_save_on_signal_saves_after_the_step_under_way(data_dir: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from recipes.loop import Retrainer
+
+    original, steps = Retrainer._log_step, []
+
+    def signal_at_step_3(self: Retrainer, loss: torch.Tensor) -> None:
+        steps.append(1)
+        if len(steps) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        original(self, loss)
+
+    command = ["--mode=retrain", "--arch=random", *SMALL, f"--data_dir={data_dir}", f"--log_dir={tmp_path}",
+               "--comment=sig", "--save_on_signal=True"]
+    with monkeypatch.context() as m:
+        m.setattr(Retrainer, "_log_step", signal_at_step_3)
+        assert main.main(command) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGINT: ") and "latest.pt holds epoch 0 up to step 3; a resume from it restarts" in last
+    state = load_checkpoint(tmp_path / "tiny_sig" / "checkpoints" / "latest.pt", CPU)
+    assert state["mid_epoch"] and (state["epoch"], state["step"], state["metrics_lines"]) == (0, 3, 0)
+    assert main.main([*command, "--resume=True"]) == 0
+    assert [r["epoch"] for r in metrics_without_timing(tmp_path / "tiny_sig")] == [0, 1, 2]
 
 
 def test_existing_run_and_missing_architecture_are_clear_errors(retrained: Path, data_dir: Path,
