@@ -25,6 +25,7 @@ from utils import UserError
 
 log = logging.getLogger("wpl")
 POLL_S = 1.0
+KEYLESS_WAIT_S = 30.0  # how long a trial asked by another worker may take to show its key
 
 
 def setting_key(setting: dict[str, str], seed: int | None) -> str:
@@ -106,12 +107,30 @@ class Study:
         trial = self.study.ask()
         for name, value in (("key", key), ("setting", setting), ("seed", seed), ("worker", self.worker)):
             trial.set_user_attr(name, value)
-        owners = [t.number for t in self._trials((state.RUNNING, state.COMPLETE)) if t.user_attrs.get("key") == key]
+        owners = self._owners(key, trial.number)
         if min(owners) != trial.number:
             trial.set_user_attr("duplicate_of", min(owners))
             self.study.tell(trial, state=state.PRUNED)
             return None
         return trial
+
+    def _owners(self, key: str, mine: int) -> list[int]:
+        """Numbers of the running or finished trials of ``key`` (``mine`` among them).
+
+        The lowest number owns the key, so that must be decided once every lower-numbered trial shows
+        its key: another worker's trial asked a moment before this one may not have it yet (its
+        ``ask`` and ``set_user_attr`` are two transactions), and deciding without it would let both
+        workers claim the evaluation. A trial that stays keyless for ``KEYLESS_WAIT_S`` (its worker
+        died in between) is ignored.
+        """
+        state = self.optuna.trial.TrialState
+        deadline = time.time() + KEYLESS_WAIT_S
+        while True:
+            trials = self._trials((state.RUNNING, state.COMPLETE))
+            pending = [t for t in trials if t.number < mine and t.state == state.RUNNING and "key" not in t.user_attrs]
+            if not pending or time.time() > deadline:
+                return [t.number for t in trials if t.user_attrs.get("key") == key]
+            time.sleep(POLL_S / 20)
 
     def extras(self) -> dict[str, dict[str, Any]]:
         """``key -> {measure: result}`` of the extra measures recorded with completed evaluations."""

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +172,21 @@ def test_two_workers_sharing_one_sqlite_study_do_not_duplicate_evaluations(tmp_p
     assert len(got) == 8 and len(set(got)) == 8
     assert len({line.split()[2] for line in (tmp_path / "calls.txt").read_text().splitlines()}) == 8
     assert all("x=2" in out for out, _ in outs)  # both print the whole sweep's table
+
+
+def test_a_claim_waits_for_a_lower_trial_whose_key_is_not_written_yet(tmp_path: Path) -> None:
+    """The race behind a duplicated evaluation: another worker asked its trial just before this one
+    but had not yet written the trial's key when this worker looked for owners."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    ours, theirs = Study(url, "s", minimize=True), Study(url, "s", minimize=True)
+    early = theirs.study.ask()
+    writer = threading.Timer(0.5, lambda: early.set_user_attr("key", "x=1"))
+    writer.start()
+    try:
+        assert ours.claim("x=1", {"x": "1"}, 0) is None  # the earlier trial owns the key
+    finally:
+        writer.join()
+    assert ours.claim("x=2", {"x": "2"}, 0) is not None
 
 
 def _postgres_bin(name: str) -> str | None:
