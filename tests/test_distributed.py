@@ -127,11 +127,16 @@ def children(pid: int) -> list[int]:
     return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
+def long_two_rank_job(comment: str, data_dir: Path, log_dir: Path) -> subprocess.Popen:
+    """A two-rank search launched by ``--num_gpu=2`` that runs until it is stopped (stderr piped)."""
+    argv = [sys.executable, str(ROOT / "main.py"), *SEARCH, "--max_epoch=1000", "--num_gpu=2", f"--comment={comment}",
+            f"--data_dir={data_dir}", f"--log_dir={log_dir}"]
+    return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the workers through /proc")
 def test_a_killed_rank_ends_the_job_with_one_line_naming_it(data_dir: Path, tmp_path: Path) -> None:
-    argv = [sys.executable, str(ROOT / "main.py"), *SEARCH, "--max_epoch=1000", "--num_gpu=2", "--comment=killed",
-            f"--data_dir={data_dir}", f"--log_dir={tmp_path}"]
-    job = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    job = long_two_rank_job("killed", data_dir, tmp_path)
     deadline = time.time() + 60
     while len(children(job.pid)) < 2 and time.time() < deadline:
         time.sleep(0.05)
@@ -147,9 +152,7 @@ def test_a_killed_rank_ends_the_job_with_one_line_naming_it(data_dir: Path, tmp_
 @pytest.mark.slow  # another two-rank job
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the workers through /proc")
 def test_sigterm_to_the_launcher_stops_every_rank_with_the_resume_command(data_dir: Path, tmp_path: Path) -> None:
-    argv = [sys.executable, str(ROOT / "main.py"), *SEARCH, "--max_epoch=1000", "--num_gpu=2", "--comment=term",
-            f"--data_dir={data_dir}", f"--log_dir={tmp_path}"]
-    job = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    job = long_two_rank_job("term", data_dir, tmp_path)
     deadline = time.time() + 60
     while not (tmp_path / "tiny_term" / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.1)
