@@ -231,12 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if launch.wanted(args.num_gpu):
             return start_workers(args, argv)
         world = context.from_env()
-        if world.active and args.mode not in DATA_PARALLEL_MODES:
-            raise UserError(f"--mode={args.mode} runs in one process: data-parallel runs are "
-                            f"{', '.join(DATA_PARALLEL_MODES)} (drop torchrun or --num_gpu > 1)")
-        if world.active and args.save_on_signal:  # the ranks would reach their boundaries at different steps
-            raise UserError("--save_on_signal=True runs in one process (data-parallel runs stop at the end of "
-                            "the epoch under way)")
+        if world.active and (problem := single_process_only(args)):
+            raise UserError(f"{problem} (drop torchrun or --num_gpu > 1)")
         device = choose_device(args.num_gpu, world.local_rank if world.active else 0)
         context.start(world, context.backend_for(args.dist_backend, device), args.dist_timeout, device)
         setup_logging(args.log_level)
@@ -270,13 +266,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 DATA_PARALLEL_MODES = ("train", "retrain")
 
 
+def single_process_only(args: argparse.Namespace) -> str | None:
+    """Why these options cannot run data-parallel, if they cannot."""
+    if args.mode not in DATA_PARALLEL_MODES:
+        return f"--mode={args.mode} runs in one process"
+    if args.save_on_signal:  # the ranks would reach their step boundaries at different steps
+        return "--save_on_signal=True runs in one process (data-parallel runs stop at the end of the epoch under way)"
+    return None
+
+
 def start_workers(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``--num_gpu=N > 1`` in a plain process: one worker per GPU, or N gloo CPU workers without CUDA."""
-    if args.mode not in DATA_PARALLEL_MODES:
-        raise UserError(f"--num_gpu={args.num_gpu}: --mode={args.mode} runs in one process (pass --num_gpu=1)")
-    if args.save_on_signal:
-        raise UserError(f"--num_gpu={args.num_gpu}: --save_on_signal=True runs in one process (data-parallel runs "
-                        "stop at the end of the epoch under way)")
+    if problem := single_process_only(args):
+        raise UserError(f"--num_gpu={args.num_gpu}: {problem} (pass --num_gpu=1)")
     if torch.cuda.is_available() and torch.cuda.device_count() < args.num_gpu:
         raise UserError(f"--num_gpu={args.num_gpu} but this node has {torch.cuda.device_count()} GPU(s)")
     if not torch.cuda.is_available():
