@@ -174,6 +174,9 @@ def build_parser() -> StrictParser:
     g.add_argument("--controller_lr_min", type=float, default=0.001, help="cosine schedule minimum")
     g.add_argument("--controller_grad_clip", type=float, default=0.0, help="controller gradient norm clip (0: none)")
     g.add_argument("--tanh_c", type=float, default=2.5, help="logit squashing tanh_c * tanh(logits) while training")
+    g.add_argument("--controller_device", type=choice("cpu", "model"), default="cpu",
+                   help="where the controller runs: cpu (its LSTM of 100 units is launch-bound on a GPU: one REINFORCE "
+                        "step is several times faster on the CPU) or model (the shared model's device)")
     g.add_argument("--softmax_temperature", type=float, default=5.0, help="controller logits are divided by this")
     g.add_argument("--entropy_coeff", type=float, default=1e-4, help="entropy bonus weight")
     g.add_argument("--shared_initial_step", type=int, default=0, help="warm-up shared steps before the first epoch")
@@ -296,6 +299,9 @@ def build_parser() -> StrictParser:
     g.add_argument("--deterministic", type=b, default=False, help="deterministic algorithms (slower on GPU)")
     g.add_argument("--amp", type=b, default=False, help="bfloat16 autocast for the shared model (GPU speed; off by default)")
     g.add_argument("--compile", type=b, default=False, help="torch.compile the shared model's hot paths (off by default)")
+    g.add_argument("--cuda_graphs", type=b, default=True,
+                   help="on a CUDA device, run the RNN cell as CUDA graphs with the architecture as data, one capture "
+                        "per shape (models/rnn_graph.py); False: the eager cell (or --compile's kernels)")
     g.add_argument("--use_tensorboard", type=b, default=True, help="write TensorBoard events", role="runtime")
     g.add_argument("--comment", type=str, default="", help="run name suffix: <log_dir>/<dataset>_<comment> (default: a timestamp)", role="runtime")
     g.add_argument("--resume", type=b, default=False, help="continue <log_dir>/<dataset>_<comment> from its latest checkpoint", role="runtime")

@@ -54,6 +54,7 @@ class TrainerConfig:
     log_step: int
     amp: bool  # speed options (GPU; see models/rnn.py)
     compile: bool
+    cuda_graphs: bool
 
 
 def sampler_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +84,11 @@ class Trainer:
                 space.model.enable_compile()
             else:
                 log.warning("--compile: %s has no compiled path; running eagerly", type(space.model).__name__)
+        if cfg.cuda_graphs and hasattr(space.model, "enable_cuda_graphs"):  # --cuda_graphs: only on a CUDA device
+            space.model.enable_cuda_graphs()
+            if cfg.compile and next(space.model.parameters()).is_cuda:
+                log.warning("--compile: on a GPU the RNN cell runs as CUDA graphs (--cuda_graphs=True), which take "
+                            "the place of its compiled kernels; --cuda_graphs=False uses them (docs/benchmarks.md)")
         self.shared_optim = build_optimizer(self.spec, space.model.parameters(), cfg.shared_optim)
         self.guard = NonFiniteGuard("shared-step loss", "the search diverged (try a smaller --shared_lr or --alpha_fisher)",
                                     lambda: f"epoch {self.epoch}, shared step {self.shared_step}", lambda: last_checkpoint(run))

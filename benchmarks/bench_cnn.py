@@ -80,7 +80,8 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["cnn_eval_batch_s"] = U.summary([U.timed(eval_batch) for _ in range(args.reps)])
     from models.controller import Controller
 
-    controller = Controller(cnn.decision_sizes(s.cnn_blocks, len(ops), len(ops)), 100, 8.0, 2.5).to(U.DEVICE)
+    where = torch.device("cpu") if args.controller_device == "cpu" else U.DEVICE  # --controller_device
+    controller = Controller(cnn.decision_sizes(s.cnn_blocks, len(ops), len(ops)), 100, 8.0, 2.5).to(where)
     ctrl_optim = torch.optim.Adam(controller.parameters(), lr=3.5e-3)
 
     def controller_update() -> None:  # a REINFORCE step without its reward's forward passes

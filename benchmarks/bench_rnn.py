@@ -54,12 +54,14 @@ def build_trainer(s: Size, args: argparse.Namespace) -> tuple[Trainer, TimedWPL]
                           **U.preset_fields(RNNSpaceConfig, args.preset))
     space = RNNSpace(U.synthetic_corpus(s, args.seed), cfg, U.DEVICE)
     sampler_cfg = config.defaults(ReinforceConfig, controller_max_step=1, policy_batch_size=1, nb_batch_reward_controller=1,
-                                  train_controller=True, reward_c=80.0, amp=args.amp)
+                                  train_controller=True, reward_c=80.0, amp=args.amp,
+                                  controller_device=args.controller_device)
     sampler = ReinforceSampler.build(space, sampler_cfg, U.DEVICE, None)
     wpl = TimedWPL(space.wpl_groups(), config.defaults(WPLSearchConfig, alpha_fisher=ALPHA, lambda_fisher=0.9,
                                                           fisher_clip_by_norm=10.0, momentum=True, wpl_alpha_mode="compound"))
     wpl.begin_epoch(0)
-    tcfg = config.defaults(TrainerConfig, num_batch_per_iter=1, amp=args.amp, compile=args.compile)
+    tcfg = config.defaults(TrainerConfig, num_batch_per_iter=1, amp=args.amp, compile=args.compile,
+                           cuda_graphs=args.cuda_graphs)
     space.model.fused = not args.plain_cell
     return Trainer(space, sampler, None, tcfg, None, {}), wpl
 
@@ -78,6 +80,16 @@ def fisher_refresh(trainer: Trainer, arch: Any, wpl: TimedWPL) -> None:
     """WPL's end of an architecture: the Fisher from one validation batch, then the anchors."""
     wpl.refresh(trainer.space.groups_for(arch), lambda objective, what: trainer.held_out_backward(arch, objective, what))
     trainer.step.zero_grad()
+
+
+def add_counts(out: dict[str, Any], prefix: str, counts: dict[str, float], step_s: float) -> None:
+    """``<prefix>_ops`` etc. (``bench_util.profile_counts``) and, on CUDA, the GPU's busy fraction:
+    the kernels' summed time over the unprofiled median step time."""
+    for key, value in counts.items():
+        out[f"{prefix}_{key}"] = value
+    if "kernel_s" in counts:
+        out[f"{prefix}_gpu_busy"] = counts["kernel_s"] / step_s
+    print(f"  {prefix}: " + "  ".join(f"{k} {v:.4g}" for k, v in counts.items()), file=sys.stderr, flush=True)
 
 
 def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -142,6 +154,7 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["fisher_refresh_batches"] = U.summary(rec["refresh_ratio"])
     out["fisher_refresh_batches_cpu"] = U.summary(rec["refresh_ratio_cpu"])
     out["peak_rss_mib_after_rnn"] = U.peak_rss_mib()
+    add_counts(out, "rnn_step", U.profile_counts(lambda: shared_batch(trainer, arch, None)), med_plain)
 
     # Controller: sampling one architecture, and one REINFORCE step (reward on one validation batch).
     for _ in range(max(1, args.warmup)):
@@ -155,6 +168,7 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["controller_sample_s"] = U.summary(samples)
     out["controller_step_s"] = U.summary(steps)
     out["controller_step_cpu_s"] = U.summary(steps_cpu)
+    add_counts(out, "controller_step", U.profile_counts(lambda: trainer.sampler.learn(0)), statistics.median(steps))
 
     # Evaluation: Space.error (the forgetting metric's and the derive's unit: the fixed validation
     # batches in eval mode), one slice of a full-split evaluation, and a whole derive when asked.

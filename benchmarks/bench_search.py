@@ -143,6 +143,18 @@ ROWS = [
     ("controller_sample_s", "controller sample", " s"),
     ("controller_step_s", "controller REINFORCE step", " s"),
     ("controller_step_cpu_s", "  same, CPU time", " s"),
+    ("rnn_step_ops", "RNN training batch: dispatched operators", ""),
+    ("rnn_step_cell_ops", "  of which in the cell (one graph on CUDA)", ""),
+    ("rnn_step_launches", "  host launches (kernels, graphs, copies)", ""),
+    ("rnn_step_kernels", "  device kernels", ""),
+    ("rnn_step_syncs", "  host synchronisations", ""),
+    ("rnn_step_gpu_busy", "  GPU busy (kernel time / step time)", ""),
+    ("controller_step_ops", "REINFORCE step: dispatched operators", ""),
+    ("controller_step_cell_ops", "  of which in the cell (one graph on CUDA)", ""),
+    ("controller_step_launches", "  host launches (kernels, graphs, copies)", ""),
+    ("controller_step_kernels", "  device kernels", ""),
+    ("controller_step_syncs", "  host synchronisations", ""),
+    ("controller_step_gpu_busy", "  GPU busy (kernel time / step time)", ""),
     ("rnn_error_s", "RNN Space.error (forgetting / derive unit)", " s"),
     ("rnn_eval_slice_s", "RNN evaluation, one 35-step slice", " s"),
     ("rnn_derive_s", "RNN derive (--derive-samples) + valid eval", " s"),
@@ -179,6 +191,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--derive-samples", type=int, default=0,
                    help="also time Trainer.derive over this many samples plus a valid evaluation (0: only "
                         "the projection from Space.error; the paper's commands derive over 100)")
+    p.add_argument("--eager-cell", action="store_true",
+                   help="CUDA: run the RNN cell eagerly instead of as CUDA graphs (main.py's --cuda_graphs=False)")
+    p.add_argument("--controller-device", choices=("cpu", "model"), default="cpu",
+                   help="where the controller runs, as main.py's --controller_device (model: the --device)")
     p.add_argument("--nchw", action="store_true", help="run the CNN in NCHW layout (--cnn_channels_last=false)")
     p.add_argument("--plain-cell", action="store_true",
                    help="run the RNN cell step by step with ordinary autograd ops (SharedRNN.fused=False): "
@@ -196,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
+    args.cuda_graphs = U.DEVICE.type == "cuda" and not args.eager_cell
     malloc_tuned = keep_freed_memory() if args.malloc_tune else False
     s = U.SIZES[args.size]
     parts = set(args.parts.split(","))
@@ -204,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": str(U.DEVICE), "gpu": torch.cuda.get_device_name() if U.DEVICE.type == "cuda" else None,
         "tf32": args.tf32, "derive_samples": args.derive_samples,
         "amp": args.amp, "compile": args.compile, "malloc_tuned": malloc_tuned, "cnn_channels_last": not args.nchw,
-        "plain_cell": args.plain_cell, "preset": args.preset, "torch": torch.__version__, "python": platform.python_version(),
+        "plain_cell": args.plain_cell, "cuda_graphs": args.cuda_graphs, "controller_device": args.controller_device, "preset": args.preset, "torch": torch.__version__, "python": platform.python_version(),
         "cpus": os.cpu_count(), "uptime_start": U.uptime(), "loadavg_start": U.loadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -222,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out["loadavg_end"] = U.loadavg()
     out["wall_s"] = U.now() - t0
     print(f"\n== bench_search --size {args.size} on {out['gpu'] or args.device} (threads {args.threads}, {args.reps} reps, amp {args.amp}, "
-          f"compile {args.compile}, malloc tuned {malloc_tuned}{', plain cell' if args.plain_cell else ''}) ==")
+          f"compile {args.compile}, CUDA graphs {args.cuda_graphs}, controller on {args.controller_device}, malloc tuned {malloc_tuned}{', plain cell' if args.plain_cell else ''}) ==")
     print(f"start: {out['uptime_start']}\nend:   {out['uptime_end']}")
     for key, label, unit in ROWS:
         if key in out:

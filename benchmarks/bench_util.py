@@ -137,3 +137,69 @@ def preset_fields(cfg_type: type, preset: str) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cfg_type)}
     return {k: v for k, v in config.PRESETS[preset].items() if k in names}
 
+
+
+# ------------------------------------------------------------------------- launches per step
+CELL_MARKS = ("SharedRNN.cell", "UnrolledCellBackward", "GraphedCellBackward")  # forward label, backward nodes
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
+            "cudaMemcpyAsync", "cudaMemsetAsync")
+
+
+def profile_counts(fn: Callable[[], Any]) -> dict[str, float]:
+    """What one call of ``fn`` dispatches, from ``torch.profiler``: measurable without a GPU.
+
+    * ``ops``: outermost ATen operators (each one a kernel launch or more on a GPU, the per-op
+      Python and dispatcher cost on any device); ``cell_ops``: those inside the RNN cell (its
+      forward and its autograd node), the part a CUDA graph replays in one launch;
+    * on CUDA also ``launches`` (kernel, graph, copy and memset launches the host made), ``kernels``
+      (device activities, graph-replayed kernels included where the profiler sees them),
+      ``kernel_s`` (their summed time) and ``syncs`` (host synchronisations, counted by
+      ``torch.cuda.set_sync_debug_mode`` in a second, unprofiled call).
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+    counts = {"ops": 0.0, "cell_ops": 0.0}
+    kernels, kernel_us, launches = 0, 0.0, 0
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            kernels += 1
+            kernel_us += e.time_range.elapsed_us()
+            continue
+        if e.name in LAUNCHES:
+            launches += 1
+            continue
+        if not e.name.startswith("aten::"):
+            continue
+        nested = in_cell = False
+        parent = e.cpu_parent
+        while parent is not None:
+            nested = nested or parent.name.startswith("aten::")
+            in_cell = in_cell or any(mark in parent.name for mark in CELL_MARKS)
+            parent = parent.cpu_parent
+        if not nested:
+            counts["ops"] += 1
+            counts["cell_ops"] += in_cell
+    if DEVICE.type == "cuda":
+        counts.update(launches=launches, kernels=kernels, kernel_s=kernel_us / 1e6, syncs=count_syncs(fn))
+    return counts
+
+
+def count_syncs(fn: Callable[[], Any]) -> int:
+    """Host synchronisations during ``fn()``, as ``torch.cuda.set_sync_debug_mode("warn")`` reports them."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # One prepared check of a fresh GPU machine, from the repository root, in under 8 minutes:
 #   install -> the GPU -> python -m pytest -m cuda -> bench_search.py at paper size in four settings
-#   (fp32 with TF32, bf16 --amp, each with and without --compile) -> a summary.
+#   (fp32 with TF32 and bf16 --amp, the RNN cell as CUDA graphs and the controller on the CPU, the
+#   defaults; then the eager cell with the controller on the GPU, the defaults before, plain and
+#   --compile'd) -> a summary with kernels and launches per step, GPU busy fraction and projections.
+# It runs with whatever torch the machine has (offline GPU images cannot install the pinned one)
+# and says which.
 # Every phase has its own time limit and a failing phase does not stop the others.
 #
 #   bash benchmarks/gpu_check.sh                                   # on the GPU machine
@@ -15,15 +19,15 @@ OUT=${GPU_CHECK_OUT:-gpu_check_out}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
-# Time limits (s): install 60 + tests 120 + 2 x 50 + 2 x 90 = 460 s at most, plus nvidia-smi.
+# Time limits (s): install 60 + tests 180 + 2 x 70 + 80 + 100 = 560 s at most, plus nvidia-smi.
 if [ "$SIZE" = tiny ]; then  # the pipeline's smoke test: a few cheap CUDA tests, one repetition each
     BENCH=(--size tiny --reps 1 --warmup 0 --derive-samples 3 --threads 1)
     TESTS=(-m cuda -k "fused_cell_matches or wpl_on_the_device")
-    LIMIT_TEST=60; LIMIT_BENCH=30; LIMIT_COMPILE=30
+    LIMIT_TEST=60; LIMIT_BENCH=30; LIMIT_EAGER=30; LIMIT_COMPILE=30
 else
     BENCH=(--size paper --reps 3 --warmup 1 --derive-samples 100)
     TESTS=(-m cuda)
-    LIMIT_TEST=120; LIMIT_BENCH=50; LIMIT_COMPILE=90
+    LIMIT_TEST=180; LIMIT_BENCH=70; LIMIT_EAGER=80; LIMIT_COMPILE=100
 fi
 SUMMARY=()
 START=$(date +%s)
@@ -35,7 +39,7 @@ phase() {  # phase NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/N
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     local rc=${PIPESTATUS[0]} status
     case $rc in 0) status=ok ;; 124|137) status="TIMED OUT" ;; *) status="FAILED (exit $rc)" ;; esac
-    SUMMARY+=("$(printf '%-18s %-18s %4ss' "$name" "$status" "$(( $(date +%s) - t0 ))")")
+    SUMMARY+=("$(printf '%-24s %-18s %4ss' "$name" "$status" "$(( $(date +%s) - t0 ))")")
 }
 
 echo "=== install"
@@ -53,21 +57,26 @@ fi
 echo; echo "=== machine"
 if command -v nvidia-smi >/dev/null; then nvidia-smi; else echo "nvidia-smi: not found"; fi
 $PY - <<'EOF'
+import re
 import torch
-print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| cuDNN", torch.backends.cudnn.version())
+pinned = next((l.split("==")[1].strip() for l in open("requirements.txt") if re.match(r"torch==", l)), "?")
+print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| cuDNN", torch.backends.cudnn.version(),
+      "| pinned:", pinned, "" if torch.__version__.split("+")[0] == pinned else "(not installed here: this run uses the machine's torch)")
 print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else "none (torch.cuda.is_available() is False)")
 EOF
 
 TEST_ENV=()
 [ "$DEVICE" = cpu ] && TEST_ENV=(env CUDA_TESTS_ON_CPU=1)
-phase cuda_tests "$LIMIT_TEST" "${TEST_ENV[@]}" $PY -m pytest "${TESTS[@]}" -q -p no:cacheprovider tests/test_cuda.py
+phase cuda_tests "$LIMIT_TEST" "${TEST_ENV[@]}" $PY -m pytest "${TESTS[@]}" -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_graphs.py
 
-for variant in fp32_tf32 bf16 fp32_tf32_compile bf16_compile; do
+VARIANTS=(fp32_tf32 bf16 eager_fp32_tf32 eager_fp32_tf32_compile)
+for variant in "${VARIANTS[@]}"; do
     flags=(--device "$DEVICE" --json "$OUT/bench_$variant.json")
     [ "$DEVICE" = cuda ] && flags+=(--tf32)
     limit=$LIMIT_BENCH
     case $variant in bf16*) flags+=(--amp) ;; esac
-    case $variant in *compile) flags+=(--compile); limit=$LIMIT_COMPILE ;; esac
+    case $variant in eager*) flags+=(--eager-cell --controller-device model --reps 2); limit=$LIMIT_EAGER ;; esac
+    case $variant in *compile) flags+=(--compile --parts rnn); limit=$LIMIT_COMPILE ;; esac
     phase "$variant" "$limit" $PY benchmarks/bench_search.py "${BENCH[@]}" "${flags[@]}"
 done
 
@@ -77,24 +86,29 @@ $PY - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path
 
-rows = [("rnn_step_s", "shared batch s"), ("wpl_step_s", "+WPL s"), ("controller_step_s", "REINFORCE s"),
-        ("rnn_derive_s", "RNN derive s"), ("cnn_step_s", "CNN batch s"), ("peak_gpu_mib", "peak GPU MiB"),
-        ("projected_rnn_epoch_s", "RNN epoch s"), ("projected_cnn_epoch_s", "CNN epoch s")]
-print("\n" + f"{'setting':20s}" + "".join(f"{label:>15s}" for _, label in rows))
-for variant in ("fp32_tf32", "bf16", "fp32_tf32_compile", "bf16_compile"):
+rows = [("rnn_step_s", "shared batch s"), ("rnn_step_kernels", "kernels"), ("rnn_step_launches", "launches"),
+        ("rnn_step_gpu_busy", "GPU busy"), ("wpl_step_s", "+WPL s"), ("controller_step_s", "REINFORCE s"),
+        ("controller_step_launches", "launches"), ("controller_step_syncs", "syncs"), ("rnn_derive_s", "RNN derive s"),
+        ("cnn_step_s", "CNN batch s"), ("peak_gpu_mib", "peak GPU MiB"), ("projected_rnn_epoch_s", "RNN epoch s"),
+        ("projected_cnn_epoch_s", "CNN epoch s")]
+print("\n" + f"{'setting':24s}" + "".join(f"{label:>13s}" for _, label in rows))
+for variant in ("fp32_tf32", "bf16", "eager_fp32_tf32", "eager_fp32_tf32_compile"):
     path = Path(sys.argv[1]) / f"bench_{variant}.json"
     if not path.is_file():
-        print(f"{variant:20s} (no result)")
+        print(f"{variant:24s} (no result)")
         continue
     out = json.loads(path.read_text())
     cells = []
     for key, _ in rows:
         value = out.get(key)
         value = value["median"] if isinstance(value, dict) else value
-        cells.append(f"{value:15.4g}" if isinstance(value, (int, float)) else f"{'-':>15s}")
-    print(f"{variant:20s}" + "".join(cells))
+        cells.append(f"{value:13.4g}" if isinstance(value, (int, float)) else f"{'-':>13s}")
+    print(f"{variant:24s}" + "".join(cells))
 print("\nEpoch projections: medians of the step times above times the counts of the paper's commands (RNN: "
       "60 x (sample + 7 WPL batches + Fisher refresh + 2 forgetting errors) + 2000 REINFORCE steps; CNN: "
       "70 x (7 batches + 8 eval batches) + 1000 x (20 eval batches + controller update)); derives are extra, "
-      "see each phase's log and benchmarks/README.md.")
+      "see each phase's log and benchmarks/README.md. kernels/launches/syncs: one shared batch and one REINFORCE "
+      "step under torch.profiler (launches: host-side kernel, graph and copy launches); GPU busy: their kernel time "
+      "over the unprofiled step time. eager_*: the cell eager and the controller on the GPU (the defaults before "
+      "--cuda_graphs and --controller_device); *_compile: RNN part only.")
 EOF

@@ -14,6 +14,7 @@ Two choices shape an op (``models.cnn.CNNStyle`` holds them):
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import torch
@@ -76,6 +77,47 @@ class FactorizedReduce(nn.Module):
         if b.shape[-2:] != a.shape[-2:]:
             b = F.pad(b, (0, a.size(-1) - b.size(-1), 0, a.size(-2) - b.size(-2)))
         return self.bn(cat_channels([a, b]))
+
+
+@functools.lru_cache(maxsize=None)
+def nhwc_avg_pool_backward_is_wrong(device: torch.device) -> bool:
+    """Whether ``device``'s channels-last backward of a padded average pool disagrees with the NCHW one.
+
+    Probed once per device on a 2x3x5x5 ramp with a non-uniform output gradient: cheap, and it lets a
+    torch build whose kernel is right (CPU, or a CUDA build with pytorch/pytorch#188345) keep the
+    channels-last kernel.
+    """
+    x = torch.arange(150, dtype=torch.float32, device=device).view(2, 3, 5, 5) / 10
+    grads = []
+    with torch.enable_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xi = x.clone(memory_format=layout).requires_grad_(True)
+            out = F.avg_pool2d(xi, 3, stride=1, padding=1, count_include_pad=False)
+            out.backward(torch.linspace(-1.0, 1.0, out.numel(), device=device).view(out.shape))
+            grads.append(xi.grad)
+    return not torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def _pool_on_nchw(x: Tensor, padding: Any) -> bool:
+    """Whether a padded average pool of ``x`` must run on an NCHW copy (see ``AvgPool``)."""
+    return (x.is_cuda and padding != 0 and x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last) and nhwc_avg_pool_backward_is_wrong(x.device))
+
+
+class AvgPool(nn.AvgPool2d):
+    """``nn.AvgPool2d`` whose gradient is right in channels-last layout on CUDA too.
+
+    torch's CUDA kernel for the channels-last backward of a padded average pool maps input pixels to
+    the wrong windows (pytorch/pytorch#188344): forward right, input gradients silently wrong. Seen on
+    an H200 with torch 2.11 + CUDA 13: an ENAS-style cell whose reduction cell averages gave gradients
+    20-90 % off in channels-last, right in NCHW. Where ``nhwc_avg_pool_backward_is_wrong`` finds the
+    device's kernel wrong, the pool runs on an NCHW copy and its result returns to channels-last.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        if _pool_on_nchw(x, self.padding):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 class Subsample(nn.Module):
@@ -150,7 +192,7 @@ def make_op(name: str, c_in: int, c_out: int, stride: int, *, depthwise: str = "
             return FactorizedReduce(c_in, c_out)
         return _widened(Subsample(stride) if stride > 1 else nn.Identity(), c_in, c_out, "identity")
     if name in ("avg3x3", "max3x3"):
-        pool = (nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False) if name == "avg3x3"
+        pool = (AvgPool(3, stride=stride, padding=1, count_include_pad=False) if name == "avg3x3"
                 else nn.MaxPool2d(3, stride=stride, padding=1))
         return _widened(pool, c_in, c_out, name)
     if name.startswith("depthwise_"):

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from models.rnn_arch import RNNArch
 from models.rnn_cell import EAGER, CompiledKernels, Plan, run_cell
+from models.rnn_graph import ArchTensors, CellGraphs, arch_tensors, run_graphed
 
 WDROP_SCOPES = ("node0", "all")
 OUTPUT_NORMS = ("batchnorm", "none")
@@ -110,7 +111,9 @@ class SharedRNN(nn.Module):
 
     ``fused`` (default True) runs the unrolled cell as one autograd node; False runs the plain
     step-by-step autograd formulation, which computes the same function. ``enable_compile()`` routes
-    the cell's elementwise work through ``torch.compile`` (``--compile``).
+    the cell's elementwise work through ``torch.compile`` (``--compile``). ``enable_cuda_graphs()``
+    runs the cell on a CUDA device as captured graphs with the architecture as data
+    (``models.rnn_graph``, ``--cuda_graphs``); it then takes the place of the compiled kernels there.
     """
 
     def __init__(
@@ -144,6 +147,8 @@ class SharedRNN(nn.Module):
         self.fused = True
         self._kernels: Any = EAGER
         self._plans: dict[RNNArch, Plan] = {}
+        self.cuda_graphs: CellGraphs | None = None
+        self._arch_data: dict[tuple[RNNArch, torch.device], ArchTensors] = {}
         self.encoder = nn.Embedding(ntokens, embed)
         # Node 0: rows [0, hid) produce c_0, rows [hid, 2 hid) the candidate h_0.
         self.w_x0 = nn.Parameter(torch.empty(2 * hid, embed))
@@ -200,6 +205,20 @@ class SharedRNN(nn.Module):
         ``compile_options`` go to ``torch.compile``, e.g. ``backend="eager"`` to check the tracing only)."""
         self._kernels = CompiledKernels(**compile_options)
 
+    def enable_cuda_graphs(self, limit: int = 8) -> CellGraphs:
+        """On a CUDA device, run the cell as CUDA graphs (one capture per shape, ``limit`` kept)."""
+        self.cuda_graphs = CellGraphs(limit)
+        return self.cuda_graphs
+
+    def _arch_tensors(self, arch: RNNArch, device: torch.device) -> ArchTensors:
+        data = self._arch_data.get((arch, device))
+        if data is None:
+            if len(self._arch_data) > 4096:
+                self._arch_data.clear()
+            cpu = arch_tensors(self._plan(arch))
+            data = self._arch_data[(arch, device)] = ArchTensors(*(t.to(device) for t in cpu))
+        return data
+
     def _plan(self, arch: RNNArch) -> Plan:
         plan = self._plans.get(arch)
         if plan is None:
@@ -222,7 +241,13 @@ class SharedRNN(nn.Module):
         edges = [self.edges[self.edge_name(i, j)] for i, j in arch.edges]
         edge_drop = wdrop if self.wdrop_scope == "all" else 0.0
         w_edges = [drop_connect(torch.cat([edge.w_c, edge.w_h]), edge_drop) for edge in edges]
-        raw, hidden = run_cell(self._plan(arch), self._kernels, self.fused, x_proj, hidden, w_h0, w_edges)
+        plan = self._plan(arch)
+        with torch.profiler.record_function("SharedRNN.cell"):  # benchmarks count the cell's operators by it
+            if self.cuda_graphs is not None and self.fused and x_proj.is_cuda:
+                raw, hidden = run_graphed(self.cuda_graphs, plan, self._arch_tensors(arch, x_proj.device), x_proj,
+                                          hidden, w_h0, w_edges)
+            else:
+                raw, hidden = run_cell(plan, self._kernels, self.fused, x_proj, hidden, w_h0, w_edges)
         if self.output_norm is not None:
             raw = self.output_norm(raw)
         dropped = locked_dropout(raw, self.dropout if training else 0.0)

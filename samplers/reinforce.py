@@ -51,6 +51,7 @@ class ReinforceConfig:
     controller_hid: int
     softmax_temperature: float
     tanh_c: float
+    controller_device: str  # "cpu" or "model": the shared model's device
 
 
 class ReinforceSampler:
@@ -71,7 +72,8 @@ class ReinforceSampler:
 
     @classmethod
     def build(cls, space: SearchSpace, cfg: ReinforceConfig, device: torch.device, run: RunDir | None) -> ReinforceSampler:
-        controller = Controller(space.decision_sizes, cfg.controller_hid, cfg.softmax_temperature, cfg.tanh_c).to(device)
+        where = torch.device("cpu") if cfg.controller_device == "cpu" else device
+        controller = Controller(space.decision_sizes, cfg.controller_hid, cfg.softmax_temperature, cfg.tanh_c).to(where)
         return cls(space, controller, cfg, run)
 
     def autocast(self) -> torch.autocast:

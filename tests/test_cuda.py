@@ -88,7 +88,11 @@ def rnn_run(model: SharedRNN, fused: bool, amp: bool, tokens: torch.Tensor, h0: 
     with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=amp):
         out = model(tokens, h, ARCH)
         loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
-    (loss + 0.1 * out.hidden.float().pow(2).sum() + 0.01 * out.raw.float().pow(3).sum()).backward()
+    # The state's term is linear in a fixed random direction: a term like |hidden|^2 has a radial
+    # gradient, which the norm clip (active here: weights of std 0.5) projects to exactly zero, so the
+    # cell's gradient there would be the rounding noise of the forward state (bf16: ~0.4% of |dh|).
+    probe = torch.randn(out.hidden.shape, generator=torch.Generator().manual_seed(9)).to(out.hidden.device)
+    (loss + (probe * out.hidden.float()).sum() + 0.01 * out.raw.float().pow(3).sum()).backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     grads["h0"] = h.grad
     return [t.detach().float() for t in (out.logits, out.hidden, out.raw)], grads
@@ -148,49 +152,68 @@ def test_fused_cell_on_the_device_matches_a_float64_cpu_reference() -> None:
 
 
 # ---------------------------------------------------------------------------------------- WPL
-def wpl_pair(mode: str, device: torch.device) -> tuple[WPL, list[torch.nn.Parameter]]:
+def wpl_pair(mode: str, device: torch.device, dtype: torch.dtype = torch.float32
+             ) -> tuple[WPL, list[torch.nn.Parameter]]:
     g = torch.Generator().manual_seed(0)
     shapes = [(CHUNK * 2 + 77,), (300, 300), (7,)]  # chunked path, whole-tensor path, tiny
-    params = [torch.nn.Parameter(torch.randn(s, generator=g).to(device)) for s in shapes]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g).to(device, dtype)) for s in shapes]
     return WPL({"a": params[:2], "b": params[2:]}, lambda_fisher=0.9, clip_by_norm=10.0, momentum=True, mode=mode), params
 
 
+def wpl_run(mode: str, device: torch.device, dtype: torch.dtype) -> dict[str, object]:
+    """Three Fisher updates (clip active), the weights moved off the anchors, then the penalty
+    (autograd and direct) and its gradients: every figure the search reads, for one device and dtype."""
+    wpl, params = wpl_pair(mode, device, dtype)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g).to(device, dtype)
+        wpl.update_fisher(["a", "b"], alpha=60.0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.1 * torch.randn(p.shape, generator=g).to(device, dtype))
+    for p in params:
+        p.grad = None
+    value = wpl.penalty(["a", "b"], alpha=60.0)
+    value.backward()
+    autograd = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    direct = wpl.add_penalty_grad_(["a", "b"], alpha=60.0)
+    assert direct.device.type == device.type
+    return {"penalty": value.detach(), "direct": direct, "autograd": autograd, "direct_grads": [p.grad for p in params],
+            "state": wpl.state_dict(), "stats": torch.tensor(wpl.fisher_stats(["a", "b"]), dtype=torch.float64)}
+
+
+def flat_figures(run: dict[str, object]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, value in run.items():
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else [("", value)]
+        out.update({f"{key}/{k}": torch.as_tensor(v) for k, v in items})
+    return out
+
+
 @pytest.mark.parametrize("mode", ["compound", "loss"])
-def test_wpl_on_the_device_equals_the_cpu(mode: str) -> None:
-    runs = {}
-    for device in (CPU, DEVICE):
-        wpl, params = wpl_pair(mode, device)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(3):  # Fisher updates (clip active), then the weights move away from the anchors
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=g).to(device)
-            wpl.update_fisher(["a", "b"], alpha=60.0)
-        with torch.no_grad():
-            for p in params:
-                p.add_(0.1 * torch.randn(p.shape, generator=g).to(device))
-        for p in params:
-            p.grad = None
-        value = wpl.penalty(["a", "b"], alpha=60.0)
-        value.backward()
-        autograd = [p.grad.clone() for p in params]
-        for p in params:
-            p.grad = None
-        direct = wpl.add_penalty_grad_(["a", "b"], alpha=60.0)
-        assert direct.device.type == device.type
-        runs[device.type] = (float(value), float(direct), autograd, [p.grad for p in params],
-                             wpl.state_dict(), wpl.fisher_stats(["a", "b"]))
-    cpu, dev = runs["cpu"], runs[DEVICE.type]
-    assert dev[0] == pytest.approx(cpu[0], rel=1e-5) and dev[1] == pytest.approx(cpu[1], rel=1e-5)
-    assert dev[1] == pytest.approx(dev[0], rel=1e-5)
-    for a, b in zip(dev[2] + dev[3], cpu[2] + cpu[3]):
-        assert rel_err(a, b) < 1e-5
-    assert dev[4].keys() == cpu[4].keys()
-    for key in cpu[4]:
-        assert rel_err(dev[4][key], cpu[4][key]) < 1e-5, key
-    assert dev[5] == pytest.approx(cpu[5], rel=1e-5)
+def test_wpl_on_the_device_is_as_accurate_as_the_cpu(mode: str) -> None:
+    """Every figure against a float64 run. The Fisher clip's norm of a 524,365-entry tensor is 2e-5
+    off in fp32 on the CPU (its vectorised norm accumulates in fp32 lanes), 1e-8 on the H200 (its
+    tree reduction): the CPU is the less accurate side, and a direct GPU-vs-CPU bound of 1e-5 failed
+    for that reason. Error model: each device figure no further from float64 than twice the CPU's
+    fp32 one, plus ~8 fp32 epsilons (1e-6) for the figures the CPU gets right to the last bits."""
+    runs = {key: flat_figures(wpl_run(mode, device, dtype))
+            for key, device, dtype in (("cpu", CPU, torch.float32), ("dev", DEVICE, torch.float32),
+                                       ("exact", CPU, torch.float64))}
+    cpu, dev, exact = runs["cpu"], runs["dev"], runs["exact"]
+    assert cpu.keys() == dev.keys() == exact.keys()
+    for key, ref in exact.items():
+        assert rel_err(dev[key], ref) <= 2 * rel_err(cpu[key], ref) + 1e-6, (key, rel_err(dev[key], ref), rel_err(cpu[key], ref))
+    # the two paths on one device: chunked fp32 dot products against one sum (CPU: 1.6e-6 apart)
+    assert float(dev["direct/"]) == pytest.approx(float(dev["penalty/"]), rel=1e-5)
     restored, _ = wpl_pair(mode, CPU)  # a device WPL state loads into a CPU WPL
-    restored.load_state_dict(dev[4])
-    assert all(torch.equal(restored.state_dict()[k], dev[4][k].cpu()) for k in cpu[4])
+    device_state = wpl_run(mode, DEVICE, torch.float32)["state"]
+    assert isinstance(device_state, dict)
+    restored.load_state_dict(device_state)
+    assert all(torch.equal(restored.state_dict()[k], v.cpu()) for k, v in device_state.items())
 
 
 # ---------------------------------------------------------------------------------------- CNN
@@ -207,12 +230,24 @@ def cnn_step(model: SharedCNN, images: torch.Tensor, labels: torch.Tensor, seed:
 
 
 @pytest.mark.parametrize("style", [CNNStyle(), CNNStyle.enas()], ids=["paper", "enas"])
-def test_cnn_in_both_layouts_on_the_device_matches_the_cpu(style: CNNStyle) -> None:
+def test_cnn_in_both_layouts_on_the_device_is_as_accurate_as_the_cpu(style: CNNStyle) -> None:
+    """Logits and every gradient of both layouts against the CPU model in float64.
+
+    Error model: no further from float64 than 8x the CPU's fp32 NCHW model, plus 2e-5 (~170 fp32
+    epsilons). Legitimate fp32 kernels sum in other orders: the CPU's own channels-last path is up to
+    6.9x its NCHW error and 9e-6 off on a batch norm's bias gradient (a sum over pixels whose terms
+    cancel), cuDNN on an H200 up to 2.7x; the error reaches 1e-3 on weights whose gradient cancels to
+    1e-5 behind a batch norm. A fixed bound of 2e-2 on the
+    device-vs-CPU difference hid nothing and caught a real bug: the padded average pool's channels-
+    last CUDA backward (models.cnn_ops.AvgPool), 20-90 % off in the ENAS cells that average.
+    """
     if DEVICE.type == "cuda":
         assert torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled
     torch.manual_seed(0)
     size = (15, 15)  # odd: padding
     ref = SharedCNN(3, 10, 3, 24, 2, 1, list(OPS), list(OPS), style, image_size=size, channels_last=False)
+    exact = SharedCNN(3, 10, 3, 24, 2, 1, list(OPS), list(OPS), style, image_size=size, channels_last=False).double()
+    exact.load_state_dict(ref.state_dict())
     models = {}
     for layout in (False, True):
         models[layout] = SharedCNN(3, 10, 3, 24, 2, 1, list(OPS), list(OPS), style, image_size=size,
@@ -222,14 +257,16 @@ def test_cnn_in_both_layouts_on_the_device_matches_the_cpu(style: CNNStyle) -> N
         assert models[True].stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(3)
     images, labels = torch.randn(6, 3, *size, generator=g), torch.randint(10, (6,), generator=g)
-    for seed in range(3):
-        expected, expected_grads = cnn_step(ref, images, labels, seed)
+    for seed in range(3):  # seeds 1 and 2 sample reduction cells that average
+        cpu_logits, cpu_grads = cnn_step(ref, images, labels, seed)
+        exact_logits, exact_grads = cnn_step(exact, images.double(), labels, seed)
         for layout, model in models.items():
             logits, grads = cnn_step(model, images.to(DEVICE), labels.to(DEVICE), seed)
-            assert rel_err(logits, expected) < 1e-4, (layout, seed)
-            assert grads.keys() == expected_grads.keys()
-            for name in grads:
-                assert rel_err(grads[name], expected_grads[name]) < 2e-2, (layout, seed, name)  # fp32 sums in another order; some grads ~1e-6
+            assert rel_err(logits, exact_logits) <= 8 * rel_err(cpu_logits, exact_logits) + 2e-5, (layout, seed)
+            assert grads.keys() == exact_grads.keys()
+            for name, ref_grad in exact_grads.items():
+                dev_err, cpu_err = rel_err(grads[name], ref_grad), rel_err(cpu_grads[name], ref_grad)
+                assert dev_err <= 8 * cpu_err + 2e-5, (layout, seed, name, dev_err, cpu_err)
 
 
 @pytest.mark.parametrize("style", [CNNStyle(), CNNStyle.enas()], ids=["paper", "enas"])

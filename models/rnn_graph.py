@@ -1,0 +1,271 @@
+"""The unrolled cell with the architecture as data, replayed as one CUDA graph per shape.
+
+Why: on a GPU the eager unrolled cell (``models.rnn_cell``) is launch-bound. At paper size (12 nodes,
+BPTT 35) one training batch launches about 7,400 kernels whose work adds up to a few percent of the
+step: the GPU waits for Python. A CUDA graph replays a captured sequence of kernels for the cost of
+one launch, but only a fixed sequence, and every batch of the search runs another architecture.
+So here the architecture is data, not control flow:
+
+* node ``j`` reads its parent's state with ``index_select`` on a (nodes, batch, hid) buffer, the
+  parent index being a device tensor;
+* its activation is chosen with ``torch.where`` among the four candidates (each computed by the same
+  kernel as the eager cell, so the selected values are bit for bit the eager ones);
+* the loose ends are averaged with a 0/1 mask over the nodes, and in the backward each node gathers
+  its children's gradients with one (1 x n) @ (n x batch*hid) product over a 0/1 child matrix;
+* the weights of every node are stacked into one (n, 2 hid, hid) tensor.
+
+The same kernels then serve every sampled cell of a given shape (time steps, batch, width, nodes,
+dtypes), and ``CellGraphs`` captures each of the three passes (inference, training forward,
+backward) once per shape. Without a GPU the same functions run eagerly (the tests compare them
+with the eager cell on the CPU); there the eager cell is faster and stays the default.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from models.rnn_cell import HIDDEN_NORM_CLIP, Plan, _clip_scale, _mm
+
+ACT_ORDER = ("tanh", "sigmoid", "ReLU", "identity")
+
+
+class ArchTensors(NamedTuple):
+    """An architecture as tensors (all on the CPU until copied into a graph's inputs)."""
+
+    parent: Tensor  # (n,) int64: each node's parent (node 0: 0, unused; it reads the previous state)
+    act: Tensor  # (n, 4) bool: one-hot over ACT_ORDER
+    loose: Tensor  # (n,) float: 1 on the loose ends
+    inv_k: Tensor  # () float: 1 / number of loose ends
+    child: Tensor  # (n, n) float: child[p, c] = 1 where node c reads node p
+
+
+def arch_tensors(plan: Plan) -> ArchTensors:
+    n = plan.n
+    parent = torch.tensor([max(p, 0) for p in plan.parents], dtype=torch.int64)
+    act = torch.zeros(n, len(ACT_ORDER), dtype=torch.bool)
+    for j, name in enumerate(plan.acts):
+        act[j, ACT_ORDER.index(name)] = True
+    loose = torch.zeros(n)
+    loose[list(plan.loose)] = 1.0
+    child = torch.zeros(n, n)
+    for c in range(1, n):
+        child[plan.parents[c], c] = 1.0
+    return ArchTensors(parent, act, loose, torch.tensor(1.0 / len(plan.loose)), child)
+
+
+def _select(act: Tensor, j: int, values: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """The candidate ``values`` (in ACT_ORDER) picked by node ``j``'s one-hot row: exact selection."""
+    out = torch.where(act[j, 2], values[2], values[3])
+    out = torch.where(act[j, 1], values[1], out)
+    return torch.where(act[j, 0], values[0], out)
+
+
+def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: Tensor, save: bool
+           ) -> tuple[Tensor, ...]:
+    """Forward through every time step, as ``rnn_cell._unroll`` but with ``arch`` as data.
+
+    ``weights`` is (n, 2 hid, hid): node 0's hidden-to-hidden matrix, then each node's edge matrix.
+    Returns ``(raw, hidden)`` and, with ``save``, the buffers the backward reads:
+    ``nodes, gates, acts`` (time, n, batch, hid), ``states`` (time + 1, batch, hid), ``norms``.
+    """
+    steps, batch, hid = x_proj.size(0), h0.size(0), h0.size(1)
+    n = weights.size(0)
+    new = h0.new_empty
+    keep = steps if save else 1
+    nodes, gates, acts = new(keep, n, batch, hid), new(keep, n, batch, hid), new(keep, n, batch, hid)
+    states = new(steps + 1 if save else 2, batch, hid)
+    norms = new(steps if save else 1, batch, 1)
+    raw = new(steps, batch, hid)
+    pre = new(batch, 2 * hid)
+    states[0].copy_(h0)
+    w_t = weights.transpose(1, 2)
+    loose = arch.loose.to(h0.dtype).view(n, 1, 1)
+    for t in range(steps):
+        s = t if save else 0
+        h_prev = states[t if save else t % 2]
+        for j in range(n):
+            h_in = h_prev if j == 0 else nodes[s].index_select(0, arch.parent[j:j + 1])[0]
+            _mm(h_in, w_t[j], pre, x_proj[t] if j == 0 else None)
+            torch.sigmoid(pre[:, :hid], out=gates[s, j])
+            a = pre[:, hid:]
+            acts[s, j].copy_(_select(arch.act, j, (torch.tanh(a), torch.sigmoid(a), torch.clamp(a, min=0.0), a)))
+            torch.addcmul(h_in, gates[s, j], acts[s, j] - h_in, out=nodes[s, j])
+        torch.mul((nodes[s] * loose).sum(0), arch.inv_k, out=raw[t])
+        state = nodes[s, n - 1] if last else raw[t]
+        norm = torch.linalg.vector_norm(state, dim=-1, keepdim=True, out=norms[s])
+        torch.mul(state, _clip_scale(norm), out=states[t + 1 if save else (t + 1) % 2])
+    hidden = states[steps if save else steps % 2].clone()
+    if not save:
+        return raw, hidden
+    return raw, hidden, nodes, gates, acts, states, norms
+
+
+def unroll_backward(arch: ArchTensors, last: bool, weights: Tensor, raw: Tensor, nodes: Tensor, gates: Tensor,
+                    acts: Tensor, states: Tensor, norms: Tensor, grad_raw: Tensor, grad_hidden: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(d_x_proj, d_h0, d_weights)`` of ``unroll``'s outputs, the architecture as data.
+
+    The arithmetic of ``rnn_cell._UnrolledCell.backward``: per step, from the last node to the first,
+    each node's gradient is its share of the output's plus what its children sent back.
+    """
+    steps, batch, hid = raw.shape
+    n = weights.size(0)
+    new = raw.new_empty
+    dpre = new(n, steps, batch, 2 * hid)
+    contrib = raw.new_zeros(n, batch, hid)  # what each node sends to its parent at this step
+    gin, tmp, coef = new(batch, hid), new(batch, hid), new(batch, 1)
+    dh = grad_hidden.to(raw.dtype).clone()
+    loose = arch.loose.to(raw.dtype)
+    child = arch.child.to(raw.dtype)
+    for t in range(steps - 1, -1, -1):
+        state = nodes[t, n - 1] if last else raw[t]
+        norm = norms[t]
+        ratio = HIDDEN_NORM_CLIP / norm.clamp_min(1e-6)
+        torch.sum(state * dh, dim=-1, keepdim=True, out=coef)
+        coef.mul_(ratio).div_(norm * norm).neg_().masked_fill_(ratio > 1.0, 0.0)
+        d_state = torch.addcmul(dh * ratio.clamp(max=1.0), state, coef)
+        g_out = (grad_raw[t] if last else grad_raw[t] + d_state) * arch.inv_k
+        contrib.zero_()
+        for j in range(n - 1, -1, -1):
+            g = loose[j] * g_out + (child[j] @ contrib.view(n, batch * hid)).view(batch, hid)
+            if last and j == n - 1:
+                g = g + d_state
+            h_in = states[t] if j == 0 else nodes[t].index_select(0, arch.parent[j:j + 1])[0]
+            c, f, d = gates[t, j], acts[t, j], dpre[j, t]
+            torch.mul(torch.sub(f, h_in, out=tmp), g, out=tmp)
+            torch.ops.aten.sigmoid_backward.grad_input(tmp, c, grad_input=d[:, :hid])
+            gc = g * c
+            d[:, hid:].copy_(_select(arch.act, j, (torch.ops.aten.tanh_backward(gc, f),
+                                                   torch.ops.aten.sigmoid_backward(gc, f),
+                                                   torch.ops.aten.threshold_backward(gc, f, 0), gc)))
+            torch.sub(g, gc, out=gin)
+            w = weights[j]
+            if w.dtype != raw.dtype:  # autocast: the matmul in the weights' precision
+                res = (d.to(w.dtype) @ w).to(raw.dtype) + gin
+                (dh if j == 0 else contrib[j]).copy_(res)
+            else:
+                torch.addmm(gin, d, w, out=dh if j == 0 else contrib[j])
+    d_weights = weights.new_empty(weights.shape)
+    for j in range(n):
+        h_in = states[:steps] if j == 0 else nodes.index_select(1, arch.parent[j:j + 1])[:, 0]
+        lhs, rhs = dpre[j].view(steps * batch, 2 * hid), h_in.reshape(steps * batch, hid)
+        torch.mm(lhs.t().to(weights.dtype), rhs.to(weights.dtype), out=d_weights[j])
+    return dpre[0], dh, d_weights
+
+
+class CellGraphs:
+    """One CUDA graph per (pass, shapes, dtypes), least recently used dropped past ``limit``.
+
+    ``run(kind, fn, inputs)`` copies ``inputs`` into the graph's own input buffers, replays it and
+    returns clones of its outputs (the next replay overwrites the graph's buffers, and autograd may
+    keep a forward's outputs until its backward). The first call of a shape runs ``fn`` once on a
+    side stream (cuBLAS workspaces, the allocator's pool) and captures the second run.
+    """
+
+    def __init__(self, limit: int = 8) -> None:
+        self.limit = limit
+        self._cache: OrderedDict[tuple[Any, ...], tuple[Any, tuple[Tensor, ...], tuple[Tensor, ...]]] = OrderedDict()
+        self.captures = 0
+        self.replays = 0
+
+    def run(self, kind: str, fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        device = next(t.device for t in inputs if t.is_cuda)
+        key = (kind, device, *((tuple(t.shape), t.dtype) for t in inputs))
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._capture(fn, inputs, device)
+            self._cache[key] = entry
+            while len(self._cache) > self.limit:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+            for buffer, value in zip(entry[1], inputs):
+                buffer.copy_(value, non_blocking=True)
+        graph, _, outputs = entry
+        graph.replay()
+        self.replays += 1
+        return tuple(o.clone() for o in outputs)
+
+    def _capture(self, fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Tensor, ...], device: torch.device
+                 ) -> tuple[Any, tuple[Tensor, ...], tuple[Tensor, ...]]:
+        static = tuple(t.detach().to(device, copy=True) for t in inputs)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            fn(*static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads (TensorBoard) may run
+            outputs = fn(*static)
+        self.captures += 1
+        return graph, static, outputs
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+class _GraphedCell(torch.autograd.Function):
+    """``unroll`` forward and ``unroll_backward`` as one autograd node; each pass a graph replay
+    when ``graphs`` is given, eager otherwise (the CPU tests)."""
+
+    @staticmethod
+    def forward(ctx: Any, graphs: CellGraphs | None, last: bool, arch: ArchTensors, x_proj: Tensor, h0: Tensor,
+                weights: Tensor) -> tuple[Tensor, Tensor]:
+        def fwd(x: Tensor, h: Tensor, w: Tensor, *a: Tensor) -> tuple[Tensor, ...]:
+            return unroll(ArchTensors(*a), last, x, h, w, True)
+
+        inputs = (x_proj, h0, weights, *arch)
+        out = graphs.run(f"train-{last}", fwd, inputs) if graphs is not None else fwd(*inputs)
+        raw, hidden, *saved = out
+        ctx.graphs, ctx.last, ctx.x_dtype = graphs, last, x_proj.dtype
+        ctx.save_for_backward(weights, raw, *saved, *arch)
+        return raw, hidden
+
+    @staticmethod
+    def backward(ctx: Any, grad_raw: Tensor | None, grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:
+        weights, raw, nodes, gates, acts, states, norms, *arch = ctx.saved_tensors
+        last = ctx.last
+        grad_raw = raw.new_zeros(raw.shape) if grad_raw is None else grad_raw.to(raw.dtype)
+        grad_hidden = raw.new_zeros(states.shape[1:]) if grad_hidden is None else grad_hidden
+
+        def bwd(w: Tensor, r: Tensor, nd: Tensor, gt: Tensor, ac: Tensor, st: Tensor, nm: Tensor, gr: Tensor,
+                gh: Tensor, *a: Tensor) -> tuple[Tensor, ...]:
+            return unroll_backward(ArchTensors(*a), last, w, r, nd, gt, ac, st, nm, gr, gh)
+
+        inputs = (weights, raw, nodes, gates, acts, states, norms, grad_raw, grad_hidden, *arch)
+        graphs: CellGraphs | None = ctx.graphs
+        d_x, d_h0, d_w = graphs.run(f"backward-{last}", bwd, inputs) if graphs is not None else bwd(*inputs)
+        needs = ctx.needs_input_grad
+        return (None, None, None, d_x.to(ctx.x_dtype) if needs[3] else None, d_h0 if needs[4] else None,
+                d_w if needs[5] else None)
+
+
+def run_graphed(graphs: CellGraphs | None, plan: Plan, arch: ArchTensors, x_proj: Tensor, hidden: Tensor,
+                w_h0: Tensor, w_edges: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The cell over every time step with ``arch`` as data (on ``x_proj``'s device): outputs and the
+    state for the next slice, as ``rnn_cell.run_cell``; ``graphs`` None runs the same passes eagerly.
+
+    Under autocast the matmuls run in the low precision and the elementwise work in fp32, as there.
+    """
+    device_type = x_proj.device.type
+    low = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if hidden.dtype in (torch.bfloat16, torch.float16):
+        hidden = hidden.float()
+    with torch.autocast(device_type, enabled=False):
+        weights = torch.stack([w_h0, *w_edges])
+        if low is not None:
+            weights = weights.to(low)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x_proj, hidden, weights)):
+            return _GraphedCell.apply(graphs, plan.last, arch, x_proj, hidden, weights)
+
+        def infer(x: Tensor, h: Tensor, w: Tensor, *a: Tensor) -> tuple[Tensor, ...]:
+            return unroll(ArchTensors(*a), plan.last, x, h, w, False)
+
+        inputs = (x_proj, hidden, weights, *arch)
+        raw, hidden = graphs.run(f"infer-{plan.last}", infer, inputs) if graphs is not None else infer(*inputs)
+        return raw, hidden
