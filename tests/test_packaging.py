@@ -29,7 +29,7 @@ else:  # Python 3.10: the same parser, as a package
 # Root folders that are not part of the installed program (development tools, not importable by it).
 NOT_INSTALLED = {"tests", "benchmarks"}
 # What a copy of the repository leaves out: VCS data, build and run outputs, downloaded data sets.
-JUNK = shutil.ignore_patterns(".git", ".ci-venv", ".venv", "build", "dist", "*.egg-info", "__pycache__",
+JUNK = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
                               ".pytest_cache", "logs", "outputs", "ptb", "wikitext2", "cifar-10-batches-py", "MNIST")
 
 
