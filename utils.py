@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,10 +36,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every generator's state, in a form ``torch.load(weights_only=True)`` accepts."""
+    # The legacy form is a tuple (name, keys, pos, has_gauss, gauss); numpy's stubs also allow a dict.
+    _, keys, pos, *_rest = cast(tuple, np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "python": _py_state_to_tensor(random.getstate()),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-        "numpy_pos": int(np.random.get_state()[2]),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_pos": int(pos),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -69,14 +71,41 @@ def _py_state_from_tensor(t: torch.Tensor) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------- files
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows.
+
+    ``os.umask`` can only be read by setting it; between the two calls another thread creating a file
+    would get the wrong mode. Linux reports it in ``/proc/self/status``, so that is read first."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def open_mode(fd: int) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (always 0600) the mode ``open()`` would have given it,
+    ``0o666 & ~umask``: run files on a shared machine are then as readable as the user's other files."""
+    if hasattr(os, "fchmod"):  # POSIX; elsewhere the mode bits do not carry this meaning
+        os.fchmod(fd, 0o666 & ~current_umask())
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place.
+
+    The file ends with the mode a plain ``open(path, "wb")`` gives (umask applied), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = ""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            open_mode(f.fileno())
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -205,7 +234,8 @@ def render_dot(source: str, png_path: Path) -> Path:
     if not _said_renderer:
         log.info("drawing architectures with %s", program)
         _said_renderer = True
-    result = subprocess.run([program, "-Tpng", str(gv_path), "-o", str(png_path)], capture_output=True, text=True)
+    result = subprocess.run([program, "-Tpng", str(gv_path), "-o", str(png_path)], check=False, capture_output=True,
+                            text=True)
     if result.returncode != 0 or not png_path.is_file():
         log.warning("%s failed to draw %s: %s", program, gv_path, result.stderr.strip()[:200])
         return gv_path
