@@ -10,6 +10,7 @@
 #
 #   bash benchmarks/gpu_check.sh                                   # on the GPU machine
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_SIZE=tiny bash benchmarks/gpu_check.sh   # the same pipeline, tiny, on a CPU
+#   GPU_CHECK_INSTALL=0 ...   # skip the pip step (offline machines: an install attempt only waits out its limit)
 #
 # Output: the console, plus $GPU_CHECK_OUT (default gpu_check_out/) holding each phase's log and JSON.
 set -u
@@ -43,7 +44,8 @@ phase() {  # phase NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/N
 }
 
 echo "=== install"
-if $PY - <<'EOF' 2>/dev/null
+if [ "${GPU_CHECK_INSTALL:-1}" = 0 ]; then echo "install: skipped (GPU_CHECK_INSTALL=0: an offline machine, packages carried in)"
+elif $PY - <<'EOF' 2>/dev/null
 import importlib.metadata as md, re, sys
 for line in open("requirements.txt"):
     name = re.split(r"[<>=!~ ]", line.strip())[0]
