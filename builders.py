@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,9 @@ def build_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
     if args.batch_size % ranks:
         raise UserError(f"--batch_size={args.batch_size} is the global batch and must divide evenly among the "
                         f"{ranks} ranks (each reads batch_size / {ranks}); pass a multiple of {ranks}")
-    if args.network_type == "rnn":
-        space = build_rnn_space(args, device)
-    else:
-        space = build_cnn_space(args, device)
+    if args.network_type not in SPACE_BUILDERS:
+        raise UserError(f"--network_type={args.network_type}: no builder; known: {', '.join(SPACE_BUILDERS)}")
+    space = SPACE_BUILDERS[args.network_type](args, device)
     params = sum(p.numel() for p in space.model.parameters())
     log.info("shared %s model: %.2fM parameters", args.network_type, params / 1e6)
     return space
@@ -98,6 +98,11 @@ def build_cnn_space(args: argparse.Namespace, device: torch.device) -> SearchSpa
         return CNNSpace(data, cfg, device)
     except ValueError as err:
         raise UserError(f"cannot build the micro CNN: {err}") from err
+
+
+# One builder per entry of ``models.SPACES`` (the table --network_type takes its choices from).
+SPACE_BUILDERS: dict[str, Callable[[argparse.Namespace, torch.device], SearchSpace]] = {
+    "rnn": build_rnn_space, "micro_cnn": build_cnn_space}
 
 
 def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | None) -> Trainer:

@@ -15,23 +15,71 @@ import argparse
 import sys
 from typing import Any, Sequence, TypeVar
 
+import presets
+from data import DEFAULT_DATA_DIR
 from parsing import StrictParser, choice, str2bool, str_list
 
 C = TypeVar("C")
+PRESETS = presets.PRESETS  # --preset's choices (presets.py)
+LEGACY_VALUES = presets.LEGACY_VALUES  # what saved configurations that lack a key meant
+
+
+# The modes --mode chooses from, with the line --help shows for each; main.MODES runs them (a test keeps
+# the two tables equal).
+MODES: dict[str, str] = {
+    "train": "the search (ENAS with WPL)",
+    "derive": "the best of N sampled cells of --load_path",
+    "test": "test split of --load_path's best_arch.json",
+    "forgetting": "paired forgetting experiment (docs/wpl.md)",
+    "retrain": "one architecture trained from scratch",
+    "continual": "task sequences: EWC, SI, MAS, L2, WPL",
+    "pathnet": "PathNet transfer on binary MNIST tasks",
+}
+FIRST_SCREEN = "start here"
 
 
 def build_parser() -> StrictParser:
+    """The option table. The first group is what ``--help`` shows; choices come from the plug-in tables."""
+    from models import SPACES
+    from samplers import SAMPLERS
+
     p = StrictParser(
         prog="main.py",
-        description="ENAS architecture search with Weight Plasticity Loss (Benyahia, Yu et al., ICML 2019).",
+        usage=f"%(prog)s [--mode {{{','.join(MODES)}}}]\n{' ' * 15}[--dataset NAME] [options]   (--help-all: every option)",
+        description="ENAS architecture search with Weight Plasticity Loss (Benyahia, Yu et al., ICML 2019). "
+                    "README.md has the paper's commands; docs/ has one page per topic.",
         allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        first_screen=FIRST_SCREEN,
     )
     b = str2bool
 
-    p.add_argument("--preset", type=choice(*PRESETS), default="paper",
-                   help="paper: the models of the paper's public code (its figures came from them); enas: every modelling "
-                        "choice of the ENAS paper (Pham et al. 2018) instead. Options given explicitly win (docs/fidelity.md)")
+    g = p.group(FIRST_SCREEN)
+    g.add_argument("--mode", type=choice(*MODES), default="train", role="runtime",
+                   help="what to run (default: %(default)s):\n" + "\n".join(f"{k}: {v}" for k, v in MODES.items()))
+    g.add_argument("--dataset", type=str, default="ptb", metavar="NAME", role=("shape", "runtime", "search"),
+                   help="ptb or wikitext2 (text: --network_type=rnn), cifar10 or mnist (images: micro_cnn), or a "
+                        "folder name under --data_dir")
+    g.add_argument("--network_type", type=choice(*SPACES), default="rnn", help="search space", role=("shape", "search"))
+    g.add_argument("--sampler", type=choice(*SAMPLERS), default="reinforce",
+                   help="where architectures come from: reinforce (the ENAS controller, learning when "
+                        "--train_controller=True), random (random search with weight sharing, Li & Talwalkar 2019) "
+                        "or evolution (tournaments, --evolution_regularized: Real et al. 2019); docs/search-loop.md")
+    g.add_argument("--preset", type=choice(*PRESETS), default="paper",
+                   help="paper: the models of the paper's public code; enas: the ENAS paper's (Pham et al. 2018); "
+                        "options given explicitly win (docs/fidelity.md)")
+    g.add_argument("--data_dir", type=str, default=DEFAULT_DATA_DIR, metavar="DIR", role="runtime",
+                   help="where datasets live; missing ones are downloaded (MNIST only into the default folder)")
+    g.add_argument("--log_dir", type=str, default="logs", metavar="DIR", help="where run directories are created", role="runtime")
+    g.add_argument("--comment", type=str, default="", metavar="NAME", role="runtime",
+                   help="run name suffix: <log_dir>/<dataset>_<comment> (default: a timestamp)")
+    g.add_argument("--resume", type=b, default=False, help="continue <log_dir>/<dataset>_<comment> from its latest checkpoint", role="runtime")
+    g.add_argument("--load_path", type=str, default="", metavar="RUN", role="runtime",
+                   help="run directory or checkpoint file to load (derive/test/forgetting/retrain)")
+    g.add_argument("--num_gpu", type=int, default=1, metavar="N", role="runtime",
+                   help="0: CPU; 1: one CUDA device when available; N > 1: N data-parallel workers, one per GPU "
+                        "(N gloo CPU workers without CUDA); docs/distributed.md")
+    g.add_argument("--max_epoch", type=int, default=100, metavar="N", help="search epochs", role="runtime")
+
     g = p.group("WPL (weight plasticity loss)")
     g.add_argument("--start_using_fisher", type=int, default=0, help="first epoch (0-based) with the WPL penalty and Fisher updates")
     g.add_argument("--num_batch_per_iter", type=int, default=10, help="training batches per sampled architecture in the shared phase")
@@ -53,13 +101,6 @@ def build_parser() -> StrictParser:
     g.add_argument("--alpha_small_scale", type=float, default=0.0, help="floor that alpha never goes below once decay has started")
     g.add_argument("--shared_valid_fisher", type=b, default=True, help="Fisher from one validation batch after each step (else from the last training batch)")
     g.add_argument("--shared_ce_fisher", type=b, default=True, help="Fisher from the cross-entropy gradient only (else from the full loss)")
-    g.add_argument("--sampler", type=choice("reinforce", "random", "evolution"), default="reinforce",
-                   help="architecture sampler: reinforce (the ENAS controller; --train_controller runs its REINFORCE phase) "
-                        "or random (uniform architectures, no controller phase: random search with weight sharing, "
-                        "Li & Talwalkar 2019; derive still keeps the best of --derive_num_sample samples) or evolution "
-                        "(tournament selection on the shared-weight reward in the controller's phases; regularized "
-                        "evolution, Real et al. 2019, with --evolution_regularized; derive: the population and the best "
-                        "individual seen, re-scored)")
     g.add_argument("--evolution_population", type=int, default=20, help="--sampler=evolution: architectures in the population")
     g.add_argument("--evolution_sample_size", type=int, default=2,
                    help="--sampler=evolution: members scored per tournament (2: PathNet-style tournament of two)")
@@ -78,7 +119,6 @@ def build_parser() -> StrictParser:
                         "fisher, mas, si (the importance, with --wpl_alpha_mode)")
 
     g = p.group("network")
-    g.add_argument("--network_type", type=choice("rnn", "micro_cnn"), default="rnn", help="search space", role=("shape", "search"))
     g.add_argument("--num_blocks", type=int, default=12, help="nodes of the RNN cell / blocks of a CNN cell", role=("shape", "search"))
     g.add_argument("--tie_weights", type=b, default=True, help="tie the RNN encoder and decoder (needs shared_embed == shared_hid)",
                    role=("shape", "search"))
@@ -152,14 +192,9 @@ def build_parser() -> StrictParser:
                    role=("shape", "search"))
 
     g = p.group("learning")
-    g.add_argument("--dataset", type=str, default="ptb", help="ptb, wikitext2, cifar10, mnist, or a folder name under data_dir",
-                   role=("shape", "runtime", "search"))
-    g.add_argument("--mode", type=choice("train", "derive", "test", "forgetting", "retrain", "continual", "pathnet"), default="train", help="what to run",
-                   role="runtime")
     g.add_argument("--arch", type=str, default="", help="architecture JSON file for test/retrain, or 'random'")
     g.add_argument("--batch_size", type=int, default=64, help="training batch size", role="shape")
     g.add_argument("--test_batch_size", type=int, default=1, help="batch size of the test split")
-    g.add_argument("--max_epoch", type=int, default=100, help="search epochs", role="runtime")
     g.add_argument("--entropy_mode", type=choice("reward", "regularizer"), default="reward", help="entropy bonus in the reward or as a loss term")
     g.add_argument("--policy_batch_size", type=int, default=5, help="architectures per controller step")
     g.add_argument("--ppl_square", type=b, default=False, help="reward reward_c/ppl^2 (CNN: reward_c*acc^2)")
@@ -196,7 +231,7 @@ def build_parser() -> StrictParser:
                    "with AWD-LSTM's variable BPTT and NT-ASGD (Merity et al. 2018); the dropouts are the search's. "
                    "micro-CNN defaults: DARTS's CIFAR-10 evaluation (Liu et al. 2019: 600 epochs, batch 96, lr 0.025 "
                    "cosine to 0, weight decay 3e-4, clip 5, 36 channels, 20 cells, cutout 16, auxiliary weight 0.4) "
-                   "with Nesterov momentum as ENAS, and no drop-path")
+                   "with Nesterov momentum as ENAS, and no drop-path", tier=1)
     g.add_argument("--retrain_epochs", type=int, default=0,
                    help="training epochs; 0: the recipe's (RNN 500 as AWD-LSTM on PTB, micro-CNN 600 as DARTS)")
     g.add_argument("--retrain_embed", type=int, default=1000, help="RNN embedding size (the search's default)")
@@ -225,7 +260,7 @@ def build_parser() -> StrictParser:
     g = p.group(
         "continual", "--mode=continual: task sequences compared over paired seeds (docs/continual.md). Model, optimiser, "
         "batch and iterations follow van de Ven & Tolias (2019), 'Three scenarios for continual learning', split MNIST: "
-        "MLP 2x400 ReLU, Adam lr 1e-3 betas (0.9, 0.999), batch 128, 2000 iterations per task. Strengths are not tuned.")
+        "MLP 2x400 ReLU, Adam lr 1e-3 betas (0.9, 0.999), batch 128, 2000 iterations per task. Strengths are not tuned.", tier=1)
     g.add_argument("--benchmark", type=choice("split_mnist", "seq_mnist_0-2_3-5", "permuted_mnist", "split_cifar10", "folder"),
                    default="split_mnist", help="task sequence; the run is <log_dir>/<benchmark>_<comment>")
     g.add_argument("--scenario", type=choice("task", "domain", "class"), default="task",
@@ -253,7 +288,7 @@ def build_parser() -> StrictParser:
     g.add_argument("--wpl_alpha", type=float, default=1e5, help="WPL strength alpha (Fisher: moving average of squared batch gradients)")
     g.add_argument("--wpl_mode", type=choice("loss", "compound"), default="loss", help="WPL arithmetic (with --lambda_fisher, --momentum, --fisher_clip_by_norm)")
 
-    g = p.group("pathnet (--mode=pathnet: Fernando et al. 2017, binary MNIST transfer)")
+    g = p.group("pathnet", "--mode=pathnet: PathNet (Fernando et al. 2017), binary MNIST transfer", tier=1)
     g.add_argument("--tasks", type=str, default="1v3,1v2",
                    help="task pair A,B as digit pairs (several pairs joined by +, e.g. 1v3,1v2+4v5,6v7)")
     g.add_argument("--pathnet_variants", type=str_list, default=["scratch", "pathnet", "finetune", "wpl"],
@@ -280,17 +315,11 @@ def build_parser() -> StrictParser:
     g.add_argument("--pathnet_fisher_batches", type=int, default=50, help="wpl variant: minibatches of A's Fisher")
 
     g = p.group("misc")
-    g.add_argument("--load_path", type=str, default="", help="run directory or checkpoint file to load (derive/test/forgetting)", role="runtime")
     g.add_argument("--log_step", type=int, default=50, help="steps between progress log lines", role="runtime")
     g.add_argument("--save_epoch", type=int, default=5, help="derive, draw and checkpoint every this many epochs")
     g.add_argument("--max_save_num", type=int, default=4, help="numbered checkpoints kept")
     g.add_argument("--log_level", type=choice("INFO", "DEBUG", "WARN"), default="INFO", help="log level (DEBUG also shows tracebacks)",
                    role="runtime")
-    g.add_argument("--log_dir", type=str, default="logs", help="where run directories are created", role="runtime")
-    g.add_argument("--data_dir", type=str, default="data", help="where datasets live (downloaded when missing)", role="runtime")
-    g.add_argument("--num_gpu", type=int, default=1, role="runtime",
-                   help="0: CPU; 1: one CUDA device when available; N > 1: N data-parallel workers, one per GPU "
-                        "(N gloo CPU workers without CUDA); docs/distributed.md")
     g.add_argument("--dist_backend", type=choice("auto", "nccl", "gloo"), default="auto", role="runtime",
                    help="data-parallel backend: auto is NCCL on CUDA, gloo on the CPU")
     g.add_argument("--dist_timeout", type=float, default=300.0, role="runtime",
@@ -303,8 +332,6 @@ def build_parser() -> StrictParser:
                    help="on a CUDA device, run the RNN cell as CUDA graphs with the architecture as data, one capture "
                         "per shape (models/rnn_graph.py); False: the eager cell (or --compile's kernels)")
     g.add_argument("--use_tensorboard", type=b, default=True, help="write TensorBoard events", role="runtime")
-    g.add_argument("--comment", type=str, default="", help="run name suffix: <log_dir>/<dataset>_<comment> (default: a timestamp)", role="runtime")
-    g.add_argument("--resume", type=b, default=False, help="continue <log_dir>/<dataset>_<comment> from its latest checkpoint", role="runtime")
     g.add_argument("--save_on_signal", type=b, default=False,
                    help="on SIGTERM/SIGINT write latest.pt at the next step before stopping (a resume restarts that epoch)",
                    role="runtime")
@@ -312,7 +339,7 @@ def build_parser() -> StrictParser:
                    role="runtime")
     g = p.group(
         "accepted for compatibility (no effect)",
-        "flags of the paper's code that it parsed and never used; accepted so its commands run verbatim")
+        "flags of the paper's code that it parsed and never used; accepted so its commands run verbatim", tier=2)
     g.add_argument("--controller_update_fisher", type=b, default=False, help="a WPL flag of the paper's code")
     g.add_argument("--output_classes", type=int, default=10, help="the dataset sets the classes")
     g.add_argument("--cnn_height", type=int, default=32, help="the dataset sets the image size")
@@ -320,40 +347,6 @@ def build_parser() -> StrictParser:
     g.add_argument("--cnn_input_channels", type=int, default=3, help="the dataset sets the channels")
     g.add_argument("--cnn_hid", type=int, default=64, help="a CNN width of the paper's code")
     return p
-
-
-# Modelling choices whose default follows the paper's public code (the authors' repository, built on
-# carpedm20/ENAS-pytorch); ``--preset=enas`` switches each to the ENAS paper's choice at once, and an
-# option given explicitly still wins. docs/fidelity.md has the full table with the sources.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "enas": {
-        "shared_wdrop_scope": "all",
-        "rnn_output_norm": "none",
-        "rnn_next_state": "avg",
-        "rnn_input_bias": False,
-        "cnn_stem": True,
-        "cnn_cell_inputs": "calibrate",
-        "cnn_depthwise": "separable",
-        "cnn_node_combine": "sum",
-        "cnn_cell_output": "concat",
-        "cnn_classifier": "gap",
-    },
-}
-
-# What a configuration saved before an option existed meant: a checkpoint or params.json that lacks
-# the key was written by code that behaved like this value (not like today's default).
-LEGACY_VALUES: dict[str, Any] = {
-    "preset": "paper",
-    "shared_wdrop_scope": "all",
-    "rnn_output_norm": "none",
-    "rnn_input_bias": False,
-    "cnn_stem": True,
-    "cnn_cell_inputs": "calibrate",
-    "cnn_depthwise": "separable",
-    "cnn_node_combine": "sum",
-    "cnn_classifier": "gap",  # cnn_cell_output is older than these: saved runs have theirs
-}
 
 
 def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """Entry point: ENAS search with Weight Plasticity Loss, and the modes that use its results.
 
     python main.py --network_type=rnn --dataset=ptb ...            # search (--mode=train)
-    python main.py --mode=derive --load_path=logs/ptb_run          # best of N sampled cells
+    python main.py --mode=derive --load_path=logs/ptb_run          # best of N cells: derived_arch.json
     python main.py --mode=test --load_path=logs/ptb_run            # test split, shared weights
     python main.py --num_gpu=4 ...      # or torchrun --nproc_per_node=4 main.py ...: data-parallel (docs/distributed.md)
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shlex
 import sys
 import time
@@ -24,13 +25,15 @@ import torch
 
 import config
 from distributed import comm, context, launch
+from engine import improves
 from builders import build_trainer, load_arch, merge_config, run_name
 from models.space import pick
 from regularizers.wpl_search import WPLSearchConfig
-from runlog import RunDir, note_mid_epoch, resolve_checkpoint, warn_on_thread_change
+from runlog import RunDir, note_mid_epoch, resolve_checkpoint, starting, warn_on_thread_change
 from stopping import Stopped, stop_on_signals
 from trainer import Trainer
-from utils import UserError, choose_device, keep_freed_memory, load_json, save_json, seed_everything, setup_logging
+from utils import (UserError, choose_device, keep_freed_memory, load_json, log_to_files, save_json, seed_everything,
+                   setup_logging)
 
 log = logging.getLogger("wpl")
 
@@ -38,33 +41,34 @@ log = logging.getLogger("wpl")
 # -------------------------------------------------------------------------------------- modes
 def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     run = RunDir(Path(args.log_dir) / run_name(args), args.use_tensorboard)
-    setup_logging(args.log_level, run.path / "train.log")
-    if not args.resume and (run.latest_checkpoint() is not None or run.metrics_path.exists()):
-        raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
-    run.remove_stale_temps()
-    found = run.load_latest(device) if args.resume else None
-    state, path, run_id = None, None, uuid.uuid4().hex
-    if found is not None:
-        path, state = found
-        run_id = check_resumable(state, path, run, args, explicit)
-        if not args.resume_with_new_params:
-            args = merge_config(state["config"], args, explicit, config.RUNTIME_KEYS)
-        log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
-        warn_on_thread_change(state, device)
-        note_mid_epoch(state, path)
-    elif args.resume:
-        log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
-    seed_everything(args.random_seed, args.deterministic)
-    trainer = build_trainer(args, device, run)
-    trainer.run_id = run_id = comm.from_rank0(run_id)  # one run id for the job (rank 0's is the one written)
-    if state is not None:
-        load_into(trainer, state, path)
-    # Only now, with the checkpoint known to fit, is anything of the run rewritten.
-    if run.metrics_path.exists():
-        run.truncate_metrics(trainer.epoch, state.get("metrics_lines") if state is not None else 0)
-    if run.writes:
-        save_json(run.path / "params.json", {**vars(args), "run_id": run_id})
-    log.info("run directory %s on %s", run.path, device)
+    with starting(run):  # a failure before trainer.train() leaves no run directory behind
+        if not args.resume and (run.latest_checkpoint() is not None or run.metrics_path.exists()):
+            raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
+        setup_logging(args.log_level, run.path / "train.log")
+        run.remove_stale_temps()
+        found = run.load_latest(device) if args.resume else None
+        state, path, run_id = None, None, uuid.uuid4().hex
+        if found is not None:
+            path, state = found
+            run_id = check_resumable(state, path, run, args, explicit)
+            if not args.resume_with_new_params:
+                args = merge_config(state["config"], args, explicit, config.RUNTIME_KEYS)
+            log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
+            warn_on_thread_change(state, device)
+            note_mid_epoch(state, path)
+        elif args.resume:
+            log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
+        seed_everything(args.random_seed, args.deterministic)
+        trainer = build_trainer(args, device, run)
+        trainer.run_id = run_id = comm.from_rank0(run_id)  # one run id for the job (rank 0's is the one written)
+        if state is not None:
+            load_into(trainer, state, path)
+        # Only now, with the checkpoint known to fit, is anything of the run rewritten.
+        if run.metrics_path.exists():
+            run.truncate_metrics(trainer.epoch, state.get("metrics_lines") if state is not None else 0)
+        if run.writes:
+            save_json(run.path / "params.json", {**vars(args), "run_id": run_id})
+        log.info("run directory %s on %s", run.path, device)
     try:
         trainer.train()
     except Stopped as stop:
@@ -125,14 +129,39 @@ def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.de
 
 
 def mode_derive(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
+    """The best of ``--derive_num_sample`` cells, scored on the whole validation split: ``derived_arch.json``.
+
+    It replaces ``best_arch.json`` (what ``--mode=test`` and retraining read) only when it scores better there
+    (or there is none); a better cell found by the search is kept. The log and the output say which."""
     args, trainer, run, _ = load_for_eval(args, explicit, device)
     arch, error = trainer.derive(args.derive_num_sample)
     result = trainer.space.evaluate(arch, "valid")
     metric = f"valid_{trainer.space.metric}"
-    save_json(run.path / "best_arch.json", {"arch": arch.to_dict(), "score": result[metric], "metric": metric})
-    drawing = trainer.space.draw(arch, run.networks / "best_arch.png")
+    derived = {"arch": arch.to_dict(), "score": result[metric], "metric": metric}
+    save_json(run.path / "derived_arch.json", derived)
+    drawing = trainer.space.draw(arch, run.networks / "derived_arch.png")
+    replace, verdict = better_than_best(run.path / "best_arch.json", derived, trainer.space.metric)
+    if replace:
+        save_json(run.path / "best_arch.json", derived)
+        trainer.space.draw(arch, run.networks / "best_arch.png")
+    log.info("derive: %s", verdict)
     print(f"best of {args.derive_num_sample} samples: {arch}\n{metric} {result[metric]:.4f}\n"
-          f"written: {run.path / 'best_arch.json'}, {drawing}")
+          f"written: {run.path / 'derived_arch.json'}, {drawing}\n{verdict}")
+
+
+def better_than_best(path: Path, derived: dict[str, Any], metric: str) -> tuple[bool, str]:
+    """Whether the ``derived`` cell should replace the one in ``path``, and one line saying what happens."""
+    key = derived["metric"]
+    if not path.is_file():
+        return True, f"best_arch.json written ({key} {derived['score']:.4f}): there was none"
+    saved = load_json(path)
+    score = saved.get("score")
+    if saved.get("metric", key) != key or not isinstance(score, (int, float)) or not math.isfinite(score):
+        return False, f"best_arch.json kept: it holds no {key} to compare with; the derived cell is in derived_arch.json"
+    if improves(metric, derived["score"], score):
+        return True, f"best_arch.json replaced: {key} {score:.4f} -> {derived['score']:.4f} (the derived cell is better)"
+    return False, (f"best_arch.json kept: its {key} {score:.4f} is at least as good as the derived cell's "
+                   f"{derived['score']:.4f} (in derived_arch.json)")
 
 
 def mode_test(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
@@ -215,6 +244,7 @@ def mode_pathnet(args: argparse.Namespace, explicit: set[str], device: torch.dev
                 args.resume, args.use_tensorboard)
 
 
+# What each --mode runs; config.MODES (the choices and their --help lines) names the same modes (tested).
 MODES = {"train": mode_train, "derive": mode_derive, "test": mode_test, "forgetting": mode_forgetting,
          "retrain": mode_retrain, "continual": mode_continual,
          "pathnet": mode_pathnet}
@@ -244,19 +274,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_level == "DEBUG":
             raise
         rank = context.world()
-        print(f"error: {'rank %d: ' % rank.rank if rank.active else ''}{err}", file=sys.stderr)
+        line = f"error: {'rank %d: ' % rank.rank if rank.active else ''}{err}"
+        print(line, file=sys.stderr)
+        log_to_files(line)
         return 2
     except RuntimeError as err:  # gloo and NCCL report a lost or silent peer as a RuntimeError (DistError)
         rank = context.world()
         if not rank.active or args.log_level == "DEBUG" or not context.peer_failure(err):
             raise
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        print(f"error: rank {rank.rank}: a collective failed ({reason}): another rank died or waited longer than "
-              f"--dist_timeout={args.dist_timeout:g} s; resume with --resume=True", file=sys.stderr)
+        line = (f"error: rank {rank.rank}: a collective failed ({reason}): another rank died or waited longer than "
+                f"--dist_timeout={args.dist_timeout:g} s; resume with --resume=True")
+        print(line, file=sys.stderr)
+        log_to_files(line)
         return 1
     except Stopped as stop:
         if context.world().is_main:
             print(stop_message(stop, argv), file=sys.stderr)
+            log_to_files(stop_message(stop, argv))
         return stop.exit_code
     finally:
         context.stop()

@@ -30,7 +30,7 @@ from distributed.comm import barrier
 from engine import kind_of, require_kind
 from models.space import SearchSpace
 from recipes.arch import arch_shape, find_arch, inherited_options, run_dir_of, search_run_of
-from runlog import RunDir, load_checkpoint, note_mid_epoch, resolve_checkpoint, warn_on_thread_change
+from runlog import RunDir, load_checkpoint, note_mid_epoch, resolve_checkpoint, starting, warn_on_thread_change
 from stopping import Stopped
 from utils import UserError, save_json, seed_everything, setup_logging
 
@@ -76,41 +76,42 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
     """``--mode=retrain``: train the architecture in a new run directory, then test its best weights."""
     args = with_search_config(args, explicit)
     run = RunDir(Path(args.log_dir) / builders.run_name(args), args.use_tensorboard)
-    checkpoint = run.latest_checkpoint()
-    state = None
-    run.remove_stale_temps()
-    if args.resume and checkpoint is not None:
-        path, state = resolve_checkpoint(str(run.path), device)
-        require_kind(state, path, "retrain", "resume it with --mode=train")
-        if not args.resume_with_new_params:
-            args = builders.merge_config(state["config"], args, explicit, RESUME_KEYS)
-        arch_dict, source = state["arch"], str(run.path / "arch.json")
-        log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
-        warn_on_thread_change(state, device)
-        note_mid_epoch(state, path)
-    else:
-        if args.resume:
-            log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
-        elif checkpoint is not None or run.metrics_path.exists():
-            raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
-        args, arch_dict, source = choose_arch(args, explicit)
-    setup_logging(args.log_level, run.path / "train.log")
-    seed_everything(args.random_seed, args.deterministic)
-    retrainer = builders.build_retrainer(args, arch_dict, device, run)
-    if state is None:
+    with starting(run):  # a failure before retrainer.train() leaves no run directory behind
+        checkpoint = run.latest_checkpoint()
+        state = None
+        run.remove_stale_temps()
+        if args.resume and checkpoint is not None:
+            path, state = resolve_checkpoint(str(run.path), device)
+            require_kind(state, path, "retrain", "resume it with --mode=train")
+            if not args.resume_with_new_params:
+                args = builders.merge_config(state["config"], args, explicit, RESUME_KEYS)
+            arch_dict, source = state["arch"], str(run.path / "arch.json")
+            log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
+            warn_on_thread_change(state, device)
+            note_mid_epoch(state, path)
+        else:
+            if args.resume:
+                log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
+            elif checkpoint is not None or run.metrics_path.exists():
+                raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
+            args, arch_dict, source = choose_arch(args, explicit)
+        setup_logging(args.log_level, run.path / "train.log")
+        seed_everything(args.random_seed, args.deterministic)
+        retrainer = builders.build_retrainer(args, arch_dict, device, run)
+        if state is None:
+            if run.writes:
+                save_json(run.path / "arch.json", {"arch": retrainer.arch.to_dict(), "source": source})
+                run.image("networks/arch", retrainer.space.draw(retrainer.arch, run.networks / "arch.png"), 0)
+        else:
+            try:
+                retrainer.load_state_dict(state)
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise UserError(f"checkpoint does not fit this configuration: {str(err).splitlines()[0]}") from err
+        if run.metrics_path.exists():
+            run.truncate_metrics(retrainer.epoch, state.get("metrics_lines") if state is not None else 0)
         if run.writes:
-            save_json(run.path / "arch.json", {"arch": retrainer.arch.to_dict(), "source": source})
-            run.image("networks/arch", retrainer.space.draw(retrainer.arch, run.networks / "arch.png"), 0)
-    else:
-        try:
-            retrainer.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(f"checkpoint does not fit this configuration: {str(err).splitlines()[0]}") from err
-    if run.metrics_path.exists():
-        run.truncate_metrics(retrainer.epoch, state.get("metrics_lines") if state is not None else 0)
-    if run.writes:
-        save_json(run.path / "params.json", vars(args))  # only once the checkpoint is known to fit
-    log.info("retraining %s (%s) in %s on %s for %d epochs", retrainer.arch, source, run.path, device, retrainer.cfg.epochs)
+            save_json(run.path / "params.json", vars(args))  # only once the checkpoint is known to fit
+        log.info("retraining %s (%s) in %s on %s for %d epochs", retrainer.arch, source, run.path, device, retrainer.cfg.epochs)
     try:
         retrainer.train()
     except Stopped as stop:

@@ -20,10 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import socket
 import struct
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ import torch
 
 from distributed.context import world
 from engine import checkpoint
-from utils import UserError, atomic_write_bytes
+from utils import UserError, atomic_write_bytes, missing_dirs, remove_if_empty
 
 log = logging.getLogger("wpl")
 
@@ -40,6 +43,7 @@ class RunDir:
     def __init__(self, path: Path, use_tensorboard: bool = True) -> None:
         self.path = Path(path)
         self.writes = world().is_main
+        self.created = missing_dirs(self.path) if self.writes else []  # what this process makes: the run's folder, parents
         if self.writes:
             self.path.mkdir(parents=True, exist_ok=True)
         self.networks = self.path / "networks"
@@ -119,6 +123,22 @@ class RunDir:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def discard_if_new(self) -> bool:
+        """Remove the run directory if this process made it (and the parents it made): a run that never
+        started leaves nothing behind. Log files inside it are closed first. Whether it was removed."""
+        if not self.created:
+            return False
+        self.close()
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(self.path.resolve()):
+                root.removeHandler(handler)
+                handler.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        remove_if_empty(self.created[1:])
+        self.created = []
+        return True
 
     # -------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict[str, Any], epoch: int, numbered: bool, keep: int) -> Path:
@@ -234,6 +254,18 @@ class EventLog:
             except OSError:  # the buffered bytes that failed were reported by _fail already
                 pass
             self._file = None
+
+
+@contextmanager
+def starting(run: RunDir) -> Iterator[RunDir]:
+    """The set-up of a run (options checked, data loaded, model built, checkpoint fitted): should it fail,
+    the run directory is removed if this process made it, so a run that never started leaves nothing."""
+    try:
+        yield run
+    except BaseException:
+        if run.discard_if_new():
+            log.debug("removed %s: the run never started", run.path)
+        raise
 
 
 def summary_scalar(tag: str, value: float) -> Any:

@@ -15,6 +15,7 @@ command and share the evaluations. Rerunning a command continues its study. See 
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 import time
@@ -23,9 +24,11 @@ from typing import Sequence
 
 from config import StrictParser
 from experiments.sweep import SweepConfig, grid_settings
-from experiments.sweep_eval import PROGRAMS, Program
+from experiments.sweep_eval import PROGRAMS, Program, known_direction
 from experiments.sweep_main import run_sweep
 from utils import UserError, setup_logging
+
+log = logging.getLogger("wpl")
 
 RECIPES = {
     # The paper's ablation: no WPL vs WPL's two arithmetics vs random search, then the forgetting probe.
@@ -49,7 +52,11 @@ def build_parser() -> StrictParser:
     p.add_argument("--program", default="main.py", help=f"the command every evaluation runs: {', '.join(PROGRAMS)} (or a script file)")
     p.add_argument("--measure", default=None, help="dotted path into the run's results JSON, e.g. summary.ewc.integrated_loss")
     p.add_argument("--report", nargs="*", default=None, help="more measures (dotted paths) shown in the table")
-    p.add_argument("--minimize", action="store_true", default=None, help="lower is better (default: higher)")
+    better = p.add_mutually_exclusive_group()
+    better.add_argument("--minimize", action="store_true", default=None,
+                           help="lower is better (known without it for the project's own measures: forgetting, drops, "
+                                "losses, perplexities are minimised; accuracies, rewards maximised)")
+    better.add_argument("--maximize", action="store_false", dest="minimize", help="higher is better")
     p.add_argument("--grid", nargs="*", default=[], help="name=v1,v2,... (several: their product)")
     p.add_argument("--setting", action="append", default=[], help="one setting 'name=value [name=value ...]' (repeatable)")
     p.add_argument("--reference", default=None, help="the setting differences are paired against (default: the first)")
@@ -74,6 +81,22 @@ def build_parser() -> StrictParser:
     return p
 
 
+def direction(measure: str, given: bool | None, recipe: bool | None) -> bool:
+    """Whether lower is better: as given (--minimize/--maximize), else the recipe's, else the known direction
+    of the project's own measure; an unknown measure must be told, so "best" never silently means "forgets more"."""
+    known = known_direction(measure)
+    chosen = given if given is not None else recipe if recipe is not None else known
+    if chosen is None:
+        raise UserError(f"--measure={measure}: pass --minimize or --maximize (which way is better is not known "
+                        f"for this measure)")
+    if known is not None and chosen != known:
+        log.warning("--measure=%s is one this project %s; the sweep %s it as asked", measure,
+                    "minimises" if known else "maximises", "minimises" if chosen else "maximises")
+    how = "given" if given is not None else "the recipe's" if recipe is not None else "known for this measure"
+    log.info("measure %s: %s is better (%s)", measure, "lower" if chosen else "higher", how)
+    return chosen
+
+
 def split_settings(text: str | None) -> dict[str, str] | None:
     return None if not text else {k.lstrip("-"): v for k, _, v in (p.partition("=") for p in text.split())}
 
@@ -88,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure = args.measure or recipe.get("measure")
         if not measure:
             raise UserError("--measure is required (a dotted path into the run's results JSON)")
+        recipe_minimize = recipe.get("minimize")
+        minimize = direction(str(measure), args.minimize, None if recipe_minimize is None else bool(recipe_minimize))
         if args.seeds < 1 or args.trials < 1 or args.workers < 0:
             raise UserError("--seeds and --trials must be >= 1 and --workers >= 0")
         for name, (lo, hi) in (("--low_range", args.low_range), ("--high_range", args.high_range)):
@@ -96,7 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = tuple(grid_settings(args.grid, [*recipe.get("settings", []), *args.setting])) if args.strategy == "grid" else ()
         if args.strategy != "grid" and not args.param:
             raise UserError(f"--strategy={args.strategy} needs --param=<option name>")
-        minimize = args.minimize if args.minimize is not None else recipe.get("minimize", False)
         seeds = tuple(range(args.first_seed, args.first_seed + args.seeds)) if args.seed_option else (None,)
         cfg = SweepConfig(args.strategy, settings, args.param.lstrip("-"), tuple(args.low_range), tuple(args.high_range),
                           args.num_steps, args.termination_threshold, args.spacing, args.trials, seeds, minimize, args.workers)

@@ -5,8 +5,9 @@
 The protocol lives in :mod:`experiments.two_model`, its outputs in :mod:`experiments.two_model_report`:
 ``toy_results.json`` and ``toy_forgetting.png`` in ``--output_dir``, the table on stdout.
 
-MNIST is read from its four ``*-ubyte.gz`` files in ``<data_dir>/mnist/`` or ``<data_dir>/MNIST/raw/``
-(never downloaded), e.g. ``python toy_mnist.py --data_dir ../shared/data``.
+MNIST is read by :mod:`data.mnist` (four idx files, gzipped or not, in ``<data_dir>/mnist/``,
+``<data_dir>/MNIST/raw/`` or ``<data_dir>``), e.g. ``python toy_mnist.py --data_dir ../shared/data``; it is
+downloaded only into the default ``--data_dir`` (``datasets``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
+from data import DEFAULT_DATA_DIR
 from experiments.two_model import MAX_SHARED, PROTOCOLS, STRATEGIES, ToyConfig
 from experiments.two_model_report import run
 from utils import UserError
@@ -59,8 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fisher_samples", type=int, default=defaults.fisher_samples,
                         help="training images in the per-sample empirical Fisher")
     parser.add_argument("--seeds", type=int, default=defaults.seeds, help="number of seeds (0, 1, ...)")
-    parser.add_argument("--data_dir", type=Path, default=Path("data"),
-                        help="MNIST's four idx .gz files live in DATA_DIR/mnist or DATA_DIR/MNIST/raw")
+    parser.add_argument("--data_dir", type=Path, default=Path(DEFAULT_DATA_DIR),
+                        help="MNIST's four idx files (gzipped or not) in DATA_DIR/mnist, DATA_DIR/MNIST/raw or DATA_DIR; "
+                             "downloaded only into the default")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/toy_mnist"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)

@@ -156,6 +156,31 @@ def setup_logging(level: str, logfile: Path | None = None) -> None:
         root.addHandler(handler)
 
 
+def missing_dirs(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first (what a ``mkdir -p`` makes)."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) that are still empty: what failed leaves no empty folder behind."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def log_to_files(message: str) -> None:
+    """``message`` as an ERROR line in the log files only: the console has printed it already, and a run's
+    train.log should end with why the run ended."""
+    record = logging.LogRecord("wpl", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def choose_device(num_gpu: int, local_rank: int = 0) -> torch.device:
     """``num_gpu=0`` is the CPU; ``>= 1`` is CUDA when present, else the CPU with one warning.
 

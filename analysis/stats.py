@@ -1,16 +1,21 @@
 """Statistics over seeds: mean and spread, 95% t interval, percentile-bootstrap interval, paired differences.
 
 Every experiment summarises its per-seed numbers here, so an interval means the same thing in
-every table of the project.
+every table of the project. A bootstrap over fewer than ``MIN_PAIRS`` pairs is not reported: with two
+pairs it can only return the two values themselves, an interval that looks tight beside the honest
+(very wide) t interval of the same numbers. Such results carry ``lo = hi = None`` and ``note``.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+MIN_PAIRS = 5
+TOO_FEW_PAIRS = f"n<{MIN_PAIRS}: interval not reported"
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -62,11 +67,14 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], seed: int = 0, resamples: int = 10000,
-                     level: float = 0.95) -> dict[str, float]:
-    """Mean of ``a - b`` over paired runs with its percentile-bootstrap interval (seeds resampled as pairs)."""
+                     level: float = 0.95) -> dict[str, Any]:
+    """Mean of ``a - b`` over paired runs with its percentile-bootstrap interval (seeds resampled as pairs);
+    below ``MIN_PAIRS`` pairs the interval is ``None`` and ``note`` says why."""
     if len(a) != len(b):
         raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
     diffs = [x - y for x, y in zip(a, b)]
+    if len(diffs) < MIN_PAIRS:
+        return {"mean": float(np.mean(diffs)), "lo": None, "hi": None, "n": len(diffs), "note": TOO_FEW_PAIRS}
     lo, hi = bootstrap_ci(diffs, seed, resamples, level)
     return {"mean": float(np.mean(diffs)), "lo": lo, "hi": hi, "n": len(diffs)}
 
@@ -105,14 +113,24 @@ def best_stability(table: Sequence[Sequence[float]], minimize: bool, seed: int =
 
 
 def ratio_bootstrap(num: Sequence[float], den: Sequence[float], seed: int = 0, resamples: int = 10000,
-                    level: float = 0.95) -> dict[str, float]:
-    """``mean(num) / mean(den)`` over paired runs with a percentile-bootstrap interval (pairs resampled)."""
+                    level: float = 0.95) -> dict[str, Any]:
+    """``mean(num) / mean(den)`` over paired runs with a percentile-bootstrap interval (pairs resampled);
+    below ``MIN_PAIRS`` pairs the interval is ``None`` and ``note`` says why."""
     if len(num) != len(den) or not num:
         raise ValueError(f"paired samples need equal, non-zero lengths, got {len(num)} and {len(den)}")
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if len(a) < MIN_PAIRS:
+        return {"ratio": float(a.mean() / b.mean()), "lo": None, "hi": None, "n": len(a), "note": TOO_FEW_PAIRS}
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(a), size=(resamples, len(a)))
     ratios = a[picks].mean(axis=1) / b[picks].mean(axis=1)
     tail = (1 - level) / 2 * 100
     return {"ratio": float(a.mean() / b.mean()), "lo": float(np.percentile(ratios, tail)),
             "hi": float(np.percentile(ratios, 100 - tail)), "n": len(a)}
+
+
+def interval_text(result: dict[str, Any], key: str = "mean", fmt: str = "+.4g") -> str:
+    """``value [lo, hi]``, or ``value (n<5: interval not reported)``: how a paired interval is shown."""
+    if result.get("lo") is None:
+        return f"{result[key]:{fmt}} ({result.get('note', TOO_FEW_PAIRS)})"
+    return f"{result[key]:{fmt}} [{result['lo']:{fmt}}, {result['hi']:{fmt}}]"

@@ -1,8 +1,8 @@
 """Image datasets for the micro-CNN search: CIFAR-10, MNIST or an image folder, split into train/valid/test.
 
-Every split is a set of *un-augmented* uint8 images ``(C, H, W)`` with integer labels. CIFAR-10 and
-MNIST come through torchvision (downloaded and checksummed when missing) and live in memory as one
-tensor; an image folder ``<data_dir>/<name>/{train,valid,test}/<class>/*.{jpg,jpeg,png}`` is decoded
+Every split is a set of *un-augmented* uint8 images ``(C, H, W)`` with integer labels. CIFAR-10 comes
+through torchvision (downloaded and checksummed when missing), MNIST through :mod:`data.mnist` (the
+reader every mode shares); both live in memory as one tensor; an image folder ``<data_dir>/<name>/{train,valid,test}/<class>/*.{jpg,jpeg,png}`` is decoded
 on demand in DataLoader workers. Validation is always held out of the training images (unless the
 folder has its own ``valid/``): the official test split is only read by ``--mode=test``.
 
@@ -28,6 +28,8 @@ CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)  # the paper code's per-channe
 CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
+MNIST_CLASSES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven",
+                 "8 - eight", "9 - nine"]  # the names torchvision gave them
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "F"}  # PIL modes without colour
 STATS_SAMPLE = 2000  # folder datasets: training images read to estimate the normalisation
@@ -131,11 +133,12 @@ class ImageData:
 
 # -------------------------------------------------------------------------------------- loading
 def load_images(data_dir: str | Path, name: str, valid_size: int, seed: int) -> ImageData:
-    """``cifar10`` or ``mnist`` (torchvision, downloaded when missing) or the folder ``<data_dir>/<name>``."""
+    """``cifar10`` (torchvision, downloaded when missing), ``mnist`` (:mod:`data.mnist`) or the folder
+    ``<data_dir>/<name>``."""
     root = Path(data_dir)
     if name not in ("cifar10", "mnist"):
         return _image_folder(root / name, valid_size, seed)
-    (full, test), classes = _torchvision(name, root)
+    (full, test), classes = _torchvision(root) if name == "cifar10" else _mnist(root)
     train_idx, valid_idx = stratified_holdout(full.labels, valid_size, seed)
     train, valid = full.subset(train_idx), full.subset(valid_idx)
     if name == "cifar10":
@@ -148,22 +151,28 @@ def _first_line(err: BaseException) -> str:
     return text[0][:160] if text else type(err).__name__
 
 
-def _torchvision(name: str, root: Path) -> tuple[tuple[TensorImages, TensorImages], list[str]]:
-    """CIFAR-10 or MNIST through torchvision (downloaded and checksummed when missing), as uint8 NCHW."""
-    from torchvision.datasets import CIFAR10, MNIST
+def _torchvision(root: Path) -> tuple[tuple[TensorImages, TensorImages], list[str]]:
+    """CIFAR-10 through torchvision (downloaded and checksummed when missing), as uint8 NCHW."""
+    from torchvision.datasets import CIFAR10
 
-    cls, where = ((CIFAR10, f"the extracted cifar-10-batches-py folder (python version) at {root / 'cifar-10-batches-py'}")
-                  if name == "cifar10" else (MNIST, f"its four *-ubyte.gz files in {root / 'MNIST' / 'raw'}"))
+    where = f"the extracted cifar-10-batches-py folder (python version) at {root / 'cifar-10-batches-py'}"
     try:
-        splits = [cls(str(root), train=train, download=True) for train in (True, False)]
+        splits = [CIFAR10(str(root), train=train, download=True) for train in (True, False)]
     except (OSError, RuntimeError) as err:
-        raise UserError(f"{cls.__name__} is missing and could not be downloaded ({_first_line(err)}): put {where}") from err
-    if name == "cifar10":  # numpy NHWC
-        images = [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous() for s in splits]
-    else:  # tensor NHW
-        images = [s.data.unsqueeze(1).contiguous() for s in splits]
+        raise UserError(f"CIFAR10 is missing and could not be downloaded ({_first_line(err)}): put {where}") from err
+    images = [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous() for s in splits]  # numpy NHWC
     tensors = tuple(TensorImages(x, torch.as_tensor(s.targets)) for x, s in zip(images, splits))
     return tensors, list(splits[0].classes)  # type: ignore[return-value]
+
+
+def _mnist(root: Path) -> tuple[tuple[TensorImages, TensorImages], list[str]]:
+    """MNIST's idx files (:func:`data.mnist.load`) as uint8 N x 1 x 28 x 28; class names as torchvision's."""
+    from data import mnist
+
+    found = mnist.load(root)
+    train = TensorImages(found.train_images.unsqueeze(1).contiguous(), found.train_labels)
+    test = TensorImages(found.test_images.unsqueeze(1).contiguous(), found.test_labels)
+    return (train, test), MNIST_CLASSES
 
 
 def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[str], Tensor]:

@@ -9,29 +9,26 @@ scenarios for continual learning") differ only in the heads:
   position of the class within its task);
 * ``class``  -- one shared head over every class of the sequence (labels are global).
 
-MNIST is read from its four idx ``.gz`` files (``<data_dir>/mnist/`` or ``<data_dir>/MNIST/raw/``,
-never downloaded); CIFAR-10 and image folders come through :func:`data.image.load_images`.
+MNIST is read by :mod:`data.mnist` (``<data_dir>/mnist/``, ``<data_dir>/MNIST/raw/`` or ``<data_dir>``,
+gzipped or not); CIFAR-10 and image folders come through :func:`data.image.load_images`.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from data import mnist
 from data.image import MNIST_MEAN, MNIST_STD, ImageData, ImageSet, load_images
 from utils import UserError
 
 BENCHMARKS = ("split_mnist", "seq_mnist_0-2_3-5", "permuted_mnist", "split_cifar10", "folder")
 SCENARIOS = ("task", "domain", "class")
-MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-               "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
 
 @dataclass
@@ -90,20 +87,13 @@ def permuted(x: Tensor, y: Tensor, xt: Tensor, yt: Tensor, num_tasks: int, seed:
 
 
 def load_mnist(data_dir: str | Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """MNIST from its idx ``.gz`` files: flattened normalised images and labels, train then test."""
-    root = Path(data_dir)
-    folder = next((d for d in (root / "mnist", root / "MNIST" / "raw", root)
-                   if all((d / f).is_file() for pair in MNIST_FILES.values() for f in pair)), None)
-    if folder is None:
-        raise UserError(f"MNIST not found: put {', '.join(f for p in MNIST_FILES.values() for f in p)} in {root / 'mnist'} or {root / 'MNIST' / 'raw'}")
-    out: list[Tensor] = []
-    for images, labels in MNIST_FILES.values():
-        with gzip.open(folder / images, "rb") as f:
-            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
-        with gzip.open(folder / labels, "rb") as f:
-            y = np.frombuffer(f.read(), np.uint8, offset=8)
-        out += [(torch.from_numpy(x.copy()).float() / 255 - MNIST_MEAN[0]) / MNIST_STD[0], torch.from_numpy(y.astype(np.int64))]
-    return out[0], out[1], out[2], out[3]
+    """MNIST (:func:`data.mnist.load`) as flattened normalised images and labels, train then test."""
+    found = mnist.load(data_dir)
+
+    def flat(images: Tensor) -> Tensor:
+        return (images.reshape(len(images), -1).float() / 255 - MNIST_MEAN[0]) / MNIST_STD[0]
+
+    return flat(found.train_images), found.train_labels, flat(found.test_images), found.test_labels
 
 
 def _materialise(images: ImageSet, data: ImageData) -> tuple[Tensor, Tensor]:

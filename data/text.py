@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from utils import UserError
+from utils import UserError, missing_dirs, remove_if_empty
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,15 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def _download(url: str, dest: Path) -> None:
-    """Fetch ``url`` to ``dest`` atomically, with a tqdm progress bar."""
+def download_file(url: str, dest: Path) -> None:
+    """Fetch ``url`` to ``dest`` atomically, with a tqdm progress bar; a failure leaves no file and no new folder."""
     from tqdm import tqdm
 
+    made = missing_dirs(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
                 while chunk := response.read(1 << 16):
@@ -116,6 +117,7 @@ def _download(url: str, dest: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        remove_if_empty(made)
 
 
 def _fetch_ptb(folder: Path) -> None:
@@ -125,7 +127,7 @@ def _fetch_ptb(folder: Path) -> None:
             continue
         url = PTB_URL.format(split=split)
         try:
-            _download(url, path)
+            download_file(url, path)
         except OSError as err:
             raise UserError(f"{path} is missing and could not be downloaded from {url} ({err}); "
                             f"put Penn Treebank's ptb.{split}.txt there as {split}.txt") from err
@@ -139,7 +141,7 @@ def _fetch_wikitext2(folder: Path) -> None:
         return
     archive = folder / "wikitext-2-v1.zip"
     try:
-        _download(WIKITEXT2_URL, archive)
+        download_file(WIKITEXT2_URL, archive)
     except OSError as err:
         raise UserError(f"{folder} lacks train/valid/test.txt and {WIKITEXT2_URL} could not be downloaded "
                         f"({err}); put wiki.{{train,valid,test}}.tokens there as {{train,valid,test}}.txt") from err

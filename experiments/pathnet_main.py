@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from analysis.stats import mean_ci, ratio_bootstrap
+from analysis.stats import interval_text, mean_ci, ratio_bootstrap
 from engine import stamp
 from experiments.pathnet import EvolutionConfig
 from experiments.pathnet_transfer import NetConfig, binary_tasks, parse_pairs, run_pair
@@ -56,7 +56,7 @@ def markdown(summary: dict[str, Any], variants: Sequence[str]) -> str:
             e = entry[v]
             g = e["generations"]
             s = e.get("speedup_over_scratch")
-            speed = f"{s['ratio']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]" if s else "1 (reference)" if v == "scratch" else "—"
+            speed = interval_text(s, "ratio", ".2f") if s else "1 (reference)" if v == "scratch" else "—"
             lines.append(f"| {pair} | {v} | {entry['seeds']} | {g['mean']:.1f} ± {g['hi'] - g['mean']:.1f} | "
                          f"{e['converged']}/{entry['seeds']} | {speed} | {100 * e['A_accuracy_after']['mean']:.1f} | "
                          f"{100 * e['B_test_accuracy']['mean']:.1f} | {e['seconds']['mean']:.1f} |")

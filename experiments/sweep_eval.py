@@ -58,28 +58,58 @@ def resolve(results: dict[str, Any], path: str) -> Any:
     """The value at dotted ``path`` in the first results file where it exists.
 
     A path may start with a file's stem (``metrics.last.valid_ppl``, ``forgetting_results.variants``)
-    to look in that file only.
+    to look in that file only. When no file has it, the error names, for each file, how far the path got
+    and the keys that exist there.
     """
     stems = {name.split(".")[0]: name for name in RESULT_FILES}
     head, _, rest = path.partition(".")
     names = [stems[head]] if head in stems and rest else list(RESULT_FILES)
     path = rest if head in stems and rest else path
+    misses = []
     for name in names:
         node: Any = results.get(name)
         if node is None:
             continue
+        reached: list[str] = []
         for part in path.split("."):
             if isinstance(node, dict) and part in node:
                 node = node[part]
             elif isinstance(node, list) and re.fullmatch(r"-?\d+", part) and -len(node) <= int(part) < len(node):
                 node = node[int(part)]
             else:
+                misses.append(f"{name} has no {part!r} under {'.'.join(reached) or 'the top'} "
+                              f"(there: {keys_of(node)})")
                 node = None
                 break
+            reached.append(part)
         if node is not None:
             return node["mean"] if isinstance(node, dict) and "mean" in node else node
-    found = ", ".join(sorted(results)) or "none"
-    raise UserError(f"--measure={path}: not found in the run's results files ({found})")
+    found = "; ".join(misses) if misses else f"no results file holds it (found: {', '.join(sorted(results)) or 'none'})"
+    raise UserError(f"--measure={path}: not found: {found}")
+
+
+def keys_of(node: Any, shown: int = 12) -> str:
+    """What a path can continue with at ``node``: its keys, the index range of a list, or the value."""
+    if isinstance(node, dict):
+        keys = list(node)
+        return ", ".join(keys[:shown]) + (f", ... ({len(keys)} keys)" if len(keys) > shown else "") if keys else "no keys"
+    if isinstance(node, list):
+        return f"a list, indices 0..{len(node) - 1}" if node else "an empty list"
+    return f"the value {str(node)[:40]}"
+
+
+# Which way is better for the project's own measures, by the words of a measure's last name
+# (``results.0.per_seed.a_drop`` -> ``a_drop`` -> ``a``, ``drop``). Forgetting figures are minimised.
+LOWER_IS_BETTER = frozenset({"forgetting", "drop", "diff", "loss", "ppl", "nll", "error", "generations"})
+HIGHER_IS_BETTER = frozenset({"accuracy", "acc", "reward", "transfer", "speedup", "final", "baseline"})
+
+
+def known_direction(path: str) -> bool | None:
+    """``True`` (minimise) or ``False`` (maximise) for a measure whose name says which; ``None`` if unknown."""
+    parts = [p for p in path.split(".") if p not in ("mean", "per_seed", "last", "epochs") and not re.fullmatch(r"-?\d+", p)]
+    words = set(parts[-1].lower().split("_")) if parts else set()
+    lower, higher = bool(words & LOWER_IS_BETTER), bool(words & HIGHER_IS_BETTER)
+    return None if lower == higher else lower
 
 
 def as_result(value: Any, path: str) -> float | list[float]:

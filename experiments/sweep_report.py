@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from analysis.stats import best_stability, detectable_effect, mean_ci, noise_floor, paired_bootstrap
+from analysis.stats import best_stability, detectable_effect, interval_text, mean_ci, noise_floor, paired_bootstrap
 from experiments.sweep_study import setting_key
 
 
@@ -69,7 +69,7 @@ def summarise(settings: Sequence[dict[str, str]], seeds: Sequence[int | None], r
     diff_sd = noise_floor(diffs) if diffs else floor * math.sqrt(2)
     stability = best_stability([c[:seeds_n] for c in complete], minimize) if complete and seeds_n else []
     names = [n for n in table if all(math.isfinite(v) for v in table[n])]
-    return {"reference": ref, "rows": rows, "noise_floor": floor, "paired_difference_sd": diff_sd,
+    return {"reference": ref, "rows": rows, "noise_floor": floor, "paired_difference_sd": diff_sd, "minimize": minimize,
             "detectable_effect": detectable_effect(diff_sd, seeds_n), "seeds": seeds_n,
             "best_frequency": dict(zip(names, stability)),
             "best": (min if minimize else max)((r for r in rows if "mean" in r), key=lambda r: r["mean"])["name"]
@@ -96,14 +96,16 @@ def markdown(summary: dict[str, Any], measure: str) -> str:
     for r in summary["rows"]:
         mean = f"{_fmt(r.get('mean'))} [{_fmt(r.get('lo'))}, {_fmt(r.get('hi'))}]" if "mean" in r else "—"
         p = r.get("paired_vs_reference")
-        paired = f"{p['mean']:+.4g} [{p['lo']:+.4g}, {p['hi']:+.4g}]" if p else "reference" if r["name"] == summary["reference"] else "—"
+        paired = interval_text(p) if p else "reference" if r["name"] == summary["reference"] else "—"
         cells = "".join(f" {_fmt(e['mean'])} ± {_fmt(e['hi'] - e['mean'])} |" if (e := r["extras"][m]) else " — |"
                         for m in extra)
         lines.append(f"| {r['name']} | {r['n']} | {mean} | {paired} | {_fmt(summary['best_frequency'].get(r['name']))} |"
                      + cells)
+    better = "" if summary.get("minimize") is None else " (lower is better)" if summary["minimize"] else " (higher is better)"
     lines += ["", f"noise floor (SD across seeds at one setting): {_fmt(summary['noise_floor'])}; "
               f"SD of paired differences: {_fmt(summary['paired_difference_sd'])}; smallest effect {summary['seeds']} "
-              f"paired seeds detect (two-sided 5%, power 80%): {_fmt(summary['detectable_effect'])}; best: {summary['best']}"]
+              f"paired seeds detect (two-sided 5%, power 80%): {_fmt(summary['detectable_effect'])}; "
+              f"best{better}: {summary['best']}"]
     return "\n".join(lines)
 
 

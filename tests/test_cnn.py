@@ -525,7 +525,7 @@ def test_verbatim_command_trains_derives_tests_and_resumes(fake_cifar: Path, tmp
     assert best["metric"] == "valid_acc" and CNNArch.from_dict(best["arch"]).num_blocks == 5
 
     assert main.main(["--mode=derive", f"--load_path={run}", "--derive_num_sample=3"]) == 0
-    assert "valid_acc" in capsys.readouterr().out and (run / "networks" / "best_arch.png").is_file()
+    assert "valid_acc" in capsys.readouterr().out and (run / "networks" / "derived_arch.png").is_file()
     assert main.main(["--mode=test", f"--load_path={run}"]) == 0
     result = json.loads((run / "test_results.json").read_text())
     assert 0 <= result["test_acc"] <= 100 and result["test_images"] == PER_BATCH and result["arch"]["type"] == "micro_cnn"

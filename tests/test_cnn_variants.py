@@ -192,8 +192,9 @@ def test_an_old_checkpoint_resumes_derives_and_tests_exactly_as_before(fake_cifa
     derived = tmp_path / "derived"
     shutil.copytree(FIXTURE / "run", derived)
     assert main.main(["--mode=derive", f"--load_path={derived}", "--derive_num_sample=3", *common]) == 0
-    assert json.loads((derived / "best_arch.json").read_text()) == expected["best_arch"]
-    assert main.main(["--mode=test", f"--load_path={derived}", *common]) == 0
+    assert json.loads((derived / "derived_arch.json").read_text()) == expected["best_arch"]
+    # the derived cell ties the run's best_arch.json (valid_acc 10), which derive therefore keeps: test the derived one
+    assert main.main(["--mode=test", f"--load_path={derived}", f"--arch={derived / 'derived_arch.json'}", *common]) == 0
     result = json.loads((derived / "test_results.json").read_text())
     assert leaves(result, ("checkpoint",)) == close_to(expected["test_results"], ("checkpoint",))
 

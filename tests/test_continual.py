@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +162,9 @@ def write_idx(folder: Path, n: int, name: str, seed: int) -> None:
     images = (rng.random((n, 28, 28)) * 40).astype(np.uint8)
     images[np.arange(n), labels * 2, :] = 255  # a row per digit: learnable
     with gzip.open(folder / f"{name}-images-idx3-ubyte.gz", "wb") as f:
-        f.write(b"\0" * 16 + images.tobytes())
+        f.write(struct.pack(">IIII", 0x0803, n, 28, 28) + images.tobytes())
     with gzip.open(folder / f"{name}-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(b"\0" * 8 + labels.tobytes())
+        f.write(struct.pack(">II", 0x0801, n) + labels.tobytes())
 
 
 @pytest.mark.slow  # ~5-10 s: two CLI runs, a figure and TensorBoard files

@@ -44,7 +44,7 @@ def test_legacy_checkpoint_has_the_old_model_and_tests_and_derives_as_before(leg
     assert result["test_tokens"] == recorded_test["test_tokens"]
 
     assert main.main(["--mode=derive", f"--load_path={run}", "--derive_num_sample=3", f"--data_dir={data}"]) == 0
-    derived = json.loads((run / "best_arch.json").read_text())
+    derived = json.loads((run / "derived_arch.json").read_text())
     assert derived["arch"] == recorded_arch["arch"]
     assert derived["score"] == pytest.approx(recorded_arch["score"], rel=1e-6)
 

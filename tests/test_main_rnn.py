@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,48 @@ def test_derive_test_and_gif(search: Path, tmp_path: Path, capsys: pytest.Captur
     import imageio.v3 as iio
 
     assert iio.imread(gif).shape[0] == 3  # one frame per derived drawing
+
+
+def test_derive_never_replaces_a_better_best_arch(search: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "derived"
+    shutil.copytree(search, run)
+    better = {"arch": json.loads((run / "best_arch.json").read_text())["arch"], "score": 1.0, "metric": "valid_ppl"}
+    (run / "best_arch.json").write_text(json.dumps(better))
+    assert run_main("--mode=derive", f"--load_path={run}", "--derive_num_sample=3") == 0
+    derived = json.loads((run / "derived_arch.json").read_text())
+    assert json.loads((run / "best_arch.json").read_text()) == better  # a perplexity of 1 cannot be beaten
+    assert derived["metric"] == "valid_ppl" and derived["score"] > 1
+    out = capsys.readouterr().out
+    assert f"best_arch.json kept: its valid_ppl 1.0000 is at least as good as the derived cell's {derived['score']:.4f}" in out
+
+    (run / "best_arch.json").write_text(json.dumps({**better, "score": 1e9}))
+    assert run_main("--mode=derive", f"--load_path={run}", "--derive_num_sample=3") == 0
+    assert json.loads((run / "best_arch.json").read_text()) == json.loads((run / "derived_arch.json").read_text())
+    assert "best_arch.json replaced: valid_ppl 1000000000.0000 ->" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--dataset=nothing_here"], "no dataset folder"),  # missing data
+    (["--test_batch_size=100000"], "too few for batch size 100000"),  # a value only the loaded data refutes
+])
+def test_a_run_that_never_starts_leaves_nothing(data_dir: Path, tmp_path: Path, extra: list[str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    logs = tmp_path / "logs"
+    assert run_main(*SMALL, f"--data_dir={data_dir}", f"--log_dir={logs}", *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not logs.exists()  # no empty run directory, no empty log_dir
+
+
+def test_a_refused_resume_ends_the_runs_log_with_the_error(search: Path, tmp_path: Path, data_dir: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "tiny_again"
+    shutil.copytree(search, run)
+    assert run_main(*SMALL, f"--data_dir={data_dir}", f"--log_dir={tmp_path}", "--comment=again", "--resume=True",
+                    "--shared_embed=32", "--shared_hid=32") == 2
+    err = capsys.readouterr().err.strip()
+    assert "another shape" in err
+    assert (run / "train.log").read_text().splitlines()[-1].endswith(err)  # the same line, also in the log
+    assert (run / "checkpoints" / "latest.pt").is_file()  # an existing run is never removed
 
 
 def test_resume_equals_uninterrupted(search: Path, data_dir: Path) -> None:

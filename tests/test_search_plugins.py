@@ -250,7 +250,7 @@ def test_random_search_trains_derives_and_resumes_identically(data_dir: Path, tm
     assert metrics_without_timing(copy) == records
 
     assert main.main(["--mode=derive", f"--load_path={run}", "--derive_num_sample=3", f"--data_dir={data_dir}"]) == 0
-    derived = json.loads((run / "best_arch.json").read_text())
+    derived = json.loads((run / "derived_arch.json").read_text())
     assert derived["metric"] == "valid_ppl" and derived["arch"]["type"] == "rnn"
 
 

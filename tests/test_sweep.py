@@ -20,9 +20,11 @@ pytest.importorskip("optuna")
 
 from analysis.stats import best_stability, detectable_effect, noise_floor, paired_bootstrap  # noqa: E402
 from experiments.sweep import Runner, SweepConfig, grid_settings, run_grid, run_narrowing, spaced  # noqa: E402
-from experiments.sweep_eval import resolve  # noqa: E402
-from experiments.sweep_report import summarise  # noqa: E402
+from experiments.sweep_eval import known_direction, resolve  # noqa: E402
+from experiments.sweep_report import markdown, summarise  # noqa: E402
 from experiments.sweep_study import Study, default_storage, setting_key  # noqa: E402
+import sweep
+from utils import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,8 +71,11 @@ def test_narrowing_refuses_too_few_steps(tmp_path: Path) -> None:
 
 
 def test_statistics_against_hand_computations() -> None:
-    # diffs (0, 2): bootstrap means are 0, 1, 2 with probability 1/4, 1/2, 1/4
-    assert paired_bootstrap([1.0, 5.0], [1.0, 3.0]) == {"mean": 1.0, "lo": 0.0, "hi": 2.0, "n": 2}
+    # diffs (0, 2, 0, 2, 2): every bootstrap mean is k * 2/5 for k draws of a 2; P(k = 0) and P(k = 5) < 2.5%
+    assert paired_bootstrap([1.0, 5.0, 1.0, 5.0, 5.0], [1.0, 3.0, 1.0, 3.0, 3.0]) == {"mean": 1.2, "lo": 0.4, "hi": 2.0, "n": 5}
+    # two pairs: a bootstrap can only return the two values themselves; not an interval worth printing
+    assert paired_bootstrap([1.0, 5.0], [1.0, 3.0]) == {"mean": 1.0, "lo": None, "hi": None, "n": 2,
+                                                        "note": "n<5: interval not reported"}
     # pooled SD: variances 1 (2 dof) and 2 (1 dof) -> sqrt(4/3)
     assert noise_floor([[1, 2, 3], [2, 4]]) == pytest.approx(math.sqrt(4 / 3))
     # (t_0.975,4 + t_0.8,4) * sd / sqrt(5) with t_0.975,4 = 2.776445, t_0.8,4 = 0.940965
@@ -81,14 +86,19 @@ def test_statistics_against_hand_computations() -> None:
 
 def test_summary_pairs_by_seed_and_names_the_best() -> None:
     settings = [{"a": "0"}, {"a": "1"}]
-    results = {setting_key({"a": "0"}, s): v for s, v in enumerate([10.0, 12.0, 14.0])}
-    results |= {setting_key({"a": "1"}, s): v for s, v in enumerate([9.0, 11.0, 13.5])}
-    summary = summarise(settings, [0, 1, 2], results, None, minimize=True)
+    results = {setting_key({"a": "0"}, s): v for s, v in enumerate([10.0, 12.0, 14.0, 11.0, 13.0])}
+    results |= {setting_key({"a": "1"}, s): v for s, v in enumerate([9.0, 11.0, 13.5, 10.0, 12.5])}
+    summary = summarise(settings, [0, 1, 2, 3, 4], results, None, minimize=True)
     paired = summary["rows"][1]["paired_vs_reference"]
-    assert summary["reference"] == "a=0" and paired["mean"] == pytest.approx(-5 / 6)
+    assert summary["reference"] == "a=0" and paired["mean"] == pytest.approx(-0.8)
     assert paired["hi"] < 0  # every seed improves: the paired interval excludes 0 although the means' intervals overlap
     assert summary["best"] == "a=1" and summary["best_frequency"]["a=1"] == 1.0
-    assert summary["paired_difference_sd"] == pytest.approx(np.std([-1, -1, -0.5], ddof=1))
+    assert summary["paired_difference_sd"] == pytest.approx(np.std([-1, -1, -0.5, -1, -0.5], ddof=1))
+    assert "best (lower is better): a=1" in markdown(summary, "m")
+
+    few = summarise(settings, [0, 1, 2], results, None, minimize=True)  # three pairs: no paired interval shown
+    assert few["rows"][1]["paired_vs_reference"]["lo"] is None
+    assert "| -0.8333 (n<5: interval not reported) |" in markdown(few, "m")
 
 
 def test_grid_settings_and_measure_paths() -> None:
@@ -98,6 +108,32 @@ def test_grid_settings_and_measure_paths() -> None:
                "metrics.jsonl": {"last": {"valid_ppl": 80.0}, "epochs": []}}
     assert resolve(results, "summary.ewc.integrated_loss") == 0.5
     assert resolve(results, "metrics.last.valid_ppl") == 80.0 and resolve(results, "last.valid_ppl") == 80.0
+    toy = {"toy_results.json": {"results": [{"a_drop": {"mean": 3.0, "std": 1.0}, "per_seed": {"a_drop": [2.0, 4.0]}}]}}
+    assert resolve(toy, "results.0.per_seed.a_drop") == [2.0, 4.0]  # the path docs/sweeps.md gives
+    with pytest.raises(UserError, match=r"toy_results.json has no 'per_seed' under results.0.a_drop \(there: mean, std\)"):
+        resolve(toy, "results.0.a_drop.per_seed")  # the path the docs gave before
+    with pytest.raises(UserError, match=r"no 'b' under results \(there: a list, indices 0..0\)"):
+        resolve(toy, "results.b")
+
+
+@pytest.mark.parametrize("measure,minimize", [
+    ("results.0.per_seed.a_drop", True), ("summary.ewc.forgetting", True), ("metrics.last.forgetting_mean_diff", True),
+    ("summary.ewc.integrated_loss", True), ("metrics.last.valid_ppl", True), ("variants.none.mean_diff", True),
+    ("summary.ewc.average_accuracy", False), ("metrics.last.controller_reward", False), ("results.0.a_final", False),
+    ("metrics.last.wpl_ce_ratio", None), ("summary.ewc.accuracy_drop", None)])
+def test_the_projects_measures_have_a_known_direction(measure: str, minimize: bool | None) -> None:
+    assert known_direction(measure) is minimize
+
+
+def test_an_unknown_direction_must_be_given_and_a_forgetting_measure_is_minimised(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sweep.direction("results.0.per_seed.a_drop", None, None) is True  # "best" never forgets more
+    assert sweep.direction("results.0.per_seed.a_drop", False, None) is False  # as asked (with a warning)
+    with pytest.raises(UserError, match="pass --minimize or --maximize"):
+        sweep.direction("metrics.last.wpl_ce_ratio", None, None)
+    assert sweep.main(["--measure=metrics.last.wpl_ce_ratio", "--", "--mode=train"]) == 2
+    assert "pass --minimize or --maximize" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.build_parser().parse_args(["--minimize", "--maximize"])
 
 
 def test_grid_runs_each_evaluation_once_and_reuses_finished_ones(tmp_path: Path) -> None:

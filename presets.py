@@ -1,0 +1,43 @@
+"""The two presets of the modelling choices, and what runs saved before an option existed meant.
+
+Kept apart from the option table (config.py, which re-exports both names) because they are data about
+the models, not options: ``--preset`` picks one of ``PRESETS``; ``LEGACY_VALUES`` fills saved
+configurations that predate a key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Modelling choices whose default follows the paper's public code (the authors' repository, built on
+# carpedm20/ENAS-pytorch); ``--preset=enas`` switches each to the ENAS paper's choice at once, and an
+# option given explicitly still wins. docs/fidelity.md has the full table with the sources.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "enas": {
+        "shared_wdrop_scope": "all",
+        "rnn_output_norm": "none",
+        "rnn_next_state": "avg",
+        "rnn_input_bias": False,
+        "cnn_stem": True,
+        "cnn_cell_inputs": "calibrate",
+        "cnn_depthwise": "separable",
+        "cnn_node_combine": "sum",
+        "cnn_cell_output": "concat",
+        "cnn_classifier": "gap",
+    },
+}
+
+# What a configuration saved before an option existed meant: a checkpoint or params.json that lacks
+# the key was written by code that behaved like this value (not like today's default).
+LEGACY_VALUES: dict[str, Any] = {
+    "preset": "paper",
+    "shared_wdrop_scope": "all",
+    "rnn_output_norm": "none",
+    "rnn_input_bias": False,
+    "cnn_stem": True,
+    "cnn_cell_inputs": "calibrate",
+    "cnn_depthwise": "separable",
+    "cnn_node_combine": "sum",
+    "cnn_classifier": "gap",  # cnn_cell_output is older than these: saved runs have theirs
+}

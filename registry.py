@@ -1,0 +1,44 @@
+"""A name -> implementation table whose names are known before any implementation is imported.
+
+The option table (config.py) takes its ``choices`` from the plug-in tables (``samplers.SAMPLERS``,
+``models.SPACES``) so the two cannot drift apart; but importing a sampler imports torch, and ``--help``
+and config.py must stay instant. A :class:`Registry` holds each entry as ``"module:attribute"`` text and
+imports it on first use, so ``list(SAMPLERS)`` costs nothing and ``SAMPLERS["random"]`` is the class.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    """Read-only mapping from a name to the object that ``"module:attribute"`` names, imported lazily."""
+
+    def __init__(self, kind: str, targets: Mapping[str, str]) -> None:
+        for name, target in targets.items():
+            if target.count(":") != 1:
+                raise ValueError(f"{kind} {name!r}: expected 'module:attribute', got {target!r}")
+        self.kind = kind
+        self.targets = dict(targets)
+        self._loaded: dict[str, T] = {}
+
+    def __getitem__(self, name: str) -> T:
+        if name not in self._loaded:
+            if name not in self.targets:
+                raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.targets)}")
+            module, attribute = self.targets[name].split(":")
+            self._loaded[name] = getattr(importlib.import_module(module), attribute)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.targets!r})"
