@@ -102,9 +102,16 @@ class RoleGroup:
         return action
 
 
+ABBREVIATIONS = {"learning_rate": "lr"}  # words a user may spell out that the option names abbreviate
+
+
 def tokens(flag: str) -> list[str]:
-    """The words of an option name: ``--shared_cnn_lr`` -> ``["shared", "cnn", "lr"]``."""
-    return [t for t in flag.lstrip("-").lower().replace("-", "_").split("_") if t]
+    """The words of an option name: ``--shared_cnn_lr`` -> ``["shared", "cnn", "lr"]``
+    (``--controller_learning_rate`` -> ``["controller", "lr"]``)."""
+    name = flag.lstrip("-").lower().replace("-", "_")
+    for long, short in ABBREVIATIONS.items():
+        name = name.replace(long, short)
+    return [t for t in name.split("_") if t]
 
 
 def close_words(a: str, b: str) -> bool:
