@@ -15,7 +15,8 @@ Two choices shape an op (``models.cnn.CNNStyle`` holds them):
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +80,7 @@ class FactorizedReduce(nn.Module):
         return self.bn(cat_channels([a, b]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nhwc_avg_pool_backward_is_wrong(device: torch.device) -> bool:
     """Whether ``device``'s channels-last backward of a padded average pool disagrees with the NCHW one.
 
