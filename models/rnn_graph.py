@@ -205,9 +205,6 @@ class CellGraphs:
         self.captures += 1
         return graph, static, outputs
 
-    def clear(self) -> None:
-        self._cache.clear()
-
 
 class _GraphedCell(torch.autograd.Function):
     """``unroll`` forward and ``unroll_backward`` as one autograd node; each pass a graph replay
