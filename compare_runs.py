@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from analysis import plots
 from analysis.tables import cell, markdown
 from config import StrictParser
+from parsing import program_name
 from runlog import RunDir
 from utils import UserError, load_json
 
@@ -145,7 +146,7 @@ def table(runs: Sequence[Run], labels: Sequence[str]) -> str:
 
 
 def build_parser() -> StrictParser:
-    p = StrictParser(prog="compare_runs.py", description=__doc__.splitlines()[0], allow_abbrev=False,
+    p = StrictParser(prog=program_name("compare_runs.py"), description=__doc__.splitlines()[0], allow_abbrev=False,
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="run directories (<log_dir>/<dataset>_<comment>)")
     p.add_argument("--output", type=Path, default=Path("report.png"), help="PNG file to write")

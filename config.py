@@ -17,7 +17,7 @@ from typing import Any, Sequence, TypeVar
 
 import presets
 from data import DEFAULT_DATA_DIR
-from parsing import StrictParser, choice, str2bool, str_list
+from parsing import StrictParser, choice, program_name, str2bool, str_list
 
 C = TypeVar("C")
 PRESETS = presets.PRESETS  # --preset's choices (presets.py)
@@ -43,9 +43,10 @@ def build_parser() -> StrictParser:
     from models import SPACES
     from samplers import SAMPLERS
 
+    prog = program_name("main.py")
     p = StrictParser(
-        prog="main.py",
-        usage=f"%(prog)s [--mode {{{','.join(MODES)}}}]\n{' ' * 15}[--dataset NAME] [options]   (--help-all: every option)",
+        prog=prog,
+        usage=f"%(prog)s [--mode {{{','.join(MODES)}}}]\n{' ' * (len(prog) + 8)}[--dataset NAME] [options]   (--help-all: every option)",
         description="ENAS architecture search with Weight Plasticity Loss (Benyahia, Yu et al., ICML 2019). "
                     "README.md has the paper's commands; docs/ has one page per topic.",
         allow_abbrev=False,

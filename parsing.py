@@ -22,6 +22,12 @@ TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
 
 
+def program_name(script: str) -> str:
+    """The name usage lines show: the console script a user typed (``wpl-enas``), else ``script``."""
+    typed = sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else ""
+    return typed if typed.startswith("wpl-") else script
+
+
 def str2bool(text: str) -> bool:
     """Strict boolean: true/false/yes/no/1/0 in any case, nothing else."""
     word = text.strip().lower()

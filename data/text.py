@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from utils import UserError, missing_dirs, remove_if_empty
+from data import DEFAULT_DATA_DIR
+from utils import UserError, missing_dirs, open_mode, remove_if_empty
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def download_file(url: str, dest: Path) -> None:
     made = missing_dirs(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    open_mode(fd)  # a downloaded corpus as readable as any file the user writes (umask), not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -160,6 +162,10 @@ def _fetch_wikitext2(folder: Path) -> None:
 def load_corpus(data_dir: str | Path, name: str) -> Corpus:
     """Load ``<data_dir>/<name>``; PTB and WikiText-2 are downloaded when missing."""
     folder = Path(data_dir) / name
+    old = Path("data") / name  # the default --data_dir before it moved out of the source package
+    if not folder.is_dir() and Path(data_dir) == Path(DEFAULT_DATA_DIR) and (old / "train.txt").is_file():
+        log.warning("%s holds %s from an earlier default --data_dir: --data_dir=data reads it (now using %s)",
+                    old, name, folder)
     if name == "ptb":
         _fetch_ptb(folder)
     elif name == "wikitext2":

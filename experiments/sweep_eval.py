@@ -163,9 +163,11 @@ def execute(argv: Sequence[str], script: str, in_process: bool, log_path: Path) 
         except SystemExit as exit_:
             return int(exit_.code or 0), "exited"
         return (result if isinstance(result, int) else 0), ""
+    # The child runs in the sweep's own working directory, so that relative paths (--log_dir, --data_dir)
+    # mean there what they mean to the sweep, from a checkout or an installed package alike.
     with open(log_path, "w") as out:
         rc = subprocess.call([sys.executable, str(ROOT / script if script in PROGRAMS else Path(script).resolve()),
-                              *argv], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+                              *argv], stdout=out, stderr=subprocess.STDOUT)
     lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     return rc, lines[-1] if lines else ""
 

@@ -118,3 +118,30 @@ def test_readme_lists_exactly_the_tensorboard_tags_the_runs_write(run_dir: Path,
     listed = {tag for tag in listed if "/" in tag}
     assert written - listed == set(), "TensorBoard tags missing from the README"
     assert listed - written == set(), "README lists tags no run writes"
+
+
+def test_a_downloaded_corpus_follows_the_umask_too(tmp_path: Path) -> None:
+    from data.text import download_file
+
+    source = tmp_path / "source.txt"
+    source.write_text(" a b <eos>\n" * 100)
+    dest = tmp_path / "datasets" / "ptb" / "train.txt"
+    with umask(0o022):
+        download_file(source.as_uri(), dest)
+    assert dest.read_text() == source.read_text()
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o644
+
+
+def test_a_corpus_left_in_the_old_default_folder_is_pointed_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from data.text import load_corpus
+    from utils import UserError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "mycorpus").mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (tmp_path / "data" / "mycorpus" / f"{split}.txt").write_text("a b\n")
+    with pytest.raises(UserError, match="no dataset folder datasets/mycorpus"):
+        load_corpus("datasets", "mycorpus")
+    assert "--data_dir=data reads it" in caplog.text
+    assert not (tmp_path / "datasets").exists()  # nothing made by looking
