@@ -117,9 +117,15 @@ def domain_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _path_component_problem(option: str, value: str) -> str | None:
+MAX_NAME_BYTES = 200  # a run folder's name is <dataset>_<comment>; most file systems allow 255 bytes
+
+
+def path_component_problem(option: str, value: str) -> str | None:
+    """Why ``value`` cannot be one folder name inside ``--log_dir`` (sweep.py uses it too), or None."""
     if value in (".", "..") or "/" in value or (os.sep != "/" and os.sep in value) or "\0" in value:
         return f"--{option}={value!r}: must be a single file name (no '/', not '.' or '..')"
+    if len(value.encode("utf-8", errors="replace")) > MAX_NAME_BYTES:
+        return f"--{option}: {len(value.encode('utf-8', errors='replace'))} bytes; a folder name takes at most {MAX_NAME_BYTES}"
     return None
 
 
@@ -134,12 +140,15 @@ def _file_ancestor(path: Path) -> Path | None:
 def relation_problem(args: argparse.Namespace) -> str | None:
     """Checks that involve several options or names outside argparse's knowledge."""
     for option in ("comment", "dataset"):
-        problem = _path_component_problem(option, getattr(args, option))
+        problem = path_component_problem(option, getattr(args, option))
         if problem:
             return problem
     if not args.dataset:
         return "--dataset='': must name a dataset"
-    blocker = _file_ancestor(Path(args.log_dir))
+    try:
+        blocker = _file_ancestor(Path(args.log_dir))
+    except OSError as err:  # a name too long, a loop of links: stat itself fails
+        return f"--log_dir={args.log_dir[:80]}{'...' if len(args.log_dir) > 80 else ''}: unusable ({err.strerror or err})"
     if blocker is not None:
         return f"--log_dir={args.log_dir}: {blocker} is a file, not a directory"
     if args.network_type == "rnn" and args.tie_weights and args.shared_embed != args.shared_hid:
