@@ -18,7 +18,7 @@ import numpy as np
 
 from parsing import StrictParser, choice
 from safe_io import one_line_errors
-from utils import UserError
+from utils import UserError, atomic_write_bytes
 
 FRAME_NAME = re.compile(r"(\d+)-(\w+)\.png$")
 
@@ -94,7 +94,11 @@ def write_gif(args: Any) -> None:
         raise UserError(f"no {args.kind} drawings (*.png) in {networks}: is graphviz's dot (or graphviz-pure) installed?")
     import imageio.v3 as iio
 
-    iio.imwrite(args.output, render_frames(frames, args.title), duration=int(args.duration * 1000), loop=0)
+    # Encoded in memory, then written atomically by this process: imageio opening the file itself left an
+    # "Exception ignored" traceback behind when the folder could not be written.
+    data = iio.imwrite("<bytes>", render_frames(frames, args.title), extension=".gif",
+                       duration=int(args.duration * 1000), loop=0)
+    atomic_write_bytes(Path(args.output), lambda f: f.write(data))
     print(f"wrote {args.output} ({len(frames)} frames)")
 
 

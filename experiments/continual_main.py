@@ -77,8 +77,13 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
     names = [t.name for t in seq.tasks]
     results = {"config": state["config"], "tasks": names, "runs": progress["runs"], "summary": summary}
     save_json(run.path / "continual_results.json", results)
-    plot(progress["runs"], cfg.strategies, seeds, names, run.path / "continual.png")
-    run.close()
+    try:
+        plot(progress["runs"], cfg.strategies, seeds, names, run.path / "continual.png")
+    except OSError as err:  # a full disk while matplotlib writes: the results are already safe
+        raise UserError(f"cannot write {run.path / 'continual.png'} ({err.strerror or err}); the results are kept in "
+                        f"{run.path / 'continual_results.json'}") from err
+    finally:
+        run.close()
     title = f"{benchmark} ({seq.scenario} scenario), {cfg.seeds} seeds, {cfg.iters} iterations per task"
     print(markdown(summary, title))
     shown = forgetting_of or next((s for s in cfg.strategies if s not in ("none", "joint")), cfg.strategies[0])

@@ -109,16 +109,21 @@ def test_a_seed_at_the_top_of_its_domain_runs(mnist: Path, tmp_path: Path) -> No
     assert result.code == 0, result.err[-2000:]
 
 
-def test_a_full_disk_while_pathnet_draws_keeps_the_results(mnist: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["pathnet", "continual"])
+def test_a_full_disk_while_drawing_keeps_the_results(mode: str, mnist: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments import continual_main
+
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pathnet_main, "plot", full)
-    result = call("main", [*PATHNET, f"--data_dir={mnist}", f"--log_dir={tmp_path}", "--comment=d"])
+    monkeypatch.setattr(pathnet_main if mode == "pathnet" else continual_main, "plot", full)
+    result = call("main", [*(PATHNET if mode == "pathnet" else CONTINUAL), f"--data_dir={mnist}",
+                           f"--log_dir={tmp_path}", "--comment=d"])
     assert result.code == 2 and "Traceback" not in result.err
     assert "No space left on device" in result.err and "the results are kept in" in result.err
-    assert (tmp_path / "pathnet_d" / "pathnet_results.json").is_file()
+    folder = "pathnet_d" if mode == "pathnet" else "split_mnist_d"
+    assert (tmp_path / folder / f"{mode}_results.json").is_file()
 
 
 @pytest.mark.parametrize("entry", ["search", "continual", "pathnet", "retrain", "toy", "sweep"])
@@ -175,3 +180,12 @@ def test_compare_runs_draws_string_and_boolean_figures_as_missing(tmp_path: Path
     result = call("compare", [str(run), "--output", str(tmp_path / "r.png")])
     assert result.code == 0 and "Traceback" not in result.err, result.err[-2000:]
     assert (tmp_path / "r.png").is_file()
+
+
+def test_generate_gif_still_writes_an_animation(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    fs.drawings("good")(tmp_path, {})
+    result = call("gif", ["--model_name=run", f"--log_dir={tmp_path / 'logs'}", f"--output={tmp_path / 'a.gif'}"])
+    assert result.code == 0, result.err
+    assert iio.imread(tmp_path / "a.gif", index=None).shape[0] == 2
