@@ -132,6 +132,7 @@ def load_into(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
 def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.device) -> tuple[argparse.Namespace, Trainer, RunDir, dict[str, Any]]:
     """Rebuild a search run from ``--load_path`` (model shape from the checkpoint, the rest from the CLI)."""
     path, state = resolve_checkpoint(args.load_path, device)
+    require_kind(state, path, "search", f"--mode={args.mode} reads a search run")  # before its config is merged
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     keys = set(vars(args)) - config.SHAPE_KEYS
     args = merge_config(state["config"], args, explicit, keys)
@@ -296,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mode not in MODES:
             raise UserError(f"--mode={args.mode} is not available yet")
         explicit = config.explicit_options(argv)
+        if problem := config.unread_options(args.mode, explicit):
+            raise UserError(problem)
         if launch.wanted(args.num_gpu):
             return start_workers(args, argv)
         world = context.from_env()

@@ -107,6 +107,30 @@ def lost_result_cases() -> list[Case]:
     return cases
 
 
+def foreign_run_cases() -> list[Case]:
+    """A mode pointed at another kind of run, or at no run, reads nothing of it and says so (class 7)."""
+    cases = []
+    for mode in ("test", "derive", "forgetting"):
+        for name in ("continual", "pathnet"):
+            cases.append(case(f"{mode}-of-a-{name}-run", "main", 7,
+                              [f"--mode={mode}", f"--load_path={{{name}}}", "--num_gpu=0", "--data_dir={data}"],
+                              f"is a {name} checkpoint, not a search one"))
+        cases.append(case(f"{mode}-of-no-run", "main", 7, [f"--mode={mode}", "--load_path={tmp}", "--num_gpu=0",
+                                                            "--data_dir={data}"], "holds no checkpoint"))
+    for name in ("continual", "pathnet"):
+        cases.append(case(f"retrain-from-a-{name}-run", "main", 7, [*RT, "--comment=f", f"--load_path={{{name}}}"],
+                          "params.json is missing"))
+    cases += [
+        case("derive-of-a-retrain-run", "main", 7, ["--mode=derive", "--load_path={retrain}", "--num_gpu=0",
+             "--data_dir={data}"], "is a retrain checkpoint, not a search one"),
+        case("test-of-a-missing-checkpoint", "main", 7, ["--mode=test", "--load_path={tmp}/none.pt", "--num_gpu=0",
+             "--data_dir={data}"], "does not exist"),
+        case("test-of-a-json-checkpoint", "main", 6, ["--mode=test", "--load_path={tmp}/a.pt", "--num_gpu=0",
+             "--data_dir={data}"], "unreadable or corrupt", setup=fs.file_at("a.pt", fs.DEEP)),
+    ]
+    return cases
+
+
 def run_dir_cases() -> list[Case]:
     """Unusable run folders and names in every mode (class 1); sweeps' --comment escaping --log_dir (class 8)."""
     modes = {"continual": [*CONTINUAL, "--data_dir={data}"], "pathnet": [*PATHNET, "--data_dir={data}"],
@@ -135,6 +159,19 @@ def run_dir_cases() -> list[Case]:
              "cannot", setup=lambda tmp, names: (fs.drawings("good")(tmp, names), fs.file_at("f")(tmp, names))),
         case("sweep-log-dir-under-a-file", "sweep", 1, ["--measure=metrics.last.loss", "--minimize", "--grid", "x=1",
              "--log_dir={tmp}/f/logs", "--comment=s", "--", "--mode=train"], "cannot", setup=fs.file_at("f")),
+    ]
+    cases += [
+        case("compare-run-name-too-long", "compare", 1, [f"{{tmp}}/{LONG}", "--output={tmp}/r.png"], "too long"),
+        case("gif-log-dir-name-too-long", "gif", 1, ["--model_name=run", f"--log_dir={{tmp}}/{LONG}",
+             "--output={tmp}/a.gif"], "too long"),
+        case("toy-data-dir-name-too-long", "toy", 1, [*TOY, "--data_dir", f"{{tmp}}/{LONG}", "--output_dir", "{tmp}/o"],
+             "too long"),
+        case("sweep-log-dir-name-too-long", "sweep", 1, ["--measure=metrics.last.loss", "--minimize", "--grid", "x=1",
+             f"--log_dir={{tmp}}/{LONG}", "--comment=s", "--", "--mode=train"], "too long"),
+        case("continual-data-dir-name-too-long", "main", 1, [*CONTINUAL, f"--data_dir={{tmp}}/{LONG}",
+             "--log_dir={tmp}/logs", "--comment=l"], "too long"),
+        case("pathnet-data-dir-name-too-long", "main", 1, [*PATHNET, f"--data_dir={{tmp}}/{LONG}",
+             "--log_dir={tmp}/logs", "--comment=l"], "too long"),
     ]
     for bad in ("../up", "/abs", "a/b", "..", LONG):
         cases.append(case(f"sweep-comment-{bad[:6].replace('/', '_')}", "sweep", 8,
@@ -219,6 +256,13 @@ def input_cases() -> list[Case]:
         case("continual-repeated-strategy", "main", 7, [*CT, "--comment=w", "--strategies=none,none"], "repeated"),
         case("continual-unknown-strategy", "main", 7, [*CT, "--comment=w", "--strategies=none,bogus"], "unknown"),
         case("pathnet-unknown-variant", "main", 7, [*PT, "--comment=w", "--pathnet_variants=bogus"], "unknown"),
+        case("search-given-continual-options", "main", 7, [*ST, "--comment=w", "--cl_iters=3"], "does not read --cl_iters"),
+        case("search-given-pathnet-options", "main", 7, [*ST, "--comment=w", "--tasks=1v2,1v3"], "does not read --tasks"),
+        case("search-given-seeds", "main", 7, [*ST, "--comment=w", "--seeds=3"], "does not read --seeds"),
+        case("pathnet-given-continual-options", "main", 7, [*PT, "--comment=w", "--cl_lr=0.1"], "does not read --cl_lr"),
+        case("continual-given-pathnet-options", "main", 7, [*CT, "--comment=w", "--noise=0.1"], "does not read --noise"),
+        case("retrain-given-continual-options", "main", 7, [*RT, "--comment=w", "--strategies=none"],
+             "does not read --strategies"),
         case("continual-data-parallel", "main", 7, [*CT, "--comment=w", "--num_gpu=2"], "runs in one process"),
         case("pathnet-data-parallel", "main", 7, [*PT, "--comment=w", "--num_gpu=2"], "runs in one process"),
     ]
@@ -256,7 +300,7 @@ def tool_cases() -> list[Case]:
     return cases
 
 
-CASES = [*checkpoint_cases(), *lost_result_cases(), *run_dir_cases(), *data_cases(), *input_cases(), *tool_cases()]
+CASES = [*checkpoint_cases(), *lost_result_cases(), *foreign_run_cases(), *run_dir_cases(), *data_cases(), *input_cases(), *tool_cases()]
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +335,7 @@ def test_the_table_covers_every_mode_and_class() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
     classes = Counter(c.cls for c in CASES)
     assert {0, 1, 2, 3, 4, 5, 6, 7, 8, 10} <= set(classes), classes
-    assert len(CASES) >= 120
+    assert len(CASES) >= 150
 
 
 # ------------------------------------------------------------------ malformed values from the declared domains
