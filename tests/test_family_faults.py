@@ -159,13 +159,19 @@ def test_a_folder_this_process_may_not_write_is_one_line(entry: str, mnist: Path
 
 def test_an_image_bomb_is_one_line_in_a_dataloader_worker(tmp_path: Path) -> None:
     """The search's image folders decode in DataLoader workers: the bomb is a UserError there, not PIL's."""
-    from data.image import FolderImages
+    from test_faults import write_folder
+
+    from data.image import load_images
+    from data.image_stream import Preprocess, iterate_split
     from utils import UserError
 
-    fs.png_bomb(tmp_path / "bomb.png")
-    images = FolderImages([str(tmp_path / "bomb.png")], torch.zeros(1, dtype=torch.long), 1, (8, 8))
-    with pytest.raises(UserError, match="cannot decode image .*bomb.png"):
-        images.decode(0)
+    root = write_folder(tmp_path)
+    bomb = root / "shapes" / "test" / "b" / "1.png"
+    data = load_images(root, "shapes", valid_size=2, seed=0)
+    fs.png_bomb(bomb)
+    with pytest.raises(UserError) as err:
+        list(iterate_split(data.test, 4, Preprocess(data, torch.device("cpu")), num_workers=1, seed=0))
+    assert "\n" not in str(err.value) and str(bomb) in str(err.value) and "decompression bomb" in str(err.value)
 
 
 def test_compare_runs_draws_string_and_boolean_figures_as_missing(tmp_path: Path) -> None:
