@@ -230,6 +230,10 @@ def input_cases() -> list[Case]:
         case("retrain-arch-missing", "main", 4, [*retrain, "--arch={tmp}/none.json"], "does not exist"),
         case("retrain-arch-huge", "main", 4, [*retrain, "--arch={tmp}/a.json"], "bytes this program reads",
              setup=fs.sparse_file("a.json", 65 << 20)),
+        case("test-arch-20000-nodes", "main", 4, [*test, "--arch={tmp}/arch.json"], "20000 nodes",
+             setup=fs.arch_file(20_000)),
+        case("retrain-arch-huge-integer", "main", 4, [*retrain, "--arch={tmp}/a.json"], "not JSON this program can read",
+             setup=fs.file_at("a.json", b'{"arch": 1' + b"0" * 5000 + b"}")),
         case("test-arch-directory", "main", 4, [*test, "--arch={tmp}/d"], "is a directory", setup=fs.folder_at("d")),
         case("test-arch-deep", "main", 4, [*test, "--arch={tmp}/a.json"], "levels of JSON nesting",
              setup=fs.file_at("a.json", fs.DEEP)),
@@ -342,7 +346,13 @@ def test_the_table_covers_every_mode_and_class() -> None:
 GENERATED_MODES = {"continual": ("seeds", "num_tasks", "cl_iters", "cl_batch_size", "cl_lr", "cl_eval_every",
                                  "importance_samples", "ewc_lambda", "si_c", "wpl_alpha", "random_seed"),
                    "pathnet": ("pathnet_layers", "pathnet_modules", "pathnet_units", "pathnet_population",
-                               "pathnet_batches", "pathnet_lr", "pathnet_converge", "noise", "pathnet_wpl_alpha")}
+                               "pathnet_batches", "pathnet_lr", "pathnet_converge", "noise", "pathnet_wpl_alpha"),
+                   "retrain": ("retrain_epochs", "retrain_embed", "retrain_hid", "retrain_batch_size", "retrain_bptt",
+                               "retrain_lr", "retrain_grad_clip", "retrain_cnn_momentum", "retrain_cutout",
+                               "retrain_aux_weight"),
+                   "train": ("shared_hid", "num_blocks", "controller_lr", "alpha_fisher", "max_epoch", "shared_dropout",
+                             "lambda_fisher", "batch_size")}
+BASES = {"continual": CONTINUAL, "pathnet": PATHNET, "retrain": RETRAIN, "train": SEARCH}
 
 
 def malformed(name: str) -> list[str]:
@@ -367,8 +377,7 @@ GENERATED = [(mode, name, value) for mode, names in GENERATED_MODES.items() for 
 
 @pytest.mark.parametrize("mode,name,value", GENERATED, ids=[f"{m}-{n}={v}" for m, n, v in GENERATED])
 def test_generated_malformed_values(mode: str, name: str, value: str, tmp_path: Path) -> None:
-    argv = [*(CONTINUAL if mode == "continual" else PATHNET), "--data_dir=/nonexistent", f"--log_dir={tmp_path}",
-            "--comment=g", f"--{name}={value}"]
+    argv = [*BASES[mode], "--data_dir=/nonexistent", f"--log_dir={tmp_path}", "--comment=g", f"--{name}={value}"]
     result = call("main", argv)
     check_one_line(result, f"--{name}")
     assert not any(tmp_path.iterdir()), "a refused command wrote something"
