@@ -54,6 +54,7 @@ from utils import (
 
 log = logging.getLogger("wpl")
 MAX_WIDTH = 1 << 16  # a hidden width past this is a typo that would ask for gigabytes
+MAX_PERMUTED_TASKS = 50
 
 
 # -------------------------------------------------------------------------------------- modes
@@ -242,6 +243,12 @@ def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.d
         raise UserError(f"--strategies: unknown {', '.join(unknown)} (none, joint, {', '.join(strengths)})")
     if len(set(args.strategies)) != len(args.strategies):
         raise UserError(f"--strategies={','.join(args.strategies)}: a strategy is repeated")
+    if "num_tasks" in explicit and args.benchmark != "permuted_mnist":
+        raise UserError(f"--num_tasks is read only with --benchmark=permuted_mnist (--benchmark={args.benchmark} "
+                        f"has its own tasks)")
+    if args.num_tasks > MAX_PERMUTED_TASKS:  # each task holds its own permuted copy of MNIST, about 190 MB
+        raise UserError(f"--num_tasks={args.num_tasks}: at most {MAX_PERMUTED_TASKS} (each task holds a permuted copy "
+                        f"of MNIST, about 190 MB)")
     if args.task_split and args.benchmark != "folder":
         raise UserError(f"--task_split is read only with --benchmark=folder (got --benchmark={args.benchmark})")
     if args.seeds < 1 or args.cl_iters < 1 or args.num_tasks < 2:

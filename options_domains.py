@@ -159,6 +159,9 @@ def relation_problem(args: argparse.Namespace) -> str | None:
     if args.evolution_sample_size > args.evolution_population:
         return (f"--evolution_sample_size={args.evolution_sample_size} is above --evolution_population="
                 f"{args.evolution_population}: a tournament draws distinct members")
+    if args.pathnet_active > args.pathnet_modules:
+        return (f"--pathnet_active={args.pathnet_active} is above --pathnet_modules={args.pathnet_modules}: a path "
+                f"picks at most that many of a layer's modules")
     if args.shared_cnn_lr_min > args.shared_cnn_lr:
         return f"--shared_cnn_lr_min={args.shared_cnn_lr_min} is above --shared_cnn_lr={args.shared_cnn_lr}"
     return _name_problem(args)

@@ -313,6 +313,18 @@ def starting(run: RunDir) -> Iterator[RunDir]:
         raise
 
 
+@contextmanager
+def keeping_only_checkpointed(run: RunDir) -> Iterator[RunDir]:
+    """An experiment's loop (continual, PathNet): should it fail or stop before its first checkpoint, the run
+    directory is removed if this process made it, as ``starting`` does for a set-up that fails."""
+    try:
+        yield run
+    except BaseException:
+        if run.latest_checkpoint() is None and run.discard_if_new():
+            log.debug("removed %s: nothing was checkpointed", run.path)
+        raise
+
+
 def summary_scalar(tag: str, value: float) -> Any:
     from tensorboardX.summary import scalar
 

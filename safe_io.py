@@ -9,7 +9,8 @@ Two pieces, so that no entry point has to know every way a file can go wrong:
   ``RecursionError`` (or, near the limit, a crash of the C stack) rather than an error message.
 * ``one_line_errors``: the net every entry point's body runs in. It turns what an ordinary
   program lets escape as a traceback on bad input (``OSError`` from an unwritable, read-only or
-  too-long path; ``RecursionError``; Pillow's decompression-bomb refusal) into a ``UserError``,
+  too-long path; ``RecursionError``; Pillow's decompression-bomb refusal; an allocation that does
+  not fit, from a batch or width far too large) into a ``UserError``,
   which each entry point already prints as ``error: ...`` with a non-zero exit code.
 """
 
@@ -30,6 +31,7 @@ from utils import UserError
 MAX_JSON_BYTES = 64 << 20  # the largest params.json / results file a real run writes is well under 1 MiB
 MAX_JSON_DEPTH = 64  # the deepest structure this project writes is 5 levels
 
+OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory", re.IGNORECASE)  # torch's CPU and CUDA wording
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
@@ -102,6 +104,9 @@ def as_user_error(err: BaseException) -> UserError | None:
         return err
     if isinstance(err, OSError):
         return UserError(describe_os_error(err))
+    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and OUT_OF_MEMORY.search(str(err))):
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return UserError(f"out of memory ({first[:160]}): a smaller batch size, width or number of tasks fits")
     if isinstance(err, RecursionError):
         return UserError("an input is nested too deeply to process (Python's recursion limit)")
     if type(err).__name__ == "DecompressionBombError":  # PIL.Image.DecompressionBombError, without importing PIL
@@ -116,7 +121,7 @@ def one_line_errors() -> Iterator[None]:
         yield
     except UserError:
         raise
-    except (OSError, RecursionError, Exception) as err:
+    except Exception as err:  # as_user_error says which are input or file-system failures
         converted = as_user_error(err)
         if converted is None:
             raise

@@ -19,7 +19,7 @@ from data.tasks import build_sequence
 from engine import first_nonfinite, require_kind, stamp
 from experiments.continual import ContinualConfig, config_dict, run_experiment
 from experiments.continual_report import forgetting_table, markdown, plot, summarise
-from runlog import RunDir, starting
+from runlog import RunDir, keeping_only_checkpointed, starting
 from stopping import Stopped
 from utils import UserError, atomic_write_bytes, save_json
 
@@ -65,7 +65,8 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
 
     # run_experiment updates ``state`` in place before each on_task call, which then writes the checkpoint
     try:
-        progress = run_experiment(seq, cfg, state, lambda _: None, on_task_then_save)
+        with keeping_only_checkpointed(run):
+            progress = run_experiment(seq, cfg, state, lambda _: None, on_task_then_save)
     except Stopped as stop:  # the line main.py prints: what the checkpoint holds (the resume command is added there)
         latest = run.latest_checkpoint()
         stop.saved = (f"{latest} holds {len(state['records'])} finished task(s) of "

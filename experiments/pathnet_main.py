@@ -22,7 +22,7 @@ from engine import require_kind, stamp
 from experiments.pathnet import EvolutionConfig
 from experiments.pathnet_transfer import NetConfig, binary_tasks, parse_pairs, run_pair
 from models.pathnet import Path as NetPath
-from runlog import RunDir, starting
+from runlog import RunDir, keeping_only_checkpointed, starting
 from stopping import Stopped
 from utils import UserError, save_json
 
@@ -111,7 +111,8 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
     if done:
         log.info("resuming %s: %d of %d (pair, seed) runs done", run.path, len(done), len(done) + len(todo))
     try:
-        run_all(run, todo, tasks, variants, net_cfg, cfg, config, runs)
+        with keeping_only_checkpointed(run):
+            run_all(run, todo, tasks, variants, net_cfg, cfg, config, runs)
     except Stopped as stop:  # main.py adds the resume command to this account of what was kept
         latest = run.latest_checkpoint()
         stop.saved = (f"{latest} holds {len(runs)} finished (pair, seed) run(s) of {len(done) + len(todo)}" if latest

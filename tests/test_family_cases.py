@@ -267,6 +267,12 @@ def input_cases() -> list[Case]:
         case("continual-given-pathnet-options", "main", 7, [*CT, "--comment=w", "--noise=0.1"], "does not read --noise"),
         case("retrain-given-continual-options", "main", 7, [*RT, "--comment=w", "--strategies=none"],
              "does not read --strategies"),
+        case("continual-num-tasks-huge", "main", 4, [*CT, "--comment=w", "--benchmark=permuted_mnist",
+             "--num_tasks=100000"], "at most 50"),
+        case("continual-num-tasks-without-permuted", "main", 7, [*CT, "--comment=w", "--num_tasks=3"],
+             "only with --benchmark=permuted_mnist"),
+        case("pathnet-active-above-modules", "main", 7, [*PT, "--comment=w", "--pathnet_active=50"],
+             "is above --pathnet_modules"),
         case("continual-data-parallel", "main", 7, [*CT, "--comment=w", "--num_gpu=2"], "runs in one process"),
         case("pathnet-data-parallel", "main", 7, [*PT, "--comment=w", "--num_gpu=2"], "runs in one process"),
     ]

@@ -195,3 +195,15 @@ def test_generate_gif_still_writes_an_animation(tmp_path: Path) -> None:
     result = call("gif", ["--model_name=run", f"--log_dir={tmp_path / 'logs'}", f"--output={tmp_path / 'a.gif'}"])
     assert result.code == 0, result.err
     assert iio.imread(tmp_path / "a.gif", index=None).shape[0] == 2
+
+
+def test_an_allocation_that_does_not_fit_is_one_line() -> None:
+    """torch's CPU and CUDA allocation failures (a batch or width far too large), and Python's MemoryError."""
+    from safe_io import as_user_error
+
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 313600000000 bytes.")
+    for err in (cpu, RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"), MemoryError()):
+        line = str(as_user_error(err))
+        assert line.startswith("out of memory") and "\n" not in line and "smaller batch size" in line
+    assert as_user_error(RuntimeError("a genuine bug")) is None
