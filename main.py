@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 import config
+import options_domains
 from builders import build_trainer, load_arch, merge_config, run_name
 from distributed import comm, context, launch
 from engine import improves, require_kind
@@ -304,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mode not in MODES:
             raise UserError(f"--mode={args.mode} is not available yet")
         explicit = config.explicit_options(argv)
-        if problem := config.unread_options(args.mode, explicit):
+        if problem := options_domains.unread_options(args.mode, explicit):
             raise UserError(problem)
         if launch.wanted(args.num_gpu):
             return start_workers(args, argv)

@@ -209,3 +209,33 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse
         for line in useless_value_warnings(args):
             sys.stderr.write(f"warning: {line}\n")
     return args
+
+
+# The experiments' own options, by the mode that reads them (their help groups): given to another mode they
+# would do nothing, so the command line is refused in one line (issue 31: no meaningless combination accepted).
+EXPERIMENT_GROUPS = {"continual": "continual", "pathnet": "pathnet"}
+SHARED_EXPERIMENT_OPTIONS = {"seeds": frozenset({"continual", "pathnet"})}  # in the continual group, read by both
+
+
+def options_read_only_by() -> dict[str, frozenset[str]]:
+    """Each experiment option's name and the modes that read it."""
+    # config calls this module's check at parse time, so it is imported here, when used
+    from config import build_parser
+
+    titles = {title: mode for mode, title in EXPERIMENT_GROUPS.items()}
+    found: dict[str, frozenset[str]] = {}
+    for group in build_parser()._action_groups:
+        mode = titles.get(group.title or "")
+        for action in group._group_actions if mode else ():
+            found[action.dest] = SHARED_EXPERIMENT_OPTIONS.get(action.dest, frozenset({mode}))
+    return found
+
+
+def unread_options(mode: str, explicit: set[str]) -> str | None:
+    """One line naming the options given that ``mode`` does not read, or None."""
+    unread = sorted(name for name, modes in options_read_only_by().items() if name in explicit and mode not in modes)
+    if not unread:
+        return None
+    readers = sorted({m for name in unread for m in options_read_only_by()[name]})
+    return (f"--mode={mode} does not read {', '.join('--' + n for n in unread[:4])}"
+            f"{' ...' if len(unread) > 4 else ''} (options of --mode={'/'.join(readers)}): drop them or change --mode")
