@@ -24,7 +24,7 @@ from analysis import plots
 from analysis.tables import cell, markdown
 from config import StrictParser
 from parsing import program_name
-from runlog import RunDir
+from safe_io import one_line_errors
 from utils import UserError, load_json
 
 PANELS = (
@@ -51,10 +51,11 @@ class Run:
     @property
     def valid_key(self) -> str | None:
         """``valid_ppl`` or ``valid_acc``, whichever this run records."""
-        return next((k for k in ("valid_ppl", "valid_acc") if any(k in r for r in self.metrics)), None)
+        return next((k for k in ("valid_ppl", "valid_acc") if self.series(k)[0]), None)  # numbers only
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
-        points = [(r["epoch"], r[key]) for r in self.metrics if isinstance(r.get(key), (int, float))]
+        points = [(r["epoch"], r[key]) for r in self.metrics
+                  if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
         return [e for e, _ in points], [v for _, v in points]
 
 
@@ -63,13 +64,42 @@ def load_run(path: Path) -> Run:
         raise UserError(f"run directory {path} does not exist")
     if not (path / "metrics.jsonl").is_file():
         raise UserError(f"{path} holds no metrics.jsonl: not a run directory, or no epoch has finished yet")
-    try:
-        metrics = RunDir(path, use_tensorboard=False).read_metrics()
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path / 'metrics.jsonl'} line {err.lineno} is not valid JSON") from err
+    for kind in ("continual", "pathnet"):
+        if (path / f"{kind}_results.json").is_file() or (path.name.startswith("pathnet_") and kind == "pathnet"):
+            raise UserError(f"{path} is a {kind} run: this script compares search and retrain runs (epochs); "
+                            f"its results are in {kind}_results.json")
+    metrics = read_metrics(path / "metrics.jsonl")
     params = load_json(path / "params.json") if (path / "params.json").is_file() else {}
     test = load_json(path / "test_results.json") if (path / "test_results.json").is_file() else {}
+    for name, value in (("params.json", params), ("test_results.json", test)):
+        if not isinstance(value, dict):
+            raise UserError(f"{path / name} holds a JSON {type(value).__name__}, not an object")
     return Run(path, params, metrics, test)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch records, each read by the safe JSON reader; a torn last line is dropped (as the runs do).
+
+    Every record must be an object with an integer ``epoch``; figures that are not numbers are left out of
+    the plots and the table (``Run.series`` keeps numbers only), never drawn as text."""
+    from safe_io import parse_json, read_bytes
+
+    lines = [line for line in read_bytes(path).decode("utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = parse_json(line, f"{path} line {number}")
+        except UserError:
+            if number == len(lines):
+                continue  # a write cut short
+            raise
+        if not isinstance(record, dict) or isinstance(record.get("epoch"), bool) or not isinstance(record.get("epoch"), int):
+            raise UserError(f"{path} line {number} is not a record of one epoch (a JSON object with an integer "
+                            f"\"epoch\"): not a search or retrain run's metrics")
+        records.append(record)
+    if not records:
+        raise UserError(f"{path} holds no complete record yet")
+    return records
 
 
 def _show(value: Any) -> str:
@@ -136,7 +166,8 @@ def table(runs: Sequence[Run], labels: Sequence[str]) -> str:
         if run.valid_key:
             values = run.series(run.valid_key)[1]
             best = f"{run.valid_key} {(min if run.valid_key == 'valid_ppl' else max)(values):.4g}"
-        test_key = next((k for k in ("test_ppl", "test_acc") if k in run.test), None)
+        test_key = next((k for k in ("test_ppl", "test_acc") if isinstance(run.test.get(k), (int, float))
+                         and not isinstance(run.test.get(k), bool)), None)
         if test_key:
             test = f"{test_key} {run.test[test_key]:.4g}"
         epochs = max((r["epoch"] for r in run.metrics), default=-1) + 1
@@ -157,9 +188,12 @@ def build_parser() -> StrictParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        runs = [load_run(path) for path in args.runs]
-        labels = run_labels(runs)
-        draw(runs, labels, args.output, args.title)
+        with one_line_errors():  # an unwritable --output, a name too long, a bad file: one line
+            if args.output.suffix.lower() != ".png":
+                raise UserError(f"--output={args.output}: expected a .png file")
+            runs = [load_run(path) for path in args.runs]
+            labels = run_labels(runs)
+            draw(runs, labels, args.output, args.title)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,15 +8,17 @@ sampled); each is padded to a common size on white and stamped with its epoch.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from parsing import StrictParser, choice
-from utils import UserError
+from safe_io import one_line_errors
+from utils import UserError, atomic_write_bytes
 
 FRAME_NAME = re.compile(r"(\d+)-(\w+)\.png$")
 
@@ -34,10 +36,21 @@ def collect_frames(networks: Path, kind: str, max_frame: int) -> list[tuple[int,
     return frames
 
 
+def open_drawing(path: Path) -> Any:
+    """One drawing as RGB; a corrupt, truncated or decompression-bomb file is one line naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"cannot read the drawing {path} ({type(err).__name__}: {str(err)[:120]})") from err
+
+
 def render_frames(frames: list[tuple[int, Path]], title: str) -> list[np.ndarray]:
     from PIL import Image, ImageDraw
 
-    images = [Image.open(p).convert("RGB") for _, p in frames]
+    images = [open_drawing(p) for _, p in frames]
     banner = 24
     width = max(im.width for im in images)
     height = max(im.height for im in images) + banner
@@ -60,19 +73,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kind", type=choice("derived", "sampled", "all"), default="derived", help="which drawings")
     p.add_argument("--duration", type=float, default=0.5, help="seconds per frame")
     args = p.parse_args(argv)
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        p.error(f"--duration={args.duration}: expected a finite number of seconds > 0")
+    if Path(args.output).suffix.lower() != ".gif":
+        p.error(f"--output={args.output}: expected a .gif file")
     try:
-        networks = Path(args.log_dir) / args.model_name / "networks"
-        frames = collect_frames(networks, args.kind, args.max_frame)
-        if not frames:
-            raise UserError(f"no {args.kind} drawings (*.png) in {networks}: is graphviz's dot (or graphviz-pure) installed?")
-        import imageio.v3 as iio
-
-        iio.imwrite(args.output, render_frames(frames, args.title), duration=int(args.duration * 1000), loop=0)
+        with one_line_errors():
+            write_gif(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output} ({len(frames)} frames)")
     return 0
+
+
+def write_gif(args: Any) -> None:
+    """Collect, render and write the frames; prints what was written."""
+    networks = Path(args.log_dir) / args.model_name / "networks"
+    frames = collect_frames(networks, args.kind, args.max_frame)
+    if not frames:
+        raise UserError(f"no {args.kind} drawings (*.png) in {networks}: is graphviz's dot (or graphviz-pure) installed?")
+    import imageio.v3 as iio
+
+    # Encoded in memory, then written atomically by this process: imageio opening the file itself left an
+    # "Exception ignored" traceback behind when the folder could not be written.
+    data = iio.imwrite("<bytes>", render_frames(frames, args.title), extension=".gif",
+                       duration=int(args.duration * 1000), loop=0)
+    atomic_write_bytes(Path(args.output), lambda f: f.write(data))
+    print(f"wrote {args.output} ({len(frames)} frames)")
 
 
 if __name__ == "__main__":

@@ -18,38 +18,58 @@ import shlex
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 import config
-from distributed import comm, context, launch
-from engine import improves
+import options_domains
 from builders import build_trainer, load_arch, merge_config, run_name
+from distributed import comm, context, launch
+from engine import improves, require_kind
 from models.space import pick
 from regularizers.wpl_search import WPLSearchConfig
-from runlog import RunDir, note_mid_epoch, resolve_checkpoint, starting, warn_on_thread_change
+from runlog import (
+    RunDir,
+    note_mid_epoch,
+    resolve_checkpoint,
+    starting,
+    warn_on_thread_change,
+)
+from safe_io import one_line_errors
 from stopping import Stopped, stop_on_signals
 from trainer import Trainer
-from utils import (UserError, choose_device, keep_freed_memory, load_json, log_to_files, save_json, seed_everything,
-                   setup_logging)
+from utils import (
+    UserError,
+    choose_device,
+    keep_freed_memory,
+    load_json,
+    log_to_files,
+    save_json,
+    seed_everything,
+    setup_logging,
+)
 
 log = logging.getLogger("wpl")
+MAX_WIDTH = 1 << 16  # a hidden width past this is a typo that would ask for gigabytes
+MAX_PERMUTED_TASKS = 50
 
 
 # -------------------------------------------------------------------------------------- modes
 def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     run = RunDir(Path(args.log_dir) / run_name(args), args.use_tensorboard)
     with starting(run):  # a failure before trainer.train() leaves no run directory behind
-        if not args.resume and (run.latest_checkpoint() is not None or run.metrics_path.exists()):
-            raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
+        run.refuse_unless_resuming(args.resume, kind="search")
         setup_logging(args.log_level, run.path / "train.log")
         run.remove_stale_temps()
         found = run.load_latest(device) if args.resume else None
         state, path, run_id = None, None, uuid.uuid4().hex
         if found is not None:
             path, state = found
+            require_kind(state, path, "search", "resume it with --mode=retrain")  # before anything is rewritten
             run_id = check_resumable(state, path, run, args, explicit)
             if not args.resume_with_new_params:
                 args = merge_config(state["config"], args, explicit, config.RUNTIME_KEYS)
@@ -114,6 +134,7 @@ def load_into(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
 def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.device) -> tuple[argparse.Namespace, Trainer, RunDir, dict[str, Any]]:
     """Rebuild a search run from ``--load_path`` (model shape from the checkpoint, the rest from the CLI)."""
     path, state = resolve_checkpoint(args.load_path, device)
+    require_kind(state, path, "search", f"--mode={args.mode} reads a search run")  # before its config is merged
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     keys = set(vars(args)) - config.SHAPE_KEYS
     args = merge_config(state["config"], args, explicit, keys)
@@ -216,16 +237,30 @@ def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.d
         hidden = [int(w) for w in args.cl_hidden.split(",")]
     except ValueError as err:
         raise UserError(f"--cl_hidden={args.cl_hidden}: expected comma-separated widths such as 400,400") from err
+    if not all(1 <= w <= MAX_WIDTH for w in hidden):
+        raise UserError(f"--cl_hidden={args.cl_hidden}: every width must be between 1 and {MAX_WIDTH}")
     unknown = sorted(set(args.strategies) - {"none", "joint", *strengths})
     if unknown:
         raise UserError(f"--strategies: unknown {', '.join(unknown)} (none, joint, {', '.join(strengths)})")
+    if len(set(args.strategies)) != len(args.strategies):
+        raise UserError(f"--strategies={','.join(args.strategies)}: a strategy is repeated")
+    if "num_tasks" in explicit and args.benchmark != "permuted_mnist":
+        raise UserError(f"--num_tasks is read only with --benchmark=permuted_mnist (--benchmark={args.benchmark} "
+                        f"has its own tasks)")
+    if args.num_tasks > MAX_PERMUTED_TASKS:  # each task holds its own permuted copy of MNIST, about 190 MB
+        raise UserError(f"--num_tasks={args.num_tasks}: at most {MAX_PERMUTED_TASKS} (each task holds a permuted copy "
+                        f"of MNIST, about 190 MB)")
+    if args.task_split and args.benchmark != "folder":
+        raise UserError(f"--task_split is read only with --benchmark=folder (got --benchmark={args.benchmark})")
     if args.seeds < 1 or args.cl_iters < 1 or args.num_tasks < 2:
         raise UserError("--seeds and --cl_iters must be >= 1 and --num_tasks >= 2")
     cfg = ContinualConfig(args.strategies, args.seeds, args.random_seed, args.cl_iters, args.cl_batch_size, args.cl_lr,
                           (0.9, 0.999), hidden, args.cl_eval_every, args.importance_samples, strengths, options)
     name = f"{args.benchmark}_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    run_continual(Path(args.log_dir) / name, args.benchmark, args.scenario, args.data_dir, cfg, num_tasks=args.num_tasks,
-                  task_split=args.task_split, resume=args.resume, use_tensorboard=args.use_tensorboard)
+    with resume_command(name[len(args.benchmark) + 1:]):
+        run_continual(Path(args.log_dir) / name, args.benchmark, args.scenario, args.data_dir, cfg,
+                      num_tasks=args.num_tasks, task_split=args.task_split, resume=args.resume,
+                      use_tensorboard=args.use_tensorboard)
 
 
 def mode_pathnet(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
@@ -240,8 +275,20 @@ def mode_pathnet(args: argparse.Namespace, explicit: set[str], device: torch.dev
                                 args.pathnet_mutation_bound)
     name = f"pathnet_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
     seeds = list(range(args.random_seed, args.random_seed + args.seeds))
-    run_pathnet(Path(args.log_dir) / name, args.data_dir, args.tasks, args.pathnet_variants, seeds, net, evolution,
-                args.resume, args.use_tensorboard)
+    with resume_command(name[len("pathnet_"):]):
+        run_pathnet(Path(args.log_dir) / name, args.data_dir, args.tasks, args.pathnet_variants, seeds, net, evolution,
+                    args.resume, args.use_tensorboard)
+
+
+@contextmanager
+def resume_command(comment: str) -> Iterator[None]:
+    """A stop signal in an experiment names its run's ``--comment``, so the stop line gives the resume command."""
+    try:
+        yield
+    except Stopped as stop:
+        stop.comment = comment
+        stop.saved = stop.saved or "nothing saved yet"
+        raise
 
 
 # What each --mode runs; config.MODES (the choices and their --help lines) names the same modes (tested).
@@ -258,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mode not in MODES:
             raise UserError(f"--mode={args.mode} is not available yet")
         explicit = config.explicit_options(argv)
+        if problem := options_domains.unread_options(args.mode, explicit):
+            raise UserError(problem)
         if launch.wanted(args.num_gpu):
             return start_workers(args, argv)
         world = context.from_env()
@@ -268,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(args.log_level)
         if device.type == "cpu" and keep_freed_memory():
             log.debug("glibc malloc: freed memory kept in the heap (no page faults per step)")
-        with stop_on_signals(args.save_on_signal):
+        with stop_on_signals(args.save_on_signal), one_line_errors():
             MODES[args.mode](args, explicit, device)
     except UserError as err:
         if args.log_level == "DEBUG":

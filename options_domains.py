@@ -117,9 +117,15 @@ def domain_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _path_component_problem(option: str, value: str) -> str | None:
+MAX_NAME_BYTES = 200  # a run folder's name is <dataset>_<comment>; most file systems allow 255 bytes
+
+
+def path_component_problem(option: str, value: str) -> str | None:
+    """Why ``value`` cannot be one folder name inside ``--log_dir`` (sweep.py uses it too), or None."""
     if value in (".", "..") or "/" in value or (os.sep != "/" and os.sep in value) or "\0" in value:
         return f"--{option}={value!r}: must be a single file name (no '/', not '.' or '..')"
+    if len(value.encode("utf-8", errors="replace")) > MAX_NAME_BYTES:
+        return f"--{option}: {len(value.encode('utf-8', errors='replace'))} bytes; a folder name takes at most {MAX_NAME_BYTES}"
     return None
 
 
@@ -134,12 +140,15 @@ def _file_ancestor(path: Path) -> Path | None:
 def relation_problem(args: argparse.Namespace) -> str | None:
     """Checks that involve several options or names outside argparse's knowledge."""
     for option in ("comment", "dataset"):
-        problem = _path_component_problem(option, getattr(args, option))
+        problem = path_component_problem(option, getattr(args, option))
         if problem:
             return problem
     if not args.dataset:
         return "--dataset='': must name a dataset"
-    blocker = _file_ancestor(Path(args.log_dir))
+    try:
+        blocker = _file_ancestor(Path(args.log_dir))
+    except OSError as err:  # a name too long, a loop of links: stat itself fails
+        return f"--log_dir={args.log_dir[:80]}{'...' if len(args.log_dir) > 80 else ''}: unusable ({err.strerror or err})"
     if blocker is not None:
         return f"--log_dir={args.log_dir}: {blocker} is a file, not a directory"
     if args.network_type == "rnn" and args.tie_weights and args.shared_embed != args.shared_hid:
@@ -150,6 +159,9 @@ def relation_problem(args: argparse.Namespace) -> str | None:
     if args.evolution_sample_size > args.evolution_population:
         return (f"--evolution_sample_size={args.evolution_sample_size} is above --evolution_population="
                 f"{args.evolution_population}: a tournament draws distinct members")
+    if args.pathnet_active > args.pathnet_modules:
+        return (f"--pathnet_active={args.pathnet_active} is above --pathnet_modules={args.pathnet_modules}: a path "
+                f"picks at most that many of a layer's modules")
     if args.shared_cnn_lr_min > args.shared_cnn_lr:
         return f"--shared_cnn_lr_min={args.shared_cnn_lr_min} is above --shared_cnn_lr={args.shared_cnn_lr}"
     return _name_problem(args)
@@ -197,3 +209,33 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse
         for line in useless_value_warnings(args):
             sys.stderr.write(f"warning: {line}\n")
     return args
+
+
+# The experiments' own options, by the mode that reads them (their help groups): given to another mode they
+# would do nothing, so the command line is refused in one line (issue 31: no meaningless combination accepted).
+EXPERIMENT_GROUPS = {"continual": "continual", "pathnet": "pathnet"}
+SHARED_EXPERIMENT_OPTIONS = {"seeds": frozenset({"continual", "pathnet"})}  # in the continual group, read by both
+
+
+def options_read_only_by() -> dict[str, frozenset[str]]:
+    """Each experiment option's name and the modes that read it."""
+    # config calls this module's check at parse time, so it is imported here, when used
+    from config import build_parser
+
+    titles = {title: mode for mode, title in EXPERIMENT_GROUPS.items()}
+    found: dict[str, frozenset[str]] = {}
+    for group in build_parser()._action_groups:
+        mode = titles.get(group.title or "")
+        for action in group._group_actions if mode else ():
+            found[action.dest] = SHARED_EXPERIMENT_OPTIONS.get(action.dest, frozenset({mode}))
+    return found
+
+
+def unread_options(mode: str, explicit: set[str]) -> str | None:
+    """One line naming the options given that ``mode`` does not read, or None."""
+    unread = sorted(name for name, modes in options_read_only_by().items() if name in explicit and mode not in modes)
+    if not unread:
+        return None
+    readers = sorted({m for name in unread for m in options_read_only_by()[name]})
+    return (f"--mode={mode} does not read {', '.join('--' + n for n in unread[:4])}"
+            f"{' ...' if len(unread) > 4 else ''} (options of --mode={'/'.join(readers)}): drop them or change --mode")

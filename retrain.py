@@ -79,6 +79,7 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
     with starting(run):  # a failure before retrainer.train() leaves no run directory behind
         checkpoint = run.latest_checkpoint()
         state = None
+        run.refuse_unless_resuming(args.resume, kind="retrain")  # another run's folder: refused before any read
         run.remove_stale_temps()
         if args.resume and checkpoint is not None:
             path, state = resolve_checkpoint(str(run.path), device)
@@ -92,8 +93,6 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
         else:
             if args.resume:
                 log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
-            elif checkpoint is not None or run.metrics_path.exists():
-                raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
             args, arch_dict, source = choose_arch(args, explicit)
         setup_logging(args.log_level, run.path / "train.log")
         seed_everything(args.random_seed, args.deterministic)

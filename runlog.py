@@ -140,6 +140,51 @@ class RunDir:
         self.created = []
         return True
 
+    # ---------------------------------------------------------------------- fresh or resumed
+    def held_results(self, results: tuple[str, ...] = ()) -> list[str]:
+        """The files of a run this folder already holds: a checkpoint, ``metrics.jsonl``, ``results``."""
+        held = [str(p.relative_to(self.path)) for p in [self.latest_checkpoint()] if p is not None]
+        return held + [name for name in ("metrics.jsonl", *results) if (self.path / name).is_file()]
+
+    def folder_kind(self) -> str | None:
+        """Which loop wrote this folder, read off its files (a checkpoint may be gone): ``retrain`` (arch.json),
+        ``continual``/``pathnet`` (their results or checkpoint), ``search`` (params.json with a run id)."""
+        if (self.path / "arch.json").is_file():
+            return "retrain"
+        for kind in ("continual", "pathnet"):
+            if (self.path / f"{kind}_results.json").is_file():
+                return kind
+        params = self.path / "params.json"
+        if params.is_file():
+            try:
+                from safe_io import read_json
+
+                saved = read_json(params)
+            except UserError:
+                return None
+            return "search" if isinstance(saved, dict) and "run_id" in saved else None
+        return None
+
+    def refuse_unless_resuming(self, resume: bool, results: tuple[str, ...] = (), kind: str = "") -> None:
+        """Every mode's rule for a run directory (the search's first): a folder holding a run is continued
+        with ``--resume=True`` or left alone; never silently started afresh over its results.
+
+        A folder of another ``kind`` of run (a search's, resumed as a retrain) is refused either way. With
+        ``--resume=True`` and no checkpoint, a folder whose ``results`` (a finished experiment's
+        file) exist is refused too: starting afresh would replace them (its checkpoints were deleted)."""
+        held = self.held_results(results)
+        found = self.folder_kind() if kind and held else None
+        if found is not None and found != kind:  # checked before anything is read or rewritten
+            raise UserError(f"{self.path} holds a {found} run, not a {kind} one: nothing is rewritten; resume it with "
+                            f"--mode={'train' if found == 'search' else found}, or pass another --comment")
+        if held and not resume:
+            raise UserError(f"{self.path} already holds a run ({', '.join(held[:3])}): pass --resume=True to "
+                            f"continue it, or another --comment")
+        finished = [name for name in results if (self.path / name).is_file()]
+        if resume and finished and self.latest_checkpoint() is None:
+            raise UserError(f"{self.path} holds the results of a finished run ({', '.join(finished)}) but no checkpoint "
+                            f"to resume from: nothing is rewritten; use another --comment")
+
     # -------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict[str, Any], epoch: int, numbered: bool, keep: int) -> Path:
         """Write ``epoch_XXXX.pt`` (when ``numbered``), then ``latest.pt``, each atomically.
@@ -265,6 +310,18 @@ def starting(run: RunDir) -> Iterator[RunDir]:
     except BaseException:
         if run.discard_if_new():
             log.debug("removed %s: the run never started", run.path)
+        raise
+
+
+@contextmanager
+def keeping_only_checkpointed(run: RunDir) -> Iterator[RunDir]:
+    """An experiment's loop (continual, PathNet): should it fail or stop before its first checkpoint, the run
+    directory is removed if this process made it, as ``starting`` does for a set-up that fails."""
+    try:
+        yield run
+    except BaseException:
+        if run.latest_checkpoint() is None and run.discard_if_new():
+            log.debug("removed %s: nothing was checkpointed", run.path)
         raise
 
 

@@ -26,6 +26,7 @@ from config import StrictParser
 from experiments.sweep import SweepConfig, grid_settings
 from experiments.sweep_eval import PROGRAMS, Program, known_direction
 from experiments.sweep_main import run_sweep
+from safe_io import as_user_error
 from utils import UserError, setup_logging
 
 log = logging.getLogger("wpl")
@@ -97,6 +98,15 @@ def direction(measure: str, given: bool | None, recipe: bool | None) -> bool:
     return chosen
 
 
+def check_comment(comment: str) -> None:
+    """``--comment`` names one folder inside ``--log_dir`` (no separator, no ``..``, nothing absolute, not too
+    long), with the rule main.py's ``--comment`` follows: a sweep never writes outside ``--log_dir``."""
+    from options_domains import path_component_problem
+
+    if comment and (problem := path_component_problem("comment", comment)):
+        raise UserError(problem)
+
+
 def split_settings(text: str | None) -> dict[str, str] | None:
     return None if not text else {k.lstrip("-"): v for k, _, v in (p.partition("=") for p in text.split())}
 
@@ -107,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(own)
     setup_logging(args.log_level)
     try:
+        check_comment(args.comment)  # first: nothing is written under a name that escapes --log_dir
         recipe = RECIPES.get(args.recipe or "", {})
         measure = args.measure or recipe.get("measure")
         if not measure:
@@ -132,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   extras=tuple(args.report if args.report is not None else recipe.get("report", [])))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, RecursionError) as err:  # an unwritable --log_dir, a name too long: one line
+        print(f"error: {as_user_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("stopped: rerun the same command to continue the sweep", file=sys.stderr)

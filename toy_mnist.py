@@ -13,6 +13,8 @@ downloaded only into the default ``--data_dir`` (``datasets``).
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from pathlib import Path
 from dataclasses import replace
 from typing import Any, Sequence
@@ -22,6 +24,7 @@ import torch
 from data import DEFAULT_DATA_DIR
 from experiments.two_model import MAX_SHARED, PROTOCOLS, STRATEGIES, ToyConfig
 from experiments.two_model_report import run
+from safe_io import one_line_errors
 from utils import UserError
 
 
@@ -70,7 +73,52 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("hidden", "iterations", "a_iterations", "batch_size", "eval_every", "fisher_samples", "seeds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr={args.lr}: expected a finite number > 0")
+    bad = [a for a in args.alpha if not (math.isfinite(a) and a >= 0)]
+    if bad:
+        parser.error(f"--alpha {bad[0]}: every strength must be a finite number >= 0")
+    if args.hidden > MAX_HIDDEN or args.seeds > MAX_SEEDS:
+        parser.error(f"--hidden (at most {MAX_HIDDEN}) or --seeds (at most {MAX_SEEDS}) is out of range")
+    if problem := device_problem(args.device):
+        parser.error(f"--device={args.device}: {problem}")
+    if problem := output_problem(args.output_dir):
+        parser.error(f"--output_dir={args.output_dir}: {problem}")
     return args
+
+
+MAX_HIDDEN = 1 << 16  # a width past this is a typo that would ask for gigabytes
+MAX_SEEDS = 10_000
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is not a usable device (a typo, or CUDA on a machine without it), or None."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        return f"not a device name ({str(err).splitlines()[0][:100]})"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available on this machine (use --device=cpu)"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} GPU(s)"
+    if device.type not in ("cpu", "cuda"):
+        return "use cpu or cuda[:N]"
+    return None
+
+
+def output_problem(folder: Path) -> str | None:
+    """Why the results cannot go to ``folder`` (a file in the way, an unwritable parent), or None."""
+    probe = folder
+    try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+    except OSError as err:  # a name too long, a loop of links
+        return f"unusable ({err.strerror or err})"
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -81,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     fisher_samples=args.fisher_samples, seeds=args.seeds, device=args.device,
                     strategy=args.strategy, protocol=args.protocol)
     try:
-        return run(cfg, args.data_dir, args.output_dir)
+        with one_line_errors():  # an unwritable folder, a name too long, a full disk: one line, exit 1
+            return run(cfg, args.data_dir, args.output_dir)
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
 

@@ -123,12 +123,11 @@ def save_json(path: Path, obj: Any) -> None:
 
 
 def load_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as err:
-        raise UserError(f"{path} does not exist") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from err
+    """A JSON file, read by ``safe_io.read_json`` (size and depth limits, a directory refused): every JSON a
+    user can point this project at goes through it."""
+    from safe_io import read_json  # safe_io builds on this module
+
+    return read_json(Path(path))
 
 
 # --------------------------------------------------------------------------------------- logging

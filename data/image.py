@@ -97,7 +97,7 @@ class FolderImages:
                 if image.size != (width, height):
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
                 array = np.array(image)
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for corrupt or truncated files
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # corrupt, truncated, a bomb
             raise UserError(f"cannot decode image {self.paths[index]}: {_first_line(err)}") from err
         return torch.from_numpy(array).view(height, width, -1).permute(2, 0, 1)
 
@@ -178,6 +178,11 @@ def _mnist(root: Path) -> tuple[tuple[TensorImages, TensorImages], list[str]]:
 def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[str], Tensor]:
     """Class names, image paths and labels of ``folder/<class>/*``; ``classes`` fixes the label order."""
     found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    root = folder.resolve().parent  # the dataset's folder: train/, valid/ and test/ may link within it
+    outside = [name for name in found if not (folder / name).resolve().is_relative_to(root)]
+    if outside:  # a linked class folder would train on files from anywhere on the machine
+        raise UserError(f"{folder}: class folder {outside[0]} is a link to {(folder / outside[0]).resolve()}, outside "
+                        f"the dataset {root}; copy the images in instead")
     empty = [name for name in found if not _images_in(folder / name)]
     if empty:
         log.warning("%s: ignoring %d class folder(s) without images: %s", folder, len(empty), ", ".join(empty[:5]))
@@ -238,8 +243,8 @@ def _image_format(paths: Sequence[str], seed: int) -> tuple[int, tuple[int, int]
             with Image.open(paths[k]) as image:
                 modes.add(image.mode)
                 sizes[(image.height, image.width)] += 1
-        except OSError as err:
-            raise UserError(f"cannot read {paths[k]}: {err}") from err
+        except (OSError, Image.DecompressionBombError) as err:  # a bomb is refused from its header, before decoding
+            raise UserError(f"cannot read {paths[k]}: {_first_line(err)}") from err
     channels = 1 if modes <= GREY_MODES else 3
     return channels, sizes.most_common(1)[0][0]
 

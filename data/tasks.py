@@ -15,7 +15,6 @@ gzipped or not); CIFAR-10 and image folders come through :func:`data.image.load_
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -122,10 +121,14 @@ def load_images_as_tasks(data_dir: str | Path, name: str, groups: Sequence[Seque
 
 def read_task_split(path: str | Path) -> tuple[str, list[list[str]]]:
     """``{"folder": NAME, "tasks": [[class, ...], ...]}``: the image folder and its classes per task."""
+    from safe_io import read_json
+
+    spec = read_json(Path(path), "--task_split")  # a directory, a huge or a too-deep file: one line
     try:
-        spec = json.loads(Path(path).read_text())
         folder, groups = spec["folder"], [[str(c) for c in g] for g in spec["tasks"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        if not isinstance(folder, str) or not isinstance(spec["tasks"], list):
+            raise TypeError("folder must be a name and tasks a list")
+    except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"--task_split={path}: expected {{\"folder\": NAME, \"tasks\": [[class, ...], ...]}} ({err})") from err
     if len(groups) < 2 or any(not g for g in groups):
         raise UserError(f"--task_split={path}: needs at least two non-empty tasks")

@@ -88,7 +88,8 @@ def evaluate(model: nn.Module, task: Task, chunk: int = 2048) -> tuple[float, fl
 
 
 def batch_generator(seed: int, task: int, source: int) -> torch.Generator:
-    return torch.Generator().manual_seed(1_000_003 * seed + 1009 * task + source)
+    # mod 2**64 (what torch takes): unchanged for every ordinary seed, no overflow for one near 2**63
+    return torch.Generator().manual_seed((1_000_003 * seed + 1009 * task + source) % 2**64)
 
 
 def importance_data(task: Task, samples: int, seed: int, batch: int = 256) -> list[tuple[Tensor, Tensor]]:

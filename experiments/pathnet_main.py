@@ -18,14 +18,16 @@ import torch
 from tqdm import tqdm
 
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
-from engine import stamp
+from engine import require_kind, stamp
 from experiments.pathnet import EvolutionConfig
 from experiments.pathnet_transfer import NetConfig, binary_tasks, parse_pairs, run_pair
 from models.pathnet import Path as NetPath
-from runlog import RunDir
+from runlog import RunDir, keeping_only_checkpointed, starting
+from stopping import Stopped
 from utils import UserError, save_json
 
 log = logging.getLogger("wpl")
+RESULTS = ("pathnet_results.json",)
 
 
 def summarise(runs: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[str, Any]:
@@ -97,18 +99,57 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
     run = RunDir(run_path, use_tensorboard)
     config = {"tasks": tasks_text, "variants": list(variants), "seeds": list(seeds), "net": asdict(net_cfg),
               "evolution": asdict(cfg)}
-    found = run.load_latest(torch.device("cpu")) if run.latest_checkpoint() else None
-    if found is not None and not resume:
-        raise UserError(f"{run.path} already holds a run: pass --resume=True to continue it, or another --comment")
-    if found is not None and found[1]["config"] != config:
-        raise UserError(f"{found[0]} was written with another configuration: use another --comment")
-    runs: list[dict[str, Any]] = list(found[1]["runs"]) if found else []
-    if run.metrics_path.exists():
-        run.truncate_metrics(len(runs), len(runs))
+    with starting(run):  # a refused or failed start leaves no new folder behind, and rewrites nothing
+        run.refuse_unless_resuming(resume, RESULTS, kind="pathnet")
+        found = run.load_latest(torch.device("cpu")) if resume else None
+        runs = finished_runs(found, config) if found is not None else []
+        run.remove_stale_temps()
+        if run.metrics_path.exists():
+            run.truncate_metrics(len(runs), len(runs))
     done = {(r["pair"], r["seed"]) for r in runs}
     todo = [(p, s) for p in pairs for s in seeds if (f"{p[0]}->{p[1]}", s) not in done]
     if done:
         log.info("resuming %s: %d of %d (pair, seed) runs done", run.path, len(done), len(done) + len(todo))
+    try:
+        with keeping_only_checkpointed(run):
+            run_all(run, todo, tasks, variants, net_cfg, cfg, config, runs)
+    except Stopped as stop:  # main.py adds the resume command to this account of what was kept
+        latest = run.latest_checkpoint()
+        stop.saved = (f"{latest} holds {len(runs)} finished (pair, seed) run(s) of {len(done) + len(todo)}" if latest
+                      else "nothing saved yet (no (pair, seed) run finished)")
+        run.close()
+        raise
+    summary = summarise(runs, variants)
+    results = {"config": config, "runs": runs, "summary": summary}
+    save_json(run.path / "pathnet_results.json", results)
+    try:
+        draw_all(run, runs, variants, seeds, net_cfg)
+    except OSError as err:  # a full disk while Pillow or matplotlib writes: the results are already safe
+        raise UserError(f"cannot write the drawings in {run.path} ({err.strerror or err}); the results are kept in "
+                        f"{run.path / 'pathnet_results.json'}") from err
+    finally:
+        run.close()
+    text = markdown(summary, variants)
+    print(text)
+    print(f"\nwritten: {run.path / 'pathnet_results.json'}, {run.path / 'pathnet.png'}")
+    return results
+
+
+def finished_runs(found: tuple[Path, dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finished (pair, seed) runs of a PathNet checkpoint of this configuration, else one line."""
+    path, state = found
+    require_kind(state, path, "pathnet", "use another --comment")
+    runs = state.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "pair" in r and "seed" in r for r in runs):
+        raise UserError(f"checkpoint {path} is incomplete (lacks or mangles runs)")
+    if state["config"] != config:
+        raise UserError(f"{path} was written with another configuration: use another --comment")
+    return list(runs)
+
+
+def run_all(run: RunDir, todo: list[tuple[tuple[str, str], int]], tasks: Any, variants: Sequence[str], net_cfg: NetConfig,
+            cfg: EvolutionConfig, config: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """Every (pair, seed) still to do; ``runs`` grows, and a checkpoint follows each one."""
     for pair, seed in tqdm(todo, desc="pathnet pairs x seeds", disable=None):
         def scalar(name: str, generation: int, fitness: float, tag: str = f"{pair[0]}-{pair[1]}/seed{seed}") -> None:
             run.scalars({f"{tag}/{name}_fitness": fitness}, generation)
@@ -123,9 +164,11 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
                             len(runs) - 1, numbered=False, keep=0)
         log.info("pathnet %s seed %d: A %d generations; B %s", result["pair"], seed, result["A"]["generations"],
                  ", ".join(f"{v} {result['variants'][v]['generations']}" for v in variants))
-    summary = summarise(runs, variants)
-    results = {"config": config, "runs": runs, "summary": summary}
-    save_json(run.path / "pathnet_results.json", results)
+
+
+def draw_all(run: RunDir, runs: list[dict[str, Any]], variants: Sequence[str], seeds: Sequence[int],
+             net_cfg: NetConfig) -> None:
+    """The fitness figure and the first seed's paths."""
     plot(runs, variants, run.path / "pathnet.png")
     for r in runs:
         if r["seed"] != seeds[0]:
@@ -135,9 +178,4 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
             b = NetPath.from_dict(r["variants"][v]["best_path"], net_cfg.layers, net_cfg.modules)
             b.draw(net_cfg.modules, run.path / "paths" / f"{r['pair'].replace('->', '_to_')}_{v}.png", frozen=a,
                    title=f"{r['pair']} {v}: B's path (filled), A's (outlined)")
-    run.close()
-    text = markdown(summary, variants)
-    print(text)
-    print(f"\nwritten: {run.path / 'pathnet_results.json'}, {run.path / 'pathnet.png'}")
-    return results
 

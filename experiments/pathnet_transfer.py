@@ -75,7 +75,9 @@ def binary_tasks(data_dir: str, names: Sequence[str]) -> dict[str, BinaryTask]:
 
 
 def seeded(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int("".join(f"{p:06d}" for p in parts)))
+    """A generator seeded by the digits of ``parts``; reduced mod 2**64 (what torch takes), which leaves every
+    seed of a 6-digit-per-part layout unchanged and keeps a seed near 2**63 from overflowing."""
+    return torch.Generator().manual_seed(int("".join(f"{p:06d}" for p in parts)) % 2**64)
 
 
 def fisher_on_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: EvolutionConfig, batches: int,

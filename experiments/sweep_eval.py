@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from safe_io import parse_json, read_bytes, read_json
 from utils import UserError
 
 RESULT_FILES = ("continual_results.json", "toy_results.json", "forgetting_results.json", "test_results.json",
@@ -129,11 +130,12 @@ def read_results(folder: Path) -> dict[str, Any]:
         hits = sorted(folder.rglob(name))
         if not hits:
             continue
-        if name.endswith(".jsonl"):
-            records = [json.loads(line) for line in hits[0].read_text().splitlines() if line.strip()]
+        if name.endswith(".jsonl"):  # the safe reader: an evaluated program's output is input like any other
+            lines = read_bytes(hits[0]).decode("utf-8", errors="replace").splitlines()
+            records = [parse_json(line, f"{hits[0]} line {k}") for k, line in enumerate(lines, 1) if line.strip()]
             out[name] = {"last": records[-1] if records else {}, "epochs": records}
         else:
-            out[name] = json.loads(hits[0].read_text())
+            out[name] = read_json(hits[0])
     return out
 
 

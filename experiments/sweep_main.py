@@ -11,7 +11,13 @@ from typing import Any
 
 from experiments.sweep import Runner, SweepConfig, run_grid, run_narrowing, run_tpe
 from experiments.sweep_eval import Program, evaluate
-from experiments.sweep_report import markdown, narrowing_summary, plot, summarise
+from experiments.sweep_report import (
+    markdown,
+    name_of,
+    narrowing_summary,
+    plot,
+    summarise,
+)
 from experiments.sweep_study import Study, default_storage
 from utils import UserError, save_json
 
@@ -29,6 +35,23 @@ def strict(obj: Any) -> Any:
     return obj
 
 
+def check_reference(reference: dict[str, str] | None, settings: Any) -> None:
+    """A ``--reference`` that is not among a grid's settings, refused before the first evaluation."""
+    if reference is None:
+        return
+    names = [name_of(s) for s in settings]
+    if name_of(reference) not in names:
+        raise UserError(f"--reference={name_of(reference)!r} is not among the swept settings ({', '.join(names[:4])}"
+                        f"{', ...' if len(names) > 4 else ''})")
+
+
+def require_some(results: dict[str, Any], sweep_dir: Path) -> None:
+    """A sweep whose every evaluation failed has nothing to report: one line and a non-zero exit, not 0."""
+    if not results:
+        raise UserError(f"every evaluation of the sweep failed: nothing to summarise (each run's output.log under "
+                        f"{sweep_dir} says why; rerunning the command retries them)")
+
+
 def run_sweep(sweep_dir: Path, program: Program, cfg: SweepConfig, measure: str, storage: str, study_name: str,
               reference: dict[str, str] | None, base_seed: int, evaluate_fn: Any = None,
               extras: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -42,13 +65,16 @@ def run_sweep(sweep_dir: Path, program: Program, cfg: SweepConfig, measure: str,
     trials: list[dict[str, Any]] = []
     summary = None
     if cfg.strategy == "grid":
+        check_reference(reference, cfg.settings)  # before any evaluation runs, not after all of them
         found = run_grid(runner, cfg)
+        require_some(found["results"], sweep_dir)
         summary = summarise(found["settings"], cfg.seeds, found["results"], reference, cfg.minimize, study.extras(), extras)
     elif cfg.strategy == "narrowing":
         found = run_narrowing(runner, cfg, base_seed)
         trials = found["trials"]
     elif cfg.strategy == "tpe":
         found = run_tpe(runner, cfg, study_name, study.storage, base_seed)
+        require_some(found["results"], sweep_dir)
         if found["settings"]:
             summary = summarise(found["settings"], cfg.seeds, found["results"], reference, cfg.minimize, study.extras(), extras)
     else:

@@ -19,6 +19,7 @@ from models.space import SearchSpace
 from utils import UserError, load_json
 
 log = logging.getLogger("wpl")
+MAX_ARCH_NODES = 256  # the node count of an architecture file (a retrain builds a cell of that size)
 
 
 def random_arch(space: SearchSpace, seed: int) -> Any:
@@ -38,9 +39,16 @@ def read_arch_dict(path: Path) -> dict[str, Any]:
 def arch_shape(d: dict[str, Any], origin: str) -> dict[str, Any]:
     """The network type and node count an architecture dict implies (so they need not be repeated as options)."""
     if d.get("type") == "rnn" and isinstance(d.get("activations"), list):
-        return {"network_type": "rnn", "num_blocks": len(d["activations"])}
-    if d.get("type") == "micro_cnn" and isinstance(d.get("normal"), list):
-        return {"network_type": "micro_cnn", "num_blocks": len(d["normal"])}
+        shape = {"network_type": "rnn", "num_blocks": len(d["activations"])}
+    elif d.get("type") == "micro_cnn" and isinstance(d.get("normal"), list):
+        shape = {"network_type": "micro_cnn", "num_blocks": len(d["normal"])}
+    else:
+        shape = {}
+    if shape and not 1 <= shape["num_blocks"] <= MAX_ARCH_NODES:  # 20,000 nodes ran for minutes before failing
+        raise UserError(f"{origin}: an architecture of {shape['num_blocks']} nodes; this project builds 1 to "
+                        f"{MAX_ARCH_NODES} (the paper's cells have 12 or fewer)")
+    if shape:
+        return shape
     raise UserError(f"{origin}: not an architecture of this project (type={d.get('type')!r})")
 
 
