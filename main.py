@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.debug("glibc malloc: freed memory kept in the heap (no page faults per step)")
         with stop_on_signals(args.save_on_signal), one_line_errors():
             MODES[args.mode](args, explicit, device)
+        context.finish()
     except UserError as err:
         if args.log_level == "DEBUG":
             raise

@@ -71,6 +71,18 @@ def start(w: World, backend: str, timeout_s: float, device: torch.device) -> Non
     _world = World(w.rank, w.size, w.local_rank, str(device) if backend == "nccl" else "cpu")
 
 
+def finish() -> None:
+    """A worker's clean end: wait for every rank, then leave the group.
+
+    Without the barrier the first rank to leave (rank 0 hosts the store) can take the store away while
+    a slower rank is still leaving; that rank then aborts after its work is done ("terminate called
+    without an active exception", SIGABRT), and the launcher reports a finished job as failed: 4 of 20
+    finished two-rank jobs on the CPU did so (``python -m benchmarks.stress_dist_exit``)."""
+    if _world.active and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    stop()
+
+
 def stop() -> None:
     """Leave the process group, if any (every exit path of a worker calls it)."""
     global _world
