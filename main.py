@@ -87,7 +87,7 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
         if run.metrics_path.exists():
             run.truncate_metrics(trainer.epoch, state.get("metrics_lines") if state is not None else 0)
         if run.writes:
-            save_json(run.path / "params.json", {**vars(args), "run_id": run_id})
+            save_json(run.path / "params.json", {**vars(args), "run_id": run_id, "world_size": context.world().size})
         log.info("run directory %s on %s", run.path, device)
     try:
         trainer.train()
@@ -106,10 +106,21 @@ def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.devic
     log.info("done: %d epochs in %s", trainer.epoch, run.path)
 
 
+def note_world_size(trained_on: Any, path: Path) -> None:
+    """One line when a run continues on another number of ranks than it ran on (params.json's
+    ``world_size``): allowed, the same run with its sums in another order (docs/distributed.md)."""
+    now = context.world().size
+    if isinstance(trained_on, int) and trained_on != now:
+        log.warning("%s was written by a job of %d rank(s); continuing on %d: the same run, its figures equal up to "
+                    "float rounding (docs/distributed.md)", path, trained_on, now)
+
+
 def check_resumable(state: dict[str, Any], path: Path, run: RunDir, args: argparse.Namespace, explicit: set[str]) -> str:
     """The run id to keep; refuses a checkpoint of another run, or of another shape than the command line asks."""
     params = run.path / "params.json"
-    own_id = load_json(params).get("run_id") if params.is_file() else None
+    recorded = load_json(params) if params.is_file() else {}
+    own_id = recorded.get("run_id")
+    note_world_size(recorded.get("world_size"), path)
     ckpt_id = state.get("run_id") or own_id
     if own_id and ckpt_id != own_id and not args.resume_with_new_params:
         raise UserError(f"{path} belongs to run {ckpt_id[:8]}, not to {run.path} (run {own_id[:8]}): "

@@ -26,6 +26,7 @@ from torch import nn
 
 import builders
 import config
+from distributed import context
 from distributed.comm import barrier
 from engine import kind_of, require_kind
 from models.space import SearchSpace
@@ -109,7 +110,8 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
         if run.metrics_path.exists():
             run.truncate_metrics(retrainer.epoch, state.get("metrics_lines") if state is not None else 0)
         if run.writes:
-            save_json(run.path / "params.json", vars(args))  # only once the checkpoint is known to fit
+            # only once the checkpoint is known to fit; world_size: the number of ranks that trained it
+            save_json(run.path / "params.json", {**vars(args), "world_size": context.world().size})
         log.info("retraining %s (%s) in %s on %s for %d epochs", retrainer.arch, source, run.path, device, retrainer.cfg.epochs)
     try:
         retrainer.train()

@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from utils import UserError
+
 
 @dataclass(frozen=True)
 class World:
@@ -67,7 +69,18 @@ def start(w: World, backend: str, timeout_s: float, device: torch.device) -> Non
     ``timeout_s`` so that a rank that hangs ends the job instead of stalling it forever."""
     global _world
     if w.active:
-        dist.init_process_group(backend, rank=w.rank, world_size=w.size, timeout=timedelta(seconds=timeout_s))
+        if backend == "nccl" and device.type != "cuda":
+            raise UserError(f"--dist_backend=nccl needs a CUDA device per rank, and rank {w.rank} runs on {device}: "
+                            f"use --dist_backend=gloo (or auto)")
+        if timeout_s <= 0:
+            raise UserError(f"--dist_timeout={timeout_s:g}: the seconds a collective waits must be positive")
+        try:
+            dist.init_process_group(backend, rank=w.rank, world_size=w.size, timeout=timedelta(seconds=timeout_s))
+        except (RuntimeError, ValueError) as err:  # DistError, DistStoreError (a peer or the store never came)
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise UserError(f"rank {w.rank} of {w.size} could not join the process group at {where} within "
+                            f"--dist_timeout={timeout_s:g} s ({reason}): are all {w.size} workers started?") from err
     _world = World(w.rank, w.size, w.local_rank, str(device) if backend == "nccl" else "cpu")
 
 

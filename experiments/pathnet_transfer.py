@@ -51,6 +51,8 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         tasks = item.split(",")
         if len(tasks) != 2 or not all(_digits(t) for t in tasks):
             raise UserError(f"--tasks={text}: expected pairs of binary digit tasks like 1v3,1v2 (several joined by +)")
+        if tasks[0] == tasks[1]:
+            raise UserError(f"--tasks={text}: {item} transfers a task to itself")
         pairs.append((tasks[0], tasks[1]))
     return pairs
 

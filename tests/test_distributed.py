@@ -29,7 +29,7 @@ import builders
 import config
 import main
 from conftest import ROOT, metrics_without_timing
-from distributed import comm, context
+from distributed import comm, context, launch
 from utils import UserError
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
@@ -99,9 +99,12 @@ def test_two_ranks_compute_what_one_process_computes(logs: Path) -> None:
 
 
 def test_a_two_rank_checkpoint_resumes_on_one_process(logs: Path, data_dir: Path) -> None:
+    assert json.loads((logs / "tiny_two" / "params.json").read_text())["world_size"] == 2
     run = stopped_after_epoch_0(logs / "tiny_two", "tiny_two_to_one")
     assert one_process(*SEARCH, "--comment=two_to_one", "--resume=True", f"--data_dir={data_dir}", f"--log_dir={logs}") == 0
     assert_same_records(metrics_without_timing(run), metrics_without_timing(logs / "tiny_one"))
+    assert "written by a job of 2 rank(s); continuing on 1" in (run / "train.log").read_text()
+    assert json.loads((run / "params.json").read_text())["world_size"] == 1
 
 
 @pytest.mark.slow  # another two-rank job (~15 s on 2 idle cores); the 2 -> 1 resume runs by default
@@ -209,3 +212,24 @@ def test_single_process_modes_refuse_several_workers(capsys: pytest.CaptureFixtu
     assert not dist.is_initialized()  # nothing was started
     assert main.main(["--num_gpu=2", "--save_on_signal=True", "--data_dir=nowhere"]) == 2
     assert "--save_on_signal=True runs in one process" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_nccl_without_a_gpu_is_one_line_per_rank(data_dir: Path, tmp_path: Path) -> None:
+    done = ranks(2, *SEARCH, "--dist_backend=nccl", f"--data_dir={data_dir}", f"--log_dir={tmp_path}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--dist_backend=nccl needs a CUDA device per rank" in done.stderr
+    assert not any(tmp_path.iterdir())  # no run directory made
+
+
+def test_a_worker_whose_peer_never_comes_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    port = launch.free_port()
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                       ("MASTER_PORT", str(port))):
+        monkeypatch.setenv(key, value)
+    argv = [*SEARCH, "--num_gpu=1", "--dist_timeout=2", f"--data_dir={data_dir}", f"--log_dir={tmp_path}"]
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"rank 0 of 2 could not join the process group at 127.0.0.1:{port} within --dist_timeout=2 s" in err
+    assert not dist.is_initialized() and not any(tmp_path.iterdir())

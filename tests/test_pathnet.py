@@ -90,6 +90,9 @@ def test_frozen_modules_receive_no_update_even_with_a_penalty() -> None:
 
 def test_parse_pairs() -> None:
     assert parse_pairs("1v3,1v2+4v5,6v7") == [("1v3", "1v2"), ("4v5", "6v7")]
+    assert parse_pairs("1v3,3v1") == [("1v3", "3v1")]  # the labels swapped: another task
+    with pytest.raises(UserError, match="transfers a task to itself"):
+        parse_pairs("1v3,1v3")
     with pytest.raises(UserError, match="expected pairs"):
         parse_pairs("1v3")
 
