@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for i in range(args.runs):
             done = subprocess.run([sys.executable, str(ROOT / "main.py"), *SEARCH, f"--num_gpu={args.ranks}",
                                    f"--data_dir={tmp}/data", f"--log_dir={tmp}/logs", f"--comment=run{i}"],
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, check=False,
                                   timeout=300)
             codes[done.returncode] += 1
             aborted = "terminate called" in done.stderr
