@@ -79,14 +79,14 @@ def make_rnn(device: torch.device, dtype: torch.dtype = torch.float32) -> Shared
 
 
 def rnn_run(model: SharedRNN, fused: bool, amp: bool, tokens: torch.Tensor, h0: torch.Tensor,
-            targets: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+            targets: torch.Tensor, arch: RNNArch = ARCH) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
     """Outputs and gradients (every parameter and the initial state) of one forward/backward."""
     model.zero_grad(set_to_none=True)
     model.fused = fused
     h = h0.clone().requires_grad_(True)
     torch.manual_seed(5)  # the same dropout masks for both formulations
     with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(tokens, h, ARCH)
+        out = model(tokens, h, arch)
         loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
     # The state's term is linear in a fixed random direction: a term like |hidden|^2 has a radial
     # gradient, which the norm clip (active here: weights of std 0.5) projects to exactly zero, so the
@@ -119,24 +119,28 @@ def test_fused_cell_matches_the_plain_cell_on_the_device(training: bool) -> None
         assert rel_err(fused_grads[name], plain_grads[name]) < 1e-5, (name, rel_err(fused_grads[name], plain_grads[name]))
 
 
+SMOOTH_ARCH = RNNArch(tuple("tanh" if a == "ReLU" else a for a in ARCH.activations), ARCH.parents)
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_both_cells_under_bf16_autocast_stay_close_to_fp32(training: bool) -> None:
+@pytest.mark.parametrize("arch", [ARCH, SMOOTH_ARCH], ids=["relu", "smooth"])
+def test_both_cells_under_bf16_autocast_stay_close_to_fp32(arch: RNNArch, training: bool) -> None:
     """Every output and gradient of both cells under bf16 autocast against the fp32 fused cell.
 
     Error model: autograd's own autocast formulation of the same cell (the plain cell) is the
-    yardstick, not a number picked once. Measured (the H200 and the CPU print the same eval figures):
-    in train mode the fused cell's worst gradient is 0.136 off (h0: its gradient crosses all 7 steps,
-    each with bf16 matmuls), the plain cell's 0.209; so every tensor of either cell is held to the
-    bound the plain cell meets (0.3), and in train mode the fused cell's worst to the plain cell's
-    worst. Eval mode is an open gap: fused 0.083 (w_x0), plain 0.010, unexplained by the precision of
-    any matmul of the cell (docs/benchmarks.md), so there only the common bound holds.
+    yardstick, not a number picked once: every tensor of either cell within the bound the plain cell
+    meets (0.3), and the fused cell's worst no worse than the plain cell's, except where a ReLU makes
+    the function itself jump. Measured (the H200 and the CPU agree): in train mode fused 0.136 (h0)
+    against plain 0.209; in eval mode with ReLU nodes fused 0.076 against 0.012, because one ReLU
+    input of this batch sits at 0 and bf16 rounding flips it in the fused cell only (the cell with
+    those nodes as tanh: fused 0.007 against 0.012; bf16 inputs alone or a bf16 product alone: 0.5-0.9 %).
     """
     model = make_rnn(DEVICE).train(training)
     inputs = rnn_inputs(DEVICE)
-    ref_out, ref_grads = rnn_run(model, True, False, *inputs)
+    ref_out, ref_grads = rnn_run(model, True, False, *inputs, arch)
     worst = {}
     for fused, out_tol in ((True, 1e-2), (False, 2e-2)):
-        out, grads = rnn_run(model, fused, True, *inputs)
+        out, grads = rnn_run(model, fused, True, *inputs, arch)
         for name, a, b in zip(("logits", "hidden", "raw"), out, ref_out):
             assert rel_err(a, b) < out_tol, (fused, name, rel_err(a, b))
         assert grads.keys() == ref_grads.keys()
@@ -144,7 +148,7 @@ def test_both_cells_under_bf16_autocast_stay_close_to_fp32(training: bool) -> No
         assert all(grads[name].dtype == torch.float32 for name in grads)  # the gradients reach the fp32 weights
         assert max(errors.values()) < 0.3, (fused, errors)
         worst[fused] = max(errors.values())
-    if training:
+    if training or arch is SMOOTH_ARCH:
         assert worst[True] <= worst[False], worst
 
 
