@@ -154,6 +154,17 @@ def _clip_scale(norm: Tensor) -> Tensor:
     return (HIDDEN_NORM_CLIP / norm.clamp_min(1e-6)).clamp(max=1.0)
 
 
+def clip_backward(state: Tensor, norm: Tensor, dh: Tensor, coef: Tensor) -> Tensor:
+    """The gradient w.r.t. ``state`` of ``state * _clip_scale(|state|)`` given the one ``dh`` of the result.
+
+    Where the clip is active the scale depends on the state: d scale = -(C / |s|^3) s^T ds.
+    ``coef`` is a (batch, 1) scratch buffer."""
+    ratio = HIDDEN_NORM_CLIP / norm.clamp_min(1e-6)
+    torch.sum(state * dh, dim=-1, keepdim=True, out=coef)
+    coef.mul_(ratio).div_(norm * norm).neg_().masked_fill_(ratio > 1.0, 0.0)
+    return torch.addcmul(dh * ratio.clamp(max=1.0), state, coef)
+
+
 def _unroll(plan: Plan, x_proj: Tensor, h0: Tensor, w_h0: Tensor, w_edges: Sequence[Tensor], save: bool,
             kernels: Any) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Forward through every time step; with ``save``, keep the buffers the backward reads."""
@@ -225,14 +236,9 @@ class _UnrolledCell(torch.autograd.Function):
             grad_raw = raw.new_zeros(raw.shape)
         k = len(plan.loose)
         for t in range(steps - 1, -1, -1):
-            # The clip: hidden = state * scale, scale = min(1, C / max(|state|, 1e-6)); where the clip
-            # is active the scale depends on the state: d scale = -(C / |s|^3) s^T ds.
+            # The clip: hidden = state * scale, scale = min(1, C / max(|state|, 1e-6)).
             state = nodes[n - 1][t] if plan.last else raw[t]
-            norm = norms[t]
-            ratio = HIDDEN_NORM_CLIP / norm.clamp_min(1e-6)
-            torch.sum(state * dh, dim=-1, keepdim=True, out=coef)
-            coef.mul_(ratio).div_(norm * norm).neg_().masked_fill_(ratio > 1.0, 0.0)
-            d_state = torch.addcmul(dh * ratio.clamp(max=1.0), state, coef)
+            d_state = clip_backward(state, norms[t], dh, coef)
             g_out = grad_raw[t] + d_state if not plan.last else grad_raw[t]
             if k > 1:
                 g_out = g_out / k

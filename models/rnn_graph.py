@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from models.rnn_cell import HIDDEN_NORM_CLIP, Plan, _clip_scale, _mm
+from models.rnn_cell import Plan, _clip_scale, _mm, clip_backward
 
 ACT_ORDER = ("tanh", "sigmoid", "ReLU", "identity")
 
@@ -123,12 +123,7 @@ def unroll_backward(arch: ArchTensors, last: bool, weights: Tensor, raw: Tensor,
     loose = arch.loose.to(raw.dtype)
     child = arch.child.to(raw.dtype)
     for t in range(steps - 1, -1, -1):
-        state = nodes[t, n - 1] if last else raw[t]
-        norm = norms[t]
-        ratio = HIDDEN_NORM_CLIP / norm.clamp_min(1e-6)
-        torch.sum(state * dh, dim=-1, keepdim=True, out=coef)
-        coef.mul_(ratio).div_(norm * norm).neg_().masked_fill_(ratio > 1.0, 0.0)
-        d_state = torch.addcmul(dh * ratio.clamp(max=1.0), state, coef)
+        d_state = clip_backward(nodes[t, n - 1] if last else raw[t], norms[t], dh, coef)
         g_out = (grad_raw[t] if last else grad_raw[t] + d_state) * arch.inv_k
         contrib.zero_()
         for j in range(n - 1, -1, -1):
