@@ -34,9 +34,9 @@ from models.space import pick
 from regularizers.wpl_search import WPLSearchConfig
 from runlog import (
     RunDir,
+    discard_on_failure,
     note_mid_epoch,
     resolve_checkpoint,
-    starting,
     warn_on_thread_change,
 )
 from safe_io import one_line_errors
@@ -61,7 +61,7 @@ MAX_PERMUTED_TASKS = 50
 # -------------------------------------------------------------------------------------- modes
 def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     run = RunDir(Path(args.log_dir) / run_name(args), args.use_tensorboard)
-    with starting(run):  # a failure before trainer.train() leaves no run directory behind
+    with discard_on_failure(run):  # a failure before trainer.train() leaves no run directory behind
         run.refuse_unless_resuming(args.resume, kind="search")
         setup_logging(args.log_level, run.path / "train.log")
         run.remove_stale_temps()

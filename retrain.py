@@ -30,8 +30,21 @@ from distributed import context
 from distributed.comm import barrier
 from engine import kind_of, require_kind
 from models.space import SearchSpace
-from recipes.arch import arch_shape, find_arch, inherited_options, run_dir_of, search_run_of
-from runlog import RunDir, load_checkpoint, note_mid_epoch, resolve_checkpoint, starting, warn_on_thread_change
+from recipes.arch import (
+    arch_shape,
+    find_arch,
+    inherited_options,
+    run_dir_of,
+    search_run_of,
+)
+from runlog import (
+    RunDir,
+    discard_on_failure,
+    load_checkpoint,
+    note_mid_epoch,
+    resolve_checkpoint,
+    warn_on_thread_change,
+)
 from stopping import Stopped
 from utils import UserError, save_json, seed_everything, setup_logging
 
@@ -77,7 +90,7 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
     """``--mode=retrain``: train the architecture in a new run directory, then test its best weights."""
     args = with_search_config(args, explicit)
     run = RunDir(Path(args.log_dir) / builders.run_name(args), args.use_tensorboard)
-    with starting(run):  # a failure before retrainer.train() leaves no run directory behind
+    with discard_on_failure(run):  # a failure before retrainer.train() leaves no run directory behind
         checkpoint = run.latest_checkpoint()
         state = None
         run.refuse_unless_resuming(args.resume, kind="retrain")  # another run's folder: refused before any read

@@ -34,6 +34,7 @@ import torch
 
 from distributed.context import world
 from engine import checkpoint
+from safe_io import read_json
 from utils import UserError, atomic_write_bytes, missing_dirs, remove_if_empty
 
 log = logging.getLogger("wpl")
@@ -157,8 +158,6 @@ class RunDir:
         params = self.path / "params.json"
         if params.is_file():
             try:
-                from safe_io import read_json
-
                 saved = read_json(params)
             except UserError:
                 return None
@@ -302,26 +301,15 @@ class EventLog:
 
 
 @contextmanager
-def starting(run: RunDir) -> Iterator[RunDir]:
-    """The set-up of a run (options checked, data loaded, model built, checkpoint fitted): should it fail,
-    the run directory is removed if this process made it, so a run that never started leaves nothing."""
+def discard_on_failure(run: RunDir, unless_checkpointed: bool = False) -> Iterator[RunDir]:
+    """Should the block fail or stop, remove the run directory if this process made it: a set-up that fails
+    (options, data, model, checkpoint) leaves nothing behind; with ``unless_checkpointed`` (an experiment's
+    loop, continual or PathNet) only while nothing was checkpointed yet."""
     try:
         yield run
     except BaseException:
-        if run.discard_if_new():
-            log.debug("removed %s: the run never started", run.path)
-        raise
-
-
-@contextmanager
-def keeping_only_checkpointed(run: RunDir) -> Iterator[RunDir]:
-    """An experiment's loop (continual, PathNet): should it fail or stop before its first checkpoint, the run
-    directory is removed if this process made it, as ``starting`` does for a set-up that fails."""
-    try:
-        yield run
-    except BaseException:
-        if run.latest_checkpoint() is None and run.discard_if_new():
-            log.debug("removed %s: nothing was checkpointed", run.path)
+        if not (unless_checkpointed and run.latest_checkpoint() is not None) and run.discard_if_new():
+            log.debug("removed %s: the run never started or saved anything", run.path)
         raise
 
 

@@ -19,7 +19,7 @@ from data.tasks import build_sequence
 from engine import first_nonfinite, require_kind, stamp
 from experiments.continual import ContinualConfig, config_dict, run_experiment
 from experiments.continual_report import forgetting_table, markdown, plot, summarise
-from runlog import RunDir, keeping_only_checkpointed, starting
+from runlog import RunDir, discard_on_failure
 from stopping import Stopped
 from utils import UserError, atomic_write_bytes, save_json
 
@@ -35,7 +35,7 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
     seq = build_sequence(benchmark, scenario, data_dir, num_tasks=num_tasks, seed=cfg.first_seed, task_split=task_split)
     run = RunDir(run_path, use_tensorboard)
     wanted = {"benchmark": benchmark, "scenario": scenario, **config_dict(cfg)}
-    with starting(run):  # a refused or failed start leaves no new folder behind, and rewrites nothing
+    with discard_on_failure(run):  # a refused or failed start leaves no new folder behind, and rewrites nothing
         run.refuse_unless_resuming(resume, RESULTS, kind="continual")
         found = run.load_latest(torch.device("cpu")) if resume else None
         state = resumable_state(found, wanted) if found is not None else None
@@ -65,7 +65,7 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
 
     # run_experiment updates ``state`` in place before each on_task call, which then writes the checkpoint
     try:
-        with keeping_only_checkpointed(run):
+        with discard_on_failure(run, unless_checkpointed=True):
             progress = run_experiment(seq, cfg, state, lambda _: None, on_task_then_save)
     except Stopped as stop:  # the line main.py prints: what the checkpoint holds (the resume command is added there)
         latest = run.latest_checkpoint()

@@ -22,7 +22,7 @@ from engine import require_kind, stamp
 from experiments.pathnet import EvolutionConfig
 from experiments.pathnet_transfer import NetConfig, binary_tasks, parse_pairs, run_pair
 from models.pathnet import Path as NetPath
-from runlog import RunDir, keeping_only_checkpointed, starting
+from runlog import RunDir, discard_on_failure
 from stopping import Stopped
 from utils import UserError, save_json
 
@@ -99,7 +99,7 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
     run = RunDir(run_path, use_tensorboard)
     config = {"tasks": tasks_text, "variants": list(variants), "seeds": list(seeds), "net": asdict(net_cfg),
               "evolution": asdict(cfg)}
-    with starting(run):  # a refused or failed start leaves no new folder behind, and rewrites nothing
+    with discard_on_failure(run):  # a refused or failed start leaves no new folder behind, and rewrites nothing
         run.refuse_unless_resuming(resume, RESULTS, kind="pathnet")
         found = run.load_latest(torch.device("cpu")) if resume else None
         runs = finished_runs(found, config) if found is not None else []
@@ -111,7 +111,7 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
     if done:
         log.info("resuming %s: %d of %d (pair, seed) runs done", run.path, len(done), len(done) + len(todo))
     try:
-        with keeping_only_checkpointed(run):
+        with discard_on_failure(run, unless_checkpointed=True):
             run_all(run, todo, tasks, variants, net_cfg, cfg, config, runs)
     except Stopped as stop:  # main.py adds the resume command to this account of what was kept
         latest = run.latest_checkpoint()
