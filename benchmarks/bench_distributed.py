@@ -1,6 +1,6 @@
 """Data-parallel scaling on this machine: 1 rank x T threads against N ranks x T/N threads (gloo or NCCL).
 
-    python benchmarks/bench_distributed.py [--ranks 2] [--threads 2] [--steps 6] [--hid 256] [--paper-bytes]
+    python -m benchmarks.bench_distributed [--ranks 2] [--threads 2] [--steps 6] [--hid 256] [--paper-bytes]
         [--device cpu|cuda] [--json FILE]
 
 * ``rnn_tokens_per_s``: global tokens (batch 64 x BPTT 35) per second of the search's shared step
@@ -23,20 +23,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+import torch
+import torch.multiprocessing as mp
 
-from benchmarks import bench_util as U  # noqa: E402
+from benchmarks import bench_util as U
 
 BATCH, BPTT, VOCAB, CNN_BATCH = 64, 35, 10_000, 32
 

@@ -1,6 +1,6 @@
 """Speed of PathNet's tournament (experiments/pathnet.py) on synthetic binary 28x28 images.
 
-    python benchmarks/bench_pathnet.py [--reps N] [--threads N] [--json FILE]
+    python -m benchmarks.bench_pathnet [--reps N] [--threads N] [--json FILE]
 
 One *generation* is one tournament: two paths, each trained for ``T`` minibatches (the paper's
 defaults: L = 3 layers of M = 10 modules of 20 units, N = 3 active, T = 50 batches of 16, SGD,
@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path as FilePath
 
 import torch
 
-sys.path.insert(0, str(FilePath(__file__).resolve().parents[1]))
-
-from bench_util import loadavg, summary, timed2  # noqa: E402
-from experiments.pathnet import BinaryTask, EvolutionConfig, make_step, tournament, train_path  # noqa: E402
-from models.pathnet import Path, PathNet  # noqa: E402
+from benchmarks.bench_util import loadavg, summary, timed2
+from experiments.pathnet import (
+    BinaryTask,
+    EvolutionConfig,
+    make_step,
+    tournament,
+    train_path,
+)
+from models.pathnet import Path, PathNet
 
 L, M, UNITS, N = 3, 10, 20, 3
 CFG = EvolutionConfig(population=64, batches=50, batch_size=16, lr=0.05, converge=2.0, max_generations=1,

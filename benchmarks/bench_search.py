@@ -1,6 +1,6 @@
 """Speed of the search's hot paths on synthetic data, with the project's own models and trainer.
 
-    python benchmarks/bench_search.py --size paper|small|tiny [--json FILE] [--reps N] [--threads N] [--preset paper|enas]
+    python -m benchmarks.bench_search --size paper|small|tiny [--json FILE] [--reps N] [--threads N] [--preset paper|enas]
         [--device cpu|cuda] [--tf32] [--derive-samples N]   (see benchmarks/README.md, gpu_check.sh)
 
 Sizes (the RNN part; batch 64 x BPTT 35 and a 10,000-word vocabulary unless noted):
@@ -50,17 +50,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks import bench_util as U  # noqa: E402
-from benchmarks.bench_cnn import bench_cnn  # noqa: E402
-from benchmarks.bench_rnn import bench_rnn  # noqa: E402
-from utils import keep_freed_memory  # noqa: E402
-
+from benchmarks import bench_util as U
+from benchmarks.bench_cnn import bench_cnn
+from benchmarks.bench_rnn import bench_rnn
+from utils import keep_freed_memory
 
 # -------------------------------------------------------------------------------- projection
 # The paper's two search commands (tests/conftest.py PAPER_RNN_COMMAND, tests/test_cnn.py VERBATIM)

@@ -79,7 +79,7 @@ for variant in "${VARIANTS[@]}"; do
     case $variant in bf16*) flags+=(--amp) ;; esac
     case $variant in eager*) flags+=(--eager-cell --controller-device model --reps 2); limit=$LIMIT_EAGER ;; esac
     case $variant in *compile) flags+=(--compile --parts rnn); limit=$LIMIT_COMPILE ;; esac
-    phase "$variant" "$limit" $PY benchmarks/bench_search.py "${BENCH[@]}" "${flags[@]}"
+    phase "$variant" "$limit" $PY -m benchmarks.bench_search "${BENCH[@]}" "${flags[@]}"
 done
 
 echo; echo "=== summary ($(( $(date +%s) - START ))s in all; logs and JSON in $OUT/)"

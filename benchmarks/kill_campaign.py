@@ -1,6 +1,6 @@
 """Interrupt real tiny searches at random moments, resume them, and count what held.
 
-    python benchmarks/kill_campaign.py [--runs 24] [--seed 0] [--work DIR]
+    python -m benchmarks.kill_campaign [--runs 24] [--seed 0] [--work DIR]
 
 Each run is a ``main.py`` process (3 epochs on a generated corpus, one CPU thread) that gets SIGKILL,
 SIGTERM, SIGINT, or SIGTERM with ``--save_on_signal=True`` at a uniformly random moment of the training (from the
@@ -24,9 +24,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from data.text import write_toy_corpus as write_corpus  # the tests' generated corpus
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import write_corpus  # noqa: E402  (the tests' generated corpus)
 
 SMALL = ["--dataset=tiny", "--max_epoch=3", "--shared_max_step=4", "--num_batch_per_iter=2", "--controller_max_step=2",
          "--train_controller=True", "--save_epoch=1", "--shared_embed=8", "--shared_hid=8", "--batch_size=4",

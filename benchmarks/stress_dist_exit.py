@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -21,27 +20,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from data.text import write_toy_corpus
+
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH = ["--dataset=tiny", "--max_epoch=1", "--shared_max_step=2", "--num_batch_per_iter=2", "--controller_max_step=2",
           "--train_controller=True", "--start_training_controller=0", "--start_using_fisher=0", "--save_epoch=1",
           "--shared_embed=16", "--shared_hid=16", "--batch_size=4", "--test_batch_size=2", "--num_blocks=4",
           "--derive_num_sample=2", "--forgetting_eval_batches=2", "--use_tensorboard=False"]
-
-
-def write_corpus(folder: Path, vocab: int = 40) -> None:
-    """A small corpus (the test suite's shape): each word mostly predicts the next."""
-    rng = random.Random(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, lines in (("train", 300), ("valid", 60), ("test", 60)):
-        text = []
-        for _ in range(lines):
-            w = rng.randrange(vocab)
-            words = []
-            for _ in range(rng.randint(4, 12)):
-                words.append(f"w{w}")
-                w = (w * 7 + rng.choice((1, 1, 1, 2))) % vocab
-            text.append(" " + " ".join(words) + " \n")
-        (folder / f"{split}.txt").write_text("".join(text))
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -54,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     aborts = 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        write_corpus(Path(tmp) / "data" / "tiny")
+        write_toy_corpus(Path(tmp) / "data" / "tiny")
         for i in range(args.runs):
             done = subprocess.run([sys.executable, str(ROOT / "main.py"), *SEARCH, f"--num_gpu={args.ranks}",
                                    f"--data_dir={tmp}/data", f"--log_dir={tmp}/logs", f"--comment=run{i}"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import shutil
 import tempfile
 import urllib.request
@@ -209,3 +210,21 @@ def get_batch(source: Tensor, i: int, length: int) -> tuple[Tensor, Tensor]:
     """Rows ``i .. i+length`` as input and the rows one step later as targets."""
     length = min(length, source.size(0) - 1 - i)
     return source[i : i + length], source[i + 1 : i + 1 + length]
+
+
+def write_toy_corpus(folder: Path, seed: int = 0, vocab: int = 40) -> Path:
+    """A small corpus with learnable structure, each word mostly predicting the next one: the ``tiny``
+    dataset of the tests, the kill campaign and the stress runs (a few hundred lines, written in milliseconds)."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(vocab)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, lines in (("train", 300), ("valid", 60), ("test", 60)):
+        with open(folder / f"{split}.txt", "w") as f:
+            for _ in range(lines):
+                w = rng.randrange(vocab)
+                sentence = []
+                for _ in range(rng.randint(4, 12)):
+                    sentence.append(words[w])
+                    w = (w * 7 + rng.choice((1, 1, 1, 2))) % vocab
+                f.write(" " + " ".join(sentence) + " \n")
+    return folder

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import random
 import shlex
 from pathlib import Path
 
 import pytest
+
+from data.text import write_toy_corpus as write_corpus  # noqa: F401  (the tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,23 +23,6 @@ PAPER_RNN_COMMAND = (
 def paper_rnn_args() -> list[str]:
     """The README command of the paper, split as a shell would split it."""
     return shlex.split(PAPER_RNN_COMMAND)
-
-
-def write_corpus(folder: Path, seed: int = 0, vocab: int = 40) -> Path:
-    """A small corpus with learnable structure: each word mostly predicts the next one."""
-    rng = random.Random(seed)
-    words = [f"w{i}" for i in range(vocab)]
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, lines in (("train", 300), ("valid", 60), ("test", 60)):
-        with open(folder / f"{split}.txt", "w") as f:
-            for _ in range(lines):
-                w = rng.randrange(vocab)
-                sentence = []
-                for _ in range(rng.randint(4, 12)):
-                    sentence.append(words[w])
-                    w = (w * 7 + rng.choice((1, 1, 1, 2))) % vocab
-                f.write(" " + " ".join(sentence) + " \n")
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -307,15 +306,9 @@ def test_compiled_cell_stays_close_to_eager() -> None:
 
 # ------------------------------------------------------------------------------------ benchmark
 def test_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
-    import importlib.util
+    from benchmarks import bench_search
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("bench_search", root / "benchmarks" / "bench_search.py")
-    bench = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules["bench_search"] = bench  # dataclasses look their module up
-    spec.loader.exec_module(bench)
-    out = bench.main(["--size", "tiny", "--reps", "1", "--warmup", "0", "--threads", "1",
+    out = bench_search.main(["--size", "tiny", "--reps", "1", "--warmup", "0", "--threads", "1",
                       "--json", str(tmp_path / "b.json")])
     saved = json.loads((tmp_path / "b.json").read_text())
     for key in ("rnn_tokens_per_s", "rnn_matmul_ratio", "wpl_penalty_ratio", "fisher_refresh_batches",
