@@ -69,7 +69,7 @@ EOF
 
 TEST_ENV=()
 [ "$DEVICE" = cpu ] && TEST_ENV=(env CUDA_TESTS_ON_CPU=1)
-phase cuda_tests "$LIMIT_TEST" "${TEST_ENV[@]}" $PY -m pytest "${TESTS[@]}" -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_graphs.py
+phase cuda_tests "$LIMIT_TEST" "${TEST_ENV[@]}" $PY -m pytest "${TESTS[@]}" -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_graphs.py tests/test_cuda_cnn.py
 
 VARIANTS=(fp32_tf32 bf16 eager_fp32_tf32 eager_fp32_tf32_compile)
 for variant in "${VARIANTS[@]}"; do
