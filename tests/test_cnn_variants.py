@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import torch
-from test_cnn import ALL_OPS, VERBATIM, cifar_files, fake_cifar, one_thread, random_arch, train_argv  # noqa: F401 - fixtures
+from cnn_fixtures import ALL_OPS, VERBATIM, cifar_files, fake_cifar, one_thread, random_arch  # noqa: F401 - fixtures
+from test_cnn import train_argv
 
 import builders
 import config

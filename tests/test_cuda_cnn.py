@@ -90,7 +90,7 @@ def test_cnn_bf16_autocast_stays_close_and_keeps_fp32_gradients(channels_last: b
 
 def test_cnn_search_on_the_device_reads_pinned_batches_with_workers(tmp_path: Path) -> None:
     """A micro-CNN search from an image folder: DataLoader workers, pinned memory, --amp, channels-last."""
-    from test_cnn import write_image_folder
+    from cnn_fixtures import write_image_folder
 
     write_image_folder(tmp_path / "data" / "shapes", {"train": 8, "valid": 4, "test": 2})
     argv = ["--network_type=micro_cnn", "--dataset=shapes", f"--data_dir={tmp_path / 'data'}", f"--log_dir={tmp_path}",
