@@ -291,6 +291,13 @@ def mode_pathnet(args: argparse.Namespace, explicit: set[str], device: torch.dev
                     args.resume, args.use_tensorboard)
 
 
+def mode_ranking(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
+    from experiments.ranking.main import run_ranking
+
+    with resume_command(args.comment):
+        run_ranking(args)
+
+
 @contextmanager
 def resume_command(comment: str) -> Iterator[None]:
     """A stop signal in an experiment names its run's ``--comment``, so the stop line gives the resume command."""
@@ -305,7 +312,7 @@ def resume_command(comment: str) -> Iterator[None]:
 # What each --mode runs; config.MODES (the choices and their --help lines) names the same modes (tested).
 MODES = {"train": mode_train, "derive": mode_derive, "test": mode_test, "forgetting": mode_forgetting,
          "retrain": mode_retrain, "continual": mode_continual,
-         "pathnet": mode_pathnet}
+         "pathnet": mode_pathnet, "ranking": mode_ranking}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

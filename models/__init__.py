@@ -13,5 +13,6 @@ from registry import Registry
 
 SPACES: Registry[Any] = Registry("search space", {
     "rnn": "models.rnn_space:RNNSpace",
+    "rnn32": "models.rnn32_space:RNN32Space",
     "micro_cnn": "models.cnn_space:CNNSpace",
 })
