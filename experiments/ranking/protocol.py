@@ -12,7 +12,9 @@ searches, so both train the same model on the same data for the same number of b
   (docs/benchmarks.md).
 * ``tiny``: a few batches at width 8, for the tests and a first look on any corpus.
 
-REINFORCE's controller phase is shortened in proportion (100 steps per epoch instead of the paper's
+WPL runs at the strength and clip of the paper's README command (alpha 60, Fisher clip 10) from the
+first epoch (the command's 5-epoch delay would leave no WPL epoch at this budget). REINFORCE's
+controller phase is shortened in proportion (100 steps per epoch instead of the paper's
 1,500 per 50 shared steps, i.e. 2.5 per shared step instead of 30): at this budget the paper's ratio
 would triple the cost of a REINFORCE unit (docs/fidelity.md).
 """
@@ -32,11 +34,16 @@ from utils import UserError
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"shared_embed": 64, "shared_hid": 64, "batch_size": 64, "test_batch_size": 64, "shared_rnn_max_length": 35,
               "shared_max_step": 40, "num_batch_per_iter": 10, "max_epoch": 2, "forgetting_eval_batches": 1,
-              "train_controller": True, "controller_max_step": 100, "log_step": 0},
+              "train_controller": True, "controller_max_step": 100, "log_step": 0,
+              "alpha_fisher": 60.0, "fisher_clip_by_norm": 10.0},
     "tiny": {"shared_embed": 8, "shared_hid": 8, "batch_size": 4, "test_batch_size": 4, "shared_rnn_max_length": 5,
              "shared_max_step": 2, "num_batch_per_iter": 2, "max_epoch": 2, "forgetting_eval_batches": 1,
-             "train_controller": True, "controller_max_step": 2, "log_step": 0},
+             "train_controller": True, "controller_max_step": 2, "log_step": 0,
+             "alpha_fisher": 60.0, "fisher_clip_by_norm": 10.0},
 }
+# The searches' own options (WPL at the paper's README command's strength and clip, the controller phase, the
+# forgetting metric): a cell trained alone reads none of them, so they are not part of its unit.
+SEARCH_ONLY = ("alpha_fisher", "fisher_clip_by_norm", "train_controller", "controller_max_step", "forgetting_eval_batches")
 # What a ground truth must share with a search scored against it: the model, the data and the budget.
 TRUTH_KEYS = ("dataset", "shared_embed", "shared_hid", "batch_size", "shared_rnn_max_length", "shared_max_step",
               "num_batch_per_iter", "max_epoch", "shared_lr", "shared_dropout", "preset")
@@ -48,7 +55,7 @@ NUM_CELLS = 32
 def options_for(size: str, args: Any) -> dict[str, Any]:
     """The searches' options: the size's table plus the data and the model choices of this command line."""
     return {**SIZES[size], "dataset": args.dataset, "data_dir": args.data_dir, "shared_lr": args.shared_lr,
-            "shared_dropout": args.shared_dropout, "alpha_fisher": args.alpha_fisher, "preset": args.preset}
+            "shared_dropout": args.shared_dropout, "preset": args.preset}
 
 
 def parse_variants(texts: Sequence[str]) -> list[tuple[str, str]]:
@@ -68,8 +75,9 @@ def parse_variants(texts: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def truth_units(options: dict[str, Any], seeds: Sequence[int]) -> list[Unit]:
+    alone = {k: v for k, v in options.items() if k not in SEARCH_ONLY}
     return [Unit(f"truth/c{c:02d}/s{seed}", "experiments.ranking.run:train_alone",
-                 {"cell": f"c{c:02d}", "seed": seed, "options": options})
+                 {"cell": f"c{c:02d}", "seed": seed, "options": alone})
             for seed in seeds for c in range(NUM_CELLS)]  # seed-major: a stopped run has whole seeds first
 
 
