@@ -93,7 +93,7 @@ DOMAINS: dict[str, Domain] = {
     "pathnet_population": Domain(lo=2, integer=True), "pathnet_batches": COUNT, "pathnet_batch_size": COUNT,
     "pathnet_lr": POSITIVE, "pathnet_converge": Domain(lo=0, hi=1, lo_open=True), "pathnet_max_generations": COUNT,
     "noise": UNIT, "pathnet_wpl_alpha": NON_NEGATIVE, "pathnet_fisher_batches": COUNT,
-    "seeds": COUNT, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
+    "seeds": COUNT, "ranking_seeds": COUNT, "truth_seeds": COUNT, "workers": NATURAL, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
     "cl_eval_every": COUNT, "importance_samples": COUNT, "ewc_lambda": NON_NEGATIVE, "online_ewc_lambda": NON_NEGATIVE,
     "online_ewc_gamma": UNIT, "si_c": NON_NEGATIVE, "si_xi": POSITIVE, "mas_lambda": NON_NEGATIVE,
     "l2_lambda": NON_NEGATIVE, "wpl_alpha": NON_NEGATIVE,
