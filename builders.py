@@ -118,7 +118,7 @@ def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | 
 def load_arch(space: SearchSpace, path: Path) -> Any:
     data = load_json(path)
     try:
-        return space.arch_from_dict(data["arch"] if "arch" in data else data)
+        return space.arch_from_dict(data.get("arch", data))
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{path} is not a valid architecture for this search space: {err}") from err
 

@@ -166,7 +166,7 @@ def mode_derive(args: argparse.Namespace, explicit: set[str], device: torch.devi
     It replaces ``best_arch.json`` (what ``--mode=test`` and retraining read) only when it scores better there
     (or there is none); a better cell found by the search is kept. The log and the output say which."""
     args, trainer, run, _ = load_for_eval(args, explicit, device)
-    arch, error = trainer.derive(args.derive_num_sample)
+    arch, _ = trainer.derive(args.derive_num_sample)
     result = trainer.space.evaluate(arch, "valid")
     metric = f"valid_{trainer.space.metric}"
     derived = {"arch": arch.to_dict(), "score": result[metric], "metric": metric}
@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_level == "DEBUG":
             raise
         rank = context.world()
-        line = f"error: {'rank %d: ' % rank.rank if rank.active else ''}{err}"
+        line = f"error: {f'rank {rank.rank}: ' if rank.active else ''}{err}"
         print(line, file=sys.stderr)
         log_to_files(line)
         return 2

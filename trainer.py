@@ -130,6 +130,7 @@ class Trainer:
 
             def regularise() -> torch.Tensor:
                 nonlocal penalty
+                assert reg is not None  # hooked only when there is a regulariser
                 reg.after_backward(names)
                 penalty = reg.add_penalty_grad_(names)
                 return penalty

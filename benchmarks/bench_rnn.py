@@ -119,7 +119,8 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
         times: dict[bool, tuple[float, float]] = {}
         for penalty in order:
             t_op: list[float] = []
-            times[penalty] = U.timed2(lambda: t_op.append(shared_batch(trainer, arch, wpl if penalty else None)))
+            reg = wpl if penalty else None
+            times[penalty] = U.timed2(lambda t_op=t_op, reg=reg: t_op.append(shared_batch(trainer, arch, reg)))
             if penalty:
                 add("pen_op", t_op[0])
         (plain, plain_cpu), (pen, pen_cpu) = times[False], times[True]

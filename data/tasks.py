@@ -64,7 +64,7 @@ def split(x: Tensor, y: Tensor, xt: Tensor, yt: Tensor, groups: Sequence[Sequenc
         for position, c in enumerate(classes):
             table[c] = every.index(c) if scenario == "class" else position
 
-        def relabel(labels: Tensor) -> Tensor:
+        def relabel(labels: Tensor, table: Tensor = table) -> Tensor:
             return table[labels]
 
         keep, keep_t = torch.isin(y, torch.tensor(classes)), torch.isin(yt, torch.tensor(classes))

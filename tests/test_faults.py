@@ -507,7 +507,7 @@ def test_image_that_fails_in_a_worker_is_one_line_naming_it(tmp_path: Path) -> N
 
     root = write_folder(tmp_path)
     broken = root / "shapes" / "test" / "b" / "1.png"
-    data = load_images(root, "shapes", valid_size=0 or 2, seed=0)
+    data = load_images(root, "shapes", valid_size=2, seed=0)
     broken.write_bytes(b"\x89PNG broken")
     with pytest.raises(UserError) as err:
         list(iterate_split(data.test, 4, Preprocess(data, torch.device("cpu")), num_workers=1, seed=0))
