@@ -3,7 +3,7 @@
 Defaults are those of the paper's public code unless a help text says otherwise. Parsing is strict
 where the paper's code was lax: an unknown option is an error naming the closest valid ones,
 booleans accept only true/false/yes/no/1/0, and list options are read with ``ast.literal_eval`` or
-as comma-separated names (never ``eval``) (the machinery is parsing.py). A repeated option takes its
+as comma-separated names (never ``eval``) (the machinery is options/parsing.py). A repeated option takes its
 last value. An option's ``role=`` says whether a checkpoint or the command line supplies it when a run
 is continued or reused (``parsing.ROLES``); ``SHAPE_KEYS``, ``RUNTIME_KEYS`` and ``SEARCH_KEYS`` are
 read off those marks.
@@ -15,12 +15,12 @@ import argparse
 import sys
 from typing import Any, Sequence, TypeVar
 
-import presets
+from options import presets
 from data import DEFAULT_DATA_DIR
-from parsing import StrictParser, choice, program_name, str2bool, str_list
+from options.parsing import StrictParser, choice, program_name, str2bool, str_list
 
 C = TypeVar("C")
-PRESETS = presets.PRESETS  # --preset's choices (presets.py)
+PRESETS = presets.PRESETS  # --preset's choices (options/presets.py)
 LEGACY_VALUES = presets.LEGACY_VALUES  # what saved configurations that lack a key meant
 
 
@@ -359,7 +359,7 @@ def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    import options_domains
+    from options import domains as options_domains
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -26,21 +26,21 @@ from typing import Any
 import torch
 
 import config
-import options_domains
-from builders import build_trainer, load_arch, merge_config, run_name
+from options import domains as options_domains
+from modes.builders import build_trainer, load_arch, merge_config, run_name
 from distributed import comm, context, launch
 from engine import improves, require_kind
 from models.space import pick
 from regularizers.wpl_search import WPLSearchConfig
-from runlog import (
+from engine.runlog import (
     RunDir,
     discard_on_failure,
     note_mid_epoch,
     resolve_checkpoint,
     warn_on_thread_change,
 )
-from safe_io import one_line_errors
-from stopping import Stopped, stop_on_signals
+from options.safe_io import one_line_errors
+from engine.stopping import Stopped, stop_on_signals
 from trainer import Trainer
 from utils import (
     UserError,
@@ -197,7 +197,7 @@ def better_than_best(path: Path, derived: dict[str, Any], metric: str) -> tuple[
 
 
 def mode_test(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    import retrain
+    from modes import retrain
     from recipes.arch import arch_from_option
 
     if retrain.is_retrain_run(args.load_path):
@@ -219,7 +219,7 @@ def mode_test(args: argparse.Namespace, explicit: set[str], device: torch.device
 
 
 def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    import retrain
+    from modes import retrain
 
     retrain.mode_retrain(args, explicit, device)
 

@@ -1,6 +1,6 @@
 """The RNN part of the search benchmark: the trainer's own shared step, Fisher refresh, controller and evaluations.
 
-Every figure times the project's public methods on a trainer built as builders.py builds one (the
+Every figure times the project's public methods on a trainer built as modes/builders.py builds one (the
 RNN space on a synthetic corpus, the REINFORCE sampler, the search's WPL at the paper command's
 strength): ``Trainer.train_arch`` with one batch per architecture, without a regulariser (the plain
 batch) and with WPL (the penalised batch); WPL's ``end_model`` (the Fisher from one validation

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import builders
+from modes import builders
 import config
 import main
 from models.cnn import (Cell, CNNArch, CNNStyle, FactorizedReduce, SharedCNN, cat_channels, decision_sizes, decode, encode,

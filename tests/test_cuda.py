@@ -36,7 +36,7 @@ import main
 from models.rnn import RNNArch, SharedRNN
 from regularizers.store import CHUNK
 from regularizers.wpl import WPL
-from runlog import load_checkpoint
+from engine.runlog import load_checkpoint
 
 ON_CPU = os.environ.get("CUDA_TESTS_ON_CPU", "") not in ("", "0")
 DEVICE = torch.device("cpu" if ON_CPU else "cuda")

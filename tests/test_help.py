@@ -9,11 +9,11 @@ import sys
 import pytest
 from conftest import ROOT
 
-import builders
+from modes import builders
 import config
 import main
 from models import SPACES
-from parsing import suggest
+from options.parsing import suggest
 from samplers import SAMPLERS
 
 

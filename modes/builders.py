@@ -1,7 +1,7 @@
 """Building the pieces of a run from the argparse namespace: search space, trainer, retraining, configuration.
 
 The one place (besides main.py and the thin mode modules) that reads the namespace: everything it builds
-receives typed configs. Shared by main.py (search modes) and retrain.py, so both read options the same way.
+receives typed configs. Shared by the search modes and modes/retrain.py, so both read options the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from recipes import RECIPES, RetrainConfig, Retrainer
 from recipes.arch import make_arch
 from regularizers.search_importance import build_search_regularizer
 from regularizers.wpl_search import WPLSearchConfig
-from runlog import RunDir
+from engine.runlog import RunDir
 from samplers import SAMPLERS
 from trainer import Trainer, TrainerConfig
 from utils import UserError, load_json

@@ -34,7 +34,7 @@ import torch
 
 from distributed.context import world
 from engine import checkpoint
-from safe_io import read_json
+from options.safe_io import read_json
 from utils import UserError, atomic_write_bytes, missing_dirs, remove_if_empty
 
 log = logging.getLogger("wpl")
