@@ -15,6 +15,7 @@ import argparse
 import sys
 from typing import Any, Sequence, TypeVar
 
+import modes
 from options import presets
 from data import DEFAULT_DATA_DIR
 from options.parsing import StrictParser, choice, program_name, str2bool, str_list
@@ -24,17 +25,8 @@ PRESETS = presets.PRESETS  # --preset's choices (options/presets.py)
 LEGACY_VALUES = presets.LEGACY_VALUES  # what saved configurations that lack a key meant
 
 
-# The modes --mode chooses from, with the line --help shows for each; main.MODES runs them (a test keeps
-# the two tables equal).
-MODES: dict[str, str] = {
-    "train": "the search (ENAS with WPL)",
-    "derive": "the best of N sampled cells of --load_path",
-    "test": "test split of --load_path's best_arch.json",
-    "forgetting": "paired forgetting experiment (docs/wpl.md)",
-    "retrain": "one architecture trained from scratch",
-    "continual": "task sequences: EWC, SI, MAS, L2, WPL",
-    "pathnet": "PathNet transfer on binary MNIST tasks",
-}
+# The modes --mode chooses from, with the line --help shows for each: the registry that runs them.
+MODES = modes.MODES
 FIRST_SCREEN = "start here"
 
 
@@ -56,7 +48,7 @@ def build_parser() -> StrictParser:
 
     g = p.group(FIRST_SCREEN)
     g.add_argument("--mode", type=choice(*MODES), default="train", role="runtime",
-                   help="what to run (default: %(default)s):\n" + "\n".join(f"{k}: {v}" for k, v in MODES.items()))
+                   help="what to run (default: %(default)s):\n" + "\n".join(f"{k}: {v}" for k, v in MODES.about.items()))
     g.add_argument("--dataset", type=str, default="ptb", metavar="NAME", role=("shape", "runtime", "search"),
                    help="ptb or wikitext2 (text: --network_type=rnn), cifar10 or mnist (images: micro_cnn), or a "
                         "folder name under --data_dir")

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 import config
 import main
+from modes.builders import build_trainer
 from models.rnn import RNNArch, SharedRNN
 from regularizers.store import CHUNK
 from regularizers.wpl import WPL
@@ -267,7 +268,7 @@ def test_resumed_run_on_the_device_equals_the_uninterrupted_one(device_run: Path
 
 def trainer_on(device: torch.device, data_dir: Path) -> object:
     args = config.parse_args([*paper_rnn_args(), *SEARCH, f"--data_dir={data_dir}"])
-    return main.build_trainer(args, device, None)
+    return build_trainer(args, device, None)
 
 
 def test_device_checkpoint_loads_on_the_cpu_and_back(device_run: Path, data_dir: Path, tmp_path: Path) -> None:
