@@ -3,7 +3,7 @@
 Defaults are those of the paper's public code unless a help text says otherwise. Parsing is strict
 where the paper's code was lax: an unknown option is an error naming the closest valid ones,
 booleans accept only true/false/yes/no/1/0, and list options are read with ``ast.literal_eval`` or
-as comma-separated names (never ``eval``) (the machinery is parsing.py). A repeated option takes its
+as comma-separated names (never ``eval``) (the machinery is options/parsing.py). A repeated option takes its
 last value. An option's ``role=`` says whether a checkpoint or the command line supplies it when a run
 is continued or reused (``parsing.ROLES``); ``SHAPE_KEYS``, ``RUNTIME_KEYS`` and ``SEARCH_KEYS`` are
 read off those marks.
@@ -15,28 +15,19 @@ import argparse
 import sys
 from typing import Any, Sequence, TypeVar
 
-import presets
+import modes
+from options import presets
 from data import DEFAULT_DATA_DIR
 from experiments.ranking import options as ranking_options
-from parsing import StrictParser, choice, program_name, str2bool, str_list
+from options.parsing import StrictParser, choice, program_name, str2bool, str_list
 
 C = TypeVar("C")
-PRESETS = presets.PRESETS  # --preset's choices (presets.py)
+PRESETS = presets.PRESETS  # --preset's choices (options/presets.py)
 LEGACY_VALUES = presets.LEGACY_VALUES  # what saved configurations that lack a key meant
 
 
-# The modes --mode chooses from, with the line --help shows for each; main.MODES runs them (a test keeps
-# the two tables equal).
-MODES: dict[str, str] = {
-    "train": "the search (ENAS with WPL)",
-    "derive": "the best of N sampled cells of --load_path",
-    "test": "test split of --load_path's best_arch.json",
-    "forgetting": "paired forgetting experiment (docs/wpl.md)",
-    "retrain": "one architecture trained from scratch",
-    "continual": "task sequences: EWC, SI, MAS, L2, WPL",
-    "pathnet": "PathNet transfer on binary MNIST tasks",
-    "ranking": "32-cell ground-truth ranking benchmark",
-}
+# The modes --mode chooses from, with the line --help shows for each: the registry that runs them.
+MODES = modes.MODES
 FIRST_SCREEN = "start here"
 
 
@@ -58,7 +49,7 @@ def build_parser() -> StrictParser:
 
     g = p.group(FIRST_SCREEN)
     g.add_argument("--mode", type=choice(*MODES), default="train", role="runtime",
-                   help="what to run (default: %(default)s):\n" + "\n".join(f"{k}: {v}" for k, v in MODES.items()))
+                   help="what to run (default: %(default)s):\n" + "\n".join(f"{k}: {v}" for k, v in MODES.about.items()))
     g.add_argument("--dataset", type=str, default="ptb", metavar="NAME", role=("shape", "runtime", "search"),
                    help="ptb or wikitext2 (text: --network_type=rnn), cifar10 or mnist (images: micro_cnn), or a "
                         "folder name under --data_dir")
@@ -363,7 +354,7 @@ def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    import options_domains
+    from options import domains as options_domains
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

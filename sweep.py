@@ -26,7 +26,7 @@ from config import StrictParser
 from experiments.sweep import SweepConfig, grid_settings
 from experiments.sweep_eval import PROGRAMS, Program, known_direction
 from experiments.sweep_main import run_sweep
-from safe_io import as_user_error
+from options.safe_io import as_user_error
 from utils import UserError, setup_logging
 
 log = logging.getLogger("wpl")
@@ -101,7 +101,7 @@ def direction(measure: str, given: bool | None, recipe: bool | None) -> bool:
 def check_comment(comment: str) -> None:
     """``--comment`` names one folder inside ``--log_dir`` (no separator, no ``..``, nothing absolute, not too
     long), with the rule main.py's ``--comment`` follows: a sweep never writes outside ``--log_dir``."""
-    from options_domains import path_component_problem
+    from options.domains import path_component_problem
 
     if comment and (problem := path_component_problem("comment", comment)):
         raise UserError(problem)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from safe_io import parse_json, read_bytes, read_json
+from options.safe_io import parse_json, read_bytes, read_json
 from utils import UserError
 
 RESULT_FILES = ("continual_results.json", "toy_results.json", "forgetting_results.json", "test_results.json",

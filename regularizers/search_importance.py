@@ -74,12 +74,12 @@ class SearchSI(_ModelImportance):
 
     def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]], cfg: WPLSearchConfig) -> None:
         super().__init__(groups, cfg)
-        zeros = lambda: {k: [torch.zeros_like(f) for f in v] for k, v in self.fisher.items()}  # noqa: E731
+        zeros = lambda: {k: [torch.zeros_like(f) for f in v] for k, v in self.fisher.items()}
         self.path = zeros()  # w since the last anchor refresh (saved: a checkpoint resumes it)
         self.grad = zeros()  # g of the current step
         self.previous = zeros()  # theta before the current step
 
-    def _tables(self, names: Iterable[str], table: Mapping[str, list[Tensor]]) -> list[Tensor]:
+    def _tables(self, names: Iterable[str], table: Mapping[str, Sequence[Tensor]]) -> list[Tensor]:
         return [t for name in dict.fromkeys(names) for t in table[name]]
 
     @torch.no_grad()

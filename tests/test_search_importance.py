@@ -37,9 +37,8 @@ class TinySpace:
 
     metric = "ppl"
     error_unit = "nats (mean cross-entropy)"
-    decision_sizes = [1]
-
     def __init__(self) -> None:
+        self.decision_sizes = [1]
         gen = torch.Generator().manual_seed(3)
         self.model = nn.Linear(3, 2, bias=False)
         with torch.no_grad():

@@ -20,8 +20,8 @@ from typing import Any
 
 from experiments.ranking import protocol, report
 from experiments.workers import default_workers, run_units
-from runlog import RunDir, discard_on_failure
-from safe_io import read_json
+from engine.runlog import RunDir, discard_on_failure
+from options.safe_io import read_json
 from utils import UserError, save_json
 
 log = logging.getLogger("wpl")

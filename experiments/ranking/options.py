@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from parsing import choice, str_list
+from options.parsing import choice, str_list
 
 SIZES = ("small", "tiny")  # experiments.ranking.protocol.SIZES (a test keeps them equal)
 STAGES = ("all", "truth", "search", "report")

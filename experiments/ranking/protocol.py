@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.workers import Unit
-from safe_io import read_json
+from options.safe_io import read_json
 from utils import UserError
 
 SIZES: dict[str, dict[str, Any]] = {

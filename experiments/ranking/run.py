@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import builders
+from modes import builders
 import config
 from engine import scheduled_lr
 from models.rnn32_space import all_cells, cell_id

@@ -1,7 +1,7 @@
 """Building the pieces of a run from the argparse namespace: search space, trainer, retraining, configuration.
 
 The one place (besides main.py and the thin mode modules) that reads the namespace: everything it builds
-receives typed configs. Shared by main.py (search modes) and retrain.py, so both read options the same way.
+receives typed configs. Shared by the search modes and modes/retrain.py, so both read options the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from recipes import RECIPES, RetrainConfig, Retrainer
 from recipes.arch import make_arch
 from regularizers.search_importance import build_search_regularizer
 from regularizers.wpl_search import WPLSearchConfig
-from runlog import RunDir
+from engine.runlog import RunDir
 from samplers import SAMPLERS
 from trainer import Trainer, TrainerConfig
 from utils import UserError, load_json
@@ -128,7 +128,7 @@ def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | 
 def load_arch(space: SearchSpace, path: Path) -> Any:
     data = load_json(path)
     try:
-        return space.arch_from_dict(data["arch"] if "arch" in data else data)
+        return space.arch_from_dict(data.get("arch", data))
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{path} is not a valid architecture for this search space: {err}") from err
 
