@@ -31,6 +31,8 @@ class Encoded(NamedTuple):
 
 
 class NAOController(nn.Module):
+    valid_mask: Tensor  # (length, vocab) booleans: the tokens decoding may emit at each position
+
     def __init__(self, vocab_size: int, length: int, valid_mask: Tensor, embed: int = 48, hid: int = 96,
                  mlp_layers: int = 4, mlp_hid: int = 200) -> None:
         super().__init__()

@@ -183,7 +183,7 @@ class NAOSampler:
                 if c.nao_controller_clip > 0:
                     nn.utils.clip_grad_norm_(self.controller.parameters(), c.nao_controller_clip)
                 self.optim.step()
-                sums = [s + float(v) for s, v in zip(sums, (loss, mse, nll))]
+                sums = [s + float(v) for s, v in zip(sums, (loss.detach(), mse.detach(), nll.detach()))]
                 batches += 1
             sums = [s / max(batches, 1) for s in sums]
         return {"nao_controller_loss": sums[0], "nao_controller_mse": sums[1], "nao_controller_nll": sums[2]}

@@ -238,3 +238,11 @@ def test_per_activation_weights_are_refused_in_one_line(data_dir: Path, tmp_path
     code = main.main([*NAO, f"--data_dir={data_dir}", f"--log_dir={tmp_path}", "--nao_weights=activation"])
     err = capsys.readouterr().err
     assert code != 0 and "--nao_weights=activation" in err and "Traceback" not in err
+
+
+def test_the_round_benchmark_runs_at_the_small_size(tmp_path: Path) -> None:
+    from benchmarks import bench_nao
+
+    out = bench_nao.main(["--size", "small", "--reps", "1", "--json", str(tmp_path / "nao.json")])
+    assert out["pool"] == 40 and out["controller_params"] == 311_818  # NAO-WS: about 0.31M
+    assert json.loads((tmp_path / "nao.json").read_text())["round_train_s_cpu"] > 0
