@@ -205,6 +205,9 @@ def useless_value_warnings(args: argparse.Namespace) -> list[str]:
         warnings.append(f"--start_training_controller={args.start_training_controller} is not below --max_epoch="
                         f"{args.max_epoch} / --stop_training_controller={args.stop_training_controller}: "
                         "the controller is never trained")
+    if args.sampler == "nao" and args.nao_round_every > args.max_epoch:
+        warnings.append(f"--nao_round_every={args.nao_round_every} is above --max_epoch={args.max_epoch}: NAO never "
+                        "runs a controller round and searches its random initial pool (--nao_size=small: every 2)")
     if args.alpha_fisher > 0 and args.num_batch_per_iter == 1:
         warnings.append("--num_batch_per_iter=1 with --alpha_fisher > 0: the search's WPL re-anchors after every "
                         "architecture, so with one batch each its penalty is always zero (docs/nao.md)")

@@ -113,6 +113,9 @@ class NAOSampler:
         self.losses: list[float | None] = [None] * cfg.nao_pool  # measured at the last round; None: joined since
         self.rounds = 0
         self.epoch = 0
+        # True from a round until the next draw: the kept members' losses are those of today's weights (a cache
+        # for derive, not state: re-measuring gives the same numbers)
+        self.weights_unchanged = False
         self.guard = NonFiniteGuard("controller loss", "the NAO controller diverged (try a smaller --nao_controller_lr)",
                                     lambda: f"epoch {self.epoch}, NAO round {self.rounds}", lambda: last_checkpoint(run))
 
@@ -142,6 +145,7 @@ class NAOSampler:
         return found
 
     def sample(self, n: int) -> list[Any]:
+        self.weights_unchanged = False
         picks = torch.randint(len(self.pool), (n,), generator=self.generator).tolist()
         return [self.space.decode(self.pool[i]) for i in picks]
 
@@ -237,6 +241,7 @@ class NAOSampler:
         self.pool = [self.pool[i] for i in keep] + new + fresh
         self.losses = [losses[i] for i in keep] + [None] * (len(new) + len(fresh))
         self.rounds += 1
+        self.weights_unchanged = True
         log.info("| epoch %3d | NAO round %d | pool best %.4g median %.4g | held-out pairwise acc %.3f | lambda %g "
                  "(%d passes) | %d new", epoch, self.rounds, lo, record["nao_pool_median_loss"], held_out, step, passes, len(new))
         if self.run:
@@ -245,8 +250,19 @@ class NAOSampler:
 
     # ---------------------------------------------------------------------------- derive, state
     def derive(self, n: int, score: Callable[[Any], float]) -> tuple[Any, float]:
-        """The pool's best by ``score`` (the space's held-out error with today's weights), whatever ``n``."""
-        return best_of(((arch_key(a), a) for a in (self.space.decode(t) for t in self.pool)), score)
+        """The pool's best by ``score`` (the space's held-out error with today's weights), whatever ``n``.
+
+        Right after a round (no shared step since), the kept members' losses of that round are today's
+        and only the members that joined are scored."""
+        known = {}
+        if self.weights_unchanged:
+            known = {arch_key(self.space.decode(t)): x for t, x in zip(self.pool, self.losses) if x is not None}
+
+        def cached(arch: Any) -> float:
+            key = arch_key(arch)
+            return known[key] if key in known else score(arch)
+
+        return best_of(((arch_key(a), a) for a in (self.space.decode(t) for t in self.pool)), cached)
 
     @property
     def skipped(self) -> int:

@@ -157,6 +157,13 @@ def test_a_round_keeps_the_best_adds_new_and_random_and_resumes_exactly() -> Non
     assert a.pool[:len(best_old)] == best_old and len(a.pool) == 8
     assert record["nao_pool_best_loss"] == min(sum(t) for t in before) and math.isnan(record["nao_predictor_heldout_pairwise_acc"])
     assert a.losses.count(None) == record["nao_new_archs"] + record["nao_random_archs"]
+    scored: list[Any] = []
+    arch, error = a.derive(1, lambda arch: scored.append(arch) or space.error(arch))  # right after the round
+    assert len(scored) == record["nao_new_archs"] + record["nao_random_archs"]  # the kept members' losses are today's
+    assert error == min(sum(t) for t in a.pool) and list(arch.tokens) in a.pool
+    a.sample(1)  # a shared step would follow: every member is measured again
+    scored.clear()
+    assert a.derive(1, lambda arch: scored.append(arch) or space.error(arch))[1] == error and len(scored) == 8
     buffer = io.BytesIO()
     torch.save(a.state_dict(), buffer)
     ahead = (a.learn(1), a.sample(6), a.pool)
