@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import NonFiniteGuard, first_nonfinite
+from engine import NonFiniteGuard, NonFiniteLoss, first_nonfinite
 from models.nao_codec import TokenCodec, codec_for
 from models.nao_controller import NAOController
 from models.space import SearchSpace
@@ -222,7 +222,7 @@ class NAOSampler:
             held_out = pairwise_accuracy(self.predicted([self.pool[i] for i in joined]), [losses[i] for i in joined])
         finite = [x for x in losses if math.isfinite(x)]
         if not finite:
-            raise UserError(f"epoch {epoch}: every pool member's validation loss is non-finite; the shared model "
+            raise NonFiniteLoss(f"epoch {epoch}: every pool member's validation loss is non-finite; the shared model "
                             f"diverged (try a smaller --shared_lr); last good checkpoint: {last_checkpoint(self.run)}")
         lo, hi = min(finite), max(finite)
         target = torch.tensor([(min(x, hi) - lo) / (hi - lo) if hi > lo else 0.0 for x in losses])
