@@ -234,10 +234,11 @@ class NAOSampler:
         keep = order[:c.nao_pool - len(new) - len(fresh)]
         record.update({
             "nao_pool_best_loss": lo, "nao_pool_median_loss": float(np.median(losses)),
-            "nao_predictor_heldout_pairwise_acc": held_out,
             "nao_predictor_train_pairwise_acc": pairwise_accuracy(self.predicted(self.pool), losses),
             "nao_lambda": step, "nao_passes": passes, "nao_new_archs": len(new), "nao_random_archs": len(fresh),
             "nao_round": self.rounds})
+        if not math.isnan(held_out):  # defined from the second round on
+            record["nao_predictor_heldout_pairwise_acc"] = held_out
         self.pool = [self.pool[i] for i in keep] + new + fresh
         self.losses = [losses[i] for i in keep] + [None] * (len(new) + len(fresh))
         self.rounds += 1

@@ -155,7 +155,7 @@ def test_a_round_keeps_the_best_adds_new_and_random_and_resumes_exactly() -> Non
     record = a.learn(0)
     best_old = sorted(before, key=sum)[:8 - record["nao_new_archs"] - record["nao_random_archs"]]
     assert a.pool[:len(best_old)] == best_old and len(a.pool) == 8
-    assert record["nao_pool_best_loss"] == min(sum(t) for t in before) and math.isnan(record["nao_predictor_heldout_pairwise_acc"])
+    assert record["nao_pool_best_loss"] == min(sum(t) for t in before) and "nao_predictor_heldout_pairwise_acc" not in record
     assert a.losses.count(None) == record["nao_new_archs"] + record["nao_random_archs"]
     scored: list[Any] = []
     arch, error = a.derive(1, lambda arch: scored.append(arch) or space.error(arch))  # right after the round
@@ -172,7 +172,7 @@ def test_a_round_keeps_the_best_adds_new_and_random_and_resumes_exactly() -> Non
     b.load_state_dict(torch.load(buffer, weights_only=True))
     again = (b.learn(1), b.sample(6), b.pool)
     assert json.dumps(again, default=str) == json.dumps(ahead, default=str)
-    assert not math.isnan(again[0]["nao_predictor_heldout_pairwise_acc"])  # the second round has held-out members
+    assert 0 <= again[0]["nao_predictor_heldout_pairwise_acc"] <= 1  # the second round has held-out members
 
 
 # ---------------------------------------------------------------------------------- end to end
