@@ -63,6 +63,12 @@ DOMAINS: dict[str, Domain] = {
     "nb_batch_reward_controller": COUNT, "start_evaluate_diff": NATURAL, "forgetting_eval_batches": COUNT,
     "forgetting_models": COUNT, "evolution_population": Domain(lo=2, integer=True),
     "evolution_sample_size": Domain(lo=2, integer=True),
+    # NAO
+    "nao_pool": Domain(lo=2, integer=True), "nao_top_k": COUNT, "nao_new": COUNT, "nao_random": NATURAL,
+    "nao_round_every": COUNT, "nao_controller_epochs": COUNT, "nao_controller_batch": COUNT,
+    "nao_controller_lr": POSITIVE, "nao_controller_l2": NON_NEGATIVE, "nao_controller_clip": NON_NEGATIVE,
+    "nao_mse_weight": UNIT, "nao_lambda": POSITIVE, "nao_max_passes": COUNT, "nao_embed": COUNT, "nao_hid": COUNT,
+    "nao_mlp_layers": NATURAL, "nao_mlp_hid": COUNT,
     # network
     "num_blocks": COUNT, "controller_hid": COUNT, "shared_wdrop": PROBABILITY, "shared_dropout": PROBABILITY,
     "shared_dropoute": PROBABILITY, "shared_dropouti": PROBABILITY, "shared_embed": COUNT, "shared_hid": COUNT,
@@ -159,6 +165,11 @@ def relation_problem(args: argparse.Namespace) -> str | None:
     if args.evolution_sample_size > args.evolution_population:
         return (f"--evolution_sample_size={args.evolution_sample_size} is above --evolution_population="
                 f"{args.evolution_population}: a tournament draws distinct members")
+    if args.sampler == "nao" and args.nao_top_k > args.nao_pool:
+        return f"--nao_top_k={args.nao_top_k} is above --nao_pool={args.nao_pool}: generation starts from pool members"
+    if args.sampler == "nao" and args.nao_new + args.nao_random >= args.nao_pool:
+        return (f"--nao_new={args.nao_new} + --nao_random={args.nao_random} must stay below --nao_pool={args.nao_pool}: "
+                "the new pool keeps at least one measured member")
     if args.pathnet_active > args.pathnet_modules:
         return (f"--pathnet_active={args.pathnet_active} is above --pathnet_modules={args.pathnet_modules}: a path "
                 f"picks at most that many of a layer's modules")
@@ -194,6 +205,12 @@ def useless_value_warnings(args: argparse.Namespace) -> list[str]:
         warnings.append(f"--start_training_controller={args.start_training_controller} is not below --max_epoch="
                         f"{args.max_epoch} / --stop_training_controller={args.stop_training_controller}: "
                         "the controller is never trained")
+    if args.sampler == "nao" and args.nao_round_every > args.max_epoch:
+        warnings.append(f"--nao_round_every={args.nao_round_every} is above --max_epoch={args.max_epoch}: NAO never "
+                        "runs a controller round and searches its random initial pool (--nao_size=small: every 2)")
+    if args.alpha_fisher > 0 and args.num_batch_per_iter == 1:
+        warnings.append("--num_batch_per_iter=1 with --alpha_fisher > 0: the search's WPL re-anchors after every "
+                        "architecture, so with one batch each its penalty is always zero (docs/nao.md)")
     if args.start_evaluate_diff >= args.max_epoch:
         warnings.append(f"--start_evaluate_diff={args.start_evaluate_diff} is not below --max_epoch={args.max_epoch}: "
                         "the forgetting metric is never measured")

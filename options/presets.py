@@ -1,4 +1,4 @@
-"""The two presets of the modelling choices, and what runs saved before an option existed meant.
+"""The two presets of the modelling choices, NAO's two sizes, and what runs saved before an option existed meant.
 
 Kept apart from the option table (config.py, which re-exports both names) because they are data about
 the models, not options: ``--preset`` picks one of ``PRESETS``; ``LEGACY_VALUES`` fills saved
@@ -26,6 +26,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cnn_cell_output": "concat",
         "cnn_classifier": "gap",
     },
+}
+
+# --nao_size: NAO-WS's pool schedule (the options' defaults, renqianluo/NAO) or one sized for CPU runs that
+# keeps its ratios (pool : top : new : random = 1000 : 100 : 300 : 50 = 40 : 4 : 12 : 2). Explicit options win.
+NAO_SIZES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {"nao_pool": 40, "nao_top_k": 4, "nao_new": 12, "nao_random": 2, "nao_controller_epochs": 100,
+              "nao_round_every": 2},
 }
 
 # What a configuration saved before an option existed meant: a checkpoint or params.json that lacks

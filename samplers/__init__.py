@@ -17,10 +17,11 @@ SAMPLERS: Registry[Any] = Registry("sampler", {
     "reinforce": "samplers.reinforce:ReinforceSampler",
     "random": "samplers.random:RandomSampler",
     "evolution": "samplers.evolution:EvolutionSampler",
+    "nao": "samplers.nao:NAOSampler",
 })
 
 _HOMES = {"Sampler": "samplers.base", "EvolutionConfig": "samplers.evolution", "EvolutionSampler": "samplers.evolution",
-          "RandomConfig": "samplers.random", "RandomSampler": "samplers.random",
+          "NAOConfig": "samplers.nao", "NAOSampler": "samplers.nao", "RandomConfig": "samplers.random", "RandomSampler": "samplers.random",
           "ReinforceConfig": "samplers.reinforce", "ReinforceSampler": "samplers.reinforce"}
 
 
@@ -34,7 +35,8 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from samplers.base import Sampler
     from samplers.evolution import EvolutionConfig, EvolutionSampler
+    from samplers.nao import NAOConfig, NAOSampler
     from samplers.random import RandomConfig, RandomSampler
     from samplers.reinforce import ReinforceConfig, ReinforceSampler
 
-__all__ = ["SAMPLERS", "EvolutionConfig", "EvolutionSampler", "RandomConfig", "RandomSampler", "ReinforceConfig", "ReinforceSampler", "Sampler"]
+__all__ = ["SAMPLERS", "EvolutionConfig", "EvolutionSampler", "NAOConfig", "NAOSampler", "RandomConfig", "RandomSampler", "ReinforceConfig", "ReinforceSampler", "Sampler"]

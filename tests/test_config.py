@@ -111,7 +111,8 @@ SHAPE_BEFORE = {
     "controller_hid", "cnn_final_filter_size", "cnn_num_repeat_normal", "cnn_num_modules", "shared_cnn_types",
     "shared_cnn_normal_types", "shared_cnn_reduce_types", "search_mode", "batch_size", "valid_size",
     "cnn_cell_output", "rnn_output_norm", "rnn_input_bias", "cnn_stem", "cnn_cell_inputs", "cnn_depthwise",
-    "cnn_node_combine", "cnn_classifier", "random_seed",
+    "cnn_node_combine", "cnn_classifier", "random_seed", "nao_embed", "nao_hid", "nao_mlp_layers", "nao_mlp_hid",
+    "nao_weights",
 }
 SEARCH_BEFORE = {
     "network_type", "dataset", "num_blocks", "shared_rnn_activations", "rnn_next_state", "tie_weights",
@@ -121,7 +122,7 @@ SEARCH_BEFORE = {
     "norm_stabilizer_regularization", "norm_stabilizer_regularization_amount", "norm_stabilizer_fixed_point",
     "search_mode", "shared_cnn_types", "shared_cnn_normal_types", "shared_cnn_reduce_types", "cnn_cell_output",
     "cnn_stem", "cnn_cell_inputs", "cnn_depthwise", "cnn_node_combine", "cnn_classifier", "cnn_num_modules",
-    "valid_size",
+    "valid_size", "nao_weights",
 }
 
 

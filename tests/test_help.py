@@ -34,7 +34,7 @@ def test_the_first_screen_has_a_short_usage_and_the_newcomers_options_with_choic
     assert "--mode {train,derive,test,forgetting,retrain,continual,pathnet,ranking}" in first
     screen = "\n".join(lines)
     for shown in ("--dataset NAME", "--data_dir DIR", "--log_dir DIR", "--num_gpu N", "--resume {true,false}",
-                  "--network_type {rnn,rnn32,micro_cnn}", "--sampler {reinforce,random,evolution}", "--preset {paper,enas}",
+                  "--network_type {rnn,rnn32,micro_cnn}", "--sampler {reinforce,random,evolution,nao}", "--preset {paper,enas}",
                   "--load_path RUN", "--comment NAME"):
         assert shown in screen, shown
     for mode, line in config.MODES.about.items():  # every mode with its one line

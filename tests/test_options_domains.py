@@ -39,6 +39,8 @@ BAD = [
     "--shared_rnn_activations=tanh,swish", "--shared_cnn_types=identity,conv9x9", "--shared_rnn_activations=tanh,tanh",
     "--shared_embed=16", "--controller_lr_cosine=True --controller_lr_min=1 --controller_lr_max=0.1",
     "--shared_cnn_lr_min=1",
+    "--sampler=nao --nao_pool=4 --nao_top_k=5", "--sampler=nao --nao_new=0", "--sampler=nao --nao_max_passes=0",
+    "--sampler=nao --nao_lambda=0", "--sampler=nao --nao_mse_weight=1.5",
     # malformed syntax (argparse's own one-line errors)
     "--shared_hid=ten", "--max_epoch=1.5", "--reward_c=eighty", "--momentum=maybe", "--mode=dance",
     "--alpha_fishr=1", "stray", "--network_type=lstm",

@@ -57,6 +57,16 @@ def evolution_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return logs / "tiny_modes"
 
 
+@pytest.fixture(scope="module")
+def nao_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same search with NAO, two epochs with a round each (the held-out accuracy exists from the second)."""
+    logs = tmp_path_factory.mktemp("logs")
+    assert main.main([*TINY, "--sampler=nao", "--max_epoch=2", "--nao_pool=6", "--nao_top_k=2", "--nao_new=2",
+                      "--nao_random=2", "--nao_round_every=1", "--nao_controller_epochs=2", "--nao_embed=8", "--nao_hid=8",
+                      "--nao_mlp_hid=8", f"--data_dir={data_dir}", f"--log_dir={logs}"]) == 0
+    return logs / "tiny_modes"
+
+
 # ------------------------------------------------------------------------------------ modes
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
 def test_an_atomic_write_gives_the_mode_open_would(tmp_path: Path, mask: int) -> None:
@@ -105,15 +115,16 @@ def tensorboard_tags(run: Path) -> set[str]:
     return set(events.Tags()["scalars"]) | set(events.Tags()["images"])
 
 
-def test_readme_lists_exactly_the_metrics_the_runs_write(run_dir: Path, evolution_dir: Path) -> None:
-    written = metric_keys(run_dir) | metric_keys(evolution_dir)
+def test_readme_lists_exactly_the_metrics_the_runs_write(run_dir: Path, evolution_dir: Path, nao_dir: Path) -> None:
+    written = metric_keys(run_dir) | metric_keys(evolution_dir) | metric_keys(nao_dir)
     listed = {c for c in re.findall(r"`([^`]+)`", readme_row("`metrics.jsonl`")) if re.fullmatch(r"[a-z][a-z0-9_]*", c)}
     assert written - listed == set(), "metrics.jsonl keys missing from the README"
     assert listed - written == set(), "README lists metrics no run writes"
 
 
-def test_readme_lists_exactly_the_tensorboard_tags_the_runs_write(run_dir: Path, evolution_dir: Path) -> None:
-    written = tensorboard_tags(run_dir) | tensorboard_tags(evolution_dir)
+def test_readme_lists_exactly_the_tensorboard_tags_the_runs_write(run_dir: Path, evolution_dir: Path,
+                                                                  nao_dir: Path) -> None:
+    written = tensorboard_tags(run_dir) | tensorboard_tags(evolution_dir) | tensorboard_tags(nao_dir)
     listed = set().union(*(expand(c) for c in re.findall(r"`([^`]+)`", readme_row("`events.out.tfevents.*`"))))
     listed = {tag for tag in listed if "/" in tag}
     assert written - listed == set(), "TensorBoard tags missing from the README"
