@@ -44,6 +44,11 @@ SIZES: dict[str, dict[str, Any]] = {
 # The searches' own options (WPL at the paper's README command's strength and clip, the controller phase, the
 # forgetting metric): a cell trained alone reads none of them, so they are not part of its unit.
 SEARCH_ONLY = ("alpha_fisher", "fisher_clip_by_norm", "train_controller", "controller_max_step", "forgetting_eval_batches")
+# A sampler's own options in this space, added to its units only. NAO: NAO-WS's pool ratios (1000 : 100 : 300 : 50)
+# scaled to a space of 32 cells, and a controller round after every epoch (2 epochs leave no room for NAO-WS's 200).
+SAMPLER_OPTIONS: dict[str, dict[str, Any]] = {
+    "nao": {"nao_pool": 8, "nao_top_k": 2, "nao_new": 4, "nao_random": 1, "nao_round_every": 1, "nao_controller_epochs": 100},
+}
 # What a ground truth must share with a search scored against it: the model, the data and the budget.
 TRUTH_KEYS = ("dataset", "shared_embed", "shared_hid", "batch_size", "shared_rnn_max_length", "shared_max_step",
               "num_batch_per_iter", "max_epoch", "shared_lr", "shared_dropout", "preset")
@@ -83,7 +88,8 @@ def truth_units(options: dict[str, Any], seeds: Sequence[int]) -> list[Unit]:
 
 def search_units(options: dict[str, Any], variants: Sequence[tuple[str, str]], seeds: Sequence[int]) -> list[Unit]:
     return [Unit(f"search/{sampler}:{importance}/s{seed}", "experiments.ranking.run:search_and_rank",
-                 {"sampler": sampler, "importance": importance, "seed": seed, "options": options})
+                 {"sampler": sampler, "importance": importance, "seed": seed,
+                  "options": {**options, **SAMPLER_OPTIONS.get(sampler, {})}})
             for seed in seeds for sampler, importance in variants]  # seed-major: paired variants finish together
 
 
