@@ -23,8 +23,8 @@ from typing import Any, Sequence
 from analysis import plots
 from analysis.tables import cell, markdown
 from config import StrictParser
-from parsing import program_name
-from safe_io import one_line_errors
+from options.parsing import program_name
+from options.safe_io import one_line_errors
 from utils import UserError, load_json
 
 PANELS = (
@@ -82,7 +82,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
     Every record must be an object with an integer ``epoch``; figures that are not numbers are left out of
     the plots and the table (``Run.series`` keeps numbers only), never drawn as text."""
-    from safe_io import parse_json, read_bytes
+    from options.safe_io import parse_json, read_bytes
 
     lines = [line for line in read_bytes(path).decode("utf-8", errors="replace").splitlines() if line.strip()]
     records = []

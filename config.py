@@ -3,7 +3,7 @@
 Defaults are those of the paper's public code unless a help text says otherwise. Parsing is strict
 where the paper's code was lax: an unknown option is an error naming the closest valid ones,
 booleans accept only true/false/yes/no/1/0, and list options are read with ``ast.literal_eval`` or
-as comma-separated names (never ``eval``) (the machinery is parsing.py). A repeated option takes its
+as comma-separated names (never ``eval``) (the machinery is options/parsing.py). A repeated option takes its
 last value. An option's ``role=`` says whether a checkpoint or the command line supplies it when a run
 is continued or reused (``parsing.ROLES``); ``SHAPE_KEYS``, ``RUNTIME_KEYS`` and ``SEARCH_KEYS`` are
 read off those marks.
@@ -15,27 +15,20 @@ import argparse
 import sys
 from typing import Any, Sequence, TypeVar
 
-import presets
+import modes
+from options import presets
 from data import DEFAULT_DATA_DIR
-from parsing import StrictParser, choice, program_name, str2bool, str_list
+from experiments.ranking import options as ranking_options
+from options.parsing import StrictParser, choice, program_name, str2bool, str_list
 
 C = TypeVar("C")
-PRESETS = presets.PRESETS  # --preset's choices (presets.py)
+PRESETS = presets.PRESETS  # --preset's choices (options/presets.py)
 NAO_SIZES = presets.NAO_SIZES  # --nao_size's choices
 LEGACY_VALUES = presets.LEGACY_VALUES  # what saved configurations that lack a key meant
 
 
-# The modes --mode chooses from, with the line --help shows for each; main.MODES runs them (a test keeps
-# the two tables equal).
-MODES: dict[str, str] = {
-    "train": "the search (ENAS with WPL)",
-    "derive": "the best of N sampled cells of --load_path",
-    "test": "test split of --load_path's best_arch.json",
-    "forgetting": "paired forgetting experiment (docs/wpl.md)",
-    "retrain": "one architecture trained from scratch",
-    "continual": "task sequences: EWC, SI, MAS, L2, WPL",
-    "pathnet": "PathNet transfer on binary MNIST tasks",
-}
+# The modes --mode chooses from, with the line --help shows for each: the registry that runs them.
+MODES = modes.MODES
 FIRST_SCREEN = "start here"
 
 
@@ -57,7 +50,7 @@ def build_parser() -> StrictParser:
 
     g = p.group(FIRST_SCREEN)
     g.add_argument("--mode", type=choice(*MODES), default="train", role="runtime",
-                   help="what to run (default: %(default)s):\n" + "\n".join(f"{k}: {v}" for k, v in MODES.items()))
+                   help="what to run (default: %(default)s):\n" + "\n".join(f"{k}: {v}" for k, v in MODES.about.items()))
     g.add_argument("--dataset", type=str, default="ptb", metavar="NAME", role=("shape", "runtime", "search"),
                    help="ptb or wikitext2 (text: --network_type=rnn), cifar10 or mnist (images: micro_cnn), or a "
                         "folder name under --data_dir")
@@ -91,10 +84,10 @@ def build_parser() -> StrictParser:
     g.add_argument("--wpl_alpha_mode", type=choice("compound", "loss"), default="compound",
                    help="compound: alpha multiplies the stored Fisher at every update, as the paper's code does; "
                         "loss: textbook (alpha/2) sum F (theta-theta*)^2 with alpha applied at loss time")
-    g.add_argument("--wpl_importance", type=choice("fisher", "mas", "si"), default="fisher",
+    g.add_argument("--wpl_importance", type=choice("fisher", "mas", "si", "l2"), default="fisher",
                    help="the search's importance: fisher (the paper's online Fisher), mas (|d mean ||f(x)||^2 / d theta| on "
                         "the validation batch, Aljundi et al. 2018) or si (path integral over each model's training batches, "
-                        "Zenke et al. 2017, damping --si_xi); docs/wpl.md says which WPL options apply to which")
+                        "Zenke et al. 2017, damping --si_xi), l2 (the control: the Fisher flattened to its mean per tensor); docs/wpl.md says which WPL options apply to which")
     g.add_argument("--momentum", type=b, default=True, help="Fisher as a moving average ((1-lambda) F + lambda g^2) instead of a sum")
     g.add_argument("--alpha_decay", type=float, default=2.0, help="alpha decrement (mode 1) or factor (mode 2) per epoch once decay starts")
     g.add_argument("--alpha_decay_after", type=float, default=15.0, help="epoch at which alpha starts to decay")
@@ -340,6 +333,8 @@ def build_parser() -> StrictParser:
     g.add_argument("--pathnet_wpl_alpha", type=float, default=100.0, help="wpl variant: strength of the penalty on A's path")
     g.add_argument("--pathnet_fisher_batches", type=int, default=50, help="wpl variant: minibatches of A's Fisher")
 
+    ranking_options.add(p)
+
     g = p.group("misc")
     g.add_argument("--log_step", type=int, default=50, help="steps between progress log lines", role="runtime")
     g.add_argument("--save_epoch", type=int, default=5, help="derive, draw and checkpoint every this many epochs")
@@ -384,7 +379,7 @@ def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    import options_domains
+    from options import domains as options_domains
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from parsing import StrictParser, choice
-from safe_io import one_line_errors
+from options.parsing import StrictParser, choice
+from options.safe_io import one_line_errors
 from utils import UserError, atomic_write_bytes
 
 FRAME_NAME = re.compile(r"(\d+)-(\w+)\.png$")

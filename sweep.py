@@ -26,7 +26,8 @@ from config import StrictParser
 from experiments.sweep import SweepConfig, grid_settings
 from experiments.sweep_eval import PROGRAMS, Program, known_direction
 from experiments.sweep_main import run_sweep
-from safe_io import as_user_error
+from experiments.workers import default_workers
+from options.safe_io import as_user_error
 from utils import UserError, setup_logging
 
 log = logging.getLogger("wpl")
@@ -74,7 +75,8 @@ def build_parser() -> StrictParser:
     p.add_argument("--seed_option", default="random_seed",
                    help="option the seed is passed with; '' when the program runs its seeds itself (toy_mnist.py --seeds)")
     p.add_argument("--then", default="", help="a main.py command run on each evaluation's run directory afterwards")
-    p.add_argument("--workers", type=int, default=1, help="evaluations run at once as worker processes (0: in this process)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="evaluations run at once as single-threaded worker processes (-1: one per core; 0: in this process)")
     p.add_argument("--storage", default="", help="Optuna storage URL (default: sqlite in the sweep directory)")
     p.add_argument("--log_dir", default="logs")
     p.add_argument("--comment", default="", help="the sweep's name: <log_dir>/sweep_<comment>/")
@@ -101,7 +103,7 @@ def direction(measure: str, given: bool | None, recipe: bool | None) -> bool:
 def check_comment(comment: str) -> None:
     """``--comment`` names one folder inside ``--log_dir`` (no separator, no ``..``, nothing absolute, not too
     long), with the rule main.py's ``--comment`` follows: a sweep never writes outside ``--log_dir``."""
-    from options_domains import path_component_problem
+    from options.domains import path_component_problem
 
     if comment and (problem := path_component_problem("comment", comment)):
         raise UserError(problem)
@@ -124,8 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("--measure is required (a dotted path into the run's results JSON)")
         recipe_minimize = recipe.get("minimize")
         minimize = direction(str(measure), args.minimize, None if recipe_minimize is None else bool(recipe_minimize))
-        if args.seeds < 1 or args.trials < 1 or args.workers < 0:
-            raise UserError("--seeds and --trials must be >= 1 and --workers >= 0")
+        if args.seeds < 1 or args.trials < 1 or args.workers < -1:
+            raise UserError("--seeds and --trials must be >= 1 and --workers >= -1 (-1: one per core, 0: in this process)")
+        if args.workers == -1:
+            args.workers = default_workers()
         for name, (lo, hi) in (("--low_range", args.low_range), ("--high_range", args.high_range)):
             if not lo <= hi or (args.spacing == "log" and lo <= 0):
                 raise UserError(f"{name} {lo:g} {hi:g}: expected low <= high{' and both > 0 with --spacing=log' if args.spacing == 'log' else ''}")

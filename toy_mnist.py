@@ -24,7 +24,7 @@ import torch
 from data import DEFAULT_DATA_DIR
 from experiments.two_model import MAX_SHARED, PROTOCOLS, STRATEGIES, ToyConfig
 from experiments.two_model_report import run
-from safe_io import one_line_errors
+from options.safe_io import one_line_errors
 from utils import UserError
 
 

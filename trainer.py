@@ -26,9 +26,9 @@ from distributed.context import world
 from engine import NonFiniteGuard, NonFiniteLoss, Step, build_optimizer, first_nonfinite, improves, scheduled_lr, stamp
 from models.space import SearchSpace
 from regularizers.base import Objective, Regularizer
-from runlog import RunDir, mid_epoch_saved
+from engine.runlog import RunDir, mid_epoch_saved
 from samplers.base import Sampler, last_checkpoint
-from stopping import boundary, critical, saving_on_signal
+from engine.stopping import boundary, critical, saving_on_signal
 from utils import rng_state, save_json, set_rng_state
 
 log = logging.getLogger("wpl")
@@ -130,6 +130,7 @@ class Trainer:
 
             def regularise() -> torch.Tensor:
                 nonlocal penalty
+                assert reg is not None  # hooked only when there is a regulariser
                 reg.after_backward(names)
                 penalty = reg.add_penalty_grad_(names)
                 return penalty

@@ -125,7 +125,7 @@ def save_json(path: Path, obj: Any) -> None:
 def load_json(path: Path) -> Any:
     """A JSON file, read by ``safe_io.read_json`` (size and depth limits, a directory refused): every JSON a
     user can point this project at goes through it."""
-    from safe_io import read_json  # safe_io builds on this module
+    from options.safe_io import read_json  # safe_io builds on this module
 
     return read_json(Path(path))
 

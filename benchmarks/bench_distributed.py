@@ -20,6 +20,7 @@ Each configuration runs in fresh processes (``torch.multiprocessing``); figures 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -104,7 +105,7 @@ def worker(rank: int, world_size: int, port: int, args: argparse.Namespace, out:
     result: dict[str, Any] = {"ranks": world_size, "threads_per_rank": threads}
     trainer, wpl, arch = rnn_trainer(args.hid, 12, device)
     comm.STATS.__init__()
-    times = timed_steps(lambda: trainer.train_arch(arch, wpl), args.steps)
+    times = timed_steps(functools.partial(trainer.train_arch, arch, wpl), args.steps)
     calls_per_step = comm.STATS.calls / (args.steps + 2)
     result.update(rnn_step_s=statistics.median(times), rnn_tokens_per_s=BATCH * BPTT / statistics.median(times),
                   rnn_allreduce_ms_per_step=1e3 * comm.STATS.seconds / (args.steps + 2),

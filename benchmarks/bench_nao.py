@@ -36,7 +36,7 @@ from benchmarks.bench_util import loadavg, summary, timed2
 from models import rnn_arch
 from models.nao_codec import rnn_codec
 from models.nao_controller import NAOController
-from presets import NAO_SIZES
+from options.presets import NAO_SIZES
 from samplers.nao import NAOConfig, NAOSampler
 from samplers.reinforce import ReinforceConfig, ReinforceSampler
 

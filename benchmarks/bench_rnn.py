@@ -1,6 +1,6 @@
 """The RNN part of the search benchmark: the trainer's own shared step, Fisher refresh, controller and evaluations.
 
-Every figure times the project's public methods on a trainer built as builders.py builds one (the
+Every figure times the project's public methods on a trainer built as modes/builders.py builds one (the
 RNN space on a synthetic corpus, the REINFORCE sampler, the search's WPL at the paper command's
 strength): ``Trainer.train_arch`` with one batch per architecture, without a regulariser (the plain
 batch) and with WPL (the penalised batch); WPL's ``end_model`` (the Fisher from one validation
@@ -119,7 +119,8 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
         times: dict[bool, tuple[float, float]] = {}
         for penalty in order:
             t_op: list[float] = []
-            times[penalty] = U.timed2(lambda: t_op.append(shared_batch(trainer, arch, wpl if penalty else None)))
+            reg = wpl if penalty else None
+            times[penalty] = U.timed2(lambda t_op=t_op, reg=reg: t_op.append(shared_batch(trainer, arch, reg)))
             if penalty:
                 add("pen_op", t_op[0])
         (plain, plain_cpu), (pen, pen_cpu) = times[False], times[True]

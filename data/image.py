@@ -45,7 +45,7 @@ class ImageSet(Protocol):
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]: ...
 
-    def subset(self, indices: Tensor) -> "ImageSet": ...
+    def subset(self, indices: Tensor) -> ImageSet: ...
 
 
 class TensorImages:
@@ -69,7 +69,7 @@ class TensorImages:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self.images[idx], self.labels[idx]
 
-    def subset(self, indices: Tensor) -> "TensorImages":
+    def subset(self, indices: Tensor) -> TensorImages:
         return TensorImages(self.images[indices], self.labels[indices])
 
 
@@ -105,7 +105,7 @@ class FolderImages:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return torch.stack([self.decode(int(i)) for i in idx]), self.labels[idx]
 
-    def subset(self, indices: Tensor) -> "FolderImages":
+    def subset(self, indices: Tensor) -> FolderImages:
         return FolderImages([self.paths[int(i)] for i in indices], self.labels[indices], self.channels, self.size)
 
 
@@ -237,7 +237,8 @@ def _image_format(paths: Sequence[str], seed: int) -> tuple[int, tuple[int, int]
     from PIL import Image
 
     picked = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:STATS_SAMPLE]
-    modes, sizes = set(), Counter()
+    modes: set[str] = set()
+    sizes: Counter[tuple[int, int]] = Counter()
     for k in picked.tolist():
         try:
             with Image.open(paths[k]) as image:

@@ -64,7 +64,7 @@ def split(x: Tensor, y: Tensor, xt: Tensor, yt: Tensor, groups: Sequence[Sequenc
         for position, c in enumerate(classes):
             table[c] = every.index(c) if scenario == "class" else position
 
-        def relabel(labels: Tensor) -> Tensor:
+        def relabel(labels: Tensor, table: Tensor = table) -> Tensor:
             return table[labels]
 
         keep, keep_t = torch.isin(y, torch.tensor(classes)), torch.isin(yt, torch.tensor(classes))
@@ -121,7 +121,7 @@ def load_images_as_tasks(data_dir: str | Path, name: str, groups: Sequence[Seque
 
 def read_task_split(path: str | Path) -> tuple[str, list[list[str]]]:
     """``{"folder": NAME, "tasks": [[class, ...], ...]}``: the image folder and its classes per task."""
-    from safe_io import read_json
+    from options.safe_io import read_json
 
     spec = read_json(Path(path), "--task_split")  # a directory, a huge or a too-deep file: one line
     try:

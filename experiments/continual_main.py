@@ -19,8 +19,8 @@ from data.tasks import build_sequence
 from engine import first_nonfinite, require_kind, stamp
 from experiments.continual import ContinualConfig, config_dict, run_experiment
 from experiments.continual_report import forgetting_table, markdown, plot, summarise
-from runlog import RunDir, discard_on_failure
-from stopping import Stopped
+from engine.runlog import RunDir, discard_on_failure
+from engine.stopping import Stopped
 from utils import UserError, atomic_write_bytes, save_json
 
 log = logging.getLogger("wpl")

@@ -121,7 +121,7 @@ def run_forgetting(trainer: Trainer, start: dict[str, Any], archs: list[Any], va
         results["variants"][variant] = run_variant(trainer, start, archs, variant, wpl, epoch)
     if "none" in results["variants"]:
         base = results["variants"]["none"]["diff"]
-        for name, res in results["variants"].items():
+        for res in results["variants"].values():
             paired = [d - b for d, b in zip(res["diff"], base)]
             res["paired_vs_none"] = {"mean": float(np.mean(paired)), "ci95": bootstrap_ci(paired)}
     return results

@@ -22,8 +22,8 @@ from engine import require_kind, stamp
 from experiments.pathnet import EvolutionConfig
 from experiments.pathnet_transfer import NetConfig, binary_tasks, parse_pairs, run_pair
 from models.pathnet import Path as NetPath
-from runlog import RunDir, discard_on_failure
-from stopping import Stopped
+from engine.runlog import RunDir, discard_on_failure
+from engine.stopping import Stopped
 from utils import UserError, save_json
 
 log = logging.getLogger("wpl")

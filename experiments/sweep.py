@@ -131,14 +131,14 @@ class Runner:
         done = self.study.values()
         todo = [(s, k) for s, k in jobs if setting_key(s, k) not in done]
         results = {setting_key(s, k): done[setting_key(s, k)] for s, k in jobs if setting_key(s, k) in done}
-        with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, leave=False, disable=None) as bar:
-            with ThreadPoolExecutor(self.workers) as pool:
-                futures = {pool.submit(self._one, s, k): setting_key(s, k) for s, k in todo}
-                for future, key in futures.items():
-                    result = future.result()
-                    if result is not None:
-                        results[key] = result
-                    bar.update()
+        with (tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, leave=False, disable=None) as bar,
+              ThreadPoolExecutor(self.workers) as pool):
+            futures = {pool.submit(self._one, s, k): setting_key(s, k) for s, k in todo}
+            for future, key in futures.items():
+                result = future.result()
+                if result is not None:
+                    results[key] = result
+                bar.update()
         return results
 
 
@@ -160,7 +160,8 @@ def run_narrowing(runner: Runner, cfg: SweepConfig, base_seed: int) -> dict[str,
             raise UserError(f"narrowing trial {t}: drawn lower bound {low:.4g} >= upper bound {high:.4g}; "
                             f"make --low_range lie below --high_range")
         seed = None if cfg.seeds == (None,) else base_seed + t  # the trial's fixed base model
-        steps, seen = [], []
+        steps: list[dict[str, Any]] = []
+        seen: list[float] = []
         for _ in range(MAX_NARROWING_STEPS):
             # A value the trial already evaluated, re-derived with rounding noise, is reused as it was.
             values = [next((s for s in seen if abs(s - v) <= 1e-4 * abs(v)), v)

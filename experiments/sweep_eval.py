@@ -16,13 +16,14 @@ import json
 import math
 import re
 import shutil
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from safe_io import parse_json, read_bytes, read_json
+from options.safe_io import parse_json, read_bytes, read_json
 from utils import UserError
 
 RESULT_FILES = ("continual_results.json", "toy_results.json", "forgetting_results.json", "test_results.json",
@@ -167,9 +168,11 @@ def execute(argv: Sequence[str], script: str, in_process: bool, log_path: Path) 
         return (result if isinstance(result, int) else 0), ""
     # The child runs in the sweep's own working directory, so that relative paths (--log_dir, --data_dir)
     # mean there what they mean to the sweep, from a checkout or an installed package alike.
+    # One intra-op thread per evaluation: independent runs side by side use the cores better than one
+    # multi-threaded run (docs/benchmarks.md), and a result does not depend on how many ran at once.
     with open(log_path, "w") as out:
         rc = subprocess.call([sys.executable, str(ROOT / script if script in PROGRAMS else Path(script).resolve()),
-                              *argv], stdout=out, stderr=subprocess.STDOUT)
+                              *argv], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     return rc, lines[-1] if lines else ""
 

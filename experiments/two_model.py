@@ -36,6 +36,7 @@ over between the two estimators.
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -122,7 +123,7 @@ def linear(n_in: int, n_out: int) -> nn.Linear:
 
 def make_model_a(hidden: int) -> MLP:
     sizes = [784] + [hidden] * (A_LAYERS - 1) + [10]
-    return MLP([linear(n_in, n_out) for n_in, n_out in zip(sizes, sizes[1:])])
+    return MLP([linear(n_in, n_out) for n_in, n_out in itertools.pairwise(sizes)])
 
 
 def make_model_b(a: MLP, k: int, hidden: int) -> MLP:
@@ -130,7 +131,7 @@ def make_model_b(a: MLP, k: int, hidden: int) -> MLP:
     if not 1 <= k <= MAX_SHARED:
         raise ValueError(f"shared layers must be in 1..{MAX_SHARED}, got {k}")
     sizes = [hidden] * (B_LAYERS - k) + [10]
-    own = [linear(n_in, n_out) for n_in, n_out in zip(sizes, sizes[1:])]
+    own = [linear(n_in, n_out) for n_in, n_out in itertools.pairwise(sizes)]
     return MLP(list(a.layers[:k]) + own).to(a.layers[0].weight.device)
 
 

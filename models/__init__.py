@@ -1,7 +1,7 @@
 """Networks and search spaces.
 
 ``SPACES`` names the search spaces ``--network_type`` chooses from (config.py takes its choices from it);
-builders.py builds each from the options. Entries are imported on first use (:mod:`registry`), so reading
+modes/builders.py builds each from the options. Entries are imported on first use (:mod:`options.registry`), so reading
 the names does not import torch. A new search space is its module, one entry here and its builder.
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry import Registry
+from options.registry import Registry
 
 SPACES: Registry[Any] = Registry("search space", {
     "rnn": "models.rnn_space:RNNSpace",
+    "rnn32": "models.rnn32_space:RNN32Space",
     "micro_cnn": "models.cnn_space:CNNSpace",
 })

@@ -49,7 +49,7 @@ from torch.nn import functional as F
 
 from models.cnn_ops import DEPTHWISE, OPS, FactorizedReduce, batch_norm, cat_channels, make_op, relu_conv_bn
 
-__all__ = ["OPS", "FactorizedReduce", "cat_channels", "make_op", "CNNStyle", "CNNArch", "Cell", "SharedCNN", "live_nodes"]
+__all__ = ["OPS", "CNNArch", "CNNStyle", "Cell", "FactorizedReduce", "SharedCNN", "cat_channels", "live_nodes", "make_op"]
 
 Node = tuple[tuple[int, str], tuple[int, str]]  # ((input_a, op_a), (input_b, op_b))
 CellSpec = tuple[Node, ...]
@@ -93,7 +93,7 @@ class CNNArch:
         return {"type": "micro_cnn", **{kind: [[[i, op] for i, op in node] for node in cell] for kind, cell in self.cells().items()}}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CNNArch":
+    def from_dict(cls, d: dict[str, Any]) -> CNNArch:
         if d.get("type") != "micro_cnn":
             raise ValueError(f"not a micro-CNN architecture: type={d.get('type')!r}")
         cells = [tuple(tuple((int(i), str(op)) for i, op in node) for node in d[kind]) for kind in CELL_TYPES]
@@ -164,7 +164,7 @@ class CNNStyle:
                 raise ValueError(f"cell style {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     @classmethod
-    def enas(cls, **changes: Any) -> "CNNStyle":
+    def enas(cls, **changes: Any) -> CNNStyle:
         """ENAS's choices (this project's model before the fidelity change), with ``changes`` applied."""
         return replace(cls(stem=True, cell_inputs="calibrate", depthwise="separable", node_combine="sum",
                            cell_output="concat", classifier="gap"), **changes)
@@ -297,7 +297,7 @@ class SharedCNN(nn.Module):
             names += [self.group_name(c, j, i, op) for j in live_nodes(spec, cell.output) for i, op in spec[j]]
         return [name for name in dict.fromkeys(names) if name in self._grouped]
 
-    def prune_to(self, arch: CNNArch) -> "SharedCNN":
+    def prune_to(self, arch: CNNArch) -> SharedCNN:
         """Delete, in place, every op ``arch`` never runs, and return ``self`` (final training).
 
         Ops of nodes the cell output does not depend on go too (with output ``last``), and so does the

@@ -40,7 +40,7 @@ class Path:
         return {"layers": [list(layer) for layer in self.layers]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], num_layers: int, num_modules: int) -> "Path":
+    def from_dict(cls, d: dict[str, Any], num_layers: int, num_modules: int) -> Path:
         layers = d.get("layers") if isinstance(d, dict) else None
         if (not isinstance(layers, list) or len(layers) != num_layers
                 or not all(isinstance(row, list) and row and all(isinstance(m, int) and 0 <= m < num_modules for m in row)
@@ -49,11 +49,11 @@ class Path:
         return cls(tuple(tuple(row) for row in layers))
 
     @classmethod
-    def random(cls, generator: torch.Generator, num_layers: int, num_modules: int, per_layer: int) -> "Path":
+    def random(cls, generator: torch.Generator, num_layers: int, num_modules: int, per_layer: int) -> Path:
         table = torch.randint(num_modules, (num_layers, per_layer), generator=generator)
         return cls(tuple(tuple(int(m) for m in row) for row in table))
 
-    def mutate(self, generator: torch.Generator, num_modules: int, rate: float, bound: str = "wrap") -> "Path":
+    def mutate(self, generator: torch.Generator, num_modules: int, rate: float, bound: str = "wrap") -> Path:
         """Each index independently, with probability ``rate``, moves by an integer in [-2, 2].
 
         ``wrap`` keeps it inside ``0..M-1`` modulo ``M``; ``clip`` clamps it to the range. (The public TF
@@ -69,7 +69,7 @@ class Path:
         n = len(self.layers[0])
         return Path(tuple(tuple(moved[i * n:(i + 1) * n]) for i in range(len(self.layers))))
 
-    def draw(self, num_modules: int, path: FilePath, frozen: "Path | None" = None, title: str = "") -> FilePath:
+    def draw(self, num_modules: int, path: FilePath, frozen: Path | None = None, title: str = "") -> FilePath:
         """The module grid with this path's modules filled (a frozen path's outlined in bold)."""
         lines = ["digraph pathnet {", "  rankdir=BT; node [shape=box, style=filled, fontsize=9, width=0.3, height=0.25];",
                  f'  label="{title}"; labelloc=t;']

@@ -179,7 +179,7 @@ class SharedRNN(nn.Module):
         """WPL parameter groups: one per edge, holding its ``W^c`` and ``W^h``."""
         return {name: [edge.w_c, edge.w_h] for name, edge in self.edges.items()}
 
-    def prune_to(self, arch: RNNArch) -> "SharedRNN":
+    def prune_to(self, arch: RNNArch) -> SharedRNN:
         """Delete, in place, every edge ``arch`` never runs, and return ``self`` (final training).
 
         The remaining parameters keep their names, so the pruned model computes ``arch`` with this

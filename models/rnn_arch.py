@@ -62,7 +62,7 @@ class RNNArch:
         return {"type": "rnn", "activations": list(self.activations), "parents": list(self.parents)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RNNArch":
+    def from_dict(cls, d: dict[str, Any]) -> RNNArch:
         if d.get("type") != "rnn":
             raise ValueError(f"not an RNN architecture: type={d.get('type')!r}")
         return cls(tuple(d["activations"]), tuple(int(p) for p in d["parents"]))

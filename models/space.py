@@ -38,7 +38,9 @@ class OptimSpec:
 
 
 class SearchSpace(Protocol):
-    model: nn.Module
+    @property
+    def model(self) -> nn.Module: ...  # read-only here, so a space may hold its own nn.Module subclass
+
     metric: str  # name of the evaluation metric: "ppl" (lower is better) or "acc" (higher is better)
     error_unit: str  # unit of the forgetting metric's error, for logs and the README
 

@@ -27,4 +27,4 @@ REGULARIZERS: dict[str, Callable[..., Regularizer]] = {
     "wpl": wpl, "ewc": EWC, "online_ewc": online_ewc, "si": SI, "mas": MAS, "l2": L2,
 }
 
-__all__ = ["EWC", "L2", "MAS", "REGULARIZERS", "QuadraticStore", "Regularizer", "SI", "TaskData", "WPL", "online_ewc"]
+__all__ = ["EWC", "L2", "MAS", "REGULARIZERS", "SI", "WPL", "QuadraticStore", "Regularizer", "TaskData", "online_ewc"]

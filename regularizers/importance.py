@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
@@ -34,7 +34,7 @@ def mean_squared_output_norm(logits: Tensor) -> Tensor:
     return logits.flatten(0, -2).square().sum(-1).mean()
 
 
-def mean_per_sample(task: TaskData, params: Sequence[nn.Parameter], score: Score, statistic: str,
+def mean_per_sample(task: TaskData, params: Sequence[Tensor], score: Score, statistic: str,
                     max_samples: int, sample_labels: bool = False, seed: int = 0) -> list[Tensor]:
     """Mean over up to ``max_samples`` samples of ``g^2`` (``statistic="square"``) or ``|g|`` (``"abs"``).
 

@@ -18,7 +18,7 @@ from regularizers.base import Regularizer, TaskData
 
 
 @torch.no_grad()
-def record_gradients(grads: Sequence[Tensor], params: Sequence[nn.Parameter]) -> None:
+def record_gradients(grads: Sequence[Tensor], params: Sequence[Tensor]) -> None:
     """``g`` of the coming step: each parameter's task-loss gradient (zero without one)."""
     for g, p in zip(grads, params):
         g.copy_(p.grad) if p.grad is not None else g.zero_()
@@ -26,7 +26,7 @@ def record_gradients(grads: Sequence[Tensor], params: Sequence[nn.Parameter]) ->
 
 @torch.no_grad()
 def integrate_step(path: Sequence[Tensor], grads: Sequence[Tensor], previous: Sequence[Tensor],
-                   params: Sequence[nn.Parameter]) -> None:
+                   params: Sequence[Tensor]) -> None:
     """One update's share of the path integral, ``w += -g * delta_theta``; ``previous`` moves on."""
     for w, g, prev, p in zip(path, grads, previous, params):
         delta = p.detach() - prev
@@ -35,7 +35,7 @@ def integrate_step(path: Sequence[Tensor], grads: Sequence[Tensor], previous: Se
 
 
 @torch.no_grad()
-def path_importance(path: Sequence[Tensor], start: Sequence[Tensor], params: Sequence[nn.Parameter],
+def path_importance(path: Sequence[Tensor], start: Sequence[Tensor], params: Sequence[Tensor],
                     xi: float) -> list[Tensor]:
     """``w / ((theta - theta_start)^2 + xi)``: the path integral normalised by the total move."""
     return [w / ((p.detach() - s).square() + xi) for w, s, p in zip(path, start, params)]
@@ -45,7 +45,7 @@ class SI(Regularizer):
     def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]], strength: float, *, xi: float = 0.1) -> None:
         super().__init__(groups, strength)
         self.xi = xi
-        zeros = lambda: {k: [torch.zeros_like(f) for f in v] for k, v in self.importance.items()}  # noqa: E731
+        zeros = lambda: {k: [torch.zeros_like(f) for f in v] for k, v in self.importance.items()}
         self.path = zeros()  # w: the running path integral of this task
         self.grad = zeros()  # g of the current step
         self.previous = {k: [p.detach().clone() for p in v] for k, v in self.params.items()}  # theta before the step
@@ -53,7 +53,7 @@ class SI(Regularizer):
     def penalty_scale(self) -> float:
         return 2.0 * self.strength
 
-    def _tables(self, names: Iterable[str], table: Mapping[str, list[Tensor]]) -> list[Tensor]:
+    def _tables(self, names: Iterable[str], table: Mapping[str, Sequence[Tensor]]) -> list[Tensor]:
         return [t for name in dict.fromkeys(names) for t in table[name]]
 
     def after_backward(self, names: Iterable[str]) -> None:

@@ -53,7 +53,7 @@ class QuadraticStore:
         return params, importance, anchor
 
     @staticmethod
-    def flat(table: Mapping[str, list[Tensor]]) -> list[Tensor]:
+    def flat(table: Mapping[str, Sequence[Tensor]]) -> list[Tensor]:
         return [t for tensors in table.values() for t in tensors]
 
     # ---------------------------------------------------------------------------------- penalty
@@ -77,19 +77,21 @@ class QuadraticStore:
         params, importance, anchor = self.gather(names)
         if not params:
             return torch.zeros(())
+        grads: list[Tensor] = []
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
         dots: list[Tensor] = []
-        large = [i for i, p in enumerate(params) if p.numel() > CHUNK and p.is_contiguous() and p.grad.is_contiguous()
+        large = [i for i, p in enumerate(params) if p.numel() > CHUNK and p.is_contiguous() and grads[i].is_contiguous()
                  and importance[i].is_contiguous() and anchor[i].is_contiguous()
-                 and p.dtype == p.grad.dtype == importance[i].dtype == anchor[i].dtype]
+                 and p.dtype == grads[i].dtype == importance[i].dtype == anchor[i].dtype]
         small = sorted(set(range(len(params))) - set(large))
         if small:
             diff = torch._foreach_sub([params[i].detach() for i in small], [anchor[i] for i in small])
             weighted = torch._foreach_mul([importance[i] for i in small], diff)
             dots += [torch.vdot(w.flatten(), d.flatten()) for w, d in zip(weighted, diff)]
-            torch._foreach_add_([params[i].grad for i in small], weighted, alpha=scale)
+            torch._foreach_add_([grads[i] for i in small], weighted, alpha=scale)
         scratch: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         for i in large:
             p = params[i]
@@ -97,7 +99,7 @@ class QuadraticStore:
             if key not in scratch:
                 scratch[key] = (p.new_empty(CHUNK), p.new_empty(CHUNK))
             scratch_d, scratch_w = scratch[key]
-            pf, ff, af, gf = (t.view(-1) for t in (p.detach(), importance[i], anchor[i], p.grad))
+            pf, ff, af, gf = (t.view(-1) for t in (p.detach(), importance[i], anchor[i], grads[i]))
             for start in range(0, pf.numel(), CHUNK):
                 stop = min(start + CHUNK, pf.numel())
                 d = torch.sub(pf[start:stop], af[start:stop], out=scratch_d[: stop - start])

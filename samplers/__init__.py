@@ -2,7 +2,7 @@
 
 ``SAMPLERS[name].build(space, cfg, device, run)`` builds one, ``cfg`` being its ``Config`` filled
 from the same-named options. A new sampler is one file plus one entry here; ``--sampler`` takes its
-choices from this table. Entries and the names below are imported on first use (:mod:`registry`), so
+choices from this table. Entries and the names below are imported on first use (:mod:`options.registry`), so
 reading the table's names (config.py, ``--help``) does not import torch.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from registry import Registry
+from options.registry import Registry
 
 SAMPLERS: Registry[Any] = Registry("sampler", {
     "reinforce": "samplers.reinforce:ReinforceSampler",

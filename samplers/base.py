@@ -11,7 +11,7 @@ Per epoch the loop (trainer.py) calls::
 owns its own state (networks, optimisers, generators) and saves it with ``state_dict``; one that
 learns counts its own skipped non-finite updates (``skipped``), apart from the shared step's.
 A new sampler is one file here plus one entry in ``samplers.SAMPLERS``; ``build`` receives the
-sampler's own typed config (``Config``, filled from the same-named options by builders.py).
+sampler's own typed config (``Config``, filled from the same-named options by modes/builders.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Hashable, Iterable, Protocol
 import torch
 
 from models.space import SearchSpace
-from runlog import RunDir
+from engine.runlog import RunDir
 
 
 class Sampler(Protocol):

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from engine import NonFiniteGuard
 from models.space import SearchSpace
-from runlog import RunDir
+from engine.runlog import RunDir
 from samplers.base import arch_key, best_of, last_checkpoint
-from stopping import boundary
+from engine.stopping import boundary
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ from engine import NonFiniteGuard, NonFiniteLoss, first_nonfinite
 from models.nao_codec import TokenCodec, codec_for
 from models.nao_controller import NAOController
 from models.space import SearchSpace
-from runlog import RunDir
+from engine.runlog import RunDir
 from samplers.base import arch_key, best_of, last_checkpoint
-from stopping import boundary
+from engine.stopping import boundary
 from utils import UserError
 
 log = logging.getLogger("wpl")

@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from models.space import SearchSpace
-from runlog import RunDir
+from engine.runlog import RunDir
 from samplers.base import arch_key, best_of
 
 

@@ -21,9 +21,9 @@ from tqdm import tqdm
 from engine import NonFiniteGuard, NonFiniteLoss, cosine, first_nonfinite
 from models.controller import Controller
 from models.space import SearchSpace
-from runlog import RunDir
+from engine.runlog import RunDir
 from samplers.base import best_of, last_checkpoint
-from stopping import boundary
+from engine.stopping import boundary
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data.text import write_toy_corpus as write_corpus  # noqa: F401  (the tests import it from here)
+from data.text import write_toy_corpus as write_corpus  # the tests import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import builders
+from modes import builders
 import config
 import main
 from models.cnn import (Cell, CNNArch, CNNStyle, FactorizedReduce, SharedCNN, cat_channels, decision_sizes, decode, encode,
@@ -146,7 +146,7 @@ def test_only_the_sampled_ops_run_and_receive_gradients() -> None:
         for j, node in enumerate(cell.nodes):
             for i, ops in enumerate(node):
                 for op, module in ops.items():
-                    module.register_forward_hook(lambda m, x, o, name=model.group_name(c, j, i, op): ran.add(name))
+                    module.register_forward_hook(lambda m, x, o, name=model.group_name(c, j, i, op): ran.add(name))  # noqa: B008
     model(torch.randn(2, 3, 16, 16), arch).sum().backward()
     used = {model.group_name(c, j, i, op) for c, cell in enumerate(model.cells)
             for j, node in enumerate(arch.reduce if cell.reduction else arch.normal) for i, op in node}

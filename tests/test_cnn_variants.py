@@ -20,14 +20,14 @@ import torch
 from cnn_fixtures import ALL_OPS, VERBATIM, cifar_files, fake_cifar, one_thread, random_arch  # noqa: F401 - fixtures
 from test_cnn import train_argv
 
-import builders
+from modes import builders
 import config
 import main
-import retrain
+from modes import retrain
 from models.cnn import Cell, CNNArch, CNNStyle, SharedCNN, live_nodes, make_op
 from models.cnn_space import CNNSpaceConfig, cnn_style
 from models.space import pick
-from runlog import load_checkpoint
+from engine.runlog import load_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_cnn"
 PAPER, ENAS = CNNStyle(), CNNStyle.enas()

@@ -90,7 +90,7 @@ def test_preset_paper_is_the_default_and_enas_switches_every_modelling_option() 
 
 
 def test_configs_saved_before_an_option_existed_take_its_legacy_value() -> None:
-    from builders import merge_config
+    from modes.builders import merge_config
 
     saved = {k: v for k, v in vars(config.parse_args([])).items() if k not in config.LEGACY_VALUES}
     merged = merge_config(saved, config.parse_args([]), set(), config.RUNTIME_KEYS)

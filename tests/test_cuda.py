@@ -33,10 +33,11 @@ from torch.nn import functional as F
 
 import config
 import main
+from modes.builders import build_trainer
 from models.rnn import RNNArch, SharedRNN
 from regularizers.store import CHUNK
 from regularizers.wpl import WPL
-from runlog import load_checkpoint
+from engine.runlog import load_checkpoint
 
 ON_CPU = os.environ.get("CUDA_TESTS_ON_CPU", "") not in ("", "0")
 DEVICE = torch.device("cpu" if ON_CPU else "cuda")
@@ -267,7 +268,7 @@ def test_resumed_run_on_the_device_equals_the_uninterrupted_one(device_run: Path
 
 def trainer_on(device: torch.device, data_dir: Path) -> object:
     args = config.parse_args([*paper_rnn_args(), *SEARCH, f"--data_dir={data_dir}"])
-    return main.build_trainer(args, device, None)
+    return build_trainer(args, device, None)
 
 
 def test_device_checkpoint_loads_on_the_cpu_and_back(device_run: Path, data_dir: Path, tmp_path: Path) -> None:

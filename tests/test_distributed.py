@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import builders
+from modes import builders
 import config
 import main
 from conftest import ROOT, metrics_without_timing

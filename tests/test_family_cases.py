@@ -363,7 +363,7 @@ BASES = {"continual": CONTINUAL, "pathnet": PATHNET, "retrain": RETRAIN, "train"
 
 def malformed(name: str) -> list[str]:
     """Values outside ``name``'s declared domain: not finite, below or above it, a fraction for an integer, a word."""
-    from options_domains import DOMAINS
+    from options.domains import DOMAINS
 
     domain = DOMAINS[name]
     values = ["nan", "inf", "-inf", "abc"]

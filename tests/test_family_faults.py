@@ -199,7 +199,7 @@ def test_generate_gif_still_writes_an_animation(tmp_path: Path) -> None:
 
 def test_an_allocation_that_does_not_fit_is_one_line() -> None:
     """torch's CPU and CUDA allocation failures (a batch or width far too large), and Python's MemoryError."""
-    from safe_io import as_user_error
+    from options.safe_io import as_user_error
 
     cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                        "you tried to allocate 313600000000 bytes.")

@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 
 import main
-import runlog
+from engine import runlog
 import trainer as trainer_module
 from conftest import ROOT, metrics_without_timing, write_corpus
-from runlog import RunDir
+from engine.runlog import RunDir
 from utils import UserError
 
 SMALL = ["--dataset=tiny", "--max_epoch=3", "--shared_max_step=2", "--num_batch_per_iter=2", "--controller_max_step=2",
@@ -507,7 +507,7 @@ def test_image_that_fails_in_a_worker_is_one_line_naming_it(tmp_path: Path) -> N
 
     root = write_folder(tmp_path)
     broken = root / "shapes" / "test" / "b" / "1.png"
-    data = load_images(root, "shapes", valid_size=0 or 2, seed=0)
+    data = load_images(root, "shapes", valid_size=2, seed=0)
     broken.write_bytes(b"\x89PNG broken")
     with pytest.raises(UserError) as err:
         list(iterate_split(data.test, 4, Preprocess(data, torch.device("cpu")), num_workers=1, seed=0))
@@ -549,7 +549,8 @@ def test_resume_on_another_thread_count_is_warned(caplog: pytest.LogCaptureFixtu
 # ------------------------------------------------------------------------------- real kill -9
 KILL_AFTER_METRICS = """
 import os, sys
-import runlog, main
+import main
+from engine import runlog
 original = runlog.RunDir.save_checkpoint
 def save(self, state, epoch, *a):
     if epoch == {epoch} and {where!r} == "after_metrics":

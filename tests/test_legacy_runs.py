@@ -16,7 +16,7 @@ import torch
 
 import main
 from conftest import metrics_without_timing, write_corpus
-from runlog import load_checkpoint
+from engine.runlog import load_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_rnn"
 

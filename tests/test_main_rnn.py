@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import config
 import generate_gif
 import main
+from modes.builders import build_trainer
 from conftest import interrupted_copy, metrics_without_timing, paper_rnn_args
 from models.space import Loss
 from engine import NonFiniteLoss
@@ -184,7 +185,7 @@ def test_offline_ptb_download_names_the_missing_file(tmp_path: Path, monkeypatch
 
 def test_non_finite_losses_stop_the_run(data_dir: Path, tmp_path: Path) -> None:
     args = config.parse_args([*SMALL, f"--data_dir={data_dir}", f"--log_dir={tmp_path}"])
-    trainer = main.build_trainer(args, torch.device("cpu"), None)
+    trainer = build_trainer(args, torch.device("cpu"), None)
     nan = torch.tensor(float("nan"), requires_grad=True)
     trainer.space.train_loss = lambda arch: Loss(nan, nan, None)  # type: ignore[method-assign]
     before = [p.detach().clone() for p in trainer.space.model.parameters()]

@@ -8,7 +8,7 @@ import pytest
 
 import config
 import main
-import options_domains
+from options import domains as options_domains
 
 BAD = [
     # sizes and counts that must be positive
@@ -78,7 +78,7 @@ def test_log_dir_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_every_numeric_option_has_a_domain() -> None:
     missing = [n for n in options_domains.numeric_options(config.build_parser()) if n not in options_domains.DOMAINS]
-    assert not missing, ("numeric options without a declared domain; add to DOMAINS in options_domains.py, e.g. "
+    assert not missing, ("numeric options without a declared domain; add to DOMAINS in options/domains.py, e.g. "
                          + ", ".join(f"'{n}': COUNT (or NATURAL, PROBABILITY, POSITIVE, NON_NEGATIVE, ...)" for n in missing))
 
 

@@ -16,10 +16,10 @@ import torch
 from scipy.stats import chisquare
 from torch.nn import functional as F
 
-import builders
+from modes import builders
 import config
 import main
-import retrain
+from modes import retrain
 from conftest import interrupted_copy, metrics_without_timing
 from data.text import batchify, build_corpus
 from models.rnn import SharedRNN
@@ -28,7 +28,7 @@ from models.rnn_space import RNNSpace, RNNSpaceConfig
 from models.space import load_shared_weights
 from recipes.arch import random_arch
 from recipes.rnn import nonmono_trigger
-from runlog import RunDir, load_checkpoint
+from engine.runlog import RunDir, load_checkpoint
 from utils import UserError, seed_everything
 
 CPU = torch.device("cpu")

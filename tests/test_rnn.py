@@ -123,7 +123,7 @@ def test_drop_connect_touches_exactly_the_documented_weights(scope: str) -> None
     tokens = torch.randint(9, (6, 8))
     out = model(tokens, torch.randn(8, hid), arch)
     out.logits.sum().backward()
-    zero_fraction = lambda p: float((p.grad == 0).float().mean())  # noqa: E731
+    zero_fraction = lambda p: float((p.grad == 0).float().mean())
     assert zero_fraction(model.w_h0) == pytest.approx(0.5, abs=0.05)
     assert zero_fraction(model.w_x0) == 0.0  # input projections are never dropped
     for name in ("0_1", "1_2"):
@@ -139,7 +139,7 @@ def test_loose_ends_are_averaged_and_last_state_option() -> None:
     h = torch.zeros(1, 3)
     avg_model = tiny_model(4, "avg")
     out = avg_model(x, h, arch)
-    expected, nodes = reference_step(avg_model, arch, avg_model.encoder(x[0]), h)
+    _, nodes = reference_step(avg_model, arch, avg_model.encoder(x[0]), h)
     assert torch.allclose(out.raw[0], (nodes[2] + nodes[3]) / 2, atol=1e-6)
     last_model = tiny_model(4, "last")
     assert torch.allclose(last_model(x, h, arch).hidden, nodes[3], atol=1e-6)

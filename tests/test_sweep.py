@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -18,11 +19,11 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from analysis.stats import best_stability, detectable_effect, noise_floor, paired_bootstrap  # noqa: E402
-from experiments.sweep import Runner, SweepConfig, grid_settings, run_grid, run_narrowing, spaced  # noqa: E402
-from experiments.sweep_eval import known_direction, resolve  # noqa: E402
-from experiments.sweep_report import markdown, summarise  # noqa: E402
-from experiments.sweep_study import Study, default_storage, setting_key  # noqa: E402
+from analysis.stats import best_stability, detectable_effect, noise_floor, paired_bootstrap
+from experiments.sweep import Runner, SweepConfig, grid_settings, run_grid, run_narrowing, spaced
+from experiments.sweep_eval import known_direction, resolve
+from experiments.sweep_report import markdown, summarise
+from experiments.sweep_study import Study, default_storage, setting_key
 import sweep
 from utils import UserError
 
@@ -53,7 +54,7 @@ def test_narrowing_on_a_noisy_quadratic_shrinks_as_specified_and_ends(tmp_path: 
         steps = trial["steps"]
         rng = np.random.default_rng(10 + trial["trial"])
         assert steps[0]["low"] == pytest.approx(rng.uniform(0, 1)) and steps[0]["high"] == pytest.approx(rng.uniform(8, 10))
-        for before, after in zip(steps, steps[1:]):
+        for before, after in itertools.pairwise(steps):
             i = before["values"].index(before["best"])
             assert after["low"] == before["values"][max(i - 1, 0)] and after["high"] == before["values"][min(i + 1, 4)]
             assert after["high"] - after["low"] <= (before["high"] - before["low"]) / 2 + 1e-4  # 2/(n-1) of the range

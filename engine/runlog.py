@@ -34,7 +34,7 @@ import torch
 
 from distributed.context import world
 from engine import checkpoint
-from safe_io import read_json
+from options.safe_io import read_json
 from utils import UserError, atomic_write_bytes, missing_dirs, remove_if_empty
 
 log = logging.getLogger("wpl")
@@ -50,7 +50,7 @@ class RunDir:
         self.networks = self.path / "networks"
         self.checkpoints = self.path / "checkpoints"
         self.metrics_path = self.path / "metrics.jsonl"
-        self._writer = None
+        self._writer: EventLog | None = None
         self._use_tensorboard = use_tensorboard
 
     # ------------------------------------------------------------------------------ metrics
@@ -152,6 +152,8 @@ class RunDir:
         ``continual``/``pathnet`` (their results or checkpoint), ``search`` (params.json with a run id)."""
         if (self.path / "arch.json").is_file():
             return "retrain"
+        if (self.path / "ranking.json").is_file():
+            return "ranking"
         for kind in ("continual", "pathnet"):
             if (self.path / f"{kind}_results.json").is_file():
                 return kind
@@ -254,7 +256,7 @@ class EventLog:
         self.ok = True
         self._file: Any = None
         try:
-            self._file = open(self.path, "ab")
+            self._file = open(self.path, "ab")  # noqa: SIM115  (held open for the run; closed by close())
         except OSError as err:
             self._fail(err)
             return

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import builders
+from modes import builders
 import config
 from distributed import context
 from distributed.comm import barrier
@@ -37,7 +37,7 @@ from recipes.arch import (
     run_dir_of,
     search_run_of,
 )
-from runlog import (
+from engine.runlog import (
     RunDir,
     discard_on_failure,
     load_checkpoint,
@@ -45,7 +45,7 @@ from runlog import (
     resolve_checkpoint,
     warn_on_thread_change,
 )
-from stopping import Stopped
+from engine.stopping import Stopped
 from utils import UserError, save_json, seed_everything, setup_logging
 
 log = logging.getLogger("wpl")

@@ -18,12 +18,16 @@ T = TypeVar("T")
 class Registry(Mapping[str, T], Generic[T]):
     """Read-only mapping from a name to the object that ``"module:attribute"`` names, imported lazily."""
 
-    def __init__(self, kind: str, targets: Mapping[str, str]) -> None:
+    def __init__(self, kind: str, targets: Mapping[str, str], about: Mapping[str, str] | None = None) -> None:
+        """``about``: one line per name for ``--help`` (optional; when given, one for every name)."""
         for name, target in targets.items():
             if target.count(":") != 1:
                 raise ValueError(f"{kind} {name!r}: expected 'module:attribute', got {target!r}")
+        if about is not None and set(about) != set(targets):
+            raise ValueError(f"{kind}: the help lines name {sorted(about)}, the entries {sorted(targets)}")
         self.kind = kind
         self.targets = dict(targets)
+        self.about = dict(about or {})
         self._loaded: dict[str, T] = {}
 
     def __getitem__(self, name: str) -> T:

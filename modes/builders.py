@@ -1,7 +1,7 @@
 """Building the pieces of a run from the argparse namespace: search space, trainer, retraining, configuration.
 
 The one place (besides main.py and the thin mode modules) that reads the namespace: everything it builds
-receives typed configs. Shared by main.py (search modes) and retrain.py, so both read options the same way.
+receives typed configs. Shared by the search modes and modes/retrain.py, so both read options the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from recipes import RECIPES, RetrainConfig, Retrainer
 from recipes.arch import make_arch
 from regularizers.search_importance import build_search_regularizer
 from regularizers.wpl_search import WPLSearchConfig
-from runlog import RunDir
+from engine.runlog import RunDir
 from samplers import SAMPLERS
 from trainer import Trainer, TrainerConfig
 from utils import UserError, load_json
@@ -49,7 +49,8 @@ def build_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
     return space
 
 
-def build_rnn_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
+def build_rnn_space(args: argparse.Namespace, device: torch.device, space_class: type | None = None) -> SearchSpace:
+    """An RNN space (``space_class``: the ENAS one, or a restriction of it) on the ``--dataset`` corpus."""
     from data.text import check_split_sizes, load_corpus
     from models.rnn_space import RNNSpace, RNNSpaceConfig
 
@@ -60,7 +61,15 @@ def build_rnn_space(args: argparse.Namespace, device: torch.device) -> SearchSpa
                       args.shared_rnn_max_length)
     log.info("corpus %s: vocabulary %d, tokens train %d / valid %d / test %d (%.1fs)", args.dataset,
              corpus.ntokens, len(corpus.train), len(corpus.valid), len(corpus.test), time.time() - start)
-    return RNNSpace(corpus, pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations)), device)
+    cfg = pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations))
+    return (space_class or RNNSpace)(corpus, cfg, device)
+
+
+def build_rnn32_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
+    """The ranking benchmark's 32 cells (models/rnn32_space.py): 3 nodes, its own activations."""
+    from models.rnn32_space import RNN32Space
+
+    return build_rnn_space(args, device, RNN32Space)
 
 
 def cnn_ops(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
@@ -102,7 +111,8 @@ def build_cnn_space(args: argparse.Namespace, device: torch.device) -> SearchSpa
 
 # One builder per entry of ``models.SPACES`` (the table --network_type takes its choices from).
 SPACE_BUILDERS: dict[str, Callable[[argparse.Namespace, torch.device], SearchSpace]] = {
-    "rnn": build_rnn_space, "micro_cnn": build_cnn_space}
+    "rnn": build_rnn_space, "rnn32": build_rnn32_space, "micro_cnn": build_cnn_space}
+TEXT_SPACES = ("rnn", "rnn32")  # retrained with the RNN recipe's sizes
 
 
 def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | None) -> Trainer:
@@ -118,7 +128,7 @@ def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | 
 def load_arch(space: SearchSpace, path: Path) -> Any:
     data = load_json(path)
     try:
-        return space.arch_from_dict(data["arch"] if "arch" in data else data)
+        return space.arch_from_dict(data.get("arch", data))
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{path} is not a valid architecture for this search space: {err}") from err
 
@@ -126,7 +136,7 @@ def load_arch(space: SearchSpace, path: Path) -> Any:
 # ------------------------------------------------------------------------------------ retrain
 def retrain_sizes(args: argparse.Namespace) -> argparse.Namespace:
     """The options a retrain's space is built from: the retrain's sizes in place of the search's."""
-    if args.network_type == "rnn":
+    if args.network_type in TEXT_SPACES:
         if args.tie_weights and args.retrain_embed != args.retrain_hid:
             raise UserError(f"--tie_weights needs --retrain_embed == --retrain_hid "
                             f"(got {args.retrain_embed} and {args.retrain_hid})")
@@ -147,7 +157,7 @@ def retrain_config(args: argparse.Namespace) -> RetrainConfig:
 
 
 def retrain_optim_spec(args: argparse.Namespace) -> OptimSpec:
-    if args.network_type == "rnn":  # constant lr: the "decay" schedule with factor 1
+    if args.network_type in TEXT_SPACES:  # constant lr: the "decay" schedule with factor 1
         return OptimSpec(lr=args.retrain_lr, weight_decay=args.retrain_l2_reg, grad_clip=args.retrain_grad_clip)
     return OptimSpec(lr=args.retrain_cnn_lr, lr_min=args.retrain_cnn_lr_min, weight_decay=args.retrain_cnn_l2_reg,
                      grad_clip=args.retrain_cnn_grad_clip, momentum=args.retrain_cnn_momentum,

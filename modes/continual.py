@@ -1,0 +1,60 @@
+"""``--mode=continual``: task sequences compared over paired seeds (docs/continual.md).
+
+The options become one typed :class:`experiments.continual.ContinualConfig`; the protocol, its run directory
+and its report live in ``experiments/continual*.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from engine.stopping import resume_command
+from utils import UserError
+
+MAX_WIDTH = 1 << 16  # a hidden width past this is a typo that would ask for gigabytes
+MAX_PERMUTED_TASKS = 50
+
+
+def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
+    from experiments.continual import ContinualConfig
+    from experiments.continual_main import run_continual
+
+    options = {"ewc": {"fisher": args.ewc_fisher, "per_task": args.ewc_per_task},
+               "online_ewc": {"gamma": args.online_ewc_gamma, "fisher": args.ewc_fisher},
+               "si": {"xi": args.si_xi},
+               "wpl": {"mode": args.wpl_mode, "lambda_fisher": args.lambda_fisher, "momentum": args.momentum,
+                       "clip_by_norm": args.fisher_clip_by_norm, "consolidate": "task"}}
+    strengths = {"ewc": args.ewc_lambda, "online_ewc": args.online_ewc_lambda, "si": args.si_c, "mas": args.mas_lambda,
+                 "l2": args.l2_lambda, "wpl": args.wpl_alpha}
+    try:
+        hidden = [int(w) for w in args.cl_hidden.split(",")]
+    except ValueError as err:
+        raise UserError(f"--cl_hidden={args.cl_hidden}: expected comma-separated widths such as 400,400") from err
+    if not all(1 <= w <= MAX_WIDTH for w in hidden):
+        raise UserError(f"--cl_hidden={args.cl_hidden}: every width must be between 1 and {MAX_WIDTH}")
+    unknown = sorted(set(args.strategies) - {"none", "joint", *strengths})
+    if unknown:
+        raise UserError(f"--strategies: unknown {', '.join(unknown)} (none, joint, {', '.join(strengths)})")
+    if len(set(args.strategies)) != len(args.strategies):
+        raise UserError(f"--strategies={','.join(args.strategies)}: a strategy is repeated")
+    if "num_tasks" in explicit and args.benchmark != "permuted_mnist":
+        raise UserError(f"--num_tasks is read only with --benchmark=permuted_mnist (--benchmark={args.benchmark} "
+                        f"has its own tasks)")
+    if args.num_tasks > MAX_PERMUTED_TASKS:  # each task holds its own permuted copy of MNIST, about 190 MB
+        raise UserError(f"--num_tasks={args.num_tasks}: at most {MAX_PERMUTED_TASKS} (each task holds a permuted copy "
+                        f"of MNIST, about 190 MB)")
+    if args.task_split and args.benchmark != "folder":
+        raise UserError(f"--task_split is read only with --benchmark=folder (got --benchmark={args.benchmark})")
+    if args.seeds < 1 or args.cl_iters < 1 or args.num_tasks < 2:
+        raise UserError("--seeds and --cl_iters must be >= 1 and --num_tasks >= 2")
+    cfg = ContinualConfig(args.strategies, args.seeds, args.random_seed, args.cl_iters, args.cl_batch_size, args.cl_lr,
+                          (0.9, 0.999), hidden, args.cl_eval_every, args.importance_samples, strengths, options)
+    name = f"{args.benchmark}_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    with resume_command(name[len(args.benchmark) + 1:]):
+        run_continual(Path(args.log_dir) / name, args.benchmark, args.scenario, args.data_dir, cfg,
+                      num_tasks=args.num_tasks, task_split=args.task_split, resume=args.resume,
+                      use_tensorboard=args.use_tensorboard)

@@ -1,0 +1,32 @@
+"""``--mode=pathnet``: PathNet (Fernando et al. 2017), binary MNIST transfer (docs/pathnet.md).
+
+The options become the network's and the tournaments' typed configs; the protocol, its run directory and
+its report live in ``experiments/pathnet*.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from engine.stopping import resume_command
+
+
+def mode_pathnet(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
+    from experiments.pathnet import EvolutionConfig
+    from experiments.pathnet_main import run_pathnet
+    from experiments.pathnet_transfer import NetConfig
+
+    net = NetConfig(args.pathnet_layers, args.pathnet_modules, args.pathnet_units, args.pathnet_active,
+                    args.pathnet_aggregate, args.pathnet_wpl_alpha, args.pathnet_fisher_batches)
+    evolution = EvolutionConfig(args.pathnet_population, args.pathnet_batches, args.pathnet_batch_size, args.pathnet_lr,
+                                args.pathnet_converge, args.pathnet_max_generations, args.noise,
+                                args.pathnet_mutation_bound)
+    name = f"pathnet_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    seeds = list(range(args.random_seed, args.random_seed + args.seeds))
+    with resume_command(name[len("pathnet_"):]):
+        run_pathnet(Path(args.log_dir) / name, args.data_dir, args.tasks, args.pathnet_variants, seeds, net, evolution,
+                    args.resume, args.use_tensorboard)
