@@ -214,7 +214,7 @@ def _rnn(tokens: list[int]) -> dict[str, Any]:
     return {"activations": list(arch.activations), "parents": list(arch.parents)}
 
 
-def test_nao_searches_a_tiny_micro_cnn(fake_cifar: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_nao_searches_a_tiny_micro_cnn(fake_cifar: Path, tmp_path: Path) -> None:
     argv = ["--network_type=micro_cnn", "--dataset=cifar10", "--num_blocks=2", f"--data_dir={fake_cifar}", *SMALL,
             f"--log_dir={tmp_path}", "--comment=nao", "--sampler=nao", "--nao_size=small", "--nao_pool=5",
             "--nao_top_k=2", "--nao_new=2", "--nao_random=1", "--nao_controller_epochs=2", "--nao_round_every=1",
