@@ -18,11 +18,12 @@ the strength schedule, start epoch and periodic reset apply unchanged.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from regularizers import SEARCH_IMPORTANCES
 from regularizers.base import HeldOut
 from regularizers.importance import mean_squared_output_norm
 from regularizers.si import integrate_step, path_importance, record_gradients
@@ -106,9 +107,6 @@ class SearchSI(_ModelImportance):
         return {**super().tables(), "path": self.path}
 
 
-SEARCH_IMPORTANCES: dict[str, Callable[[Mapping[str, Sequence[nn.Parameter]], WPLSearchConfig], SearchWPL]] = {
-    "fisher": SearchWPL, "mas": SearchMAS, "si": SearchSI,
-}
 
 
 def build_search_regularizer(groups: Mapping[str, Sequence[nn.Parameter]], cfg: WPLSearchConfig) -> SearchWPL:
