@@ -18,6 +18,7 @@ from typing import Any, Sequence, TypeVar
 import modes
 from options import presets
 from data import DEFAULT_DATA_DIR
+from experiments.ranking import options as ranking_options
 from options.parsing import StrictParser, choice, program_name, str2bool, str_list
 
 C = TypeVar("C")
@@ -87,7 +88,7 @@ def build_parser() -> StrictParser:
     g.add_argument("--wpl_importance", type=choice(*SEARCH_IMPORTANCES), default="fisher",
                    help="the search's importance: fisher (the paper's online Fisher), mas (|d mean ||f(x)||^2 / d theta| on "
                         "the validation batch, Aljundi et al. 2018) or si (path integral over each model's training batches, "
-                        "Zenke et al. 2017, damping --si_xi); docs/wpl.md says which WPL options apply to which")
+                        "Zenke et al. 2017, damping --si_xi), l2 (the control: the Fisher flattened to its mean per tensor); docs/wpl.md says which WPL options apply to which")
     g.add_argument("--momentum", type=b, default=True, help="Fisher as a moving average ((1-lambda) F + lambda g^2) instead of a sum")
     g.add_argument("--alpha_decay", type=float, default=2.0, help="alpha decrement (mode 1) or factor (mode 2) per epoch once decay starts")
     g.add_argument("--alpha_decay_after", type=float, default=15.0, help="epoch at which alpha starts to decay")
@@ -307,6 +308,8 @@ def build_parser() -> StrictParser:
     g.add_argument("--noise", type=float, default=0.5, help="salt-and-pepper probability per pixel (paper: 0.5)")
     g.add_argument("--pathnet_wpl_alpha", type=float, default=100.0, help="wpl variant: strength of the penalty on A's path")
     g.add_argument("--pathnet_fisher_batches", type=int, default=50, help="wpl variant: minibatches of A's Fisher")
+
+    ranking_options.add(p)
 
     g = p.group("misc")
     g.add_argument("--log_step", type=int, default=50, help="steps between progress log lines", role="runtime")

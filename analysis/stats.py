@@ -134,3 +134,43 @@ def interval_text(result: dict[str, Any], key: str = "mean", fmt: str = "+.4g") 
     if result.get("lo") is None:
         return f"{result[key]:{fmt}} ({result.get('note', TOO_FEW_PAIRS)})"
     return f"{result[key]:{fmt}} [{result['lo']:{fmt}}, {result['hi']:{fmt}}]"
+
+
+# ------------------------------------------------------------------------------- rankings
+def rank_agreement(scores: Sequence[float], truth: Sequence[float]) -> dict[str, float]:
+    """Kendall tau-b and Spearman rho between two scores **of the same items** (``scores[i]`` and ``truth[i]``
+    belong to item i; never two lists of ids ordered by rank, whose tau depends on arbitrary labels).
+    Ties count as tau-b and average ranks do; a constant input has no ranking: NaN."""
+    from scipy import stats
+
+    if len(scores) != len(truth) or len(scores) < 2:
+        raise ValueError(f"rank agreement needs two equal-length score lists of >= 2 items, got {len(scores)} and {len(truth)}")
+    a, b = np.asarray(scores, dtype=float), np.asarray(truth, dtype=float)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {"tau": math.nan, "rho": math.nan}
+    return {"tau": float(stats.kendalltau(a, b).statistic), "rho": float(stats.spearmanr(a, b).statistic)}
+
+
+def top_k_regret(scores: Sequence[float], truth: Sequence[float], k: int = 1) -> float:
+    """How much worse (in ``truth``'s units, lower is better) the best of the ``k`` items ranked best by
+    ``scores`` truly is than the truly best item: 0 when the search's top k holds the best one. Ties in
+    ``scores`` are broken by item order (what a stable sort of the search's list picks)."""
+    if len(scores) != len(truth) or not 1 <= k <= len(scores):
+        raise ValueError(f"top-{k} regret of {len(scores)} scores against {len(truth)} truths")
+    picked = np.argsort(np.asarray(scores, dtype=float), kind="stable")[:k]
+    return float(min(truth[i] for i in picked) - min(truth))
+
+
+def paired_tests(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, Any]:
+    """``a - b`` over paired seeds: mean with t and bootstrap intervals, Wilcoxon signed-rank and paired t p-values."""
+    from scipy import stats
+
+    t = paired_difference(a, b)
+    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    boot = paired_bootstrap(a, b, seed)
+    result: dict[str, Any] = {"mean": t["mean"], "t_lo": t["lo"], "t_hi": t["hi"], "n": len(diffs),
+                              "lo": boot["lo"], "hi": boot["hi"], **({"note": boot["note"]} if "note" in boot else {})}
+    nonzero = diffs[diffs != 0]
+    result["wilcoxon_p"] = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else None
+    result["t_p"] = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) >= 2 and np.ptp(diffs) > 0 else None
+    return result

@@ -152,6 +152,8 @@ class RunDir:
         ``continual``/``pathnet`` (their results or checkpoint), ``search`` (params.json with a run id)."""
         if (self.path / "arch.json").is_file():
             return "retrain"
+        if (self.path / "ranking.json").is_file():
+            return "ranking"
         for kind in ("continual", "pathnet"):
             if (self.path / f"{kind}_results.json").is_file():
                 return kind

@@ -15,5 +15,6 @@ from options.registry import Registry
 # name -> ``from_options(args, device)``, the function that builds the space the options describe.
 SPACES: Registry[Any] = Registry("search space", {
     "rnn": "models.rnn_space:from_options",
+    "rnn32": "models.rnn32_space:from_options",
     "micro_cnn": "models.cnn_space:from_options",
 })

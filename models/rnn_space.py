@@ -282,8 +282,9 @@ def rnn_dot(arch: RNNArch) -> str:
 
 
 # ------------------------------------------------------------------------------ from the options
-def from_options(args: argparse.Namespace, device: torch.device) -> RNNSpace:
-    """The RNN space the options describe (``models.SPACES``' entry): corpus loaded and checked, model built."""
+def from_options(args: argparse.Namespace, device: torch.device, space_class: type[RNNSpace] | None = None) -> RNNSpace:
+    """The RNN space the options describe (``models.SPACES``' entry): corpus loaded and checked, model built
+    (``space_class``: this space, or a restriction of it such as models/rnn32_space.py's)."""
     from data.text import check_split_sizes, load_corpus
 
     start = time.time()
@@ -293,4 +294,5 @@ def from_options(args: argparse.Namespace, device: torch.device) -> RNNSpace:
                       args.shared_rnn_max_length)
     log.info("corpus %s: vocabulary %d, tokens train %d / valid %d / test %d (%.1fs)", args.dataset,
              corpus.ntokens, len(corpus.train), len(corpus.valid), len(corpus.test), time.time() - start)
-    return RNNSpace(corpus, pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations)), device)
+    cfg = pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations))
+    return (space_class or RNNSpace)(corpus, cfg, device)

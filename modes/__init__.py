@@ -1,4 +1,4 @@
-"""What ``--mode`` runs: one module per family (search, retrain, continual, PathNet).
+"""What ``--mode`` runs: one module per family (search, retrain, continual, PathNet, ranking).
 
 ``builders`` turns the options into a search space, sampler, regulariser and trainer; the mode modules
 open their run directory, run their loop and write their results. ``main.py`` only parses, dispatches
@@ -21,6 +21,7 @@ MODES: Registry[Any] = Registry("mode", {
     "retrain": "modes.retrain:mode_retrain",
     "continual": "modes.continual:mode_continual",
     "pathnet": "modes.pathnet:mode_pathnet",
+    "ranking": "modes.ranking:mode_ranking",
 }, about={
     "train": "the search (ENAS with WPL)",
     "derive": "the best of N sampled cells of --load_path",
@@ -29,4 +30,5 @@ MODES: Registry[Any] = Registry("mode", {
     "retrain": "one architecture trained from scratch",
     "continual": "task sequences: EWC, SI, MAS, L2, WPL",
     "pathnet": "PathNet transfer on binary MNIST tasks",
+    "ranking": "32-cell ground-truth ranking benchmark",
 })

@@ -49,6 +49,9 @@ def build_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
     return space
 
 
+TEXT_SPACES = ("rnn", "rnn32")  # retrained with the RNN recipe's sizes
+
+
 def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | None) -> Trainer:
     """The search: its space, the ``--sampler`` (built first: the controller's initial weights draw from
     the seeded global generator), WPL (its ``--wpl_importance``) when ``--alpha_fisher > 0``, and the loop."""
@@ -70,7 +73,7 @@ def load_arch(space: SearchSpace, path: Path) -> Any:
 # ------------------------------------------------------------------------------------ retrain
 def retrain_sizes(args: argparse.Namespace) -> argparse.Namespace:
     """The options a retrain's space is built from: the retrain's sizes in place of the search's."""
-    if args.network_type == "rnn":
+    if args.network_type in TEXT_SPACES:
         if args.tie_weights and args.retrain_embed != args.retrain_hid:
             raise UserError(f"--tie_weights needs --retrain_embed == --retrain_hid "
                             f"(got {args.retrain_embed} and {args.retrain_hid})")
@@ -91,7 +94,7 @@ def retrain_config(args: argparse.Namespace) -> RetrainConfig:
 
 
 def retrain_optim_spec(args: argparse.Namespace) -> OptimSpec:
-    if args.network_type == "rnn":  # constant lr: the "decay" schedule with factor 1
+    if args.network_type in TEXT_SPACES:  # constant lr: the "decay" schedule with factor 1
         return OptimSpec(lr=args.retrain_lr, weight_decay=args.retrain_l2_reg, grad_clip=args.retrain_grad_clip)
     return OptimSpec(lr=args.retrain_cnn_lr, lr_min=args.retrain_cnn_lr_min, weight_decay=args.retrain_cnn_l2_reg,
                      grad_clip=args.retrain_cnn_grad_clip, momentum=args.retrain_cnn_momentum,

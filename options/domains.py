@@ -93,7 +93,7 @@ DOMAINS: dict[str, Domain] = {
     "pathnet_population": Domain(lo=2, integer=True), "pathnet_batches": COUNT, "pathnet_batch_size": COUNT,
     "pathnet_lr": POSITIVE, "pathnet_converge": Domain(lo=0, hi=1, lo_open=True), "pathnet_max_generations": COUNT,
     "noise": UNIT, "pathnet_wpl_alpha": NON_NEGATIVE, "pathnet_fisher_batches": COUNT,
-    "seeds": COUNT, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
+    "seeds": COUNT, "ranking_seeds": COUNT, "truth_seeds": COUNT, "workers": NATURAL, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
     "cl_eval_every": COUNT, "importance_samples": COUNT, "ewc_lambda": NON_NEGATIVE, "online_ewc_lambda": NON_NEGATIVE,
     "online_ewc_gamma": UNIT, "si_c": NON_NEGATIVE, "si_xi": POSITIVE, "mas_lambda": NON_NEGATIVE,
     "l2_lambda": NON_NEGATIVE, "wpl_alpha": NON_NEGATIVE,
@@ -151,7 +151,7 @@ def relation_problem(args: argparse.Namespace) -> str | None:
         return f"--log_dir={args.log_dir[:80]}{'...' if len(args.log_dir) > 80 else ''}: unusable ({err.strerror or err})"
     if blocker is not None:
         return f"--log_dir={args.log_dir}: {blocker} is a file, not a directory"
-    if args.network_type == "rnn" and args.tie_weights and args.shared_embed != args.shared_hid:
+    if args.network_type in ("rnn", "rnn32") and args.tie_weights and args.shared_embed != args.shared_hid:
         return (f"--tie_weights=True needs --shared_embed == --shared_hid (got {args.shared_embed} and "
                 f"{args.shared_hid}); pass --tie_weights=False or equal sizes")
     if args.controller_lr_cosine and args.controller_lr_min > args.controller_lr_max:
@@ -213,7 +213,7 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse
 
 # The experiments' own options, by the mode that reads them (their help groups): given to another mode they
 # would do nothing, so the command line is refused in one line (issue 31: no meaningless combination accepted).
-EXPERIMENT_GROUPS = {"continual": "continual", "pathnet": "pathnet"}
+EXPERIMENT_GROUPS = {"continual": "continual", "pathnet": "pathnet", "ranking": "ranking"}
 SHARED_EXPERIMENT_OPTIONS = {"seeds": frozenset({"continual", "pathnet"})}  # in the continual group, read by both
 
 

@@ -16,7 +16,8 @@ import argparse
 import ast
 import difflib
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
@@ -214,7 +215,7 @@ class StrictParser(argparse.ArgumentParser):
         return group
 
     def format_help(self, full: bool = True) -> str:  # type: ignore[override]
-        """Every group (``full``), or the first screen and one line per other group."""
+        """Every group (``full``), or the first screen and the other groups' sizes, two to a line."""
         if self.first_screen is None:
             return super().format_help()
         formatter = self._get_formatter()
@@ -233,7 +234,7 @@ class StrictParser(argparse.ArgumentParser):
                 others.append(f"{group.title}: {len(group._group_actions)} options")
         if others:
             formatter.start_section("more options, by group (--help-all lists them all)")
-            formatter.add_text("\n".join(others))
+            formatter.add_text("\n".join("; ".join(others[i:i + 2]) for i in range(0, len(others), 2)))
             formatter.end_section()
         formatter.add_text(self.epilog)
         return formatter.format_help()

@@ -13,6 +13,6 @@ from recipes.cnn import CNNRetrainer
 from recipes.loop import RetrainConfig, Retrainer
 from recipes.rnn import RNNRetrainer
 
-RECIPES: dict[str, type[Retrainer]] = {"rnn": RNNRetrainer, "micro_cnn": CNNRetrainer}
+RECIPES: dict[str, type[Retrainer]] = {"rnn": RNNRetrainer, "rnn32": RNNRetrainer, "micro_cnn": CNNRetrainer}
 
 __all__ = ["RECIPES", "CNNRetrainer", "RNNRetrainer", "RetrainConfig", "Retrainer"]

@@ -27,6 +27,7 @@ SEARCH_IMPORTANCES: Registry[Any] = Registry("WPL importance", {
     "fisher": "regularizers.wpl_search:SearchWPL",
     "mas": "regularizers.search_importance:SearchMAS",
     "si": "regularizers.search_importance:SearchSI",
+    "l2": "regularizers.search_importance:SearchL2",
 })
 
 _HOMES = {"Regularizer": "regularizers.base", "TaskData": "regularizers.base", "QuadraticStore": "regularizers.store",

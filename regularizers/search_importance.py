@@ -11,6 +11,7 @@ the strength schedule, start epoch and periodic reset apply unchanged.
 * ``mas`` -- Aljundi et al. 2018, unsupervised: ``|d mean_n ||f(x_n)||^2 / d theta|`` on one validation
   batch's outputs (eval mode), the gradient of the batch mean (like the search's Fisher, which squares
   a batch gradient), not the mean of per-sample absolute gradients that the task-sequence MAS takes.
+* ``l2`` -- the control: the Fisher flattened to its mean over each tensor (:class:`SearchL2`).
 * ``si`` -- Zenke et al. 2017: ``w += -g * delta_theta`` over the architecture's training batches
   (``g`` the task loss's gradient before the penalty's), normalised at the anchor refresh into
   ``w / ((theta - theta*)^2 + xi)`` (``theta*`` the anchor: the weights before the architecture trained).
@@ -106,6 +107,23 @@ class SearchSI(_ModelImportance):
     def tables(self) -> dict[str, dict[str, list[Tensor]]]:
         return {**super().tables(), "path": self.path}
 
+
+class SearchL2(SearchWPL):
+    """The control for "just a weaker step": an L2 pull to the anchor, matched in strength to the Fisher.
+
+    Everything is the paper's Fisher WPL (same batch, same moving average, clip and alpha) except that
+    each tensor's ``g^2`` is replaced by its mean over the tensor before it is folded in: the penalty is
+    as strong on average, but no longer says *which* weights mattered. A gain of WPL over this control
+    is the importance's, not the slower movement's (the ranking benchmark, docs/results.md)."""
+
+    label = "L2 (Fisher-matched)"
+
+    @torch.no_grad()
+    def update_fisher(self, names: Iterable[str], alpha: float | None = None) -> None:
+        names = list(dict.fromkeys(names))
+        params, _, _ = self.gather(names)
+        values = [p.grad.pow(2).mean().expand_as(p) if p.grad is not None else torch.zeros_like(p) for p in params]
+        self.fold_importance(names, values, alpha)
 
 
 

@@ -19,7 +19,7 @@ import main
 from conftest import metrics_without_timing
 from experiments.forgetting import run_forgetting
 from models.space import Loss, OptimSpec
-from regularizers.search_importance import SearchMAS, SearchSI, build_search_regularizer
+from regularizers.search_importance import SearchL2, SearchMAS, SearchSI, build_search_regularizer
 from regularizers.wpl_search import SearchWPL, WPLSearchConfig
 from samplers import RandomSampler
 from trainer import Trainer, TrainerConfig
@@ -119,6 +119,16 @@ def test_mas_importance_is_the_absolute_gradient_of_the_validation_outputs_squar
     assert torch.equal(reg.anchor["shared"][0], space.model.weight.detach())
     penalty = float(reg.penalty(["shared"]))
     assert penalty == 0.0  # anchored at the current weights
+
+
+def test_the_l2_control_is_the_fisher_flattened_to_its_mean_per_tensor() -> None:
+    fisher, space_f, _ = trained("fisher")
+    l2, space_l, _ = trained("l2")
+    assert isinstance(l2, SearchL2)
+    assert torch.equal(space_f.model.weight, space_l.model.weight)  # the first architecture: no penalty yet
+    table = fisher.fisher["shared"][0]
+    assert float(table.std()) > 0  # the Fisher does single out weights ...
+    assert torch.allclose(l2.fisher["shared"][0], torch.full_like(table, float(table.mean())), atol=1e-7)  # ... L2 does not
 
 
 def test_si_importance_is_the_path_integral_normalised_by_the_total_move() -> None:

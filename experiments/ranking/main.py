@@ -1,0 +1,90 @@
+"""``--mode=ranking``: the ground truth, the searches and the report of the ranking benchmark, in one run folder.
+
+``<log_dir>/ranking_<comment>/`` holds ``ranking.json`` (the protocol: options, variants, seeds),
+``truth.jsonl`` and ``search.jsonl`` (the ledgers of finished units, :mod:`experiments.workers`),
+``ground_truth.json`` (the whole seeds of the ground truth, the file to commit), and after the report
+``ranking_results.json``, ``ranking.md`` and ``ranking.png``. ``--ranking_stage`` picks what runs:
+``truth``, ``search``, ``report``, or ``all`` of them in that order. Any stage continues with
+``--resume=True`` (same protocol), losing at most the units that were running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from experiments.ranking import protocol, report
+from experiments.workers import default_workers, run_units
+from engine.runlog import RunDir, discard_on_failure
+from options.safe_io import read_json
+from utils import UserError, save_json
+
+log = logging.getLogger("wpl")
+LEDGERS = ("truth.jsonl", "search.jsonl")
+
+
+def describe(args: argparse.Namespace) -> dict[str, Any]:
+    """The protocol a run folder is bound to: a resume must ask for the same."""
+    options = protocol.options_for(args.ranking_size, args)
+    return {"mode": "ranking", "size": args.ranking_size, "options": {k: v for k, v in options.items() if k != "data_dir"},
+            "variants": list(args.ranking_variants), "seeds": list(range(args.random_seed, args.random_seed + args.ranking_seeds)),
+            "truth_seeds": list(range(args.random_seed, args.random_seed + args.truth_seeds))}
+
+
+def open_run(args: argparse.Namespace, plan: dict[str, Any]) -> RunDir:
+    """A new folder, or the same protocol's folder with ``--resume=True``; anything else one line."""
+    run = RunDir(Path(args.log_dir) / f"ranking_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}", use_tensorboard=False)
+    with discard_on_failure(run):
+        saved_path = run.path / "ranking.json"
+        held = [name for name in (*LEDGERS, "ranking.json") if (run.path / name).is_file()]
+        if held and not args.resume:
+            raise UserError(f"{run.path} already holds a ranking run ({', '.join(held)}): pass --resume=True to continue "
+                            f"it, or another --comment")
+        if not held and any(run.path.iterdir()):
+            raise UserError(f"{run.path} holds files of another kind of run: nothing is rewritten; pass another --comment")
+        if saved_path.is_file():
+            saved = read_json(saved_path, "ranking protocol")
+            changed = [k for k in plan if saved.get(k) != plan[k]] if isinstance(saved, dict) else ["ranking.json"]
+            if changed:
+                raise UserError(f"{run.path} was started with other {', '.join(changed)}: a resume continues the same "
+                                f"protocol; pass its options again, or another --comment")
+        save_json(saved_path, plan)
+    return run
+
+
+def run_ranking(args: argparse.Namespace) -> dict[str, Any] | None:
+    variants = protocol.parse_variants(args.ranking_variants)
+    if args.ranking_seeds < 1 or args.truth_seeds < 1 or args.workers < 0:
+        raise UserError("--ranking_seeds and --truth_seeds must be >= 1 and --workers >= 0 (0: one per core)")
+    plan = describe(args)
+    options = protocol.options_for(args.ranking_size, args)
+    run = open_run(args, plan)
+    workers = args.workers or default_workers()
+    command = "python main.py " + shlex.join(sys.argv[1:])
+    stages = ("truth", "search", "report") if args.ranking_stage == "all" else (args.ranking_stage,)
+    log.info("ranking benchmark in %s: stages %s, %d worker(s)", run.path, ", ".join(stages), workers)
+    if "truth" in stages:
+        units = protocol.truth_units(options, plan["truth_seeds"])
+        entries = run_units(units, run.path / "truth.jsonl", workers, desc="ground truth (cell, seed)")
+        save_json(run.path / "ground_truth.json", protocol.truth_document(entries, options, command))
+        log.info("ground truth: %s", run.path / "ground_truth.json")
+    if "search" in stages:
+        units = protocol.search_units(options, variants, plan["seeds"])
+        run_units(units, run.path / "search.jsonl", workers, desc="searches (variant, seed)")
+    if "report" not in stages:
+        return None
+    truth_path = Path(args.ranking_truth) if args.ranking_truth else run.path / "ground_truth.json"
+    if not truth_path.is_file():
+        raise UserError(f"no ground truth at {truth_path}: run --ranking_stage=truth first or pass --ranking_truth=FILE")
+    truth = protocol.load_truth(truth_path, options)
+    from experiments.workers import read_ledger
+
+    searches = [entry["record"] for entry in read_ledger(run.path / "search.jsonl").values()]
+    results = report.summarise(truth, searches, variants)
+    results["truth_file"] = str(truth_path)
+    return report.write(run.path, results)

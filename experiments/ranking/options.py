@@ -1,0 +1,30 @@
+"""The ranking benchmark's command-line options, declared beside it (config.py collects them).
+
+Kept free of heavy imports: ``--help`` builds the option table without importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from options.parsing import choice, str_list
+
+SIZES = ("small", "tiny")  # experiments.ranking.protocol.SIZES (a test keeps them equal)
+STAGES = ("all", "truth", "search", "report")
+DEFAULT_VARIANTS = ["random:none", "random:fisher", "reinforce:none", "reinforce:fisher"]
+
+
+def add(p: Any) -> None:
+    g = p.group("ranking", "--mode=ranking: the 32-cell ground-truth ranking benchmark (docs/ranking.md)", tier=1)
+    g.add_argument("--ranking_stage", type=choice(*STAGES), default="all",
+                   help="truth (each cell trained alone), search (the variants' searches), report, or all in order")
+    g.add_argument("--ranking_size", type=choice(*SIZES), default="small",
+                   help="budget shared by the ground truth and the searches: small (width 64, 800 batches) or tiny (tests)")
+    g.add_argument("--ranking_variants", type=str_list, default=DEFAULT_VARIANTS,
+                   help="sampler:importance pairs searched (importance: none, fisher, mas, si, l2 = Fisher-matched L2)")
+    g.add_argument("--ranking_seeds", type=int, default=10, help="paired seeds of every search variant (--random_seed, +1, ...)")
+    g.add_argument("--truth_seeds", type=int, default=3, help="seeds of every cell trained alone")
+    g.add_argument("--ranking_truth", type=str, default="", metavar="FILE",
+                   help="a ground_truth.json to score against (default: this run's own)")
+    g.add_argument("--workers", type=int, default=0,
+                   help="parallel single-threaded worker processes (0: one per available core)")

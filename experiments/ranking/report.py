@@ -1,0 +1,175 @@
+"""The ranking benchmark's numbers: Kendall tau against the ground truth, regret, forgetting, paired differences.
+
+Every comparison is on per-cell paired values (``scores[i]`` and ``truth[i]`` belong to cell i,
+analysis/stats.py's ``rank_agreement``), every interval over seeds, every difference between variants
+paired by seed (same initial weights, same batches). The ceiling is the ground truth's own
+seed-to-seed tau: no search can rank the cells more consistently with one training run than another
+training run of the same cell does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis import plots, tables
+from analysis.stats import (
+    detectable_effect,
+    mean_ci,
+    paired_tests,
+    rank_agreement,
+    top_k_regret,
+)
+from experiments.ranking.protocol import truth_matrix
+from utils import atomic_write_bytes, save_json
+
+METRICS = ("tau", "rho", "regret1", "regret5", "diff", "stability")
+
+
+def ceiling(matrix: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Tau between every two ground-truth seeds, and of each seed against the mean of the others."""
+    pairs = [rank_agreement(a, b)["tau"] for a, b in itertools.combinations(matrix, 2)]
+    loo = [rank_agreement(row, np.mean([r for j, r in enumerate(matrix) if j != i], axis=0))["tau"]
+           for i, row in enumerate(matrix)] if len(matrix) > 2 else []
+    return {"seed_pair_tau": mean_ci(pairs) if pairs else None, "seed_vs_rest_tau": mean_ci(loo) if loo else None,
+            "seeds": len(matrix)}
+
+
+def score_epoch(ppl: Sequence[float], truth: Sequence[float], previous: Sequence[float] | None) -> dict[str, float]:
+    finite = [p if math.isfinite(p) else 1e30 for p in ppl]  # a diverged cell ranks last
+    agreement = rank_agreement(finite, truth)
+    return {"tau": agreement["tau"], "rho": agreement["rho"], "regret1": top_k_regret(finite, truth, 1),
+            "regret5": top_k_regret(finite, truth, 5),
+            "stability": rank_agreement(finite, previous)["tau"] if previous is not None else math.nan}
+
+
+def per_run(search: dict[str, Any], truth: Sequence[float]) -> list[dict[str, float]]:
+    """Each epoch's figures of one search."""
+    rows, previous = [], None
+    for epoch in search["epochs"]:
+        finite = [p if math.isfinite(p) else 1e30 for p in epoch["valid_ppl"]]
+        rows.append({**score_epoch(epoch["valid_ppl"], truth, previous),
+                     "diff": epoch.get("forgetting_mean_diff", math.nan)})
+        previous = finite
+    return rows
+
+
+def summarise(truth_doc: dict[str, Any], searches: Sequence[dict[str, Any]], variants: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    matrix = truth_matrix(truth_doc)
+    truth = np.mean(matrix, axis=0).tolist()
+    test = np.mean(truth_matrix(truth_doc, "test_ppl"), axis=0).tolist()
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for search in searches:
+        runs.setdefault(f"{search['sampler']}:{search['importance']}", {})[search["seed"]] = per_run(search, truth)
+    summary: dict[str, Any] = {}
+    for name in (f"{s}:{i}" for s, i in variants):
+        by_seed = runs.get(name, {})
+        if not by_seed:
+            continue
+        epochs = min(len(rows) for rows in by_seed.values())
+        summary[name] = {"seeds": sorted(by_seed), "per_epoch": [
+            {m: _ci([rows[e][m] for rows in by_seed.values()]) for m in METRICS} for e in range(epochs)]}
+    return {"truth": {"valid_ppl": truth, "test_ppl": test, "ceiling": ceiling(matrix), "best_cell": f"c{int(np.argmin(truth)):02d}"},
+            "variants": summary, "paired": paired(runs, variants), "runs": runs}
+
+
+def _ci(values: Sequence[float]) -> dict[str, Any]:
+    finite = [v for v in values if math.isfinite(v)]
+    return mean_ci(finite) if finite else {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+
+
+def paired(runs: dict[str, dict[int, list[dict[str, float]]]], variants: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Each importance minus ``none`` of the same sampler, at the last epoch, over the seeds both have."""
+    out: dict[str, Any] = {}
+    for sampler, importance in variants:
+        base, this = runs.get(f"{sampler}:none", {}), runs.get(f"{sampler}:{importance}", {})
+        seeds = sorted(set(base) & set(this))
+        if importance == "none" or len(seeds) < 2:
+            continue
+        entry: dict[str, Any] = {"seeds": seeds}
+        for metric in ("tau", "regret1", "regret5"):
+            a = [this[s][-1][metric] for s in seeds]
+            b = [base[s][-1][metric] for s in seeds]
+            entry[metric] = paired_tests(a, b)
+            entry[metric]["detectable"] = detectable_effect(float(np.std(np.subtract(a, b), ddof=1)), len(seeds))
+        out[f"{sampler}:{importance} - {sampler}:none"] = entry
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    t = results["truth"]
+    c = t["ceiling"]
+    lines = [f"Ground truth: {c['seeds']} seed(s) per cell; best cell {t['best_cell']} "
+             f"(valid ppl {min(t['valid_ppl']):.1f}); seed-to-seed tau (the ceiling): "
+             + (f"{c['seed_pair_tau']['mean']:.3f} [{c['seed_pair_tau']['lo']:.3f}, {c['seed_pair_tau']['hi']:.3f}]"
+                if c["seed_pair_tau"] else "needs >= 2 seeds"), ""]
+    rows = []
+    for name, v in results["variants"].items():
+        last = v["per_epoch"][-1]
+        rows.append([name, len(v["seeds"])] + [_fmt(last[m]) for m in ("tau", "rho", "regret1", "regret5", "diff", "stability")])
+    lines.append(tables.markdown(["variant", "seeds", "Kendall tau", "Spearman rho", "top-1 regret (ppl)",
+                                  "top-5 regret (ppl)", "forgetting Diff (nats)", "tau vs previous epoch"], rows,
+                                 "Last epoch, mean [95% t interval] over paired seeds"))
+    prow = []
+    for name, entry in results["paired"].items():
+        for metric in ("tau", "regret1"):
+            e = entry[metric]
+            boot = f"[{e['lo']:+.3f}, {e['hi']:+.3f}]" if e.get("lo") is not None else e.get("note", "")
+            prow.append([name, metric, len(entry["seeds"]), f"{e['mean']:+.3f} [{e['t_lo']:+.3f}, {e['t_hi']:+.3f}]", boot,
+                         tables.cell(e["wilcoxon_p"], ".3f"), tables.cell(e["t_p"], ".3f"), f"{e['detectable']:.3f}"])
+    if prow:
+        lines += ["", tables.markdown(["difference", "metric", "pairs", "mean [t 95%]", "bootstrap 95%", "Wilcoxon p",
+                                       "paired t p", "detectable (80% power)"], prow, "Paired differences at the last epoch")]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(ci: dict[str, Any]) -> str:
+    if not math.isfinite(ci["mean"]):
+        return tables.MISSING
+    return f"{ci['mean']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci["n"] > 1 else f"{ci['mean']:.3f}"
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Kendall tau against epoch per variant (mean and 95% band), the ceiling as a dashed line."""
+    fig, axes = plots.panels(1, 2, (11, 4))
+    colours = plots.pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (name, v) in enumerate(results["variants"].items()):
+        x = list(range(1, len(v["per_epoch"]) + 1))
+        for ax, metric in zip(axes[0], ("tau", "regret1")):
+            rows = [e[metric] for e in v["per_epoch"]]
+            plots.band(ax, x, [r["mean"] for r in rows], [r["mean"] - r["lo"] if r["n"] > 1 else 0 for r in rows],
+                       color=colours[k % len(colours)], label=name, style="-o")
+    top = results["truth"]["ceiling"]["seed_pair_tau"]
+    if top:
+        axes[0][0].axhline(top["mean"], color="grey", ls="--", label="ground truth seed-to-seed")
+    axes[0][0].set(xlabel="epoch", ylabel="Kendall tau vs ground truth", title="ranking of the 32 cells")
+    axes[0][1].set(xlabel="epoch", ylabel="top-1 regret (valid ppl)", title="cost of the cell a search would pick")
+    axes[0][0].legend(fontsize=7)
+    plots.save(fig, path)
+    return path
+
+
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float as ``None`` (strict JSON: NaN is not a JSON value)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def write(folder: Path, results: dict[str, Any]) -> dict[str, Any]:
+    text = markdown(results)
+    save_json(folder / "ranking_results.json", strict(results))
+    atomic_write_bytes(folder / "ranking.md", lambda f: f.write(text.encode()))
+    plot(results, folder / "ranking.png")
+    print(text)
+    print(f"written: {folder / 'ranking_results.json'}, {folder / 'ranking.md'}, {folder / 'ranking.png'}")
+    return results

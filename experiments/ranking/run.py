@@ -1,0 +1,135 @@
+"""The ranking benchmark's two kinds of unit, each a plain function a worker process calls.
+
+* :func:`train_alone` -- one cell of the 32 trained from scratch with the search's own shared step, only
+  ever that cell (the ground truth), then scored on the whole validation and test splits;
+* :func:`search_and_rank` -- one weight-sharing search (a sampler, an importance or none) on the same
+  model, data and budget; after every epoch every one of the 32 cells is scored with the shared
+  weights on the whole validation split.
+
+Both start from ``seed_everything(seed)`` and build the space before anything else draws, so every
+variant of a seed starts from the same weights and reads the same batches: the paired design. A
+ground-truth cell differs from a search only in its sampler (always the one cell) and in having no
+regulariser, so a difference in ranking comes from the sharing, not from another training recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from modes import builders
+import config
+from engine import scheduled_lr
+from models.rnn32_space import all_cells, cell_id
+from models.rnn_arch import RNNArch
+from models.space import pick
+from regularizers.search_importance import build_search_regularizer
+from regularizers.wpl_search import WPLSearchConfig
+from samplers import SAMPLERS
+from samplers.base import best_of
+from trainer import Trainer, TrainerConfig
+from utils import seed_everything
+
+log = logging.getLogger("wpl")
+CPU = torch.device("cpu")
+
+
+def unit_args(options: dict[str, Any], seed: int) -> argparse.Namespace:
+    """The search's full option set: today's defaults, then the unit's ``options``, then its seed."""
+    args = config.build_parser().parse_args([])
+    values = {**vars(args), **options, "random_seed": seed, "network_type": "rnn32", "num_gpu": 0}
+    values["shared_rnn_activations"] = list(values["shared_rnn_activations"])
+    return argparse.Namespace(**values)
+
+
+class FixedSampler:
+    """Proposes one cell, always: training a cell alone through the search's own loop."""
+
+    def __init__(self, arch: RNNArch) -> None:
+        self.arch = arch
+        self.skipped = 0
+
+    def sample(self, n: int) -> list[RNNArch]:
+        return [self.arch] * n
+
+    def active(self, epoch: int) -> bool:
+        return False
+
+    def learn(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def derive(self, n: int, score: Callable[[Any], float]) -> tuple[Any, float]:
+        return best_of([("cell", self.arch)], score)
+
+    def first_nonfinite(self) -> str | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _epoch(trainer: Trainer, epoch: int, max_epoch: int, measure_forgetting: bool) -> dict[str, Any]:
+    """One epoch of the search loop without its derive step: shared phase, then the sampler's."""
+    if trainer.reg is not None:
+        trainer.reg.begin_epoch(epoch)
+    trainer.step.set_lr(scheduled_lr(trainer.spec, epoch, max_epoch))
+    record = trainer.shared_phase(epoch, trainer.cfg.shared_max_step, measure_forgetting)
+    if trainer.sampler.active(epoch):
+        record.update(trainer.sampler.learn(epoch))
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def train_alone(cell: str, seed: int, options: dict[str, Any]) -> dict[str, Any]:
+    """Ground truth: cell ``cell`` (an id ``c00``..``c31``) trained alone; valid and test perplexity."""
+    args = unit_args(options, seed)
+    seed_everything(seed)
+    space = builders.build_space(args, CPU)
+    arch = next(a for a in all_cells() if cell_id(a) == cell)
+    trainer = Trainer(space, FixedSampler(arch), None, pick(TrainerConfig, args), None, vars(args))  # type: ignore[arg-type]
+    curve = []
+    for epoch in range(args.max_epoch):
+        curve.append(_epoch(trainer, epoch, args.max_epoch, measure_forgetting=False).get("shared_ce", math.nan))
+    valid, test = space.evaluate(arch, "valid"), space.evaluate(arch, "test")
+    return {"cell": cell, "arch": arch.to_dict(), "seed": seed, "valid_ppl": valid["valid_ppl"],
+            "test_ppl": test["test_ppl"], "train_ce": curve}
+
+
+def score_cells(trainer: Trainer) -> list[float]:
+    """Every cell's perplexity with the shared weights on the whole validation split, in id order."""
+    return [trainer.space.evaluate(arch, "valid")["valid_ppl"] for arch in all_cells()]
+
+
+def search_and_rank(sampler: str, importance: str, seed: int, options: dict[str, Any]) -> dict[str, Any]:
+    """One weight-sharing search of the 32 cells; the shared weights' ranking of all of them after every epoch."""
+    args = unit_args({**options, "sampler": sampler}, seed)
+    if importance == "none":
+        args.alpha_fisher = 0.0
+    else:
+        args.wpl_importance = importance
+    seed_everything(seed)
+    space = builders.build_space(args, CPU)
+    sampler_cls = SAMPLERS[sampler]
+    search = sampler_cls.build(space, pick(sampler_cls.Config, args), CPU, None)
+    reg = build_search_regularizer(space.wpl_groups(), pick(WPLSearchConfig, args)) if importance != "none" else None
+    trainer = Trainer(space, search, reg, pick(TrainerConfig, args), None, vars(args))
+    epochs: list[dict[str, Any]] = []
+    for epoch in range(args.max_epoch):
+        start = time.time()
+        record = _epoch(trainer, epoch, args.max_epoch, measure_forgetting=True)
+        trained = time.time()
+        ppl = score_cells(trainer)
+        epochs.append({"epoch": epoch, "valid_ppl": ppl, "train_s": trained - start, "eval_s": time.time() - trained,
+                       **{k: record[k] for k in ("shared_ce", "forgetting_mean_diff", "forgetting_max_diff") if k in record}})
+        log.info("%s/%s seed %d epoch %d: best cell %s (%.1f), trained %.0f s, scored 32 cells in %.0f s", sampler,
+                 importance, seed, epoch, f"c{int(np.argmin(ppl)):02d}", min(ppl), trained - start, time.time() - trained)
+    return {"sampler": sampler, "importance": importance, "seed": seed, "epochs": epochs}

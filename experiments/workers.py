@@ -1,0 +1,184 @@
+"""One scheduler for every protocol's independent units: parallel single-threaded workers, resumable.
+
+A protocol (the ranking benchmark's ground truth and seeds, continual tables, PathNet seeds, sweeps) is
+a list of :class:`Unit` s that share nothing: each names a ``module:function`` and its JSON keyword
+arguments and returns a JSON record. On a few cores, independent runs gain far more as single-threaded
+processes side by side than as one multi-threaded process (docs/benchmarks.md measures it), so
+:func:`run_units` runs them in ``workers`` spawned processes, each with one intra-op thread.
+
+The ledger (a JSON-lines file) is the protocol's whole state: one line per finished unit, appended and
+fsynced by the scheduler alone (workers never write it). A rerun skips the units already there, so a
+kill -9 at any moment loses at most the units in progress; a torn last line (a write cut short) is
+dropped. Every unit runs single-threaded, in a worker or (``workers=1``) in this process, so its
+record is the same whatever the number of workers: results equal a serial run's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from utils import UserError
+
+log = logging.getLogger("wpl")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent piece of a protocol: ``target(**kwargs)`` returns its JSON record."""
+
+    key: str  # unique within the protocol, e.g. "truth/c07/s2"
+    target: str  # "module:function"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.target.count(":") != 1:
+            raise ValueError(f"unit {self.key}: target must be 'module:function', got {self.target!r}")
+
+
+def default_workers() -> int:
+    """The cores this process may use (its CPU affinity, e.g. a cluster allocation), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def read_ledger(path: Path) -> dict[str, dict[str, Any]]:
+    """The finished units' lines by key; a torn last line is dropped, a bad earlier one is one clear error."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(errors="replace").splitlines()
+    done: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            done[entry["key"]] = entry
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            if number < len(lines):
+                raise UserError(f"{path} line {number} is not a unit record ({err}); the ledger was edited or "
+                                f"corrupted: restore it or start a new run") from err
+            log.warning("%s: dropping a torn last line (%d characters)", path, len(line))
+    return done
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a torn last line (no newline: a kill during the append) before appending after it."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def _append(path: Path, entry: dict[str, Any]) -> None:
+    line = json.dumps(entry, allow_nan=False, sort_keys=True) + "\n"
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise UserError(f"cannot append to {path} ({err.strerror or err}); finished units so far are kept there") from err
+
+
+def call(target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run one unit single-threaded and time it (in a worker, or in this process)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    module, name = target.split(":")
+    fn: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+    start = time.time()
+    try:
+        record = fn(**kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    return {"record": record, "seconds": round(time.time() - start, 3), "pid": os.getpid()}
+
+
+def _worker_init() -> None:
+    """A worker dies with the scheduler (Linux: PR_SET_PDEATHSIG) and leaves signals to it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str = "units") -> dict[str, dict[str, Any]]:
+    """Run every unit not yet in ``ledger``; returns every finished unit's record by key.
+
+    A unit already in the ledger with other keyword arguments means the protocol changed under a
+    half-finished run: refused in one line rather than mixing two configurations."""
+    units = list(units)
+    keys = [u.key for u in units]
+    if len(set(keys)) != len(keys):
+        raise ValueError("unit keys must be unique")
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    done = read_ledger(ledger)
+    for unit in units:
+        if unit.key in done and done[unit.key].get("kwargs") != json.loads(json.dumps(unit.kwargs)):
+            raise UserError(f"{ledger}: unit {unit.key} was run with other settings; the protocol changed under "
+                            f"this run: use a new run (another --comment) or the settings it was started with")
+    _repair_tail(ledger)
+    todo = [u for u in units if u.key not in done]
+    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=desc, disable=None, dynamic_ncols=True)
+
+    def finish(unit: Unit, result: dict[str, Any]) -> None:
+        entry = {"key": unit.key, "target": unit.target, "kwargs": unit.kwargs, **result}
+        _append(ledger, entry)
+        done[unit.key] = entry
+        bar.update(1)
+        log.info("unit %s done in %.0f s (%d of %d)", unit.key, result["seconds"], len(done), len(units))
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for unit in todo:
+                finish(unit, call(unit.target, unit.kwargs))
+        else:
+            _run_parallel(todo, min(workers, len(todo)), finish)
+    finally:
+        bar.close()
+    return {key: done[key] for key in keys if key in done}
+
+
+def _run_parallel(todo: list[Unit], workers: int, finish: Callable[[Unit, dict[str, Any]], None]) -> None:
+    """Keep ``workers`` units in flight; on an error or a stop signal the workers are killed, the ledger kept."""
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
+    pending: dict[Future[dict[str, Any]], Unit] = {}
+    queue = list(reversed(todo))
+    try:
+        while queue or pending:
+            while queue and len(pending) < workers:
+                unit = queue.pop()
+                pending[pool.submit(call, unit.target, unit.kwargs)] = unit
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                unit = pending.pop(future)
+                finish(unit, future.result())
+    except BaseException:  # a failed unit or a stop signal: the units in flight are lost, not waited for
+        for process in multiprocessing.active_children():
+            process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

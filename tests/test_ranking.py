@@ -1,0 +1,140 @@
+"""The ranking benchmark (issue 25): the 32-cell space, tau / rho / regret by hand, a tiny run read back, resume, bad truths."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+import main
+from analysis.stats import rank_agreement, top_k_regret
+from experiments.ranking import options, protocol
+from experiments.workers import read_ledger
+from models.rnn32_space import DECISION_SIZES, all_cells, cell_id
+from models.rnn_arch import RNNArch
+from utils import UserError
+
+TINY = ["--mode=ranking", "--ranking_size=tiny", "--dataset=tiny", "--workers=1", "--truth_seeds=2", "--ranking_seeds=2",
+        "--ranking_variants=random:none,random:fisher", "--num_gpu=0"]
+
+
+def test_the_space_has_exactly_32_distinct_cells_with_stable_ids() -> None:
+    cells = all_cells()
+    assert len(cells) == 32 and len(set(cells)) == 32
+    assert math.prod(DECISION_SIZES) == 32
+    assert all(c.activations[0] == "tanh" and c.parents[0] == 0 and c.num_nodes == 3 for c in cells)
+    assert {c.parents[1] for c in cells} == {0, 1}
+    assert {a for c in cells for a in c.activations[1:]} == {"tanh", "ReLU", "sigmoid", "identity"}
+    assert cell_id(cells[0]) == "c00" and cell_id(cells[31]) == "c31"
+    assert cells[0] == RNNArch(("tanh", "tanh", "tanh"), (0, 0))  # the id order: act1, parent2, act2
+    assert cells[1] == RNNArch(("tanh", "tanh", "ReLU"), (0, 0))
+    assert cells[4] == RNNArch(("tanh", "tanh", "tanh"), (0, 1))
+    assert cells[8] == RNNArch(("tanh", "ReLU", "tanh"), (0, 0))
+    with pytest.raises(ValueError, match="not in the 32-cell space"):
+        cell_id(RNNArch(("ReLU", "tanh", "tanh"), (0, 1)))
+
+
+def test_kendall_spearman_and_regret_against_hand_computations() -> None:
+    # 4 items, one swapped pair: 5 concordant, 1 discordant of 6 pairs -> tau = 4/6; rho = 1 - 6*2/(4*15) = 0.8
+    r = rank_agreement([1, 2, 3, 4], [1, 3, 2, 4])
+    assert r["tau"] == pytest.approx(4 / 6) and r["rho"] == pytest.approx(0.8)
+    # ties (tau-b): x = [1, 2, 2, 3], y = [1, 2, 3, 4]: C = 5, D = 0, one tie in x:
+    # tau_b = (C - D) / sqrt((n0 - n1)(n0 - n2)) = 5 / sqrt((6 - 1) * 6)
+    assert rank_agreement([1, 2, 2, 3], [1, 2, 3, 4])["tau"] == pytest.approx(5 / math.sqrt(30))
+    # pairing matters: the same values listed under other ids give another tau
+    assert rank_agreement([3, 1, 2], [30, 10, 20])["tau"] == pytest.approx(1.0)
+    assert math.isnan(rank_agreement([1, 1, 1], [1, 2, 3])["tau"])
+    truth = [10.0, 12.0, 11.0, 15.0]
+    assert top_k_regret([4, 1, 2, 3], truth, 1) == pytest.approx(2.0)  # picks item 1 (12), best is 10
+    assert top_k_regret([4, 1, 2, 3], truth, 2) == pytest.approx(1.0)  # items 1, 2: best of them 11
+    assert top_k_regret([4, 1, 2, 3], truth, 4) == 0.0
+    assert top_k_regret([1, 1, 2, 3], truth, 1) == 0.0  # a tie in the search's scores: the first listed wins
+
+
+def test_the_option_table_names_the_protocol_sizes() -> None:
+    assert set(options.SIZES) == set(protocol.SIZES)
+
+
+def run(tmp_path: Path, data_dir: Path, *extra: str) -> int:
+    return main.main([*TINY, f"--data_dir={data_dir}", f"--log_dir={tmp_path}", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    logs = tmp_path_factory.mktemp("ranking")
+    assert run(logs, data_dir, "--comment=a") == 0
+    return logs / "ranking_a"
+
+
+def test_a_tiny_ranking_run_writes_results_that_read_back(tiny_run: Path) -> None:
+    results = json.loads((tiny_run / "ranking_results.json").read_text())
+    assert len(results["truth"]["valid_ppl"]) == 32 and results["truth"]["ceiling"]["seeds"] == 2
+    for name in ("random:none", "random:fisher"):
+        variant = results["variants"][name]
+        assert variant["seeds"] == [12345, 12346] and len(variant["per_epoch"]) == 2
+        assert -1.0 <= variant["per_epoch"][-1]["tau"]["mean"] <= 1.0
+    truth = protocol.load_truth(tiny_run / "ground_truth.json")
+    assert [len(truth["cells"][f"c{i:02d}"]["runs"]) for i in range(32)] == [2] * 32
+    # the table's tau is the stats module's, on the per-cell values of the last epoch
+    search = next(e["record"] for e in read_ledger(tiny_run / "search.jsonl").values()
+                  if e["record"]["sampler"] == "random" and e["record"]["importance"] == "none" and e["record"]["seed"] == 12345)
+    tau = rank_agreement(search["epochs"][-1]["valid_ppl"], results["truth"]["valid_ppl"])["tau"]
+    assert results["runs"]["random:none"]["12345"][-1]["tau"] == pytest.approx(tau)
+    assert (tiny_run / "ranking.png").stat().st_size > 1000 and "Kendall tau" in (tiny_run / "ranking.md").read_text()
+
+
+def test_a_run_is_refused_without_resume_and_a_resume_after_a_kill_equals_the_whole_run(
+        tiny_run: Path, tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logs = tiny_run.parent
+    assert run(logs, data_dir, "--comment=a") == 2
+    assert "pass --resume=True" in capsys.readouterr().err
+    killed = logs / "ranking_killed"
+    shutil.copytree(tiny_run, killed)  # as a kill -9 would leave it: a third of each ledger, a torn line
+    for ledger in ("truth.jsonl", "search.jsonl"):
+        lines = (killed / ledger).read_text().splitlines()
+        (killed / ledger).write_text("\n".join(lines[: len(lines) // 3]) + "\n" + lines[-1][:30])
+    for name in ("ranking_results.json", "ground_truth.json", "ranking.md", "ranking.png"):
+        (killed / name).unlink()
+    assert run(logs, data_dir, "--comment=killed", "--resume=True") == 0
+    whole = json.loads((tiny_run / "ranking_results.json").read_text())
+    resumed = json.loads((killed / "ranking_results.json").read_text())
+    assert resumed["runs"] == whole["runs"] and resumed["truth"] == whole["truth"]
+    assert run(logs, data_dir, "--comment=killed", "--resume=True", "--ranking_seeds=3") == 2
+    assert "was started with other seeds" in capsys.readouterr().err
+
+
+def bad_truth(tmp_path: Path, good: Path, edit: str) -> Path:
+    doc = json.loads(good.read_text())
+    if edit == "nan":
+        doc["cells"]["c03"]["runs"][0]["valid_ppl"] = float("nan")
+    elif edit == "31 cells":
+        del doc["cells"]["c31"]
+    elif edit == "kind":
+        doc["kind"] = "something else"
+    elif edit == "seeds":
+        doc["cells"]["c05"]["runs"] = doc["cells"]["c05"]["runs"][:1]
+    path = tmp_path / f"{edit}.json"
+    path.write_text(json.dumps(doc) if edit != "corrupt" else good.read_text()[:100])
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [("nan", "not a finite perplexity"), ("31 cells", "not the 32 cells"),
+                                          ("kind", "not a ground truth"), ("seeds", "every cell needs the same seeds"),
+                                          ("corrupt", "ground-truth file")])
+def test_a_corrupt_or_mismatched_ground_truth_is_one_clear_line(tiny_run: Path, tmp_path: Path, edit: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        protocol.load_truth(bad_truth(tmp_path, tiny_run / "ground_truth.json", edit))
+    other = {**protocol.options_for("tiny", type("A", (), {"dataset": "tiny", "data_dir": "", "shared_lr": 20.0,
+                                                            "shared_dropout": 0.4, "preset": "paper"})()), "max_epoch": 9}
+    with pytest.raises(UserError, match="trained with max_epoch=2, this run uses 9"):
+        protocol.load_truth(tiny_run / "ground_truth.json", other)
+
+
+def test_bad_variants_are_one_line() -> None:
+    with pytest.raises(UserError, match="not sampler:importance"):
+        protocol.parse_variants(["random:ewc"])
+    with pytest.raises(UserError, match="repeated"):
+        protocol.parse_variants(["random:none", "random:none"])

@@ -1,0 +1,87 @@
+"""The protocols' scheduler (experiments/workers.py): parallel equals serial, kill -9 then resume equals uninterrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.workers import Unit, read_ledger, run_units
+from utils import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def seeded_draw(seed: int, pause: float = 0.0) -> dict[str, float]:
+    """A unit target: a seeded torch computation (and an optional pause, to be killed in)."""
+    import torch
+
+    time.sleep(pause)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 64, generator=g)
+    return {"value": float((x @ x.T).sum()), "threads": torch.get_num_threads()}
+
+
+def units(n: int, pause: float = 0.0) -> list[Unit]:
+    return [Unit(f"u{i}", "tests.test_workers:seeded_draw", {"seed": i, "pause": pause}) for i in range(n)]
+
+
+def records(ledger: Path) -> dict[str, dict]:
+    return {k: v["record"] for k, v in read_ledger(ledger).items()}
+
+
+def test_parallel_workers_equal_a_serial_run_and_run_single_threaded(tmp_path: Path) -> None:
+    serial = run_units(units(4), tmp_path / "serial.jsonl", workers=1)
+    parallel = run_units(units(4), tmp_path / "parallel.jsonl", workers=2)
+    assert {k: v["record"] for k, v in serial.items()} == {k: v["record"] for k, v in parallel.items()}
+    assert all(v["record"]["threads"] == 1 for v in parallel.values())
+    assert len({v["pid"] for v in parallel.values()}) >= 1 and os.getpid() not in {v["pid"] for v in parallel.values()}
+    assert [json.loads(line)["key"] for line in (tmp_path / "serial.jsonl").read_text().splitlines()] == ["u0", "u1", "u2", "u3"]
+
+
+def test_a_rerun_skips_finished_units_and_refuses_changed_ones(tmp_path: Path) -> None:
+    ledger = tmp_path / "l.jsonl"
+    run_units(units(2), ledger)
+    before = ledger.read_text()
+    run_units(units(2), ledger)
+    assert ledger.read_text() == before  # nothing run again
+    changed = [Unit("u0", "tests.test_workers:seeded_draw", {"seed": 7, "pause": 0.0})]
+    with pytest.raises(UserError, match="u0 was run with other settings"):
+        run_units(changed, ledger)
+
+
+def test_a_torn_last_line_is_dropped_and_a_corrupt_earlier_one_refused(tmp_path: Path) -> None:
+    ledger = tmp_path / "l.jsonl"
+    run_units(units(2), ledger)
+    lines = ledger.read_text().splitlines()
+    ledger.write_text(lines[0] + "\n" + lines[1][:20])  # killed while appending the second unit
+    assert list(read_ledger(ledger)) == ["u0"]
+    run_units(units(2), ledger)  # redoes u1 after cutting the torn line
+    assert records(ledger) == records(tmp_path / "l.jsonl") and len(ledger.read_text().splitlines()) == 2
+    ledger.write_text("{oops\n" + lines[1] + "\n")
+    with pytest.raises(UserError, match="line 1 is not a unit record"):
+        read_ledger(ledger)
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    script = ("import sys; from pathlib import Path; sys.path[:0] = [{root!r}]\n"
+              "from tests.test_workers import units; from experiments.workers import run_units\n"
+              "run_units(units(4, pause={pause}), Path({ledger!r}), workers=2)\n")
+    ledger = tmp_path / "killed.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", script.format(root=str(ROOT), pause=1.0, ledger=str(ledger))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(read_ledger(ledger)) < 1:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and its workers, at once
+    proc.wait()
+    assert 1 <= len(read_ledger(ledger)) < 4
+    run_units(units(4, pause=1.0), ledger, workers=2)
+    whole = run_units(units(4), tmp_path / "whole.jsonl", workers=1)
+    assert records(ledger) == {k: v["record"] for k, v in whole.items()}
