@@ -35,6 +35,7 @@ FIRST_SCREEN = "start here"
 def build_parser() -> StrictParser:
     """The option table. The first group is what ``--help`` shows; choices come from the plug-in tables."""
     from models import SPACES
+    from regularizers import REGULARIZERS, SEARCH_IMPORTANCES
     from samplers import SAMPLERS
 
     prog = program_name("main.py")
@@ -84,7 +85,7 @@ def build_parser() -> StrictParser:
     g.add_argument("--wpl_alpha_mode", type=choice("compound", "loss"), default="compound",
                    help="compound: alpha multiplies the stored Fisher at every update, as the paper's code does; "
                         "loss: textbook (alpha/2) sum F (theta-theta*)^2 with alpha applied at loss time")
-    g.add_argument("--wpl_importance", type=choice("fisher", "mas", "si", "l2"), default="fisher",
+    g.add_argument("--wpl_importance", type=choice(*SEARCH_IMPORTANCES), default="fisher",
                    help="the search's importance: fisher (the paper's online Fisher), mas (|d mean ||f(x)||^2 / d theta| on "
                         "the validation batch, Aljundi et al. 2018) or si (path integral over each model's training batches, "
                         "Zenke et al. 2017, damping --si_xi), l2 (the control: the Fisher flattened to its mean per tensor); docs/wpl.md says which WPL options apply to which")
@@ -285,7 +286,7 @@ def build_parser() -> StrictParser:
     g.add_argument("--scenario", type=choice("task", "domain", "class"), default="task",
                    help="heads (van de Ven & Tolias 2019): one per task / one shared per-task-sized / one over every class")
     g.add_argument("--strategies", type=str_list, default=["none", "joint", "ewc", "online_ewc", "si", "mas", "wpl"],
-                   help="none (fine-tuning), joint (all tasks so far), ewc, online_ewc, si, mas, wpl, l2")
+                   help=f"none (fine-tuning), joint (all tasks so far), {', '.join(REGULARIZERS)}")
     g.add_argument("--seeds", type=int, default=5, help="paired seeds --random_seed, +1, ...")
     g.add_argument("--num_tasks", type=int, default=5, help="permuted_mnist: tasks (the first unpermuted)")
     g.add_argument("--task_split", type=str, default="", help='folder: JSON {"folder": NAME, "tasks": [[class, ...], ...]}')

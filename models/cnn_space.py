@@ -13,6 +13,9 @@ as with any data-parallel CNN; the recurrent space has no such term and matches 
 
 from __future__ import annotations
 
+import argparse
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -27,8 +30,10 @@ from distributed import comm
 from distributed.context import world
 from models import cnn
 from models.cnn import CNNArch, CNNStyle, SharedCNN
-from models.space import Loss, OptimSpec
+from models.space import Loss, OptimSpec, pick
 from utils import UserError, render_dot
+
+log = logging.getLogger("wpl")
 
 PAPER_OPS = ("identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5")
 MIN_EVAL_BATCH = 16  # test batches smaller than this (the paper command's size) give noisy batch statistics
@@ -243,3 +248,39 @@ def cnn_dot(arch: CNNArch, output: str) -> str:
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ from the options
+def cnn_ops(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """The normal and reduction cells' op lists, checked (``--shared_cnn_types`` unless overridden per cell)."""
+    if args.search_mode != "micro":
+        raise UserError(f"--search_mode={args.search_mode} is not implemented: only the micro search space is")
+    ops = {kind: tuple(getattr(args, f"shared_cnn_{kind}_types") or args.shared_cnn_types) for kind in ("normal", "reduce")}
+    for kind, names in ops.items():
+        unknown = sorted(set(names) - set(cnn.OPS))
+        if unknown or len(set(names)) != len(names):
+            raise UserError(f"{kind} cell ops {list(names)}: " + (f"unknown {unknown}; known: {', '.join(cnn.OPS)}"
+                                                                    if unknown else "each op may appear once"))
+    return ops
+
+
+def from_options(args: argparse.Namespace, device: torch.device) -> CNNSpace:
+    """The micro-CNN space the options describe (``models.SPACES``' entry): op lists checked, dataset loaded,
+    model built."""
+    from data.image import load_images
+
+    ops = cnn_ops(args)
+    start = time.time()
+    data = load_images(args.data_dir, args.dataset, args.valid_size, args.random_seed)
+    test = len(data.test) if data.test is not None else "none"
+    log.info("images %s: %d classes, %dx%dx%d, train %d / valid %d (%s) / test %s (%.1fs)", data.name,
+             len(data.classes), data.channels, *data.size, len(data.train), len(data.valid),
+             "held out of train" if data.valid_held_out else "its own split", test, time.time() - start)
+    cfg = pick(CNNSpaceConfig, args, shared_cnn_normal_types=ops["normal"], shared_cnn_reduce_types=ops["reduce"])
+    if cfg.test_batch_size < MIN_EVAL_BATCH:
+        log.warning("--test_batch_size=%d: the shared CNN normalises with batch statistics, so test batches "
+                    "under %d images lower its test accuracy", cfg.test_batch_size, MIN_EVAL_BATCH)
+    try:
+        return CNNSpace(data, cfg, device)
+    except ValueError as err:
+        raise UserError(f"cannot build the micro CNN: {err}") from err

@@ -21,6 +21,7 @@ Every cell has a stable id ``c00`` ... ``c31``: its index in :func:`all_cells`, 
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from dataclasses import replace
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from data.text import Corpus
-from models import rnn_arch
+from models import rnn_arch, rnn_space
 from models.rnn_arch import RNNArch
 from models.rnn_space import RNNSpace, RNNSpaceConfig
 
@@ -69,3 +70,8 @@ class RNN32Space(RNNSpace):
 
     def cells(self) -> list[RNNArch]:
         return all_cells()
+
+
+def from_options(args: argparse.Namespace, device: torch.device) -> RNNSpace:
+    """The ranking benchmark's 32 cells on the ``--dataset`` corpus (``models.SPACES``' entry)."""
+    return rnn_space.from_options(args, device, RNN32Space)

@@ -9,7 +9,10 @@ rewards, errors and evaluations sum what each rank saw and reduce it.
 
 from __future__ import annotations
 
+import argparse
+import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,8 +27,10 @@ from distributed.context import world
 from models import rnn_arch
 from models.rnn import RNNOutput, SharedRNN
 from models.rnn_arch import RNNArch
-from models.space import Loss, OptimSpec
+from models.space import Loss, OptimSpec, pick
 from utils import render_dot
+
+log = logging.getLogger("wpl")
 
 
 @dataclass(frozen=True)
@@ -274,3 +279,20 @@ def rnn_dot(arch: RNNArch) -> str:
     lines += [f"  n{j} -> avg;" for j in arch.loose_ends]
     lines += ["  avg -> h;", "}"]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ from the options
+def from_options(args: argparse.Namespace, device: torch.device, space_class: type[RNNSpace] | None = None) -> RNNSpace:
+    """The RNN space the options describe (``models.SPACES``' entry): corpus loaded and checked, model built
+    (``space_class``: this space, or a restriction of it such as models/rnn32_space.py's)."""
+    from data.text import check_split_sizes, load_corpus
+
+    start = time.time()
+    corpus = load_corpus(args.data_dir, args.dataset)
+    check_split_sizes(corpus, Path(args.data_dir) / args.dataset,
+                      {"train": args.batch_size, "valid": args.batch_size, "test": args.test_batch_size},
+                      args.shared_rnn_max_length)
+    log.info("corpus %s: vocabulary %d, tokens train %d / valid %d / test %d (%.1fs)", args.dataset,
+             corpus.ntokens, len(corpus.train), len(corpus.valid), len(corpus.test), time.time() - start)
+    cfg = pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations))
+    return (space_class or RNNSpace)(corpus, cfg, device)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import nn
 import config
 from distributed import comm
 from distributed.context import world
+from models import SPACES
 from models.space import OptimSpec, SearchSpace, pick
 from recipes import RECIPES, RetrainConfig, Retrainer
 from recipes.arch import make_arch
@@ -41,77 +41,14 @@ def build_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
     if args.batch_size % ranks:
         raise UserError(f"--batch_size={args.batch_size} is the global batch and must divide evenly among the "
                         f"{ranks} ranks (each reads batch_size / {ranks}); pass a multiple of {ranks}")
-    if args.network_type not in SPACE_BUILDERS:
-        raise UserError(f"--network_type={args.network_type}: no builder; known: {', '.join(SPACE_BUILDERS)}")
-    space = SPACE_BUILDERS[args.network_type](args, device)
+    if args.network_type not in SPACES:
+        raise UserError(f"--network_type={args.network_type}: unknown; known: {', '.join(SPACES)}")
+    space = SPACES[args.network_type](args, device)
     params = sum(p.numel() for p in space.model.parameters())
     log.info("shared %s model: %.2fM parameters", args.network_type, params / 1e6)
     return space
 
 
-def build_rnn_space(args: argparse.Namespace, device: torch.device, space_class: type | None = None) -> SearchSpace:
-    """An RNN space (``space_class``: the ENAS one, or a restriction of it) on the ``--dataset`` corpus."""
-    from data.text import check_split_sizes, load_corpus
-    from models.rnn_space import RNNSpace, RNNSpaceConfig
-
-    start = time.time()
-    corpus = load_corpus(args.data_dir, args.dataset)
-    check_split_sizes(corpus, Path(args.data_dir) / args.dataset,
-                      {"train": args.batch_size, "valid": args.batch_size, "test": args.test_batch_size},
-                      args.shared_rnn_max_length)
-    log.info("corpus %s: vocabulary %d, tokens train %d / valid %d / test %d (%.1fs)", args.dataset,
-             corpus.ntokens, len(corpus.train), len(corpus.valid), len(corpus.test), time.time() - start)
-    cfg = pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations))
-    return (space_class or RNNSpace)(corpus, cfg, device)
-
-
-def build_rnn32_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
-    """The ranking benchmark's 32 cells (models/rnn32_space.py): 3 nodes, its own activations."""
-    from models.rnn32_space import RNN32Space
-
-    return build_rnn_space(args, device, RNN32Space)
-
-
-def cnn_ops(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
-    """The normal and reduction cells' op lists, checked (``--shared_cnn_types`` unless overridden per cell)."""
-    from models.cnn import OPS
-
-    if args.search_mode != "micro":
-        raise UserError(f"--search_mode={args.search_mode} is not implemented: only the micro search space is")
-    ops = {kind: tuple(getattr(args, f"shared_cnn_{kind}_types") or args.shared_cnn_types) for kind in ("normal", "reduce")}
-    for kind, names in ops.items():
-        unknown = sorted(set(names) - set(OPS))
-        if unknown or len(set(names)) != len(names):
-            raise UserError(f"{kind} cell ops {list(names)}: " + (f"unknown {unknown}; known: {', '.join(OPS)}"
-                                                                    if unknown else "each op may appear once"))
-    return ops
-
-
-def build_cnn_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
-    """The micro-CNN space: op lists checked, dataset loaded, model built."""
-    from data.image import load_images
-    from models.cnn_space import MIN_EVAL_BATCH, CNNSpace, CNNSpaceConfig
-
-    ops = cnn_ops(args)
-    start = time.time()
-    data = load_images(args.data_dir, args.dataset, args.valid_size, args.random_seed)
-    test = len(data.test) if data.test is not None else "none"
-    log.info("images %s: %d classes, %dx%dx%d, train %d / valid %d (%s) / test %s (%.1fs)", data.name,
-             len(data.classes), data.channels, *data.size, len(data.train), len(data.valid),
-             "held out of train" if data.valid_held_out else "its own split", test, time.time() - start)
-    cfg = pick(CNNSpaceConfig, args, shared_cnn_normal_types=ops["normal"], shared_cnn_reduce_types=ops["reduce"])
-    if cfg.test_batch_size < MIN_EVAL_BATCH:
-        log.warning("--test_batch_size=%d: the shared CNN normalises with batch statistics, so test batches "
-                    "under %d images lower its test accuracy", cfg.test_batch_size, MIN_EVAL_BATCH)
-    try:
-        return CNNSpace(data, cfg, device)
-    except ValueError as err:
-        raise UserError(f"cannot build the micro CNN: {err}") from err
-
-
-# One builder per entry of ``models.SPACES`` (the table --network_type takes its choices from).
-SPACE_BUILDERS: dict[str, Callable[[argparse.Namespace, torch.device], SearchSpace]] = {
-    "rnn": build_rnn_space, "rnn32": build_rnn32_space, "micro_cnn": build_cnn_space}
 TEXT_SPACES = ("rnn", "rnn32")  # retrained with the RNN recipe's sizes
 
 

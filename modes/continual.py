@@ -20,7 +20,7 @@ MAX_PERMUTED_TASKS = 50
 
 
 def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    from experiments.continual import ContinualConfig
+    from experiments.continual import STRATEGIES, ContinualConfig
     from experiments.continual_main import run_continual
 
     options = {"ewc": {"fisher": args.ewc_fisher, "per_task": args.ewc_per_task},
@@ -36,9 +36,9 @@ def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.d
         raise UserError(f"--cl_hidden={args.cl_hidden}: expected comma-separated widths such as 400,400") from err
     if not all(1 <= w <= MAX_WIDTH for w in hidden):
         raise UserError(f"--cl_hidden={args.cl_hidden}: every width must be between 1 and {MAX_WIDTH}")
-    unknown = sorted(set(args.strategies) - {"none", "joint", *strengths})
+    unknown = sorted(set(args.strategies) - set(STRATEGIES))
     if unknown:
-        raise UserError(f"--strategies: unknown {', '.join(unknown)} (none, joint, {', '.join(strengths)})")
+        raise UserError(f"--strategies: unknown {', '.join(unknown)} ({', '.join(STRATEGIES)})")
     if len(set(args.strategies)) != len(args.strategies):
         raise UserError(f"--strategies={','.join(args.strategies)}: a strategy is repeated")
     if "num_tasks" in explicit and args.benchmark != "permuted_mnist":

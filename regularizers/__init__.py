@@ -1,30 +1,54 @@
 """Importance-weighted quadratic regularisers behind one interface (:class:`regularizers.base.Regularizer`).
 
-``REGULARIZERS[name](groups, strength, **options)`` builds one; ``groups`` maps a group name to
-its parameters. A new regulariser is one file plus one entry here.
+``REGULARIZERS[name](groups, strength, **options)`` builds one for a task sequence (``--strategies``);
+``groups`` maps a group name to its parameters. ``SEARCH_IMPORTANCES[name](groups, cfg)`` builds the
+search's WPL with that importance measure (``--wpl_importance``). A new regulariser is one file plus one
+entry in a table here. Entries and the names below are imported on first use (:mod:`options.registry`),
+so config.py reads the tables' names without importing torch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from options.registry import Registry
 
-from regularizers.base import Regularizer, TaskData
-from regularizers.ewc import EWC, online_ewc
-from regularizers.mas import L2, MAS
-from regularizers.si import SI
-from regularizers.store import QuadraticStore
-from regularizers.wpl import WPL
+REGULARIZERS: Registry[Any] = Registry("regulariser", {
+    "wpl": "regularizers.wpl:for_tasks",
+    "ewc": "regularizers.ewc:EWC",
+    "online_ewc": "regularizers.ewc:online_ewc",
+    "si": "regularizers.si:SI",
+    "mas": "regularizers.mas:MAS",
+    "l2": "regularizers.mas:L2",
+})
+
+SEARCH_IMPORTANCES: Registry[Any] = Registry("WPL importance", {
+    "fisher": "regularizers.wpl_search:SearchWPL",
+    "mas": "regularizers.search_importance:SearchMAS",
+    "si": "regularizers.search_importance:SearchSI",
+    "l2": "regularizers.search_importance:SearchL2",
+})
+
+_HOMES = {"Regularizer": "regularizers.base", "TaskData": "regularizers.base", "QuadraticStore": "regularizers.store",
+          "EWC": "regularizers.ewc", "online_ewc": "regularizers.ewc", "SI": "regularizers.si",
+          "MAS": "regularizers.mas", "L2": "regularizers.mas", "WPL": "regularizers.wpl"}
 
 
-def wpl(groups: Mapping[str, Sequence[nn.Parameter]], strength: float, **options: Any) -> WPL:
-    """WPL with its strength as ``alpha`` (the search builds :class:`WPL` directly)."""
-    return WPL(groups, alpha=strength, **options)
+def __getattr__(name: str) -> Any:
+    """The package's classes, imported when first asked for (PEP 562)."""
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'regularizers' has no attribute {name!r}")
 
 
-REGULARIZERS: dict[str, Callable[..., Regularizer]] = {
-    "wpl": wpl, "ewc": EWC, "online_ewc": online_ewc, "si": SI, "mas": MAS, "l2": L2,
-}
+if TYPE_CHECKING:
+    from regularizers.base import Regularizer, TaskData
+    from regularizers.ewc import EWC, online_ewc
+    from regularizers.mas import L2, MAS
+    from regularizers.si import SI
+    from regularizers.store import QuadraticStore
+    from regularizers.wpl import WPL
 
-__all__ = ["EWC", "L2", "MAS", "REGULARIZERS", "SI", "WPL", "QuadraticStore", "Regularizer", "TaskData", "online_ewc"]
+__all__ = ["EWC", "L2", "MAS", "REGULARIZERS", "SEARCH_IMPORTANCES", "SI", "WPL", "QuadraticStore", "Regularizer",
+           "TaskData", "online_ewc"]

@@ -19,11 +19,12 @@ the strength schedule, start epoch and periodic reset apply unchanged.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from regularizers import SEARCH_IMPORTANCES
 from regularizers.base import HeldOut
 from regularizers.importance import mean_squared_output_norm
 from regularizers.si import integrate_step, path_importance, record_gradients
@@ -124,10 +125,6 @@ class SearchL2(SearchWPL):
         values = [p.grad.pow(2).mean().expand_as(p) if p.grad is not None else torch.zeros_like(p) for p in params]
         self.fold_importance(names, values, alpha)
 
-
-SEARCH_IMPORTANCES: dict[str, Callable[[Mapping[str, Sequence[nn.Parameter]], WPLSearchConfig], SearchWPL]] = {
-    "fisher": SearchWPL, "mas": SearchMAS, "si": SearchSI, "l2": SearchL2,
-}
 
 
 def build_search_regularizer(groups: Mapping[str, Sequence[nn.Parameter]], cfg: WPLSearchConfig) -> SearchWPL:

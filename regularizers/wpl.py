@@ -23,7 +23,7 @@ sequence: the Fisher is built in a running table during a task and replaces the 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -181,3 +181,8 @@ class WPL(Regularizer):
         if self.running is not self.fisher:
             tables["running"] = self.running
         return tables
+
+
+def for_tasks(groups: Mapping[str, Sequence[nn.Parameter]], strength: float, **options: Any) -> WPL:
+    """WPL on a task sequence, with its strength as ``alpha`` (the search builds its own, :mod:`wpl_search`)."""
+    return WPL(groups, alpha=strength, **options)
