@@ -102,8 +102,15 @@ def test_a_run_is_refused_without_resume_and_a_resume_after_a_kill_equals_the_wh
     whole = json.loads((tiny_run / "ranking_results.json").read_text())
     resumed = json.loads((killed / "ranking_results.json").read_text())
     assert resumed["runs"] == whole["runs"] and resumed["truth"] == whole["truth"]
-    assert run(logs, data_dir, "--comment=killed", "--resume=True", "--ranking_seeds=3") == 2
-    assert "was started with other seeds" in capsys.readouterr().err
+    assert run(logs, data_dir, "--comment=killed", "--resume=True", "--shared_lr=10") == 2
+    assert "was started with other options" in capsys.readouterr().err
+    before = (killed / "search.jsonl").read_text()
+    assert run(logs, data_dir, "--comment=killed", "--resume=True", "--ranking_stage=search",
+               "--ranking_variants=random:none,random:fisher,random:l2") == 0  # a variant added: only its units run
+    after = (killed / "search.jsonl").read_text()
+    assert after.startswith(before) and [json.loads(line)["key"] for line in after[len(before):].splitlines()] == [
+        "search/random:l2/s12345", "search/random:l2/s12346"]
+    assert json.loads((killed / "ranking.json").read_text())["variants"][-1] == "random:l2"
 
 
 def bad_truth(tmp_path: Path, good: Path, edit: str) -> Path:

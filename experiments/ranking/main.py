@@ -26,6 +26,15 @@ from utils import UserError, save_json
 
 log = logging.getLogger("wpl")
 LEDGERS = ("truth.jsonl", "search.jsonl")
+GROWABLE = ("variants", "seeds", "truth_seeds")  # a resume may add to these: every unit stands alone
+
+
+def _continues(key: str, saved: Any, asked: Any) -> bool:
+    """Whether a resume asking for ``asked`` continues a run saved with ``saved``: the same options, while the
+    variants and seeds may change (each unit stands alone: finished ones are kept and none is run twice)."""
+    if key in GROWABLE and isinstance(saved, list) and isinstance(asked, list):
+        return True
+    return bool(saved == asked)
 
 
 def describe(args: argparse.Namespace) -> dict[str, Any]:
@@ -49,10 +58,11 @@ def open_run(args: argparse.Namespace, plan: dict[str, Any]) -> RunDir:
             raise UserError(f"{run.path} holds files of another kind of run: nothing is rewritten; pass another --comment")
         if saved_path.is_file():
             saved = read_json(saved_path, "ranking protocol")
-            changed = [k for k in plan if saved.get(k) != plan[k]] if isinstance(saved, dict) else ["ranking.json"]
+            changed = [k for k in plan if not _continues(k, saved.get(k), plan[k])] if isinstance(saved, dict) else ["ranking.json"]
             if changed:
                 raise UserError(f"{run.path} was started with other {', '.join(changed)}: a resume continues the same "
-                                f"protocol; pass its options again, or another --comment")
+                                f"protocol (more variants or seeds may be added); pass its options again, or another --comment")
+            plan = {**plan, **{k: saved[k] + [v for v in plan[k] if v not in saved[k]] for k in GROWABLE}}
         save_json(saved_path, plan)
     return run
 
