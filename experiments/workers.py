@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from engine.stopping import Stopped
 from utils import UserError
 
 log = logging.getLogger("wpl")
@@ -156,6 +157,9 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
                 finish(unit, call(unit.target, unit.kwargs))
         else:
             _run_parallel(todo, min(workers, len(todo)), finish)
+    except Stopped as stop:  # the stop line says what is kept (main.py adds the resume command)
+        stop.saved = f"{len(done)} of {len(units)} {desc} finished and kept in {ledger}"
+        raise
     finally:
         bar.close()
     return {key: done[key] for key in keys if key in done}

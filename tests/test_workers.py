@@ -85,3 +85,21 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     run_units(units(4, pause=1.0), ledger, workers=2)
     whole = run_units(units(4), tmp_path / "whole.jsonl", workers=1)
     assert records(ledger) == {k: v["record"] for k, v in whole.items()}
+
+
+def test_a_stop_signal_names_what_the_ledger_keeps(tmp_path: Path) -> None:
+    script = ("import sys; from pathlib import Path; sys.path[:0] = [{root!r}]\n"
+              "from tests.test_workers import units; from experiments.workers import run_units\n"
+              "from engine.stopping import Stopped, stop_on_signals\n"
+              "try:\n    with stop_on_signals():\n        run_units(units(3, pause=1.0), Path({ledger!r}), workers=1, desc='units')\n"
+              "except Stopped as stop:\n    print(stop.saved)\n")
+    ledger = tmp_path / "l.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", script.format(root=str(ROOT), ledger=str(ledger))],
+                            stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(read_ledger(ledger)) < 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    done = len(read_ledger(ledger))
+    assert out.strip() == f"{done} of 3 units finished and kept in {ledger}" and 1 <= done < 3
