@@ -18,7 +18,7 @@ import config
 import main
 from conftest import metrics_without_timing
 from experiments.forgetting import run_forgetting
-from models.space import Loss, OptimSpec
+from spaces.base import Loss, OptimSpec
 from regularizers.search_importance import SearchL2, SearchMAS, SearchSI, build_search_regularizer
 from regularizers.wpl_search import SearchWPL, WPLSearchConfig
 from samplers import RandomSampler
