@@ -193,7 +193,7 @@ def mode_test(args: argparse.Namespace, explicit: set[str], device: torch.device
 
 
 def mode_forgetting(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    from experiments.forgetting import mode_forgetting as run
+    from experiments.forgetting.protocol import mode_forgetting as run
 
     args, trainer, run_dir, state = load_for_eval(args, explicit, device)
     source = "controller" if args.sampler == "reinforce" else f"{args.sampler} sampler"
