@@ -35,7 +35,7 @@ FIRST_SCREEN = "start here"
 
 def build_parser() -> StrictParser:
     """The option table. The first group is what ``--help`` shows; choices come from the plug-in tables."""
-    from models import SPACES
+    from spaces import SPACES
     from regularizers import REGULARIZERS, SEARCH_IMPORTANCES
     from samplers import SAMPLERS
 
@@ -377,7 +377,7 @@ SEARCH_KEYS = keys_with("search")
 
 def defaults(cls: type[C], **overrides: Any) -> C:
     """The typed config ``cls`` filled from the command line's defaults (one source of truth for them)."""
-    from models.space import pick
+    from spaces.base import pick
 
     return pick(cls, parse_args([]), **overrides)
 

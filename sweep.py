@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Sequence
 
 from config import StrictParser
-from experiments.sweep import SweepConfig, grid_settings
-from experiments.sweep_eval import PROGRAMS, Program, known_direction
-from experiments.sweep_main import run_sweep
+from experiments.sweep.protocol import SweepConfig, grid_settings
+from experiments.sweep.evaluate import PROGRAMS, Program, known_direction
+from experiments.sweep.run import run_sweep
 from experiments.workers import default_workers
 from options.safe_io import as_user_error
 from utils import UserError, setup_logging
 
 log = logging.getLogger("wpl")
 
-RECIPES = {
+READY_SWEEPS = {  # --recipe: named sweeps (not the retraining recipes of recipes/)
     # The paper's ablation: no WPL vs WPL's two arithmetics vs random search, then the forgetting probe.
     "paper_ablation": {
         "settings": ["alpha_fisher=0", "alpha_fisher=60 wpl_alpha_mode=compound", "alpha_fisher=60 wpl_alpha_mode=loss",
@@ -50,7 +50,7 @@ RECIPES = {
 def build_parser() -> StrictParser:
     p = StrictParser(description=__doc__.split("\n\n")[0], formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--strategy", choices=("grid", "narrowing", "tpe"), default="grid")
-    p.add_argument("--recipe", choices=tuple(RECIPES), default=None, help="a ready-made sweep (its options can be overridden)")
+    p.add_argument("--recipe", choices=tuple(READY_SWEEPS), default=None, help="a ready-made sweep (its options can be overridden)")
     p.add_argument("--program", default="main.py", help=f"the command every evaluation runs: {', '.join(PROGRAMS)} (or a script file)")
     p.add_argument("--measure", default=None, help="dotted path into the run's results JSON, e.g. summary.ewc.integrated_loss")
     p.add_argument("--report", nargs="*", default=None, help="more measures (dotted paths) shown in the table")
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         check_comment(args.comment)  # first: nothing is written under a name that escapes --log_dir
-        recipe = RECIPES.get(args.recipe or "", {})
+        recipe = READY_SWEEPS.get(args.recipe or "", {})
         measure = args.measure or recipe.get("measure")
         if not measure:
             raise UserError("--measure is required (a dotted path into the run's results JSON)")

@@ -2,7 +2,7 @@
 
     python toy_mnist.py --shared_layers 1 2 3 --alpha 0 100 --seeds 3
 
-The protocol lives in :mod:`experiments.two_model`, its outputs in :mod:`experiments.two_model_report`:
+The protocol lives in :mod:`experiments.two_model.protocol`, its outputs in :mod:`experiments.two_model.report`:
 ``toy_results.json`` and ``toy_forgetting.png`` in ``--output_dir``, the table on stdout.
 
 MNIST is read by :mod:`data.mnist` (four idx files, gzipped or not, in ``<data_dir>/mnist/``,
@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import torch
 
 from data import DEFAULT_DATA_DIR
-from experiments.two_model import MAX_SHARED, PROTOCOLS, STRATEGIES, ToyConfig
-from experiments.two_model_report import run
+from experiments.two_model.protocol import MAX_SHARED, PROTOCOLS, STRATEGIES, ToyConfig
+from experiments.two_model.report import run
 from options.safe_io import one_line_errors
 from utils import UserError
 

@@ -24,7 +24,7 @@ from analysis.stats import t_halfwidth
 from distributed import comm
 from distributed.context import world
 from engine import NonFiniteGuard, NonFiniteLoss, Step, build_optimizer, first_nonfinite, improves, scheduled_lr, stamp
-from models.space import SearchSpace
+from spaces.base import SearchSpace
 from regularizers.base import Objective, Regularizer
 from engine.runlog import RunDir, mid_epoch_saved
 from samplers.base import Sampler, last_checkpoint

@@ -22,7 +22,7 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     try:
         import config
         from models import cnn
-        from models.cnn_space import PAPER_OPS, CNNSpaceConfig
+        from spaces.cnn import PAPER_OPS, CNNSpaceConfig
     except Exception as err:  # noqa: BLE001 - any import problem means "not available"
         out["cnn"] = f"unavailable: {type(err).__name__}: {err}"
         return

@@ -40,7 +40,7 @@ BATCH, BPTT, VOCAB, CNN_BATCH = 64, 35, 10_000, 32
 def rnn_trainer(hid: int, blocks: int, device: torch.device) -> tuple[Any, Any, Any]:
     """The search's trainer on a synthetic corpus, the paper command's WPL, a fixed random cell."""
     import config
-    from models.rnn_space import RNNSpace, RNNSpaceConfig
+    from spaces.rnn import RNNSpace, RNNSpaceConfig
     from regularizers.wpl_search import SearchWPL, WPLSearchConfig
     from samplers.random import RandomSampler
     from trainer import Trainer, TrainerConfig
@@ -61,7 +61,7 @@ def cnn_step(device: torch.device) -> Any:
     from distributed.context import world
     from engine import NonFiniteGuard, Step
     from models import cnn
-    from models.cnn_space import PAPER_OPS
+    from spaces.cnn import PAPER_OPS
 
     s, ops = U.SIZES["small"], list(PAPER_OPS)
     torch.manual_seed(0)

@@ -27,9 +27,9 @@ from benchmarks.bench_util import loadavg
 from data.text import Corpus, batchify, load_corpus
 from experiments.ranking.protocol import SIZES
 from experiments.ranking.run import FixedSampler, unit_args
-from models.rnn32_space import RNN32Space, all_cells
-from models.rnn_space import RNNSpaceConfig
-from models.space import pick
+from spaces.rnn32 import RNN32Space, all_cells
+from spaces.rnn import RNNSpaceConfig
+from spaces.base import pick
 from trainer import Trainer, TrainerConfig
 
 CPU = torch.device("cpu")

@@ -20,7 +20,7 @@ from torch import Tensor
 import config
 from benchmarks import bench_util as U
 from benchmarks.bench_util import ALPHA, Size
-from models.rnn_space import RNNSpace, RNNSpaceConfig
+from spaces.rnn import RNNSpace, RNNSpaceConfig
 from regularizers.base import HeldOut
 from regularizers.wpl_search import SearchWPL, WPLSearchConfig
 from samplers import ReinforceConfig, ReinforceSampler

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules built from a search space's :class:`~models.space.OptimSpec`."""
+"""Optimisers and learning-rate schedules built from a search space's :class:`~spaces.base.OptimSpec`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from models.space import OptimSpec
+from spaces.base import OptimSpec
 
 
 def build_optimizer(spec: OptimSpec, params: Any, kind: str = "sgd") -> torch.optim.Optimizer:

@@ -158,7 +158,8 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
         else:
             _run_parallel(todo, min(workers, len(todo)), finish)
     except Stopped as stop:  # the stop line says what is kept (main.py adds the resume command)
-        stop.saved = f"{len(done)} of {len(units)} {desc} finished and kept in {ledger}"
+        kept = read_ledger(ledger).keys() & set(keys)  # the ledger itself: a signal may land between its line and `done`
+        stop.saved = f"{len(kept)} of {len(units)} {desc} finished and kept in {ledger}"
         raise
     finally:
         bar.close()

@@ -184,7 +184,7 @@ class SharedRNN(nn.Module):
 
         The remaining parameters keep their names, so the pruned model computes ``arch`` with this
         same forward and its state_dict is the shared one restricted to ``arch``: shared weights
-        transfer by name (``models.space.load_shared_weights``).
+        transfer by name (``spaces.base.load_shared_weights``).
         """
         used = {self.edge_name(i, j) for i, j in arch.edges}
         for name in [n for n in self.edges if n not in used]:

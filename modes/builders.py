@@ -18,8 +18,8 @@ from torch import nn
 import config
 from distributed import comm
 from distributed.context import world
-from models import SPACES
-from models.space import OptimSpec, SearchSpace, pick
+from spaces import SPACES
+from spaces.base import OptimSpec, Retraining, SearchSpace, pick
 from recipes import RECIPES, RetrainConfig, Retrainer
 from recipes.arch import make_arch
 from regularizers.search_importance import build_search_regularizer
@@ -43,13 +43,10 @@ def build_space(args: argparse.Namespace, device: torch.device) -> SearchSpace:
                         f"{ranks} ranks (each reads batch_size / {ranks}); pass a multiple of {ranks}")
     if args.network_type not in SPACES:
         raise UserError(f"--network_type={args.network_type}: unknown; known: {', '.join(SPACES)}")
-    space = SPACES[args.network_type](args, device)
+    space = SPACES[args.network_type].build(args, device)
     params = sum(p.numel() for p in space.model.parameters())
     log.info("shared %s model: %.2fM parameters", args.network_type, params / 1e6)
     return space
-
-
-TEXT_SPACES = ("rnn", "rnn32")  # retrained with the RNN recipe's sizes
 
 
 def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | None) -> Trainer:
@@ -71,34 +68,29 @@ def load_arch(space: SearchSpace, path: Path) -> Any:
 
 
 # ------------------------------------------------------------------------------------ retrain
+def retraining(args: argparse.Namespace) -> Retraining:
+    """The space's retraining plan (its recipe, sizes and optimiser), or one line when it has none."""
+    plan = SPACES[args.network_type].retraining
+    if plan is None:
+        raise UserError(f"--network_type={args.network_type} has no retraining recipe: it can be searched, "
+                        "not retrained")
+    return plan
+
+
 def retrain_sizes(args: argparse.Namespace) -> argparse.Namespace:
     """The options a retrain's space is built from: the retrain's sizes in place of the search's."""
-    if args.network_type in TEXT_SPACES:
-        if args.tie_weights and args.retrain_embed != args.retrain_hid:
-            raise UserError(f"--tie_weights needs --retrain_embed == --retrain_hid "
-                            f"(got {args.retrain_embed} and {args.retrain_hid})")
-        sizes = {"shared_embed": args.retrain_embed, "shared_hid": args.retrain_hid,
-                 "batch_size": args.retrain_batch_size, "shared_rnn_max_length": args.retrain_bptt}
-    else:
-        sizes = {"cnn_final_filter_size": args.retrain_filters * 2 ** (args.cnn_num_modules - 1),
-                 "cnn_num_repeat_normal": args.retrain_layers, "batch_size": args.retrain_cnn_batch_size,
-                 "test_batch_size": args.retrain_cnn_batch_size}
-    return argparse.Namespace(**{**vars(args), **sizes})
+    return argparse.Namespace(**{**vars(args), **retraining(args).sizes(args)})
 
 
 def retrain_config(args: argparse.Namespace) -> RetrainConfig:
-    return RetrainConfig(epochs=args.retrain_epochs or RECIPES[args.network_type].default_epochs,
+    return RetrainConfig(epochs=args.retrain_epochs or RECIPES[retraining(args).recipe].default_epochs,
                          save_epoch=args.save_epoch, max_save_num=args.max_save_num, log_step=args.log_step,
                          bptt=args.retrain_bptt, nonmono=args.retrain_nonmono, cutout=args.retrain_cutout,
                          aux_weight=args.retrain_aux_weight, seed=args.random_seed)
 
 
 def retrain_optim_spec(args: argparse.Namespace) -> OptimSpec:
-    if args.network_type in TEXT_SPACES:  # constant lr: the "decay" schedule with factor 1
-        return OptimSpec(lr=args.retrain_lr, weight_decay=args.retrain_l2_reg, grad_clip=args.retrain_grad_clip)
-    return OptimSpec(lr=args.retrain_cnn_lr, lr_min=args.retrain_cnn_lr_min, weight_decay=args.retrain_cnn_l2_reg,
-                     grad_clip=args.retrain_cnn_grad_clip, momentum=args.retrain_cnn_momentum,
-                     nesterov=args.retrain_cnn_momentum > 0, schedule="cosine")
+    return retraining(args).optim(args)
 
 
 def build_fixed(args: argparse.Namespace, arch_dict: dict[str, Any] | None,
@@ -112,7 +104,7 @@ def build_fixed(args: argparse.Namespace, arch_dict: dict[str, Any] | None,
         raise UserError(f"cannot build the model: {err}") from err
     arch = make_arch(space, arch_dict, args.random_seed)
     pruned = space.model.prune_to(arch)  # type: ignore[operator]
-    model = RECIPES[args.network_type].model_for(pruned, space, retrain_config(args)).to(device)
+    model = RECIPES[retraining(args).recipe].model_for(pruned, space, retrain_config(args)).to(device)
     log.info("architecture %s: %.3fM parameters", arch, model.count_parameters(arch) / 1e6)
     return space, model, arch
 
@@ -120,7 +112,7 @@ def build_fixed(args: argparse.Namespace, arch_dict: dict[str, Any] | None,
 def build_retrainer(args: argparse.Namespace, arch_dict: dict[str, Any] | None, device: torch.device,
                     run: RunDir) -> Retrainer:
     space, model, arch = build_fixed(args, arch_dict, device)
-    recipe = RECIPES[args.network_type]
+    recipe = RECIPES[retraining(args).recipe]
     return recipe(space, model, arch, retrain_optim_spec(args), retrain_config(args), run, vars(args))
 
 

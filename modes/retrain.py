@@ -29,7 +29,7 @@ import config
 from distributed import context
 from distributed.comm import barrier
 from engine import kind_of, require_kind
-from models.space import SearchSpace
+from spaces.base import SearchSpace
 from recipes.arch import (
     arch_shape,
     find_arch,

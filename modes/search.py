@@ -24,7 +24,7 @@ from distributed import comm, context
 from engine import improves, require_kind
 from engine.runlog import RunDir, discard_on_failure, note_mid_epoch, resolve_checkpoint, warn_on_thread_change
 from engine.stopping import Stopped
-from models.space import pick
+from spaces.base import pick
 from modes.builders import build_trainer, load_arch, merge_config, run_name
 from regularizers.wpl_search import WPLSearchConfig
 from trainer import Trainer
@@ -193,7 +193,7 @@ def mode_test(args: argparse.Namespace, explicit: set[str], device: torch.device
 
 
 def mode_forgetting(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    from experiments.forgetting import mode_forgetting as run
+    from experiments.forgetting.protocol import mode_forgetting as run
 
     args, trainer, run_dir, state = load_for_eval(args, explicit, device)
     source = "controller" if args.sampler == "reinforce" else f"{args.sampler} sampler"

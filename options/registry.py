@@ -1,7 +1,7 @@
 """A name -> implementation table whose names are known before any implementation is imported.
 
 The option table (config.py) takes its ``choices`` from the plug-in tables (``samplers.SAMPLERS``,
-``models.SPACES``) so the two cannot drift apart; but importing a sampler imports torch, and ``--help``
+``spaces.SPACES``) so the two cannot drift apart; but importing a sampler imports torch, and ``--help``
 and config.py must stay instant. A :class:`Registry` holds each entry as ``"module:attribute"`` text and
 imports it on first use, so ``list(SAMPLERS)`` costs nothing and ``SAMPLERS["random"]`` is the class.
 """

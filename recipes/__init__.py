@@ -6,13 +6,14 @@
 * :mod:`recipes.cnn`: DARTS's CIFAR-10 training (cosine lr, cutout, auxiliary head);
 * :mod:`recipes.arch`: which architecture to train and which search run's configuration it inherits.
 
-A new recipe is one file with a :class:`~recipes.loop.Retrainer` subclass and one entry in ``RECIPES``.
+A new recipe is one file with a :class:`~recipes.loop.Retrainer` subclass and one entry in ``RECIPES``;
+a search space names its recipe in its plug-in (``spaces.base.Retraining``).
 """
 
 from recipes.cnn import CNNRetrainer
 from recipes.loop import RetrainConfig, Retrainer
 from recipes.rnn import RNNRetrainer
 
-RECIPES: dict[str, type[Retrainer]] = {"rnn": RNNRetrainer, "rnn32": RNNRetrainer, "micro_cnn": CNNRetrainer}
+RECIPES: dict[str, type[Retrainer]] = {"rnn": RNNRetrainer, "cnn": CNNRetrainer}
 
 __all__ = ["RECIPES", "CNNRetrainer", "RNNRetrainer", "RetrainConfig", "Retrainer"]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 import config
-from models.space import SearchSpace
+from spaces.base import SearchSpace
 from utils import UserError, load_json
 
 log = logging.getLogger("wpl")

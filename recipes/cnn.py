@@ -15,7 +15,7 @@ from data.image_stream import mixed_seed
 from distributed import comm
 from engine import scheduled_lr
 from models.cnn import CNNArch, SharedCNN
-from models.space import SearchSpace
+from spaces.base import SearchSpace
 from recipes.loop import RetrainConfig, Retrainer
 from utils import UserError
 

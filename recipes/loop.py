@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from engine import NonFiniteGuard, Step, build_optimizer, improves, stamp
-from models.space import OptimSpec, SearchSpace
+from spaces.base import OptimSpec, SearchSpace
 from engine.runlog import RunDir, mid_epoch_saved
 from engine.stopping import boundary, critical, saving_on_signal
 from utils import atomic_write_bytes, rng_state, set_rng_state

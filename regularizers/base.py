@@ -53,7 +53,7 @@ class TaskData:
 
 
 # ``held_out(objective, what)``: zero the gradients and back-propagate ``objective(loss)`` of one
-# held-out batch of the model (``loss`` a models.space.Loss: its cross-entropy, its whole loss, its
+# held-out batch of the model (``loss`` a spaces.base.Loss: its cross-entropy, its whole loss, its
 # logits); ``False`` when that value was not finite (nothing back-propagated; counted as a skipped
 # update named ``what``).
 Objective = Callable[[Any], Tensor]

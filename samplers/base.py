@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar, Hashable, Iterable, Protocol
 
 import torch
 
-from models.space import SearchSpace
+from spaces.base import SearchSpace
 from engine.runlog import RunDir
 
 

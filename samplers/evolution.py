@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from engine import NonFiniteGuard
-from models.space import SearchSpace
+from spaces.base import SearchSpace
 from engine.runlog import RunDir
 from samplers.base import arch_key, best_of, last_checkpoint
 from engine.stopping import boundary

@@ -36,7 +36,7 @@ from torch import nn
 from engine import NonFiniteGuard, NonFiniteLoss, first_nonfinite
 from models.nao_codec import TokenCodec, codec_for
 from models.nao_controller import NAOController
-from models.space import SearchSpace
+from spaces.base import SearchSpace
 from engine.runlog import RunDir
 from samplers.base import arch_key, best_of, last_checkpoint
 from engine.stopping import boundary

@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from models.space import SearchSpace
+from spaces.base import SearchSpace
 from engine.runlog import RunDir
 from samplers.base import arch_key, best_of
 

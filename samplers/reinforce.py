@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from engine import NonFiniteGuard, NonFiniteLoss, cosine, first_nonfinite
 from models.controller import Controller
-from models.space import SearchSpace
+from spaces.base import SearchSpace
 from engine.runlog import RunDir
 from samplers.base import best_of, last_checkpoint
 from engine.stopping import boundary

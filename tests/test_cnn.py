@@ -21,7 +21,7 @@ import config
 import main
 from models.cnn import (Cell, CNNArch, CNNStyle, FactorizedReduce, SharedCNN, cat_channels, decision_sizes, decode, encode,
                         loose_ends, make_op)
-from models.cnn_space import cnn_dot
+from spaces.cnn import cnn_dot
 from models.controller import Controller
 from utils import UserError
 

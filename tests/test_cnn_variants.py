@@ -25,8 +25,8 @@ import config
 import main
 from modes import retrain
 from models.cnn import Cell, CNNArch, CNNStyle, SharedCNN, live_nodes, make_op
-from models.cnn_space import CNNSpaceConfig, cnn_style
-from models.space import pick
+from spaces.cnn import CNNSpaceConfig, cnn_style
+from spaces.base import pick
 from engine.runlog import load_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_cnn"

@@ -11,7 +11,7 @@ from torch import nn
 
 from engine import (FORMAT, NonFiniteGuard, NonFiniteLoss, Step, build_optimizer, cosine, improves, require_kind,
                     scheduled_lr, stamp, validate)
-from models.space import OptimSpec
+from spaces.base import OptimSpec
 from utils import UserError
 
 

@@ -217,7 +217,7 @@ def test_sigterm_with_save_on_signal_saves_at_the_next_step(base: Path, data_dir
 
 def test_sigint_with_save_on_signal_in_the_controller_phase(base: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from models.rnn_space import RNNSpace
+    from spaces.rnn import RNNSpace
 
     original, calls = RNNSpace.reward, []
 
@@ -265,8 +265,8 @@ def test_weights_turning_nan_are_never_saved(base: Path, data_dir: Path, monkeyp
 def test_nan_reward_penalty_or_fisher_is_skipped_and_counted(what: str, base: Path, data_dir: Path,
                                                              monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from models.rnn_space import RNNSpace
-    from models.space import Loss
+    from spaces.rnn import RNNSpace
+    from spaces.base import Loss
     from regularizers.wpl import WPL
 
     nan = torch.tensor(float("nan"))
@@ -294,7 +294,7 @@ def test_nan_reward_penalty_or_fisher_is_skipped_and_counted(what: str, base: Pa
 def test_exploding_learning_rate_stops_in_one_line_with_a_finite_checkpoint(base: Path, data_dir: Path,
                                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """``--shared_lr=1e8``: cross-entropies of 1e13 overflowed ``math.exp`` in the reward (a traceback)."""
-    from models.rnn_space import perplexity
+    from spaces.rnn import perplexity
 
     assert perplexity(1e6) == float("inf") and perplexity(0.0) == 1.0
     assert main.main(argv(data_dir, base.parent, "huge_lr", "--shared_lr=1e8")) == 2

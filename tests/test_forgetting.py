@@ -11,8 +11,8 @@ from torch.nn import functional as F
 
 import config
 from analysis.stats import bootstrap_ci
-from experiments.forgetting import run_forgetting
-from models.space import Loss, OptimSpec
+from experiments.forgetting.protocol import run_forgetting
+from spaces.base import Loss, OptimSpec
 from regularizers.wpl_search import WPLSearchConfig
 from samplers import ReinforceSampler, ReinforceConfig
 from trainer import Trainer, TrainerConfig

@@ -15,7 +15,7 @@ import generate_gif
 import main
 from modes.builders import build_trainer
 from conftest import interrupted_copy, metrics_without_timing, paper_rnn_args
-from models.space import Loss
+from spaces.base import Loss
 from engine import NonFiniteLoss
 
 SMALL = ["--dataset=tiny", "--max_epoch=3", "--shared_max_step=3", "--num_batch_per_iter=2", "--controller_max_step=2",

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import main
-from models import SPACES
+from spaces import SPACES
 from regularizers import SEARCH_IMPORTANCES
 from samplers import SAMPLERS
 
@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.space import Loss, OptimSpec
+from spaces.base import Loss, OptimSpec, SpacePlugin
 
 TARGETS = (1.0, 2.0, 3.0)
 
@@ -127,8 +127,7 @@ class TargetSpace:
         pass
 
 
-def from_options(args, device):
-    return TargetSpace()
+PLUGIN = SpacePlugin(build=lambda args, device: TargetSpace())
 '''
 
 
@@ -174,7 +173,7 @@ def test_a_new_sampler_is_one_file_and_one_entry(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_new_search_space_is_one_file_and_one_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    plug_in(monkeypatch, tmp_path / "plugins", SPACES, "targets", "proof_targets", TARGETS, "from_options")
+    plug_in(monkeypatch, tmp_path / "plugins", SPACES, "targets", "proof_targets", TARGETS, "PLUGIN")
     run = search(["--network_type=targets", "--dataset=none", "--sampler=random",
                   "--alpha_fisher=0"], tmp_path / "logs")
     assert [r["epoch"] for r in records(run)] == [0, 1]

@@ -9,7 +9,7 @@ import torch
 from models.cnn import CNNArch, CNNStyle, SharedCNN, decision_sizes, decode
 from models.rnn import SharedRNN
 from models.rnn_arch import RNNArch
-from models.space import load_shared_weights
+from spaces.base import load_shared_weights
 
 OPS = ["identity", "max3x3", "depthwise_3x3", "depthwise_5x5"]
 

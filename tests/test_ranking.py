@@ -13,7 +13,7 @@ import main
 from analysis.stats import rank_agreement, top_k_regret
 from experiments.ranking import options, protocol
 from experiments.workers import read_ledger
-from models.rnn32_space import DECISION_SIZES, all_cells, cell_id
+from spaces.rnn32 import DECISION_SIZES, all_cells, cell_id
 from models.rnn_arch import RNNArch
 from utils import UserError
 

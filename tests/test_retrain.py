@@ -24,8 +24,8 @@ from conftest import interrupted_copy, metrics_without_timing
 from data.text import batchify, build_corpus
 from models.rnn import SharedRNN
 from models.rnn_arch import RNNArch
-from models.rnn_space import RNNSpace, RNNSpaceConfig
-from models.space import load_shared_weights
+from spaces.rnn import RNNSpace, RNNSpaceConfig
+from spaces.base import load_shared_weights
 from recipes.arch import random_arch
 from recipes.rnn import nonmono_trigger
 from engine.runlog import RunDir, load_checkpoint

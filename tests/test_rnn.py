@@ -15,7 +15,7 @@ from data.text import batchify, build_corpus
 from models.controller import Controller
 from models.rnn import SharedRNN, drop_connect
 from models.rnn_arch import RNNArch, decision_sizes, decode, encode
-from models.rnn_space import RNNSpace, RNNSpaceConfig
+from spaces.rnn import RNNSpace, RNNSpaceConfig
 
 ACTS = ["tanh", "ReLU", "identity", "sigmoid"]
 

@@ -17,8 +17,8 @@ from torch.nn import functional as F
 import config
 import main
 from conftest import metrics_without_timing
-from experiments.forgetting import run_forgetting
-from models.space import Loss, OptimSpec
+from experiments.forgetting.protocol import run_forgetting
+from spaces.base import Loss, OptimSpec
 from regularizers.search_importance import SearchL2, SearchMAS, SearchSI, build_search_regularizer
 from regularizers.wpl_search import SearchWPL, WPLSearchConfig
 from samplers import RandomSampler

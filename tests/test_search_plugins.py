@@ -25,7 +25,7 @@ from torch import Tensor, nn
 import config
 import main
 from conftest import metrics_without_timing
-from models.space import Loss, OptimSpec
+from spaces.base import Loss, OptimSpec
 from regularizers.base import HeldOut, Regularizer, fisher_objective
 from samplers import SAMPLERS, EvolutionSampler, RandomSampler
 from trainer import Trainer, TrainerConfig

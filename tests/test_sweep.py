@@ -20,10 +20,10 @@ import pytest
 pytest.importorskip("optuna")
 
 from analysis.stats import best_stability, detectable_effect, noise_floor, paired_bootstrap
-from experiments.sweep import Runner, SweepConfig, grid_settings, run_grid, run_narrowing, spaced
-from experiments.sweep_eval import known_direction, resolve
-from experiments.sweep_report import markdown, summarise
-from experiments.sweep_study import Study, default_storage, setting_key
+from experiments.sweep.protocol import Runner, SweepConfig, grid_settings, run_grid, run_narrowing, spaced
+from experiments.sweep.evaluate import known_direction, resolve
+from experiments.sweep.report import markdown, summarise
+from experiments.sweep.study import Study, default_storage, setting_key
 import sweep
 from utils import UserError
 

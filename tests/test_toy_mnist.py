@@ -14,9 +14,9 @@ import torch.nn.functional as F
 import toy_mnist
 from data.image import MNIST_MEAN, MNIST_STD
 from data.tasks import load_mnist
-from experiments.two_model import (MLP, ToyConfig, empirical_fisher, eval_points, importance_of, learner, make_model_a,
+from experiments.two_model.protocol import (MLP, ToyConfig, empirical_fisher, eval_points, importance_of, learner, make_model_a,
                                    make_model_b, make_penalty, run_protocol, train)
-from experiments.two_model_report import format_table, write_outputs
+from experiments.two_model.report import format_table, write_outputs
 from utils import UserError
 
 HIDDEN = 16

@@ -105,7 +105,7 @@ def commit() -> str:
 def truth_document(entries: dict[str, dict[str, Any]], options: dict[str, Any], command: str) -> dict[str, Any]:
     """The ground-truth file: per cell its architecture and one run per seed (with timings). Only seeds
     finished for all 32 cells are written (a stopped run's partial seed stays in its ledger)."""
-    from models.rnn32_space import all_cells
+    from spaces.rnn32 import all_cells
 
     cells: dict[str, Any] = {f"c{i:02d}": {"arch": a.to_dict(), "runs": []} for i, a in enumerate(all_cells())}
     counts: dict[int, int] = {}
@@ -126,7 +126,7 @@ def truth_document(entries: dict[str, dict[str, Any]], options: dict[str, Any], 
 def load_truth(path: Path, options: dict[str, Any] | None = None, min_seeds: int = 1) -> dict[str, Any]:
     """A ground-truth file, validated: 32 cells of this space, the same seeds each, finite perplexities, and
     (given ``options``) the same model, data and budget as the searches it will score. One line otherwise."""
-    from models.rnn32_space import all_cells
+    from spaces.rnn32 import all_cells
 
     doc = read_json(path, "ground-truth file")
     where = f"{path}: not a ground truth of this benchmark"

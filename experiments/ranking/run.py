@@ -27,9 +27,9 @@ import torch
 from modes import builders
 import config
 from engine import scheduled_lr
-from models.rnn32_space import all_cells, cell_id
+from spaces.rnn32 import all_cells, cell_id
 from models.rnn_arch import RNNArch
-from models.space import pick
+from spaces.base import pick
 from regularizers.search_importance import build_search_regularizer
 from regularizers.wpl_search import WPLSearchConfig
 from samplers import SAMPLERS

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from analysis.stats import best_stability, detectable_effect, interval_text, mean_ci, noise_floor, paired_bootstrap
-from experiments.sweep_study import setting_key
+from experiments.sweep.study import setting_key
 
 
 def per_seed(setting: dict[str, str], seeds: Sequence[int | None], results: dict[str, Any]) -> list[float]:

@@ -30,7 +30,7 @@ from distributed import comm
 from distributed.context import world
 from models import cnn
 from models.cnn import CNNArch, CNNStyle, SharedCNN
-from models.space import Loss, OptimSpec, pick
+from spaces.base import Loss, OptimSpec, Retraining, SpacePlugin, pick
 from utils import UserError, render_dot
 
 log = logging.getLogger("wpl")
@@ -265,7 +265,7 @@ def cnn_ops(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
 
 
 def from_options(args: argparse.Namespace, device: torch.device) -> CNNSpace:
-    """The micro-CNN space the options describe (``models.SPACES``' entry): op lists checked, dataset loaded,
+    """The micro-CNN space the options describe (``spaces.SPACES``' entry): op lists checked, dataset loaded,
     model built."""
     from data.image import load_images
 
@@ -284,3 +284,20 @@ def from_options(args: argparse.Namespace, device: torch.device) -> CNNSpace:
         return CNNSpace(data, cfg, device)
     except ValueError as err:
         raise UserError(f"cannot build the micro CNN: {err}") from err
+
+
+def retrain_sizes(args: argparse.Namespace) -> dict[str, Any]:
+    """A retrain's network: ``--retrain_filters`` initial filters doubled per module, ``--retrain_layers``."""
+    return {"cnn_final_filter_size": args.retrain_filters * 2 ** (args.cnn_num_modules - 1),
+            "cnn_num_repeat_normal": args.retrain_layers, "batch_size": args.retrain_cnn_batch_size,
+            "test_batch_size": args.retrain_cnn_batch_size}
+
+
+def retrain_optim(args: argparse.Namespace) -> OptimSpec:
+    """DARTS's: SGD with Nesterov momentum, cosine lr to ``--retrain_cnn_lr_min``."""
+    return OptimSpec(lr=args.retrain_cnn_lr, lr_min=args.retrain_cnn_lr_min, weight_decay=args.retrain_cnn_l2_reg,
+                     grad_clip=args.retrain_cnn_grad_clip, momentum=args.retrain_cnn_momentum,
+                     nesterov=args.retrain_cnn_momentum > 0, schedule="cosine")
+
+
+PLUGIN = SpacePlugin(build=from_options, retraining=Retraining(recipe="cnn", sizes=retrain_sizes, optim=retrain_optim))

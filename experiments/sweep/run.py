@@ -9,16 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.sweep import Runner, SweepConfig, run_grid, run_narrowing, run_tpe
-from experiments.sweep_eval import Program, evaluate
-from experiments.sweep_report import (
+from experiments.sweep.protocol import Runner, SweepConfig, run_grid, run_narrowing, run_tpe
+from experiments.sweep.evaluate import Program, evaluate
+from experiments.sweep.report import (
     markdown,
     name_of,
     narrowing_summary,
     plot,
     summarise,
 )
-from experiments.sweep_study import Study, default_storage
+from experiments.sweep.study import Study, default_storage
 from utils import UserError, save_json
 
 log = logging.getLogger("wpl")

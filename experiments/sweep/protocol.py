@@ -9,7 +9,7 @@
   ``num_steps >= 4`` values shrinks by ``2 / (num_steps - 1)`` per step, so it always ends.
 * ``tpe``: Optuna's TPE proposes values of one parameter; each is evaluated at every seed.
 
-Every evaluation is a trial of the sweep's Optuna study (:mod:`experiments.sweep_study`), so
+Every evaluation is a trial of the sweep's Optuna study (:mod:`experiments.sweep.study`), so
 workers never duplicate one and a rerun continues where the last one stopped.
 """
 
@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from experiments.sweep_study import Study, setting_key
+from experiments.sweep.study import Study, setting_key
 from utils import UserError
 
 log = logging.getLogger("wpl")

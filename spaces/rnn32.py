@@ -29,9 +29,11 @@ from typing import Any
 import torch
 
 from data.text import Corpus
-from models import rnn_arch, rnn_space
+from models import rnn_arch
+from spaces import rnn
+from spaces.base import SpacePlugin
 from models.rnn_arch import RNNArch
-from models.rnn_space import RNNSpace, RNNSpaceConfig
+from spaces.rnn import RNNSpace, RNNSpaceConfig
 
 ACTIVATIONS = ("tanh", "ReLU", "sigmoid", "identity")  # node 0's (fixed) first
 NUM_BLOCKS = 3
@@ -73,5 +75,8 @@ class RNN32Space(RNNSpace):
 
 
 def from_options(args: argparse.Namespace, device: torch.device) -> RNNSpace:
-    """The ranking benchmark's 32 cells on the ``--dataset`` corpus (``models.SPACES``' entry)."""
-    return rnn_space.from_options(args, device, RNN32Space)
+    """The ranking benchmark's 32 cells on the ``--dataset`` corpus (``spaces.SPACES``' entry)."""
+    return rnn.from_options(args, device, RNN32Space)
+
+
+PLUGIN = SpacePlugin(build=from_options, retraining=rnn.RETRAINING)

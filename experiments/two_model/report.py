@@ -9,7 +9,7 @@ from typing import Any
 from analysis import plots
 from analysis.tables import aligned, pm
 from data.tasks import load_mnist
-from experiments.two_model import ToyConfig, run_protocol
+from experiments.two_model.protocol import ToyConfig, run_protocol
 
 COLUMNS = (("a_baseline", "A before"), ("a_final", "A after"), ("a_drop", "A drop"),
            ("a_worst_drop", "A worst drop"), ("b_final", "B final"))

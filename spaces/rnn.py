@@ -27,8 +27,8 @@ from distributed.context import world
 from models import rnn_arch
 from models.rnn import RNNOutput, SharedRNN
 from models.rnn_arch import RNNArch
-from models.space import Loss, OptimSpec, pick
-from utils import render_dot
+from spaces.base import Loss, OptimSpec, Retraining, SpacePlugin, pick
+from utils import UserError, render_dot
 
 log = logging.getLogger("wpl")
 
@@ -202,7 +202,7 @@ class RNNSpace:
     @torch.inference_mode()
     def error(self, arch: RNNArch) -> float:
         self.model.eval()
-        total, count = 0.0, 0
+        total, count = 0.0, 0.0
         for x, y in self.fixed_batches:
             out = self.model(x, self.model.init_hidden(x.size(1)), arch)
             total += float(F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), reduction="sum"))
@@ -226,8 +226,8 @@ class RNNSpace:
         model = self.model if model is None else model
         model.eval()
         data = self.valid_data if split == "valid" else self.test_data
-        hidden = model.init_hidden(data.size(1))
-        nll, count = 0.0, 0
+        hidden = model.init_hidden(data.size(1))  # type: ignore[operator]  # nn.Module's __getattr__
+        nll, count = 0.0, 0.0
         for i in range(0, data.size(0) - 1, self._cfg.shared_rnn_max_length):
             x, y = get_batch(data, i, self._cfg.shared_rnn_max_length)
             out = model(x, hidden, arch)
@@ -283,8 +283,8 @@ def rnn_dot(arch: RNNArch) -> str:
 
 # ------------------------------------------------------------------------------ from the options
 def from_options(args: argparse.Namespace, device: torch.device, space_class: type[RNNSpace] | None = None) -> RNNSpace:
-    """The RNN space the options describe (``models.SPACES``' entry): corpus loaded and checked, model built
-    (``space_class``: this space, or a restriction of it such as models/rnn32_space.py's)."""
+    """The RNN space the options describe (``spaces.SPACES``' entry): corpus loaded and checked, model built
+    (``space_class``: this space, or a restriction of it such as spaces/rnn32.py's)."""
     from data.text import check_split_sizes, load_corpus
 
     start = time.time()
@@ -296,3 +296,21 @@ def from_options(args: argparse.Namespace, device: torch.device, space_class: ty
              corpus.ntokens, len(corpus.train), len(corpus.valid), len(corpus.test), time.time() - start)
     cfg = pick(RNNSpaceConfig, args, shared_rnn_activations=tuple(args.shared_rnn_activations))
     return (space_class or RNNSpace)(corpus, cfg, device)
+
+
+def retrain_sizes(args: argparse.Namespace) -> dict[str, Any]:
+    """A retrain's model: ``--retrain_embed/hid``, batch and BPTT in place of the search's sizes."""
+    if args.tie_weights and args.retrain_embed != args.retrain_hid:
+        raise UserError(f"--tie_weights needs --retrain_embed == --retrain_hid "
+                        f"(got {args.retrain_embed} and {args.retrain_hid})")
+    return {"shared_embed": args.retrain_embed, "shared_hid": args.retrain_hid,
+            "batch_size": args.retrain_batch_size, "shared_rnn_max_length": args.retrain_bptt}
+
+
+def retrain_optim(args: argparse.Namespace) -> OptimSpec:
+    """Constant lr (the "decay" schedule with factor 1); the recipe's NT-ASGD switch does the rest."""
+    return OptimSpec(lr=args.retrain_lr, weight_decay=args.retrain_l2_reg, grad_clip=args.retrain_grad_clip)
+
+
+RETRAINING = Retraining(recipe="rnn", sizes=retrain_sizes, optim=retrain_optim)
+PLUGIN = SpacePlugin(build=from_options, retraining=RETRAINING)

@@ -1,4 +1,4 @@
-"""The interface every search space plugs into the trainer with.
+"""The interface every search space plugs into the trainer with, and the registry's entry for one.
 
 A search space owns its shared model, its architecture type, the controller's decision layout and
 its data streams. The trainer only sees this interface, so the same loop (shared phase with WPL,
@@ -7,9 +7,10 @@ controller phase, forgetting metric, derive, checkpoints) serves the RNN cell an
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, Sequence, TypeVar
+from typing import Any, Callable, NamedTuple, Protocol, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -100,3 +101,23 @@ def pick(cls: type[C], options: Any, **overrides: Any) -> C:
     """Build the dataclass ``cls`` from the same-named attributes of ``options`` (an argparse namespace)."""
     values = {f.name: getattr(options, f.name) for f in fields(cls) if f.name not in overrides}  # type: ignore[arg-type]
     return cls(**values, **overrides)
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """How a space's architectures are trained alone (``--mode=retrain``): the recipe (a name in
+    ``recipes.RECIPES``), the options the retrain's space is built with in place of the search's, and the
+    optimiser the recipe uses. Both read the retrain's own options (``--retrain_*``)."""
+
+    recipe: str
+    sizes: Callable[[argparse.Namespace], dict[str, Any]]
+    optim: Callable[[argparse.Namespace], OptimSpec]
+
+
+@dataclass(frozen=True)
+class SpacePlugin:
+    """What ``spaces.SPACES`` holds for a space: how to build it from the options (corpus or images loaded
+    and checked, shared model on the device) and, when its architectures can be retrained, how."""
+
+    build: Callable[[argparse.Namespace, torch.device], SearchSpace]
+    retraining: Retraining | None = None
