@@ -26,18 +26,13 @@ from distributed.context import world
 from engine import NonFiniteGuard, NonFiniteLoss, Step, build_optimizer, first_nonfinite, improves, scheduled_lr, stamp
 from models.space import SearchSpace
 from regularizers.base import Objective, Regularizer
-from engine.runlog import RunDir, mid_epoch_saved
+from engine.lifecycle import mid_epoch_saved
+from engine.runlog import RunDir
 from samplers.base import Sampler, last_checkpoint
 from engine.stopping import boundary, critical, saving_on_signal
 from utils import rng_state, save_json, set_rng_state
 
 log = logging.getLogger("wpl")
-
-# Where search checkpoints written before samplers/ existed keep the sampler's (the REINFORCE
-# controller's) parts and the regulariser's (WPL's) tables: at their top level.
-LEGACY_SAMPLER_KEYS = ("controller", "controller_optim", "baseline", "controller_step")
-LEGACY_REGULARIZER_KEY = "wpl"
-
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -55,15 +50,6 @@ class TrainerConfig:
     amp: bool  # speed options (GPU; see models/rnn.py)
     compile: bool
     cuda_graphs: bool
-
-
-def sampler_state(state: dict[str, Any]) -> dict[str, Any]:
-    """The sampler's part of a search checkpoint (older ones: the controller's top-level keys)."""
-    return state["sampler"] if "sampler" in state else {k: state[k] for k in LEGACY_SAMPLER_KEYS}
-
-
-def regularizer_state(state: dict[str, Any]) -> dict[str, Any]:
-    return state["regularizer"] if "regularizer" in state else state[LEGACY_REGULARIZER_KEY]
 
 
 class Trainer:
@@ -324,14 +310,13 @@ class Trainer:
     def load_weights(self, state: dict[str, Any]) -> None:
         """The shared weights and the sampler of a checkpoint (what derive and test need)."""
         self.space.model.load_state_dict(state["model"])
-        self.sampler.load_state_dict(sampler_state(state))
+        self.sampler.load_state_dict(state["sampler"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_weights(state)
         self.shared_optim.load_state_dict(state["shared_optim"])
-        reg_state = regularizer_state(state)
-        if self.reg is not None and reg_state:
-            self.reg.load_state_dict(reg_state)
+        if self.reg is not None and state["regularizer"]:
+            self.reg.load_state_dict(state["regularizer"])
         self.epoch = state["epoch"]
         self.shared_step = state["shared_step"]
         self.space.load_state_dict(state["space"])

@@ -172,8 +172,7 @@ class ReinforceSampler:
             return "controller baseline"
         return bad
 
-    # The keys are those that search checkpoints written before samplers/ existed keep at their top
-    # level, so such a checkpoint's parts load as they are (trainer.LEGACY_SAMPLER_KEYS).
+    # Format-1 search checkpoints kept these keys at their top level; engine/convert.py moves them here.
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict(), "controller_optim": self.optim.state_dict(),
                 "baseline": self.baseline, "controller_step": self.step}

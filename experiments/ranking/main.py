@@ -20,7 +20,8 @@ from typing import Any
 
 from experiments.ranking import protocol, report
 from experiments.workers import default_workers, run_units
-from engine.runlog import RunDir, discard_on_failure
+from engine.lifecycle import discard_on_failure
+from engine.runlog import RunDir
 from options.safe_io import read_json
 from utils import UserError, save_json
 
