@@ -108,24 +108,14 @@ class Trainer:
         zero = sums.new_zeros(())
         done, n = 0, self.cfg.num_batch_per_iter
         for b in range(n):
-            penalty = zero
             if reg is not None:
                 reg.begin_batch(last=b == n - 1)
             with self.step.autocast():
                 out = self.space.train_loss(arch)
-
-            def regularise() -> torch.Tensor:
-                nonlocal penalty
-                assert reg is not None  # hooked only when there is a regulariser
-                reg.after_backward(names)
-                penalty = reg.add_penalty_grad_(names)
-                return penalty
-
-            hook = regularise if reg is not None else None
-            if not self.step.update(out.total, hook, f"{reg.label} penalty" if reg is not None else "penalty"):
+            stepped, added = self.step.update_regularised(out.total, reg, names)
+            if not stepped:
                 continue
-            if reg is not None:
-                reg.after_step(names)
+            penalty = added if added is not None else zero
             accuracy = out.accuracy if out.accuracy is not None else zero
             sums += torch.stack([out.total.detach() + penalty, out.ce.detach(), penalty, accuracy.float()])
             done += 1

@@ -49,15 +49,21 @@ class Opening:
 
     run: RunDir
     comment: str
+    device: torch.device
     checkpoint: Path | None = None
     state: dict[str, Any] | None = None
 
     def commit(self, epochs_done: int = 0, params: dict[str, Any] | None = None,
                metrics: list[dict[str, Any]] | None = None) -> None:
-        """Rewrite what the checkpoint does not cover, once the mode knows it fits: ``metrics.jsonl`` keeps the
+        """Rewrite what the checkpoint does not cover, once the mode knows it fits (and say the run resumes, on
+        another thread count, part-way through an epoch): ``metrics.jsonl`` keeps the
         records the checkpoint counted (``metrics``: those records, when the checkpoint carries them whole), a
         fresh run's is emptied; ``params`` go to ``params.json`` with the job's number of ranks."""
         run = self.run
+        if self.state is not None and self.checkpoint is not None:
+            log.info("resuming %s from %s (epoch %d)", run.path, self.checkpoint, self.state["epoch"])
+            warn_on_thread_change(self.state, self.device)
+            note_mid_epoch(self.state, self.checkpoint)
         if metrics is not None:
             run.rewrite_metrics(metrics)
         elif run.metrics_path.exists():
@@ -103,7 +109,7 @@ def open_run(path: Path, kind: str, resume: bool, device: torch.device = CPU, *,
     ``results``: the files a finished run leaves; ``log_level``: also log to its ``train.log``. A failure or a
     stop inside the block removes the folder if this process made it."""
     run = RunDir(path, use_tensorboard)
-    opening = Opening(run, run.path.name.removeprefix(f"{prefix}_"))
+    opening = Opening(run, run.path.name.removeprefix(f"{prefix}_"), device)
     try:
         with discard_on_failure(run):
             refuse_unless_resuming(run, resume, results, kind)
@@ -114,9 +120,6 @@ def open_run(path: Path, kind: str, resume: bool, device: torch.device = CPU, *,
             if found is not None:
                 opening.checkpoint, opening.state = saved, state = found
                 require_kind(state, saved, kind)  # before anything is read from it or rewritten
-                log.info("resuming %s from %s (epoch %d)", run.path, saved, state["epoch"])
-                warn_on_thread_change(state, device)
-                note_mid_epoch(state, saved)
             elif resume:
                 log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
             yield opening
