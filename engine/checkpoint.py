@@ -51,7 +51,7 @@ def validate(state: Any, path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a checkpoint of this project")
     if state["format"] == 1:
         raise OldFormat(f"{path} is a checkpoint of format 1; this version reads format {FORMAT}: convert its run once "
-                        f"with {CONVERT} (docs/checkpoints.md)")
+                        f"with {CONVERT} (docs/reliability.md)")
     if state["format"] != FORMAT:
         raise UserError(f"{path} is a checkpoint of format {state['format']!r}; this version reads format {FORMAT} "
                         f"(use the version of the project that wrote it)")

@@ -1,4 +1,4 @@
-"""``--mode=convert``: a run's checkpoints of format 1 rewritten once in format 2 (docs/checkpoints.md).
+"""``--mode=convert``: a run's checkpoints of format 1 rewritten once in format 2 (docs/reliability.md, Checkpoint format 2).
 
     python main.py --mode=convert --load_path=logs/ptb_run               # every checkpoint of the run
     python main.py --mode=convert --load_path=logs/ptb_run/checkpoints/best.pt
