@@ -102,25 +102,26 @@ def run_path(log_dir: str | Path, prefix: str, comment: str) -> Path:
 
 @contextmanager
 def open_run(path: Path, kind: str, resume: bool, device: torch.device = CPU, *, prefix: str,
-             results: tuple[str, ...] = (), use_tensorboard: bool = True,
-             log_level: str | None = None) -> Iterator[Opening]:
+             results: tuple[str, ...] = (), use_tensorboard: bool = True, log_level: str | None = None,
+             checkpointed: bool = True) -> Iterator[Opening]:
     """The run directory ``path`` (``<prefix>_<comment>``, :func:`run_path`) of a ``kind`` of run: fresh,
     resumed from its newest checkpoint (``--resume=True``), or refused in one line (see the module's rules).
-    ``results``: the files a finished run leaves; ``log_level``: also log to its ``train.log``. A failure or a
-    stop inside the block removes the folder if this process made it."""
+    ``results``: the files a finished run leaves; ``log_level``: also log to its ``train.log``;
+    ``checkpointed=False``: a run whose ``results`` are ledgers that resume it (the ranking benchmark's,
+    :mod:`experiments.workers`). A failure or a stop inside the block removes the folder if this process made it."""
     run = RunDir(path, use_tensorboard)
     opening = Opening(run, run.path.name.removeprefix(f"{prefix}_"), device)
     try:
         with discard_on_failure(run):
-            refuse_unless_resuming(run, resume, results, kind)
+            refuse_unless_resuming(run, resume, results if checkpointed else (), kind, held=results)
             if log_level is not None:
                 setup_logging(log_level, run.path / "train.log")
             run.remove_stale_temps()
-            found = run.load_latest(device) if resume else None
+            found = run.load_latest(device) if resume and checkpointed else None
             if found is not None:
                 opening.checkpoint, opening.state = saved, state = found
                 require_kind(state, saved, kind)  # before anything is read from it or rewritten
-            elif resume:
+            elif resume and checkpointed:
                 log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
             yield opening
     except Stopped as stop:  # stopped while it was set up: nothing of it was kept
@@ -169,17 +170,19 @@ def folder_kind(run: RunDir) -> str | None:
     return None
 
 
-def refuse_unless_resuming(run: RunDir, resume: bool, results: tuple[str, ...] = (), kind: str = "") -> None:
+def refuse_unless_resuming(run: RunDir, resume: bool, results: tuple[str, ...] = (), kind: str = "",
+                           held: tuple[str, ...] = ()) -> None:
     """A folder holding a run is continued with ``--resume=True`` or left alone; one of another ``kind`` of run
     (a search's, resumed as a retrain) is refused either way. With ``--resume=True`` and no checkpoint, a
-    folder whose ``results`` exist is refused too: starting afresh would replace them."""
-    held = held_results(run, results)
-    found = folder_kind(run) if kind and held else None
+    folder whose ``results`` exist is refused too: starting afresh would replace them. ``held``: more files
+    that make the folder a run's."""
+    held_files = held_results(run, tuple(dict.fromkeys((*results, *held))))
+    found = folder_kind(run) if kind and held_files else None
     if found is not None and found != kind:  # checked before anything is read or rewritten
         raise UserError(f"{run.path} holds a {found} run, not a {kind} one: nothing is rewritten; resume it with "
                         f"--mode={'train' if found == 'search' else found}, or pass another --comment")
-    if held and not resume:
-        raise UserError(f"{run.path} already holds a run ({', '.join(held[:3])}): pass --resume=True to "
+    if held_files and not resume:
+        raise UserError(f"{run.path} already holds a run ({', '.join(held_files[:3])}): pass --resume=True to "
                         f"continue it, or another --comment")
     finished = [name for name in results if (run.path / name).is_file()]
     if resume and finished and run.latest_checkpoint() is None:
