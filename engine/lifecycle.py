@@ -5,7 +5,8 @@
         opening.commit(epochs_done, params)  # it fits: metrics.jsonl cut to what it covers, params.json
     opening.run_loop(loop.train, done=..., nothing="no epoch finished")
 
-The rules, written once here for the search, the retrain, continual learning and PathNet:
+The rules, written once here for the search, the retrain, continual learning, PathNet and the ranking
+benchmark (whose ledgers stand for a checkpoint):
 
 * a folder holding a run is continued with ``--resume=True`` or left alone, never silently restarted
   over its results; a folder of another kind of run is refused either way, before anything is read;
@@ -55,10 +56,10 @@ class Opening:
 
     def commit(self, epochs_done: int = 0, params: dict[str, Any] | None = None,
                metrics: list[dict[str, Any]] | None = None) -> None:
-        """Rewrite what the checkpoint does not cover, once the mode knows it fits (and say the run resumes, on
-        another thread count, part-way through an epoch): ``metrics.jsonl`` keeps the
-        records the checkpoint counted (``metrics``: those records, when the checkpoint carries them whole), a
-        fresh run's is emptied; ``params`` go to ``params.json`` with the job's number of ranks."""
+        """Once the mode knows the checkpoint fits: say the run resumes (and whether on another thread count, or
+        part-way through an epoch), then rewrite what the checkpoint does not cover: ``metrics.jsonl`` keeps the
+        records it counted (``metrics``: those records, when it carries them whole), a fresh run's is emptied;
+        ``params`` go to ``params.json`` with the job's number of ranks."""
         run = self.run
         if self.state is not None and self.checkpoint is not None:
             log.info("resuming %s from %s (epoch %d)", run.path, self.checkpoint, self.state["epoch"])
