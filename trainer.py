@@ -26,18 +26,13 @@ from distributed.context import world
 from engine import NonFiniteGuard, NonFiniteLoss, Step, build_optimizer, first_nonfinite, improves, scheduled_lr, stamp
 from spaces.base import SearchSpace
 from regularizers.base import Objective, Regularizer
-from engine.runlog import RunDir, mid_epoch_saved
+from engine.lifecycle import mid_epoch_saved
+from engine.runlog import RunDir
 from samplers.base import Sampler, last_checkpoint
 from engine.stopping import boundary, critical, saving_on_signal
 from utils import rng_state, save_json, set_rng_state
 
 log = logging.getLogger("wpl")
-
-# Where search checkpoints written before samplers/ existed keep the sampler's (the REINFORCE
-# controller's) parts and the regulariser's (WPL's) tables: at their top level.
-LEGACY_SAMPLER_KEYS = ("controller", "controller_optim", "baseline", "controller_step")
-LEGACY_REGULARIZER_KEY = "wpl"
-
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -55,15 +50,6 @@ class TrainerConfig:
     amp: bool  # speed options (GPU; see models/rnn.py)
     compile: bool
     cuda_graphs: bool
-
-
-def sampler_state(state: dict[str, Any]) -> dict[str, Any]:
-    """The sampler's part of a search checkpoint (older ones: the controller's top-level keys)."""
-    return state["sampler"] if "sampler" in state else {k: state[k] for k in LEGACY_SAMPLER_KEYS}
-
-
-def regularizer_state(state: dict[str, Any]) -> dict[str, Any]:
-    return state["regularizer"] if "regularizer" in state else state[LEGACY_REGULARIZER_KEY]
 
 
 class Trainer:
@@ -122,24 +108,14 @@ class Trainer:
         zero = sums.new_zeros(())
         done, n = 0, self.cfg.num_batch_per_iter
         for b in range(n):
-            penalty = zero
             if reg is not None:
                 reg.begin_batch(last=b == n - 1)
             with self.step.autocast():
                 out = self.space.train_loss(arch)
-
-            def regularise() -> torch.Tensor:
-                nonlocal penalty
-                assert reg is not None  # hooked only when there is a regulariser
-                reg.after_backward(names)
-                penalty = reg.add_penalty_grad_(names)
-                return penalty
-
-            hook = regularise if reg is not None else None
-            if not self.step.update(out.total, hook, f"{reg.label} penalty" if reg is not None else "penalty"):
+            stepped, added = self.step.update_regularised(out.total, reg, names)
+            if not stepped:
                 continue
-            if reg is not None:
-                reg.after_step(names)
+            penalty = added if added is not None else zero
             accuracy = out.accuracy if out.accuracy is not None else zero
             sums += torch.stack([out.total.detach() + penalty, out.ce.detach(), penalty, accuracy.float()])
             done += 1
@@ -324,14 +300,13 @@ class Trainer:
     def load_weights(self, state: dict[str, Any]) -> None:
         """The shared weights and the sampler of a checkpoint (what derive and test need)."""
         self.space.model.load_state_dict(state["model"])
-        self.sampler.load_state_dict(sampler_state(state))
+        self.sampler.load_state_dict(state["sampler"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_weights(state)
         self.shared_optim.load_state_dict(state["shared_optim"])
-        reg_state = regularizer_state(state)
-        if self.reg is not None and reg_state:
-            self.reg.load_state_dict(reg_state)
+        if self.reg is not None and state["regularizer"]:
+            self.reg.load_state_dict(state["regularizer"])
         self.epoch = state["epoch"]
         self.shared_step = state["shared_step"]
         self.space.load_state_dict(state["space"])

@@ -10,6 +10,7 @@ Layout of ``<log_dir>/<dataset>_<comment>/``::
     checkpoints/       latest.pt (every epoch) and epoch_XXXX.pt (after epoch XXXX, every save_epoch; newest kept)
     best_arch.json     the derived architecture
 
+How a mode opens, resumes or refuses such a folder, and runs its loop in it, is :mod:`engine.lifecycle`.
 In a data-parallel job every rank holds a ``RunDir`` (they all read its checkpoints), but only rank 0's
 writes (``writes``): the others' metrics, scalars, images and checkpoints are dropped here, so the
 loops call the same methods on every rank and stay in step.
@@ -25,8 +26,6 @@ import socket
 import struct
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ import torch
 
 from distributed.context import world
 from engine import checkpoint
-from options.safe_io import read_json
 from utils import UserError, atomic_write_bytes, missing_dirs, remove_if_empty
 
 log = logging.getLogger("wpl")
@@ -104,9 +102,13 @@ class RunDir:
         if not self.writes:
             return
         records = self.read_metrics()
-        kept = records[:lines] if lines is not None else [r for r in records if r["epoch"] < epochs_done]
-        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-        atomic_write_bytes(self.metrics_path, lambda f: f.write(text.encode()))
+        self.rewrite_metrics(records[:lines] if lines is not None else [r for r in records if r["epoch"] < epochs_done])
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """``metrics.jsonl`` := ``records``, atomically."""
+        if self.writes:
+            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+            atomic_write_bytes(self.metrics_path, lambda f: f.write(text.encode()))
 
     def remove_stale_temps(self) -> list[Path]:
         """Delete ``.<name>.tmp`` files a killed process left (atomic writes in progress); returns them."""
@@ -140,51 +142,6 @@ class RunDir:
         remove_if_empty(self.created[1:])
         self.created = []
         return True
-
-    # ---------------------------------------------------------------------- fresh or resumed
-    def held_results(self, results: tuple[str, ...] = ()) -> list[str]:
-        """The files of a run this folder already holds: a checkpoint, ``metrics.jsonl``, ``results``."""
-        held = [str(p.relative_to(self.path)) for p in [self.latest_checkpoint()] if p is not None]
-        return held + [name for name in ("metrics.jsonl", *results) if (self.path / name).is_file()]
-
-    def folder_kind(self) -> str | None:
-        """Which loop wrote this folder, read off its files (a checkpoint may be gone): ``retrain`` (arch.json),
-        ``continual``/``pathnet`` (their results or checkpoint), ``search`` (params.json with a run id)."""
-        if (self.path / "arch.json").is_file():
-            return "retrain"
-        if (self.path / "ranking.json").is_file():
-            return "ranking"
-        for kind in ("continual", "pathnet"):
-            if (self.path / f"{kind}_results.json").is_file():
-                return kind
-        params = self.path / "params.json"
-        if params.is_file():
-            try:
-                saved = read_json(params)
-            except UserError:
-                return None
-            return "search" if isinstance(saved, dict) and "run_id" in saved else None
-        return None
-
-    def refuse_unless_resuming(self, resume: bool, results: tuple[str, ...] = (), kind: str = "") -> None:
-        """Every mode's rule for a run directory (the search's first): a folder holding a run is continued
-        with ``--resume=True`` or left alone; never silently started afresh over its results.
-
-        A folder of another ``kind`` of run (a search's, resumed as a retrain) is refused either way. With
-        ``--resume=True`` and no checkpoint, a folder whose ``results`` (a finished experiment's
-        file) exist is refused too: starting afresh would replace them (its checkpoints were deleted)."""
-        held = self.held_results(results)
-        found = self.folder_kind() if kind and held else None
-        if found is not None and found != kind:  # checked before anything is read or rewritten
-            raise UserError(f"{self.path} holds a {found} run, not a {kind} one: nothing is rewritten; resume it with "
-                            f"--mode={'train' if found == 'search' else found}, or pass another --comment")
-        if held and not resume:
-            raise UserError(f"{self.path} already holds a run ({', '.join(held[:3])}): pass --resume=True to "
-                            f"continue it, or another --comment")
-        finished = [name for name in results if (self.path / name).is_file()]
-        if resume and finished and self.latest_checkpoint() is None:
-            raise UserError(f"{self.path} holds the results of a finished run ({', '.join(finished)}) but no checkpoint "
-                            f"to resume from: nothing is rewritten; use another --comment")
 
     # -------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict[str, Any], epoch: int, numbered: bool, keep: int) -> Path:
@@ -231,6 +188,8 @@ class RunDir:
         for path in candidates:
             try:
                 state = load_checkpoint(path, device)
+            except checkpoint.OldFormat:  # every file of the run has that format: the converter's line, once
+                raise
             except UserError as err:
                 problems.append(str(err))
                 continue
@@ -302,19 +261,6 @@ class EventLog:
             self._file = None
 
 
-@contextmanager
-def discard_on_failure(run: RunDir, unless_checkpointed: bool = False) -> Iterator[RunDir]:
-    """Should the block fail or stop, remove the run directory if this process made it: a set-up that fails
-    (options, data, model, checkpoint) leaves nothing behind; with ``unless_checkpointed`` (an experiment's
-    loop, continual or PathNet) only while nothing was checkpointed yet."""
-    try:
-        yield run
-    except BaseException:
-        if not (unless_checkpointed and run.latest_checkpoint() is not None) and run.discard_if_new():
-            log.debug("removed %s: the run never started or saved anything", run.path)
-        raise
-
-
 def summary_scalar(tag: str, value: float) -> Any:
     from tensorboardX.summary import scalar
 
@@ -369,29 +315,3 @@ def warn_on_thread_change(state: dict[str, Any], device: torch.device) -> None:
     if device.type == "cpu" and saved is not None and saved != now:
         log.warning("resuming on %d CPU threads a run checkpointed on %d: its figures will differ from an "
                     "uninterrupted run's in the late digits (OMP_NUM_THREADS=%d continues it exactly)", now, saved, saved)
-
-
-def mid_epoch_saved(path: Path, epoch: int, position: str) -> str:
-    """The stop message's account of a ``--save_on_signal`` checkpoint taken part-way through ``epoch``."""
-    done = f"epochs 0-{epoch - 1} and " if epoch else ""
-    return (f"{path} holds {done}epoch {epoch} up to {position}; a resume from it restarts epoch {epoch} "
-            f"with these weights")
-
-
-def note_mid_epoch(state: dict[str, Any], path: Path) -> None:
-    if state.get("mid_epoch"):
-        log.info("%s was saved on a stop signal part-way through epoch %d: that epoch restarts from its beginning "
-                 "with the saved weights (the run is not identical to an uninterrupted one)", path, state["epoch"])
-
-
-def resolve_checkpoint(load_path: str, device: torch.device) -> tuple[Path, dict[str, Any]]:
-    """``--load_path`` may name a run directory (its latest checkpoint) or a checkpoint file."""
-    if not load_path:
-        raise UserError("this mode needs --load_path=<run directory or checkpoint file>")
-    path = Path(load_path)
-    if path.is_dir():
-        found = RunDir(path, use_tensorboard=False).load_latest(device)
-        if found is None:
-            raise UserError(f"run directory {path} holds no checkpoint (checkpoints/latest.pt)")
-        return found
-    return path, load_checkpoint(path, device)

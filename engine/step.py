@@ -10,7 +10,7 @@ regulariser, the clip and the optimiser all see the whole global batch's gradien
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,22 +19,29 @@ from distributed import comm
 from distributed.context import world
 from engine.guard import NonFiniteGuard
 
+if TYPE_CHECKING:  # the engine knows the hooks' interface only; regularizers never import the engine
+    from regularizers.base import Regularizer
+
 
 class Step:
     """``update(loss)`` performs one guarded step of ``optimizer`` over ``params``.
 
     ``amp`` turns on bfloat16 autocast in :meth:`autocast` (use it around the forward and loss);
     ``grad_clip > 0`` clips the global gradient norm of ``params``; ``buffers`` (the model's running
-    statistics) are kept identical across data-parallel ranks.
+    statistics) are kept identical across data-parallel ranks. ``replicated``: every rank computes the
+    same loss from the same state (the REINFORCE controller's), so its gradient is not averaged.
+    ``loss_name`` names a skipped loss in the guard's warning.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], grad_clip: float,
-                 guard: NonFiniteGuard, amp: bool = False, buffers: Iterable[Tensor] = ()) -> None:
+                 guard: NonFiniteGuard, amp: bool = False, buffers: Iterable[Tensor] = (), replicated: bool = False,
+                 loss_name: str = "loss") -> None:
         self.optimizer, self.grad_clip, self.guard, self.amp = optimizer, grad_clip, guard, amp
         self.params = list(params)
         self.buffers = [b for b in buffers if b.is_floating_point()]  # running statistics, averaged with the gradients
         self.device_type = self.params[0].device.type if self.params else "cpu"
-        self.data_parallel = world().active
+        self.data_parallel = world().active and not replicated
+        self.loss_name = loss_name
 
     def autocast(self) -> torch.autocast:
         """bfloat16 autocast when ``amp`` is on, otherwise a no-op context."""
@@ -75,7 +82,7 @@ class Step:
         regulariser's hooks: read it, add a penalty's gradient); a non-finite value it returns (named
         ``what``) skips the step like a non-finite loss.
         """
-        if not self.backward(loss):
+        if not self.backward(loss, self.loss_name):
             return False
         if before_step is not None:
             extra = before_step()
@@ -86,3 +93,23 @@ class Step:
             nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
         return True
+
+    def update_regularised(self, loss: Tensor, reg: Regularizer | None, names: Sequence[str]) -> tuple[bool, Tensor | None]:
+        """:meth:`update` with a regulariser's per-update hooks, the one place the loops call them: after the
+        backward pass ``after_backward`` reads the loss's gradient and ``add_penalty_grad_`` adds the penalty's
+        (a non-finite penalty skips the step), after the step ``after_step``. Returns whether the step was
+        taken and the penalty added (``None`` without a regulariser)."""
+        if reg is None:
+            return self.update(loss), None
+        penalty: Tensor | None = None
+
+        def hooks() -> Tensor:
+            nonlocal penalty
+            reg.after_backward(names)
+            penalty = reg.add_penalty_grad_(names)
+            return penalty
+
+        if not self.update(loss, hooks, f"{reg.label} penalty"):
+            return False, penalty
+        reg.after_step(names)
+        return True, penalty

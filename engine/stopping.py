@@ -110,14 +110,3 @@ def critical() -> Iterator[None]:
     if _depth == 0 and _pending is not None:
         signum, _pending = _pending, None
         raise Stopped(signum)
-
-
-@contextmanager
-def resume_command(comment: str) -> Iterator[None]:
-    """A stop signal in an experiment names its run's ``--comment``, so the stop line gives the resume command."""
-    try:
-        yield
-    except Stopped as stop:
-        stop.comment = comment
-        stop.saved = stop.saved or "nothing saved yet"
-        raise

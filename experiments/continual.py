@@ -109,14 +109,6 @@ def train_task(model: MultiHeadNet, optim: torch.optim.Optimizer, reg: Regulariz
     guard = NonFiniteGuard(f"{strategy} loss", "lower --lr or the strategy's strength", lambda: f"task {t} iteration {it + 1}",
                            lambda: "the one written after the last finished task")
     step = Step(optim, model.parameters(), grad_clip=0.0, guard=guard)
-
-    def hooks() -> Tensor | None:
-        """The regulariser reads the task loss's gradient, then adds its penalty's (the documented order)."""
-        if reg is None:
-            return None
-        reg.after_backward(names)
-        return reg.add_penalty_grad_(names)
-
     for it in range(cfg.iters):
         total = 0
         loss = torch.zeros(())
@@ -125,8 +117,7 @@ def train_task(model: MultiHeadNet, optim: torch.optim.Optimizer, reg: Regulariz
             idx = torch.randint(len(task.x_train), (per,), generator=gens[j])
             loss = loss + F.cross_entropy(model(task.x_train[idx], head=task.head), task.y_train[idx], reduction="sum")
             total += per
-        if step.update(loss / total, hooks) and reg is not None:
-            reg.after_step(names)
+        step.update_regularised(loss / total, reg, names)  # the regulariser's hooks, in the engine's order
         bar.update(1)
         if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iters:
             scores = [evaluate(model, task) for task in seq.tasks]

@@ -7,21 +7,19 @@ TensorBoard scalars, ``checkpoints/latest.pt`` after every task; the markdown ta
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from data.tasks import build_sequence
-from engine import first_nonfinite, require_kind, stamp
+from engine import first_nonfinite, stamp
 from experiments.continual import ContinualConfig, config_dict, run_experiment
 from experiments.continual_report import forgetting_table, markdown, plot, summarise
-from engine.runlog import RunDir, discard_on_failure
-from engine.stopping import Stopped
-from utils import UserError, atomic_write_bytes, save_json
+from engine.lifecycle import open_run
+from engine.runlog import RunDir
+from utils import UserError, save_json
 
 log = logging.getLogger("wpl")
 
@@ -32,21 +30,13 @@ RESULTS = ("continual_results.json",)
 def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, cfg: ContinualConfig, *,
                   num_tasks: int = 5, task_split: str = "", resume: bool = False, use_tensorboard: bool = True,
                   forgetting_of: str = "") -> dict[str, Any]:
-    seq = build_sequence(benchmark, scenario, data_dir, num_tasks=num_tasks, seed=cfg.first_seed, task_split=task_split)
-    run = RunDir(run_path, use_tensorboard)
     wanted = {"benchmark": benchmark, "scenario": scenario, **config_dict(cfg)}
-    with discard_on_failure(run):  # a refused or failed start leaves no new folder behind, and rewrites nothing
-        run.refuse_unless_resuming(resume, RESULTS, kind="continual")
-        found = run.load_latest(torch.device("cpu")) if resume else None
-        state = resumable_state(found, wanted) if found is not None else None
-        run.remove_stale_temps()
-        if state is not None:
-            records = state["records"]
-            atomic_write_bytes(run.metrics_path,
-                               lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
-            log.info("resuming %s: %d tasks done", run.path, len(records))
-        elif run.metrics_path.exists():  # lines of an interrupted first task, with no checkpoint to match
-            run.metrics_path.unlink()
+    with open_run(run_path, "continual", resume, prefix=benchmark, results=RESULTS,
+                  use_tensorboard=use_tensorboard) as opening:  # a refused or failed start rewrites nothing
+        run = opening.run
+        seq = build_sequence(benchmark, scenario, data_dir, num_tasks=num_tasks, seed=cfg.first_seed, task_split=task_split)
+        state = resumable_state(opening.checkpoint, opening.state, wanted) if opening.state is not None else None
+        opening.commit(metrics=state["records"] if state is not None else None)
     state = state or {"config": wanted, "records": [], "runs": {}, "current": None}
 
     def on_task(record: dict[str, Any]) -> None:
@@ -60,19 +50,13 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
         refuse_nonfinite(state, record, run)
         on_task(record)
         state["records"] = run.read_metrics()
-        run.save_checkpoint(stamp("continual", {**state, "epoch": len(state["records"]), "model": {}}), 0,
-                            numbered=False, keep=0)
+        run.save_checkpoint(to_checkpoint(state), 0, numbered=False, keep=0)
 
     # run_experiment updates ``state`` in place before each on_task call, which then writes the checkpoint
-    try:
-        with discard_on_failure(run, unless_checkpointed=True):
-            progress = run_experiment(seq, cfg, state, lambda _: None, on_task_then_save)
-    except Stopped as stop:  # the line main.py prints: what the checkpoint holds (the resume command is added there)
-        latest = run.latest_checkpoint()
-        stop.saved = (f"{latest} holds {len(state['records'])} finished task(s) of "
-                      f"{cfg.seeds * len(cfg.strategies) * len(seq.tasks)}" if latest else "nothing saved yet (no task finished)")
-        run.close()
-        raise
+    total = cfg.seeds * len(cfg.strategies) * len(seq.tasks)
+    progress = opening.run_loop(lambda: run_experiment(seq, cfg, state, lambda _: None, on_task_then_save),
+                                lambda: f"{len(state['records'])} finished task(s) of {total}",
+                                nothing="no task finished", discard_until_saved=True)
     seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
     summary = summarise(progress["runs"], cfg.strategies, seeds)
     names = [t.name for t in seq.tasks]
@@ -83,8 +67,6 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
     except OSError as err:  # a full disk while matplotlib writes: the results are already safe
         raise UserError(f"cannot write {run.path / 'continual.png'} ({err.strerror or err}); the results are kept in "
                         f"{run.path / 'continual_results.json'}") from err
-    finally:
-        run.close()
     title = f"{benchmark} ({seq.scenario} scenario), {cfg.seeds} seeds, {cfg.iters} iterations per task"
     print(markdown(summary, title))
     shown = forgetting_of or next((s for s in cfg.strategies if s not in ("none", "joint")), cfg.strategies[0])
@@ -93,20 +75,29 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
     return results
 
 
-def resumable_state(found: tuple[Path, dict[str, Any]], wanted: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's state when it is a continual one of this configuration, else one line.
+def resumable_state(path: Path | None, state: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """The loop's state from a checkpoint of this configuration (the lifecycle checked its kind), else one line.
 
     It came through ``runlog.load_checkpoint`` (``weights_only=True``: a planted pickle runs nothing),
     so only its own keys are checked here."""
-    path, state = found
-    require_kind(state, path, "continual", "use another --comment")
-    if not isinstance(state.get("records"), list) or not isinstance(state.get("runs"), dict) or "current" not in state:
+    current = state["current"]
+    if (not isinstance(state["records"], list) or not isinstance(state["runs"], dict)
+            or not (current is None or isinstance(current, dict))):
         raise UserError(f"checkpoint {path} is incomplete (lacks or mangles records/runs/current)")
     if state["config"] != wanted:
         differ = sorted(k for k in set(wanted) | set(state["config"]) if state["config"].get(k) != wanted.get(k))
         raise UserError(f"{path} was written with another configuration ({', '.join(differ[:4])} differ): "
                         f"use another --comment")
-    return {k: state[k] for k in ("config", "records", "runs", "current")}
+    return {"config": state["config"], "records": state["records"], "runs": state["runs"],
+            "current": None if current is None else {**current, "model": state["model"]}}
+
+
+def to_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """The schema's form of the loop's state: the network of the run under way under ``model``."""
+    current = state["current"] or {}
+    return stamp("continual", {"epoch": len(state["records"]), "model": current.get("model", {}),
+                               "config": state["config"], "records": state["records"], "runs": state["runs"],
+                               "current": {k: v for k, v in current.items() if k != "model"} or None})
 
 
 def refuse_nonfinite(state: dict[str, Any], record: dict[str, Any], run: RunDir) -> None:

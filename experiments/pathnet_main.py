@@ -14,16 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from tqdm import tqdm
 
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
-from engine import require_kind, stamp
+from engine import stamp
 from experiments.pathnet import EvolutionConfig
 from experiments.pathnet_transfer import NetConfig, binary_tasks, parse_pairs, run_pair
 from models.pathnet import Path as NetPath
-from engine.runlog import RunDir, discard_on_failure
-from engine.stopping import Stopped
+from engine.lifecycle import open_run
+from engine.runlog import RunDir
 from utils import UserError, save_json
 
 log = logging.getLogger("wpl")
@@ -95,30 +94,21 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
     unknown = sorted(set(variants) - {"pathnet", "scratch", "finetune", "wpl"})
     if unknown or not variants:
         raise UserError(f"--pathnet_variants: unknown {', '.join(unknown) or '(none given)'} (pathnet, scratch, finetune, wpl)")
-    tasks = binary_tasks(data_dir, sorted({t for p in pairs for t in p}))
-    run = RunDir(run_path, use_tensorboard)
     config = {"tasks": tasks_text, "variants": list(variants), "seeds": list(seeds), "net": asdict(net_cfg),
               "evolution": asdict(cfg)}
-    with discard_on_failure(run):  # a refused or failed start leaves no new folder behind, and rewrites nothing
-        run.refuse_unless_resuming(resume, RESULTS, kind="pathnet")
-        found = run.load_latest(torch.device("cpu")) if resume else None
-        runs = finished_runs(found, config) if found is not None else []
-        run.remove_stale_temps()
-        if run.metrics_path.exists():
-            run.truncate_metrics(len(runs), len(runs))
+    with open_run(run_path, "pathnet", resume, prefix="pathnet", results=RESULTS,
+                  use_tensorboard=use_tensorboard) as opening:  # a refused or failed start rewrites nothing
+        run = opening.run
+        tasks = binary_tasks(data_dir, sorted({t for p in pairs for t in p}))
+        runs = finished_runs(opening.checkpoint, opening.state, config) if opening.state is not None else []
+        opening.commit(len(runs))
     done = {(r["pair"], r["seed"]) for r in runs}
     todo = [(p, s) for p in pairs for s in seeds if (f"{p[0]}->{p[1]}", s) not in done]
     if done:
         log.info("resuming %s: %d of %d (pair, seed) runs done", run.path, len(done), len(done) + len(todo))
-    try:
-        with discard_on_failure(run, unless_checkpointed=True):
-            run_all(run, todo, tasks, variants, net_cfg, cfg, config, runs)
-    except Stopped as stop:  # main.py adds the resume command to this account of what was kept
-        latest = run.latest_checkpoint()
-        stop.saved = (f"{latest} holds {len(runs)} finished (pair, seed) run(s) of {len(done) + len(todo)}" if latest
-                      else "nothing saved yet (no (pair, seed) run finished)")
-        run.close()
-        raise
+    opening.run_loop(lambda: run_all(run, todo, tasks, variants, net_cfg, cfg, config, runs),
+                     lambda: f"{len(runs)} finished (pair, seed) run(s) of {len(done) + len(todo)}" if runs else "",
+                     nothing="no (pair, seed) run finished", discard_until_saved=True)
     summary = summarise(runs, variants)
     results = {"config": config, "runs": runs, "summary": summary}
     save_json(run.path / "pathnet_results.json", results)
@@ -127,19 +117,16 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
     except OSError as err:  # a full disk while Pillow or matplotlib writes: the results are already safe
         raise UserError(f"cannot write the drawings in {run.path} ({err.strerror or err}); the results are kept in "
                         f"{run.path / 'pathnet_results.json'}") from err
-    finally:
-        run.close()
     text = markdown(summary, variants)
     print(text)
     print(f"\nwritten: {run.path / 'pathnet_results.json'}, {run.path / 'pathnet.png'}")
     return results
 
 
-def finished_runs(found: tuple[Path, dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The finished (pair, seed) runs of a PathNet checkpoint of this configuration, else one line."""
-    path, state = found
-    require_kind(state, path, "pathnet", "use another --comment")
-    runs = state.get("runs")
+def finished_runs(path: Path | None, state: dict[str, Any], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finished (pair, seed) runs of a PathNet checkpoint of this configuration (the lifecycle checked its
+    kind), else one line."""
+    runs = state["runs"]
     if not isinstance(runs, list) or not all(isinstance(r, dict) and "pair" in r and "seed" in r for r in runs):
         raise UserError(f"checkpoint {path} is incomplete (lacks or mangles runs)")
     if state["config"] != config:
@@ -160,7 +147,7 @@ def run_all(run: RunDir, todo: list[tuple[tuple[str, str], int]], tasks: Any, va
                   **{f"{v}_generations": result["variants"][v]["generations"] for v in variants},
                   **{f"{v}_A_accuracy_after": result["variants"][v]["A_accuracy_after"] for v in variants}}
         run.append_metrics(record)
-        run.save_checkpoint(stamp("pathnet", {"epoch": len(runs), "model": {}, "config": config, "runs": runs}),
+        run.save_checkpoint(stamp("pathnet", {"epoch": len(runs), "config": config, "runs": runs}),
                             len(runs) - 1, numbered=False, keep=0)
         log.info("pathnet %s seed %d: A %d generations; B %s", result["pair"], seed, result["A"]["generations"],
                  ", ".join(f"{v} {result['variants'][v]['generations']}" for v in variants))

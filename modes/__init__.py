@@ -1,4 +1,4 @@
-"""What ``--mode`` runs: one module per family (search, retrain, continual, PathNet, ranking).
+"""What ``--mode`` runs: one module per family (search, retrain, continual, PathNet, ranking; convert).
 
 ``builders`` turns the options into a search space, sampler, regulariser and trainer; the mode modules
 open their run directory, run their loop and write their results. ``main.py`` only parses, dispatches
@@ -22,6 +22,7 @@ MODES: Registry[Any] = Registry("mode", {
     "continual": "modes.continual:mode_continual",
     "pathnet": "modes.pathnet:mode_pathnet",
     "ranking": "modes.ranking:mode_ranking",
+    "convert": "modes.convert:mode_convert",
 }, about={
     "train": "the search (ENAS with WPL)",
     "derive": "the best of N sampled cells of --load_path",
@@ -31,4 +32,5 @@ MODES: Registry[Any] = Registry("mode", {
     "continual": "task sequences: EWC, SI, MAS, L2, WPL",
     "pathnet": "PathNet transfer on binary MNIST tasks",
     "ranking": "32-cell ground-truth ranking benchmark",
+    "convert": "rewrite --load_path's format-1 checkpoints in format 2",
 })

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import torch
 from torch import nn
 
 import config
-from distributed import comm
 from distributed.context import world
 from spaces import SPACES
 from spaces.base import OptimSpec, Retraining, SearchSpace, pick
@@ -126,7 +124,3 @@ def merge_config(saved: dict[str, Any], cli: argparse.Namespace, explicit: set[s
         merged[key] = getattr(cli, key)
     return argparse.Namespace(**merged)
 
-
-def run_name(args: argparse.Namespace) -> str:
-    """``<dataset>_<comment>``, the comment defaulting to rank 0's clock (one run directory per job)."""
-    return f"{args.dataset}_{args.comment or comm.from_rank0(time.strftime('%Y-%m-%d_%H-%M-%S'))}"

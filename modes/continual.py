@@ -7,12 +7,10 @@ and its report live in ``experiments/continual*.py``.
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 import torch
 
-from engine.stopping import resume_command
+from engine.lifecycle import run_path
 from utils import UserError
 
 MAX_WIDTH = 1 << 16  # a hidden width past this is a typo that would ask for gigabytes
@@ -53,8 +51,6 @@ def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.d
         raise UserError("--seeds and --cl_iters must be >= 1 and --num_tasks >= 2")
     cfg = ContinualConfig(args.strategies, args.seeds, args.random_seed, args.cl_iters, args.cl_batch_size, args.cl_lr,
                           (0.9, 0.999), hidden, args.cl_eval_every, args.importance_samples, strengths, options)
-    name = f"{args.benchmark}_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    with resume_command(name[len(args.benchmark) + 1:]):
-        run_continual(Path(args.log_dir) / name, args.benchmark, args.scenario, args.data_dir, cfg,
-                      num_tasks=args.num_tasks, task_split=args.task_split, resume=args.resume,
-                      use_tensorboard=args.use_tensorboard)
+    run_continual(run_path(args.log_dir, args.benchmark, args.comment), args.benchmark, args.scenario, args.data_dir,
+                  cfg, num_tasks=args.num_tasks, task_split=args.task_split, resume=args.resume,
+                  use_tensorboard=args.use_tensorboard)

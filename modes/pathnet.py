@@ -7,12 +7,10 @@ its report live in ``experiments/pathnet*.py``.
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 import torch
 
-from engine.stopping import resume_command
+from engine.lifecycle import run_path
 
 
 def mode_pathnet(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
@@ -25,8 +23,6 @@ def mode_pathnet(args: argparse.Namespace, explicit: set[str], device: torch.dev
     evolution = EvolutionConfig(args.pathnet_population, args.pathnet_batches, args.pathnet_batch_size, args.pathnet_lr,
                                 args.pathnet_converge, args.pathnet_max_generations, args.noise,
                                 args.pathnet_mutation_bound)
-    name = f"pathnet_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}"
     seeds = list(range(args.random_seed, args.random_seed + args.seeds))
-    with resume_command(name[len("pathnet_"):]):
-        run_pathnet(Path(args.log_dir) / name, args.data_dir, args.tasks, args.pathnet_variants, seeds, net, evolution,
-                    args.resume, args.use_tensorboard)
+    run_pathnet(run_path(args.log_dir, "pathnet", args.comment), args.data_dir, args.tasks, args.pathnet_variants, seeds,
+                net, evolution, args.resume, args.use_tensorboard)

@@ -9,11 +9,8 @@ import argparse
 
 import torch
 
-from engine.stopping import resume_command
-
 
 def mode_ranking(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     from experiments.ranking.main import run_ranking
 
-    with resume_command(args.comment):
-        run_ranking(args)
+    run_ranking(args)

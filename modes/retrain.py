@@ -26,9 +26,8 @@ from torch import nn
 
 from modes import builders
 import config
-from distributed import context
 from distributed.comm import barrier
-from engine import kind_of, require_kind
+from engine import kind_of
 from spaces.base import SearchSpace
 from recipes.arch import (
     arch_shape,
@@ -37,16 +36,9 @@ from recipes.arch import (
     run_dir_of,
     search_run_of,
 )
-from engine.runlog import (
-    RunDir,
-    discard_on_failure,
-    load_checkpoint,
-    note_mid_epoch,
-    resolve_checkpoint,
-    warn_on_thread_change,
-)
-from engine.stopping import Stopped
-from utils import UserError, save_json, seed_everything, setup_logging
+from engine.lifecycle import open_run, run_path
+from engine.runlog import RunDir, load_checkpoint
+from utils import UserError, save_json, seed_everything
 
 log = logging.getLogger("wpl")
 
@@ -89,26 +81,15 @@ def report_test(space: SearchSpace, model: nn.Module, arch: Any, best: dict[str,
 def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
     """``--mode=retrain``: train the architecture in a new run directory, then test its best weights."""
     args = with_search_config(args, explicit)
-    run = RunDir(Path(args.log_dir) / builders.run_name(args), args.use_tensorboard)
-    with discard_on_failure(run):  # a failure before retrainer.train() leaves no run directory behind
-        checkpoint = run.latest_checkpoint()
-        state = None
-        run.refuse_unless_resuming(args.resume, kind="retrain")  # another run's folder: refused before any read
-        run.remove_stale_temps()
-        if args.resume and checkpoint is not None:
-            path, state = resolve_checkpoint(str(run.path), device)
-            require_kind(state, path, "retrain", "resume it with --mode=train")
+    with open_run(run_path(args.log_dir, args.dataset, args.comment), "retrain", args.resume, device,
+                  prefix=args.dataset, use_tensorboard=args.use_tensorboard, log_level=args.log_level) as opening:
+        run, state = opening.run, opening.state
+        if state is not None:
             if not args.resume_with_new_params:
                 args = builders.merge_config(state["config"], args, explicit, RESUME_KEYS)
             arch_dict, source = state["arch"], str(run.path / "arch.json")
-            log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
-            warn_on_thread_change(state, device)
-            note_mid_epoch(state, path)
         else:
-            if args.resume:
-                log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
             args, arch_dict, source = choose_arch(args, explicit)
-        setup_logging(args.log_level, run.path / "train.log")
         seed_everything(args.random_seed, args.deterministic)
         retrainer = builders.build_retrainer(args, arch_dict, device, run)
         if state is None:
@@ -120,22 +101,10 @@ def mode_retrain(args: argparse.Namespace, explicit: set[str], device: torch.dev
                 retrainer.load_state_dict(state)
             except (RuntimeError, ValueError, KeyError) as err:
                 raise UserError(f"checkpoint does not fit this configuration: {str(err).splitlines()[0]}") from err
-        if run.metrics_path.exists():
-            run.truncate_metrics(retrainer.epoch, state.get("metrics_lines") if state is not None else 0)
-        if run.writes:
-            # only once the checkpoint is known to fit; world_size: the number of ranks that trained it
-            save_json(run.path / "params.json", {**vars(args), "world_size": context.world().size})
+        opening.commit(retrainer.epoch, vars(args))  # only once the checkpoint is known to fit
         log.info("retraining %s (%s) in %s on %s for %d epochs", retrainer.arch, source, run.path, device, retrainer.cfg.epochs)
-    try:
-        retrainer.train()
-    except Stopped as stop:
-        latest = run.latest_checkpoint()
-        stop.comment = run.path.name[len(args.dataset) + 1:]
-        stop.saved = stop.saved or (f"{latest} holds epochs 0-{retrainer.epoch - 1}" if latest and retrainer.epoch
-                                    else "nothing saved yet")
-        raise
-    finally:
-        run.close()
+    opening.run_loop(retrainer.train, lambda: f"epochs 0-{retrainer.epoch - 1}" if retrainer.epoch else "",
+                     nothing="no epoch finished")
     if retrainer.best is None:
         raise UserError(f"no epoch reached a finite validation score: nothing to test (see {run.metrics_path})")
     barrier()  # rank 0 has written best.pt

@@ -22,61 +22,34 @@ import torch
 import config
 from distributed import comm, context
 from engine import improves, require_kind
-from engine.runlog import RunDir, discard_on_failure, note_mid_epoch, resolve_checkpoint, warn_on_thread_change
-from engine.stopping import Stopped
+from engine.lifecycle import open_run, run_path, resolve_checkpoint
+from engine.runlog import RunDir
 from spaces.base import pick
-from modes.builders import build_trainer, load_arch, merge_config, run_name
+from modes.builders import build_trainer, load_arch, merge_config
 from regularizers.wpl_search import WPLSearchConfig
 from trainer import Trainer
-from utils import UserError, load_json, save_json, seed_everything, setup_logging
+from utils import UserError, load_json, save_json, seed_everything
 
 log = logging.getLogger("wpl")
 
 
 def mode_train(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    run = RunDir(Path(args.log_dir) / run_name(args), args.use_tensorboard)
-    with discard_on_failure(run):  # a failure before trainer.train() leaves no run directory behind
-        run.refuse_unless_resuming(args.resume, kind="search")
-        setup_logging(args.log_level, run.path / "train.log")
-        run.remove_stale_temps()
-        found = run.load_latest(device) if args.resume else None
-        state, path, run_id = None, None, uuid.uuid4().hex
-        if found is not None:
-            path, state = found
-            require_kind(state, path, "search", "resume it with --mode=retrain")  # before anything is rewritten
+    with open_run(run_path(args.log_dir, args.dataset, args.comment), "search", args.resume, device,
+                  prefix=args.dataset, use_tensorboard=args.use_tensorboard, log_level=args.log_level) as opening:
+        run, state, path, run_id = opening.run, opening.state, opening.checkpoint, uuid.uuid4().hex
+        if state is not None and path is not None:
             run_id = check_resumable(state, path, run, args, explicit)
             if not args.resume_with_new_params:
                 args = merge_config(state["config"], args, explicit, config.RUNTIME_KEYS)
-            log.info("resuming %s from %s (epoch %d)", run.path, path, state["epoch"])
-            warn_on_thread_change(state, device)
-            note_mid_epoch(state, path)
-        elif args.resume:
-            log.info("--resume: no checkpoint in %s yet, starting a fresh run", run.path)
         seed_everything(args.random_seed, args.deterministic)
         trainer = build_trainer(args, device, run)
         trainer.run_id = run_id = comm.from_rank0(run_id)  # one run id for the job (rank 0's is the one written)
-        if state is not None:
+        if state is not None and path is not None:
             load_into(trainer, state, path)
-        # Only now, with the checkpoint known to fit, is anything of the run rewritten.
-        if run.metrics_path.exists():
-            run.truncate_metrics(trainer.epoch, state.get("metrics_lines") if state is not None else 0)
-        if run.writes:
-            save_json(run.path / "params.json", {**vars(args), "run_id": run_id, "world_size": context.world().size})
+        opening.commit(trainer.epoch, {**vars(args), "run_id": run_id})  # only now, the checkpoint known to fit
         log.info("run directory %s on %s", run.path, device)
-    try:
-        trainer.train()
-    except Stopped as stop:
-        latest = run.latest_checkpoint()
-        stop.comment = run.path.name[len(args.dataset) + 1:]
-        stop.saved = stop.saved or (f"{latest} holds epochs 0-{trainer.epoch - 1}" if latest and trainer.epoch
-                                    else "nothing saved yet (no epoch finished)")
-        raise
-    except UserError as err:  # a failed write elsewhere in the run dir (best_arch.json, a drawing): what is kept
-        if isinstance(err.__cause__, OSError) and "--resume=True" not in str(err):
-            raise UserError(f"{err}; {run.resume_hint()}") from err.__cause__
-        raise
-    finally:
-        run.close()
+    opening.run_loop(trainer.train, lambda: f"epochs 0-{trainer.epoch - 1}" if trainer.epoch else "",
+                     nothing="no epoch finished")
     log.info("done: %d epochs in %s", trainer.epoch, run.path)
 
 
@@ -119,7 +92,7 @@ def load_into(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
 def load_for_eval(args: argparse.Namespace, explicit: set[str], device: torch.device) -> tuple[argparse.Namespace, Trainer, RunDir, dict[str, Any]]:
     """Rebuild a search run from ``--load_path`` (model shape from the checkpoint, the rest from the CLI)."""
     path, state = resolve_checkpoint(args.load_path, device)
-    require_kind(state, path, "search", f"--mode={args.mode} reads a search run")  # before its config is merged
+    require_kind(state, path, "search")  # before its config is merged
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     keys = set(vars(args)) - config.SHAPE_KEYS
     args = merge_config(state["config"], args, explicit, keys)

@@ -25,7 +25,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from engine import NonFiniteGuard, Step, build_optimizer, improves, stamp
 from spaces.base import OptimSpec, SearchSpace
-from engine.runlog import RunDir, mid_epoch_saved
+from engine.lifecycle import mid_epoch_saved
+from engine.runlog import RunDir
 from engine.stopping import boundary, critical, saving_on_signal
 from utils import atomic_write_bytes, rng_state, set_rng_state
 

@@ -31,9 +31,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
-from engine import NonFiniteGuard, NonFiniteLoss, first_nonfinite
+from engine import NonFiniteGuard, NonFiniteLoss, Step, first_nonfinite
 from models.nao_codec import TokenCodec, codec_for
 from models.nao_controller import NAOController
 from spaces.base import SearchSpace
@@ -118,6 +117,9 @@ class NAOSampler:
         self.weights_unchanged = False
         self.guard = NonFiniteGuard("controller loss", "the NAO controller diverged (try a smaller --nao_controller_lr)",
                                     lambda: f"epoch {self.epoch}, NAO round {self.rounds}", lambda: last_checkpoint(run))
+        # the engine's guarded update; every rank computes the same loss, so its gradient is not averaged
+        self.updater = Step(self.optim, controller.parameters(), cfg.nao_controller_clip, self.guard, replicated=True,
+                            loss_name="controller loss")
 
     @classmethod
     def build(cls, space: SearchSpace, cfg: NAOConfig, device: torch.device, run: RunDir | None) -> NAOSampler:
@@ -179,14 +181,8 @@ class NAOSampler:
             sums, batches = [0.0, 0.0, 0.0], 0
             for batch in torch.randperm(len(seqs), generator=self.generator).split(c.nao_controller_batch):
                 loss, mse, nll = self.controller.loss(seqs[batch], target[batch], c.nao_mse_weight)
-                if not self.guard.check(loss.detach(), "controller loss"):
+                if not self.updater.update(loss):
                     continue
-                self.guard.ok()
-                self.optim.zero_grad(set_to_none=True)
-                loss.backward()
-                if c.nao_controller_clip > 0:
-                    nn.utils.clip_grad_norm_(self.controller.parameters(), c.nao_controller_clip)
-                self.optim.step()
                 sums = [s + float(v) for s, v in zip(sums, (loss.detach(), mse.detach(), nll.detach()))]
                 batches += 1
             sums = [s / max(batches, 1) for s in sums]

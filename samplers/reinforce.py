@@ -4,7 +4,8 @@ The network is :class:`models.controller.Controller`; this file owns how it lear
 SGD) optimiser, an exponential-moving-average reward baseline, the entropy bonus (added to the
 reward, or subtracted from the loss as a regulariser), a per-decision discount, an optional cosine
 learning rate and gradient clip. Each step samples ``policy_batch_size`` architectures, scores them
-on the next validation batches (``SearchSpace.reward``) and takes one policy-gradient step.
+on the next validation batches (``SearchSpace.reward``) and takes one policy-gradient step through the
+engine's guarded ``Step`` (finite check, clip, optimiser step), as every other update of the project.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
-from engine import NonFiniteGuard, NonFiniteLoss, cosine, first_nonfinite
+from engine import NonFiniteGuard, NonFiniteLoss, Step, cosine, first_nonfinite
 from models.controller import Controller
 from spaces.base import SearchSpace
 from engine.runlog import RunDir
@@ -69,6 +69,9 @@ class ReinforceSampler:
         self.guard = NonFiniteGuard("controller reward or loss", "the controller diverged (try a smaller "
                                     "--controller_lr or a --controller_grad_clip)",
                                     lambda: f"epoch {self.epoch}, controller step {self.step}", lambda: last_checkpoint(run))
+        # the engine's guarded update; every rank computes the same loss, so its gradient is not averaged
+        self.updater = Step(self.optim, controller.parameters(), cfg.controller_grad_clip, self.guard, replicated=True,
+                            loss_name="controller loss")
 
     @classmethod
     def build(cls, space: SearchSpace, cfg: ReinforceConfig, device: torch.device, run: RunDir | None) -> ReinforceSampler:
@@ -136,14 +139,8 @@ class ReinforceSampler:
             loss = -(sample.log_probs * adv).sum(1).mean()
             if c.entropy_mode == "regularizer":
                 loss = loss - c.entropy_coeff * entropy.mean()
-            if not self.guard.check(loss.detach(), "controller loss"):
+            if not self.updater.update(loss):
                 continue
-            self.guard.ok()
-            self.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            if c.controller_grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.controller.parameters(), c.controller_grad_clip)
-            self.optim.step()
             if not all(bool(torch.isfinite(p).all()) for p in self.controller.parameters()):
                 raise NonFiniteLoss(f"the controller's weights became non-finite at epoch {epoch} (try a smaller "
                                     f"--controller_lr or a --controller_grad_clip); last good checkpoint: "
@@ -172,8 +169,7 @@ class ReinforceSampler:
             return "controller baseline"
         return bad
 
-    # The keys are those that search checkpoints written before samplers/ existed keep at their top
-    # level, so such a checkpoint's parts load as they are (trainer.LEGACY_SAMPLER_KEYS).
+    # Format-1 search checkpoints kept these keys at their top level; engine/convert.py moves them here.
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict(), "controller_optim": self.optim.state_dict(),
                 "baseline": self.baseline, "controller_step": self.step}

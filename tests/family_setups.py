@@ -59,7 +59,7 @@ def bad_checkpoint(name: str, folder: str, kind: str) -> Setup:
             "list": lambda: torch.save([1, 2, 3], latest),
             "format": lambda: torch.save({"format": 99, "epoch": 0, "model": {}, "config": {}}, latest),
             "search": lambda: torch.save(stamp("search", {"epoch": 1, "model": {}, "config": {}}), latest),
-            "incomplete": lambda: torch.save({"format": 1, "kind": name, "epoch": 1, "config": {}}, latest),
+            "incomplete": lambda: torch.save(stamp(name, {"epoch": 1, "config": {}}), latest),
             "mangled": lambda: torch.save(stamp(name, {"epoch": 1, "model": {}, "config": {}, "runs": 5,
                                                        "records": 5, "current": None}), latest),
             "unstamped": lambda: torch.save({"config": {}, "records": [], "runs": {}, "current": None}, latest),

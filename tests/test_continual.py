@@ -97,7 +97,7 @@ def test_resume_between_tasks_equals_an_uninterrupted_run() -> None:
 
     with pytest.raises(Stop):
         run_experiment(seq, cfg, None, save, stop_after(5))  # ewc stopped after its first task
-    state = torch.load(io.BytesIO(saved[-1]), weights_only=False)
+    state = torch.load(io.BytesIO(saved[-1]), weights_only=True)
     resumed = run_experiment(seq, cfg, state, lambda s: None, lambda r: None)["runs"]
     for key in whole:
         assert resumed[key]["R"] == whole[key]["R"], key

@@ -75,8 +75,11 @@ def test_metric_direction() -> None:
 def test_checkpoint_schema_names_format_and_kind(tmp_path: Path) -> None:
     state = stamp("retrain", {"epoch": 1, "model": {}, "config": {}})
     assert state["format"] == FORMAT and validate(state, tmp_path) is state
-    with pytest.raises(UserError, match="format 7; this version reads format 1"):
+    with pytest.raises(UserError, match=f"format 7; this version reads format {FORMAT}"):
         validate({**state, "format": 7}, tmp_path)
     with pytest.raises(UserError, match="is a retrain checkpoint, not a search one"):
         require_kind(state, tmp_path, "search")
-    require_kind({"format": 1, "epoch": 0, "model": {}, "config": {}}, tmp_path, "search")  # before "kind" existed
+    with pytest.raises(UserError, match="incomplete .lacks or mangles arch"):
+        require_kind(state, tmp_path, "retrain")
+    with pytest.raises(UserError, match="format 1; .* convert its run once with python main.py --mode=convert"):
+        validate({"format": 1, "epoch": 0, "model": {}, "config": {}}, tmp_path)  # the converter's line

@@ -14,13 +14,14 @@ import argparse
 import logging
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from experiments.ranking import protocol, report
 from experiments.workers import default_workers, run_units
-from engine.runlog import RunDir, discard_on_failure
+from engine import lifecycle
+from engine.lifecycle import Opening
+from engine.runlog import RunDir
 from options.safe_io import read_json
 from utils import UserError, save_json
 
@@ -45,15 +46,15 @@ def describe(args: argparse.Namespace) -> dict[str, Any]:
             "truth_seeds": list(range(args.random_seed, args.random_seed + args.truth_seeds))}
 
 
-def open_run(args: argparse.Namespace, plan: dict[str, Any]) -> RunDir:
-    """A new folder, or the same protocol's folder with ``--resume=True``; anything else one line."""
-    run = RunDir(Path(args.log_dir) / f"ranking_{args.comment or time.strftime('%Y-%m-%d_%H-%M-%S')}", use_tensorboard=False)
-    with discard_on_failure(run):
+def open_run(args: argparse.Namespace, plan: dict[str, Any]) -> Opening:
+    """A new folder, or the same protocol's folder with ``--resume=True`` (every mode's lifecycle, its ledgers
+    standing for a checkpoint); anything else one line."""
+    with lifecycle.open_run(lifecycle.run_path(args.log_dir, "ranking", args.comment), "ranking", args.resume,
+                            prefix="ranking", results=(*LEDGERS, "ranking.json"), use_tensorboard=False,
+                            checkpointed=False) as opening:
+        run = opening.run
         saved_path = run.path / "ranking.json"
         held = [name for name in (*LEDGERS, "ranking.json") if (run.path / name).is_file()]
-        if held and not args.resume:
-            raise UserError(f"{run.path} already holds a ranking run ({', '.join(held)}): pass --resume=True to continue "
-                            f"it, or another --comment")
         if not held and any(run.path.iterdir()):
             raise UserError(f"{run.path} holds files of another kind of run: nothing is rewritten; pass another --comment")
         if saved_path.is_file():
@@ -64,7 +65,8 @@ def open_run(args: argparse.Namespace, plan: dict[str, Any]) -> RunDir:
                                 f"protocol (more variants or seeds may be added); pass its options again, or another --comment")
             plan = {**plan, **{k: saved[k] + [v for v in plan[k] if v not in saved[k]] for k in GROWABLE}}
         save_json(saved_path, plan)
-    return run
+        opening.commit()
+    return opening
 
 
 def run_ranking(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -73,7 +75,14 @@ def run_ranking(args: argparse.Namespace) -> dict[str, Any] | None:
         raise UserError("--ranking_seeds and --truth_seeds must be >= 1 and --workers >= 0 (0: one per core)")
     plan = describe(args)
     options = protocol.options_for(args.ranking_size, args)
-    run = open_run(args, plan)
+    opening = open_run(args, plan)
+    return opening.run_loop(lambda: run_stages(args, opening.run, plan, variants, options), lambda: "",
+                            nothing="no unit finished")
+
+
+def run_stages(args: argparse.Namespace, run: RunDir, plan: dict[str, Any], variants: Any,
+               options: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``--ranking_stage`` stages in order; each unit's line goes to its ledger as it finishes."""
     workers = args.workers or default_workers()
     command = "python main.py " + shlex.join(sys.argv[1:])
     stages = ("truth", "search", "report") if args.ranking_stage == "all" else (args.ranking_stage,)
