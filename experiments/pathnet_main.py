@@ -95,7 +95,7 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
     unknown = sorted(set(variants) - {"pathnet", "scratch", "finetune", "wpl"})
     if unknown or not variants:
         raise UserError(f"--pathnet_variants: unknown {', '.join(unknown) or '(none given)'} (pathnet, scratch, finetune, wpl)")
-    tasks = binary_tasks(data_dir, sorted({t for p in pairs for t in p}))
+    tasks = binary_tasks(data_dir, sorted({t for p in pairs for t in p}), raw=cfg.data == "tf")
     run = RunDir(run_path, use_tensorboard)
     config = {"tasks": tasks_text, "variants": list(variants), "seeds": list(seeds), "net": asdict(net_cfg),
               "evolution": asdict(cfg)}
