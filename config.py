@@ -18,6 +18,7 @@ from typing import Any, Sequence, TypeVar
 import modes
 from options import presets
 from data import DEFAULT_DATA_DIR
+from experiments import pathnet_options
 from experiments.ranking import options as ranking_options
 from samplers import nao_options
 from options.parsing import StrictParser, choice, program_name, str2bool, str_list
@@ -25,6 +26,7 @@ from options.parsing import StrictParser, choice, program_name, str2bool, str_li
 C = TypeVar("C")
 PRESETS = presets.PRESETS  # --preset's choices (options/presets.py)
 NAO_SIZES = presets.NAO_SIZES  # --nao_size's choices
+PATHNET_STYLES = presets.PATHNET_STYLES  # --pathnet_style's choices
 LEGACY_VALUES = presets.LEGACY_VALUES  # what saved configurations that lack a key meant
 
 
@@ -286,32 +288,7 @@ def build_parser() -> StrictParser:
     g.add_argument("--wpl_alpha", type=float, default=1e5, help="WPL strength alpha (Fisher: moving average of squared batch gradients)")
     g.add_argument("--wpl_mode", type=choice("loss", "compound"), default="loss", help="WPL arithmetic (with --lambda_fisher, --momentum, --fisher_clip_by_norm)")
 
-    g = p.group("pathnet", "--mode=pathnet: PathNet (Fernando et al. 2017), binary MNIST transfer", tier=1)
-    g.add_argument("--tasks", type=str, default="1v3,1v2",
-                   help="task pair A,B as digit pairs (several pairs joined by +, e.g. 1v3,1v2+4v5,6v7)")
-    g.add_argument("--pathnet_variants", type=str_list, default=["scratch", "pathnet", "finetune", "wpl"],
-                   help="how B is learned: scratch (fresh network), pathnet (A's path frozen, the rest re-initialised), "
-                        "finetune (A's network, nothing frozen), wpl (A's path protected by WPL instead of frozen)")
-    g.add_argument("--pathnet_layers", type=int, default=3, help="L: layers of modules (paper: 3)")
-    g.add_argument("--pathnet_modules", type=int, default=10, help="M: modules per layer (paper: 10)")
-    g.add_argument("--pathnet_units", type=int, default=20, help="ReLU units per module (paper: 20)")
-    g.add_argument("--pathnet_active", type=int, default=3, help="N: at most this many modules of a layer in a path (paper: 3)")
-    g.add_argument("--pathnet_aggregate", type=choice("sum", "mean"), default="sum",
-                   help="how a layer joins its active modules' outputs: sum (paper) or mean (the public TF code)")
-    g.add_argument("--pathnet_population", type=int, default=64, help="P: paths in the population (paper: 64; TF code: 20)")
-    g.add_argument("--pathnet_batches", type=int, default=50, help="T: minibatches each tournament path trains for (paper: 50)")
-    g.add_argument("--pathnet_batch_size", type=int, default=16, help="minibatch size (paper: 16)")
-    g.add_argument("--pathnet_lr", type=float, default=0.05,
-                   help="SGD learning rate (the public TF code's 0.05; we could not confirm the paper's own value)")
-    g.add_argument("--pathnet_converge", type=float, default=0.998,
-                   help="fitness (training accuracy over a tournament's batches) that ends an evolution (paper: 99.8%%)")
-    g.add_argument("--pathnet_max_generations", type=int, default=500, help="tournaments before giving up on a task")
-    g.add_argument("--pathnet_mutation_bound", type=choice("wrap", "clip"), default="wrap",
-                   help="a mutated module index leaving 0..M-1 wraps around (default) or is clipped")
-    g.add_argument("--noise", type=float, default=0.5, help="salt-and-pepper probability per pixel (paper: 0.5)")
-    g.add_argument("--pathnet_wpl_alpha", type=float, default=100.0, help="wpl variant: strength of the penalty on A's path")
-    g.add_argument("--pathnet_fisher_batches", type=int, default=50, help="wpl variant: minibatches of A's Fisher")
-
+    pathnet_options.add(p)
     ranking_options.add(p)
 
     g = p.group("misc")
@@ -351,7 +328,7 @@ def build_parser() -> StrictParser:
 
 def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
     """``args`` with the preset's value for every option of it that the command line did not give."""
-    for key, value in {**PRESETS[args.preset], **NAO_SIZES[args.nao_size]}.items():
+    for key, value in {**PRESETS[args.preset], **NAO_SIZES[args.nao_size], **PATHNET_STYLES[args.pathnet_style]}.items():
         if key not in explicit:
             setattr(args, key, value)
     return args

@@ -3,11 +3,12 @@
 A population of ``P`` random paths; one *generation* is one tournament: two distinct paths are
 picked at random, each is trained for ``T`` minibatches (plain SGD, through :class:`engine.Step`),
 its fitness is its training accuracy over those minibatches, and the loser's path is overwritten
-by a mutated copy of the winner's. Evolution stops when a tournament's best fitness reaches
-``converge`` (or after ``max_generations``: then the task did not converge and says so).
+by a mutated copy of the winner's. Evolution stops when the mean fitness of the last ``window``
+winners reaches ``converge`` (or after ``max_generations``: then the task did not converge and says so).
 
 Every random draw (which paths meet, batches, salt-and-pepper noise, mutations) comes from one
-generator per evolution, so two variants given the same seed see the same batches.
+generator per evolution, and each step draws a fixed number of values whatever the paths, so two
+variants given the same seed see the same batches.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ class EvolutionConfig:
     lr: float
     converge: float  # fitness (training accuracy in [0, 1]) that ends the evolution
     max_generations: int
-    noise: float  # salt-and-pepper probability per pixel
+    noise: float  # probability per pixel of salt and pepper (data "paper") or of the TF code's bright noise ("tf")
     mutation_bound: str  # wrap | clip
+    converge_window: int = 1  # the threshold applies to the mean fitness of this many last winners
+    mutation: str = "paper"  # paper (N draws with repeats, symmetric moves) | tf (N distinct, the TF code's moves)
+    batch_draw: str = "replace"  # replace (batches drawn with replacement) | shuffle (the TF code: a permutation's head)
+    count_from: int = 1  # the converging tournament's number: 1 counts tournaments, 0 is the TF code's loop index
+    data: str = "paper"  # paper (normalised pixels, fresh salt and pepper per batch) | tf (fixed noise, see noisy_once)
 
 
 @dataclass
@@ -58,6 +64,7 @@ class Evolution:
     best_fitness: float = 0.0
     history: list[float] = field(default_factory=list)  # the tournament's best fitness, per generation
     seconds: float = 0.0
+    tournaments: int = 0  # tournaments run (``generations`` counts as ``count_from`` says)
 
 
 def noisy(x: Tensor, task: BinaryTask, p: float, generator: torch.Generator) -> Tensor:
@@ -71,6 +78,14 @@ def noisy(x: Tensor, task: BinaryTask, p: float, generator: torch.Generator) -> 
     return x.masked_fill(u < p, task.low).masked_fill_(u < p / 2, task.high)
 
 
+def noisy_once(task: BinaryTask, p: float, generator: torch.Generator) -> BinaryTask:
+    """The TF code's noise, drawn once per task on pixels in [0, 1]: ``u`` uniform per pixel; where
+    ``u >= 1 - p`` the pixel becomes ``min(pixel + u, 1)`` (at its p = 0.5: ``u >= 0.5`` adds ``u``)."""
+    u = torch.rand(task.x_train.shape, generator=generator)
+    x = torch.where(u >= 1 - p, (task.x_train + u).clamp(max=1.0), task.x_train)
+    return BinaryTask(task.name, x, task.y_train, task.x_test, task.y_test, task.low, task.high)
+
+
 def make_step(net: PathNet, lr: float) -> Step:
     guard = NonFiniteGuard("PathNet loss", "try a smaller --pathnet_lr", lambda: "a PathNet tournament", lambda: "none")
     return Step(torch.optim.SGD(net.parameters(), lr=lr), net.parameters(), 0.0, guard)
@@ -78,7 +93,8 @@ def make_step(net: PathNet, lr: float) -> Step:
 
 def train_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: EvolutionConfig, step: Step,
                generator: torch.Generator, reg: Regularizer | None = None) -> float:
-    """Train ``path`` for ``cfg.batches`` minibatches; its fitness (training accuracy over them)."""
+    """Train ``path`` for ``cfg.batches`` minibatches; its fitness (training accuracy over them, each batch
+    scored by the forward pass that trains on it, as the TF code's ``sess.run([train_step, accuracy])``)."""
     names = [f"layer.{l}" for l in range(net.num_layers)]
 
     def before_step() -> Tensor | None:
@@ -88,9 +104,16 @@ def train_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: Evolu
 
     correct = torch.zeros((), dtype=torch.long)
     net.train()
-    for _ in range(cfg.batches):
-        idx = torch.randint(len(task.y_train), (cfg.batch_size,), generator=generator)
-        x, y = noisy(task.x_train[idx], task, cfg.noise, generator), task.y_train[idx]
+    n, size = len(task.y_train), cfg.batches * cfg.batch_size
+    order = torch.randperm(n, generator=generator)[:size] if cfg.batch_draw == "shuffle" else None
+    for k in range(cfg.batches):
+        if order is not None:
+            idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+        else:
+            idx = torch.randint(n, (cfg.batch_size,), generator=generator)
+        x, y = task.x_train[idx], task.y_train[idx]
+        if cfg.data == "paper":
+            x = noisy(x, task, cfg.noise, generator)
         logits = net(x, path, head)
         step.update(F.cross_entropy(logits, y), before_step)
         correct += (logits.detach().argmax(1) == y).sum()
@@ -103,41 +126,57 @@ def accuracy(net: PathNet, path: Path, head: int, task: BinaryTask) -> float:
     return float((net(task.x_test, path, head).argmax(1) == task.y_test).float().mean())
 
 
-def tournament(population: list[Path], fitness: Callable[[Path], float], generator: torch.Generator, num_modules: int,
-               rate: float, bound: str, converge: float, max_generations: int,
-               on_generation: Callable[[int, float], None] | None = None) -> Evolution:
-    """Tournaments of two on ``population`` (changed in place) until a winner's fitness reaches ``converge``."""
+def tournament(population: list[Path], fitness: Callable[[Path], float], generator: torch.Generator,
+               mutate: Callable[[Path], Path], converge: float, max_generations: int, window: int = 1,
+               count_from: int = 1, on_generation: Callable[[int, float], None] | None = None) -> Evolution:
+    """Tournaments of two on ``population`` (changed in place) until the mean fitness of the last ``window``
+    winners reaches ``converge``; the first path drawn wins a tie (the TF code's ``argmax``).
+
+    The best path is the converging winner's, else the fittest winner seen."""
     out = Evolution()
     for generation in range(max_generations):
         i, j = torch.randperm(len(population), generator=generator)[:2].tolist()
         fit_i, fit_j = fitness(population[i]), fitness(population[j])
         winner, loser, best = (i, j, fit_i) if fit_i >= fit_j else (j, i, fit_j)
-        population[loser] = population[winner].mutate(generator, num_modules, rate, bound)
+        champion = population[winner]
+        population[loser] = mutate(champion)
         out.history.append(best)
-        out.generations = generation + 1
-        if out.best_path is None or best >= out.best_fitness:
-            out.best_fitness, out.best_path = best, population[winner].to_dict()
+        out.tournaments, out.generations = generation + 1, generation + count_from
+        recent = out.history[-window:]
+        out.converged = len(recent) == window and sum(recent) / window >= converge
+        if out.best_path is None or best >= out.best_fitness or out.converged:
+            out.best_fitness, out.best_path = best, champion.to_dict()
         if on_generation is not None:
             on_generation(generation, best)
-        if best >= converge:
-            out.converged = True
+        if out.converged:
             break
     return out
 
 
 def evolve(net: PathNet, head: int, task: BinaryTask, cfg: EvolutionConfig, generator: torch.Generator,
-           per_layer: int, reg: Regularizer | None = None,
+           per_layer: int, reg: Regularizer | None = None, always: Path | None = None,
            on_generation: Callable[[int, float], None] | None = None) -> Evolution:
     """PathNet on one task: a random population, paths trained and compared in tournaments.
 
-    The best path is the last converged winner (else the fittest winner seen); mutation rate
-    ``1 / (N * L)`` as the paper.
+    Mutation ``paper``: each index moves with probability ``1 / (N * L)`` (the paper); ``tf``: the TF
+    code's (:meth:`Path.mutate_tf`). ``always``: modules run beside every path (the TF code's frozen
+    path of task A); the population and the best path hold only the evolved modules.
     """
     started = time.perf_counter()
     L, M = net.num_layers, net.num_modules
-    population = [Path.random(generator, L, M, per_layer) for _ in range(cfg.population)]
+    distinct = cfg.mutation == "tf"
+    population = [Path.random(generator, L, M, per_layer, distinct) for _ in range(cfg.population)]
     step = make_step(net, cfg.lr)
-    out = tournament(population, lambda path: train_path(net, path, head, task, cfg, step, generator, reg), generator,
-                     M, 1.0 / (per_layer * L), cfg.mutation_bound, cfg.converge, cfg.max_generations, on_generation)
+
+    def mutate(path: Path) -> Path:
+        if distinct:
+            return path.mutate_tf(generator, M, per_layer)
+        return path.mutate(generator, M, 1.0 / (per_layer * L), cfg.mutation_bound)
+
+    def fitness(path: Path) -> float:
+        return train_path(net, path.union(always) if always is not None else path, head, task, cfg, step, generator, reg)
+
+    out = tournament(population, fitness, generator, mutate, cfg.converge, cfg.max_generations, cfg.converge_window,
+                     cfg.count_from, on_generation)
     out.seconds = time.perf_counter() - started
     return out

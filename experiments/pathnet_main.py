@@ -99,7 +99,7 @@ def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequen
     with open_run(run_path, "pathnet", resume, prefix="pathnet", results=RESULTS,
                   use_tensorboard=use_tensorboard) as opening:  # a refused or failed start rewrites nothing
         run = opening.run
-        tasks = binary_tasks(data_dir, sorted({t for p in pairs for t in p}))
+        tasks = binary_tasks(data_dir, sorted({t for p in pairs for t in p}), raw=cfg.data == "tf")
         runs = finished_runs(opening.checkpoint, opening.state, config) if opening.state is not None else []
         opening.commit(len(runs))
     done = {(r["pair"], r["seed"]) for r in runs}

@@ -11,7 +11,9 @@ evolved with
   its path (WPL's importance) instead of frozen.
 
 Every variant of a seed starts B from the same re-initialised modules and sees the same batches and
-noise (one generator seeded by ``(seed, B)``), so the generations to converge are paired.
+noise (one generator seeded by ``(seed, B)``), so the generations to converge are paired. With the TF
+code's data (``cfg.data == "tf"``) each task's fixed noise is drawn once per seed; with its
+``frozen_active``, A's frozen path runs beside every path of B (``pathnet`` and ``wpl``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch.nn import functional as F
 
 from data.image import MNIST_MEAN, MNIST_STD
 from data.tasks import load_mnist
-from experiments.pathnet import BinaryTask, Evolution, EvolutionConfig, accuracy, evolve, noisy
+from experiments.pathnet import BinaryTask, Evolution, EvolutionConfig, accuracy, evolve, noisy, noisy_once
 from models.pathnet import Path, PathNet
 from regularizers.base import Regularizer
 from utils import UserError
@@ -42,6 +44,12 @@ class NetConfig:
     aggregate: str
     wpl_alpha: float
     fisher_batches: int
+    kinds: str = "relu"  # relu | tf (models.pathnet.PathNet)
+    init: str = "torch"  # torch | tf
+    frozen_active: bool = False  # the TF code: A's frozen path is active in every path of B
+
+    def network(self, inputs: int) -> PathNet:
+        return PathNet(inputs, self.layers, self.modules, self.units, [2, 2], self.aggregate, self.kinds, self.init)
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
@@ -64,10 +72,14 @@ def _digits(name: str) -> tuple[int, int] | None:
     return None
 
 
-def binary_tasks(data_dir: str, names: Sequence[str]) -> dict[str, BinaryTask]:
-    """The binary MNIST tasks ``"<a>v<b>"``: digit a is label 0, digit b label 1."""
+def binary_tasks(data_dir: str, names: Sequence[str], raw: bool = False) -> dict[str, BinaryTask]:
+    """The binary MNIST tasks ``"<a>v<b>"``: digit a is label 0, digit b label 1; normalised pixels, or
+    ``raw`` ones in [0, 1] (the TF code's)."""
     x, y, xt, yt = load_mnist(data_dir)
     low, high = (0 - MNIST_MEAN[0]) / MNIST_STD[0], (1 - MNIST_MEAN[0]) / MNIST_STD[0]
+    if raw:
+        x, xt = x * MNIST_STD[0] + MNIST_MEAN[0], xt * MNIST_STD[0] + MNIST_MEAN[0]
+        low, high = 0.0, 1.0
     out = {}
     for name in names:
         a, b = _digits(name)  # type: ignore[misc]
@@ -90,7 +102,8 @@ def fisher_on_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: E
     for _ in range(batches):
         idx = torch.randint(len(task.y_train), (cfg.batch_size,), generator=generator)
         net.zero_grad(set_to_none=True)
-        F.cross_entropy(net(noisy(task.x_train[idx], task, cfg.noise, generator), path, head), task.y_train[idx]).backward()
+        x = noisy(task.x_train[idx], task, cfg.noise, generator) if cfg.data == "paper" else task.x_train[idx]
+        F.cross_entropy(net(x, path, head), task.y_train[idx]).backward()
         for l, (w, b) in enumerate(zip(net.weights, net.biases)):
             sums[f"layer.{l}"][0] += w.grad ** 2 / batches
             sums[f"layer.{l}"][1] += b.grad ** 2 / batches
@@ -104,9 +117,11 @@ def run_pair(tasks: dict[str, BinaryTask], pair: tuple[str, str], seed: int, var
     """Evolve A then B under every variant for one seed; generations, wall time and accuracies."""
     a_name, b_name = pair
     a, b = tasks[a_name], tasks[b_name]
+    if cfg.data == "tf":
+        a, b = noisy_once(a, cfg.noise, seeded(seed, 8)), noisy_once(b, cfg.noise, seeded(seed, 9))
     inputs = a.x_train.shape[1]
     torch.manual_seed(seed)
-    net_a = PathNet(inputs, net_cfg.layers, net_cfg.modules, net_cfg.units, [2, 2], net_cfg.aggregate)
+    net_a = net_cfg.network(inputs)
     net_a.reset_modules(torch.ones(net_cfg.layers, net_cfg.modules, dtype=torch.bool), seeded(seed, 0))
     net_a.reset_head(0, seeded(seed, 1))
     net_a.reset_head(1, seeded(seed, 2))
@@ -119,7 +134,7 @@ def run_pair(tasks: dict[str, BinaryTask], pair: tuple[str, str], seed: int, var
     out: dict[str, Any] = {"seed": seed, "pair": f"{a_name}->{b_name}", "A": _evolution(evo_a),
                            "A_test_accuracy": accuracy(net_a, path_a, 0, a), "variants": {}}
     others = ~net_a.mask(path_a)
-    fresh = PathNet(inputs, net_cfg.layers, net_cfg.modules, net_cfg.units, [2, 2], net_cfg.aggregate)
+    fresh = net_cfg.network(inputs)
     fresh.reset_modules(torch.ones_like(others), seeded(seed, 4))
     for variant in variants:
         net = copy.deepcopy(net_a)
@@ -143,14 +158,17 @@ def run_pair(tasks: dict[str, BinaryTask], pair: tuple[str, str], seed: int, var
         elif variant != "finetune":
             raise UserError(f"--pathnet_variants: unknown {variant!r} (known: {', '.join(VARIANTS)})")
         net.reset_head(1, seeded(seed, 6))
-        evo_b = evolve(net, 1, b, cfg, seeded(seed, 7), net_cfg.active, reg, on_generation=report(variant))
+        always = path_a if net_cfg.frozen_active and variant in ("pathnet", "wpl") else None
+        evo_b = evolve(net, 1, b, cfg, seeded(seed, 7), net_cfg.active, reg, always, on_generation=report(variant))
         path_b = Path.from_dict(evo_b.best_path, net_cfg.layers, net_cfg.modules)  # type: ignore[arg-type]
-        out["variants"][variant] = {**_evolution(evo_b), "B_test_accuracy": accuracy(net, path_b, 1, b),
+        run_b = path_b.union(always) if always is not None else path_b
+        out["variants"][variant] = {**_evolution(evo_b), "B_test_accuracy": accuracy(net, run_b, 1, b),
                                     "A_accuracy_after": accuracy(net, path_a, 0, a),
                                     "shared_modules_with_A": int((net.mask(path_b) & net.mask(path_a)).sum())}
     return out
 
 
 def _evolution(evo: Evolution) -> dict[str, Any]:
-    return {"generations": evo.generations, "converged": evo.converged, "best_fitness": evo.best_fitness,
+    return {"generations": evo.generations, "tournaments": evo.tournaments, "converged": evo.converged,
+            "best_fitness": evo.best_fitness,
             "best_path": evo.best_path, "history": evo.history, "seconds": evo.seconds}

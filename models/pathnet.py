@@ -3,8 +3,10 @@
 A :class:`Path` is data (an ``L x N`` table of module indices) with a JSON round trip, random
 draws, the paper's mutation and a drawing. :class:`PathNet` keeps each layer's modules in one
 ``(M, units, inputs)`` weight tensor, so a forward pass gathers the active modules' rows and runs
-them as one batched product; the outputs of a layer's active modules are summed (the paper) or
-averaged (``aggregate="mean"``, the public TF code). Each task has its own linear head.
+them as one batched product; the outputs of a layer's active modules are summed (the paper), averaged
+(``aggregate="mean"``) or summed and divided by ``M`` (``"mean_all"``, the public TF code: inactive modules
+count as zeros). ``kinds="tf"`` is the TF code's module zoo: after the first layer, module ``m`` is an
+identity (``m % 3 == 0``), a ReLU layer (1) or a residual ReLU layer (2). Each task has its own linear head.
 
 Freezing (PathNet's transfer: task A's best path is fixed before task B) is a per-module mask:
 :meth:`PathNet.mask_frozen_grads` zeroes the gradient rows of frozen modules after a backward pass,
@@ -25,6 +27,9 @@ from torch.nn import functional as F
 from utils import UserError, render_dot
 
 BOUNDS = ("wrap", "clip")
+AGGREGATES = ("sum", "mean", "mean_all")
+KINDS = ("relu", "tf")
+INITS = ("torch", "tf")
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,39 @@ class Path:
         return cls(tuple(tuple(row) for row in layers))
 
     @classmethod
-    def random(cls, generator: torch.Generator, num_layers: int, num_modules: int, per_layer: int) -> Path:
-        table = torch.randint(num_modules, (num_layers, per_layer), generator=generator)
+    def random(cls, generator: torch.Generator, num_layers: int, num_modules: int, per_layer: int,
+               distinct: bool = False) -> Path:
+        """``per_layer`` draws per layer, with repeats (the paper's table) or ``distinct`` (the TF code's)."""
+        if distinct:
+            table = torch.stack([torch.randperm(num_modules, generator=generator)[:per_layer] for _ in range(num_layers)])
+        else:
+            table = torch.randint(num_modules, (num_layers, per_layer), generator=generator)
         return cls(tuple(tuple(int(m) for m in row) for row in table))
+
+    def union(self, other: Path) -> Path:
+        """Both paths' modules in every layer (the TF code runs task A's frozen path beside B's)."""
+        return Path(tuple(tuple(sorted(set(a) | set(b))) for a, b in zip(self.layers, other.layers)))
+
+    def mutate_tf(self, generator: torch.Generator, num_modules: int, per_layer: int) -> Path:
+        """The public TF code's mutation (``pathnet.mutation``), on the set of active modules of each layer.
+
+        Each active module, visited in increasing index order, moves with probability ``2 / (L N)`` (its
+        ``int(rand * L * N) <= 1``) by an offset uniform in {-4, -3, -2, -1} (``randint(-2, 2) - 2``), clamped to
+        ``0..M-1``; a module landing on an active one merges with it, so a path can shrink. One uniform and one
+        offset are drawn per (layer, module) slot whatever the path, so two evolutions seeded alike stay in step.
+        """
+        num_layers = len(self.layers)
+        u = torch.rand(num_layers, num_modules, generator=generator)
+        offsets = torch.randint(-4, 0, (num_layers, num_modules), generator=generator)
+        layers = []
+        for layer in range(num_layers):
+            active = set(self.layers[layer])
+            for m in sorted(active):
+                if float(u[layer, m]) * num_layers * per_layer < 2:
+                    active.discard(m)
+                    active.add(min(max(m + int(offsets[layer, m]), 0), num_modules - 1))
+            layers.append(tuple(sorted(active)))
+        return Path(tuple(layers))
 
     def mutate(self, generator: torch.Generator, num_modules: int, rate: float, bound: str = "wrap") -> Path:
         """Each index independently, with probability ``rate``, moves by an integer in [-2, 2].
@@ -92,11 +127,13 @@ class PathNet(nn.Module):
     """The modular network: ``layers`` of ``num_modules`` ReLU modules of ``units`` each, one head per task."""
 
     def __init__(self, inputs: int, num_layers: int, num_modules: int, units: int, head_sizes: Sequence[int],
-                 aggregate: str = "sum") -> None:
+                 aggregate: str = "sum", kinds: str = "relu", init: str = "torch") -> None:
         super().__init__()
-        if aggregate not in ("sum", "mean"):
-            raise ValueError(f"aggregate must be sum or mean, got {aggregate!r}")
+        for name, value, known in (("aggregate", aggregate, AGGREGATES), ("kinds", kinds, KINDS), ("init", init, INITS)):
+            if value not in known:
+                raise ValueError(f"{name} must be one of {known}, got {value!r}")
         self.num_layers, self.num_modules, self.units, self.aggregate = num_layers, num_modules, units, aggregate
+        self.kinds, self.init = kinds, init
         sizes = [inputs] + [units] * (num_layers - 1)
         self.weights = nn.ParameterList(nn.Parameter(torch.empty(num_modules, units, n)) for n in sizes)
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(num_modules, units)) for _ in sizes)
@@ -106,19 +143,26 @@ class PathNet(nn.Module):
 
     @torch.no_grad()
     def reset_modules(self, which: Tensor, generator: torch.Generator) -> None:
-        """Re-initialise the modules ``which[l, m]`` (PyTorch's Linear initialisation, from ``generator``)."""
-        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
-            bound = 1 / math.sqrt(w.shape[2])
-            for m in which[layer].nonzero().flatten().tolist():
-                w[m].copy_(torch.rand(w.shape[1:], generator=generator) * 2 * bound - bound)
-                b[m].copy_(torch.rand(b.shape[1:], generator=generator) * 2 * bound - bound)
+        """Re-initialise the modules ``which[l, m]`` from ``generator`` (see :meth:`_init_`)."""
+        for w, b, rows in zip(self.weights, self.biases, which):
+            for m in rows.nonzero().flatten().tolist():
+                self._init_(w[m], b[m], generator)
 
     @torch.no_grad()
     def reset_head(self, head: int, generator: torch.Generator) -> None:
         lin = self.heads[head]
-        bound = 1 / math.sqrt(lin.in_features)
-        lin.weight.copy_(torch.rand(lin.weight.shape, generator=generator) * 2 * bound - bound)
-        lin.bias.copy_(torch.rand(lin.bias.shape, generator=generator) * 2 * bound - bound)
+        self._init_(lin.weight, lin.bias, generator)
+
+    def _init_(self, w: Tensor, b: Tensor, generator: torch.Generator) -> None:
+        """``torch``: PyTorch's Linear initialisation (uniform in +-1/sqrt(fan-in)); ``tf``: the TF code's
+        truncated normal of std 0.1 (re-drawn beyond 2 std) and biases 0.1."""
+        if self.init == "tf":
+            nn.init.trunc_normal_(w, std=0.1, a=-0.2, b=0.2, generator=generator)
+            b.fill_(0.1)
+            return
+        bound = 1 / math.sqrt(w.shape[-1])
+        w.copy_(torch.rand(w.shape, generator=generator) * 2 * bound - bound)
+        b.copy_(torch.rand(b.shape, generator=generator) * 2 * bound - bound)
 
     def mask(self, path: Path) -> Tensor:
         """``(L, M)`` booleans: the modules ``path`` uses."""
@@ -136,7 +180,13 @@ class PathNet(nn.Module):
             # The active modules stacked into one (k * units, inputs) matrix: one product per layer.
             out = torch.relu(F.linear(x, w[idx].flatten(0, 1), b[idx].flatten()))
             out = out.view(len(x), len(idx), self.units)  # batch x active modules x units
-            x = out.sum(1) if self.aggregate == "sum" else out.mean(1)
+            if layer and self.kinds == "tf":  # identity (m % 3 == 0), ReLU (1), residual ReLU (2)
+                kind = torch.tensor([m % 3 for m in idx], device=x.device)[None, :, None]
+                out = torch.where(kind == 0, x[:, None, :], out + (kind == 2) * x[:, None, :])
+            if self.aggregate == "mean":
+                x = out.mean(1)
+            else:
+                x = out.sum(1) / (self.num_modules if self.aggregate == "mean_all" else 1)
         return self.heads[head](x)
 
     @torch.no_grad()

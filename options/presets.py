@@ -1,4 +1,5 @@
-"""The two presets of the modelling choices, NAO's two sizes, and what runs saved before an option existed meant.
+"""The two presets of the modelling choices, NAO's two sizes, PathNet's two styles, and what runs saved before
+an option existed meant.
 
 Kept apart from the option table (config.py, which re-exports both names) because they are data about
 the models, not options: ``--preset`` picks one of ``PRESETS``; ``LEGACY_VALUES`` fills saved
@@ -34,6 +35,28 @@ NAO_SIZES: dict[str, dict[str, Any]] = {
     "paper": {},
     "small": {"nao_pool": 40, "nao_top_k": 4, "nao_new": 12, "nao_random": 2, "nao_controller_epochs": 100,
               "nao_round_every": 2},
+}
+
+# --pathnet_style: the paper's binary MNIST setting (the options' defaults; the stopping rule is ours, see
+# docs/fidelity.md) or the public TF code's (jaesik817/pathnet, binary_mnist_pathnet.py and pathnet.py; its
+# README's "Settings"). Explicit options win. docs/pathnet.md lists each value with its line of the TF code.
+PATHNET_STYLES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tf": {
+        "pathnet_population": 20,  # --candi
+        "pathnet_module_kinds": "tf",  # module2: skip, ReLU, residual ReLU by index mod 3
+        "pathnet_aggregate": "mean_all",  # np.sum(layer_modules_list) / M
+        "pathnet_init": "tf",  # truncated_normal(stddev=0.1), constant 0.1
+        "pathnet_batch_draw": "shuffle",  # np.random.shuffle(idx) before each path's T batches
+        "pathnet_lr": 0.05,  # --learning_rate, GradientDescentOptimizer
+        "pathnet_converge": 0.99,  # if(acc >= 0.99)
+        "pathnet_converge_window": 1,
+        "pathnet_max_generations": 10000,  # --max_steps
+        "pathnet_count_from": 0,  # prints the loop index i of the converging tournament
+        "pathnet_mutation": "tf",  # get_geopath, mutation
+        "pathnet_data": "tf",  # rand >= 0.5 adds rand, once per image
+        "pathnet_frozen_active": True,  # geopath_insert[l, m] = 1.0 where fixed_list is '1'
+    },
 }
 
 # What a configuration saved before an option existed meant: a checkpoint or params.json that lacks

@@ -51,7 +51,8 @@ def test_tournament_bookkeeping_on_a_toy_fitness() -> None:
 
     before = list(population)
     seen = []
-    out = tournament(population, zeros, g, 10, 0.25, "wrap", 1.0, 400, lambda gen, best: seen.append((gen, best)))
+    out = tournament(population, zeros, g, lambda p: p.mutate(g, 10, 0.25, "wrap"), 1.0, 400,
+                     on_generation=lambda gen, best: seen.append((gen, best)))
     assert len(fitness_calls) == 2 * out.generations and [s[0] for s in seen] == list(range(out.generations))
     assert out.history == [s[1] for s in seen] and out.converged and out.history[-1] == 1.0
     assert out.best_path == {"layers": [[0, 0], [0, 0]]}
@@ -99,7 +100,7 @@ def test_parse_pairs() -> None:
 
 def test_an_interrupted_experiment_resumes_to_the_uninterrupted_results(tmp_path: FilePath, monkeypatch: pytest.MonkeyPatch) -> None:
     tasks = {"1v3": synthetic_task("1v3", 1), "1v2": synthetic_task("1v2", 2)}
-    monkeypatch.setattr(pathnet_main, "binary_tasks", lambda data_dir, names: tasks)
+    monkeypatch.setattr(pathnet_main, "binary_tasks", lambda data_dir, names, raw=False: tasks)
     net = NetConfig(layers=2, modules=4, units=5, active=2, aggregate="sum", wpl_alpha=10.0, fisher_batches=2)
     args = ("", "1v3,1v2", ["pathnet", "wpl"], [0, 1], net, replace(CFG, max_generations=2))
     whole = pathnet_main.run_pathnet(tmp_path / "whole", *args, resume=False, use_tensorboard=False)
