@@ -8,6 +8,7 @@ timing only: nothing else imports them.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -134,7 +135,7 @@ class HandNAO(nn.Module):
         self.enc_embed = nn.Embedding(vocab, embed)
         self.encoder = nn.LSTM(2 * embed, hid, batch_first=True)
         widths = [hid] + [mlp_hid] * mlp_layers
-        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.mlp_out = nn.Linear(mlp_hid, 1)
         self.dec_embed = nn.Embedding(vocab, hid)
         self.decoder = nn.LSTM(hid, hid, batch_first=True)
