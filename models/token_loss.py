@@ -38,8 +38,8 @@ class _TokenCrossEntropy(torch.autograd.Function):
         for start in range(0, logits.size(0), ROWS):
             rows = slice(start, start + ROWS)
             torch.sub(logits[rows], lse[rows, None], out=out[rows]).exp_().mul_(scale)
-        rows = torch.arange(logits.size(0), device=logits.device)
-        out.index_put_((rows, targets), -scale.expand(rows.shape), accumulate=True)
+        at = targets[:, None]
+        out.scatter_(1, at, out.gather(1, at) - scale)  # one target per row: no accumulation, deterministic
         return out, None
 
 
