@@ -111,7 +111,7 @@ class Trainer:
             if reg is not None:
                 reg.begin_batch(last=b == n - 1)
             with self.step.autocast():
-                out = self.space.train_loss(arch)
+                out = self.space.train_loss(arch)._replace(logits=None)  # not held through the backward
             stepped, added = self.step.update_regularised(out.total, reg, names)
             if not stepped:
                 continue
@@ -131,8 +131,7 @@ class Trainer:
         not finite (counted by the shared step's guard)."""
         self.step.zero_grad()
         with self.step.autocast():
-            out = self.space.fisher_loss(arch)
-            loss = objective(out)
+            loss = objective(self.space.fisher_loss(arch))  # the outputs (logits) are not held through the backward
         return self.step.backward(loss, what)
 
     def shared_phase(self, epoch: int, steps: int, measure_forgetting: bool) -> dict[str, Any]:

@@ -13,12 +13,14 @@ The store owns no parameters (it is not an ``nn.Module``) and has its own ``stat
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 CHUNK = 1 << 18  # elements per chunk of the direct penalty gradient (1 MiB in fp32: the scratch stays in L2)
+log = logging.getLogger("wpl")
 
 
 class QuadraticStore:
@@ -29,6 +31,13 @@ class QuadraticStore:
     """
 
     importance_key = "importance"
+    # Lazy anchors (a subclass sets True): a group's anchor is a view of its weights until
+    # ``hold_anchors`` copies it out, which the subclass calls before the group's weights can change;
+    # ``refresh_anchors`` then drops the copies. Right where every weight change of a group is preceded
+    # by the subclass's hook and every anchor refresh covers all groups (the search: the anchors move
+    # to the weights after every architecture, and only that architecture's groups train in between),
+    # the values are those of a full copy, with one copy per *trained* group instead of one per group.
+    lazy_anchors = False
 
     def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]]) -> None:
         if not groups:
@@ -36,7 +45,11 @@ class QuadraticStore:
         self.params: dict[str, list[nn.Parameter]] = {k: list(v) for k, v in groups.items()}
         self.importance = {k: [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in v]
                            for k, v in self.params.items()}
-        self.anchor = {k: [p.detach().clone() for p in v] for k, v in self.params.items()}
+        copy = not self.lazy_anchors
+        self.anchor = {k: [p.detach().clone() if copy else p.detach() for p in v] for k, v in self.params.items()}
+        self.held: set[str] = set()  # lazy anchors: the groups whose anchors are copies
+        self._versions = self._stamp()
+        self._warned_moved = False
 
     # ----------------------------------------------------------------------------------- helpers
     def gather(self, names: Iterable[str]) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
@@ -47,6 +60,8 @@ class QuadraticStore:
         for name in dict.fromkeys(names):
             if name not in self.params:
                 raise KeyError(f"unknown regulariser group {name!r}")
+            if self.lazy_anchors and name not in self.held and self._moved(name):
+                self.hold_anchors([name])
             params += self.params[name]
             importance += self.importance[name]
             anchor += self.anchor[name]
@@ -111,8 +126,40 @@ class QuadraticStore:
     # ---------------------------------------------------------------------------- bookkeeping
     @torch.no_grad()
     def refresh_anchors(self) -> None:
-        """Set every anchor ``theta*`` to the current weights."""
-        torch._foreach_copy_(self.flat(self.anchor), [p.detach() for p in self.flat(self.params)])
+        """Set every anchor ``theta*`` to the current weights (lazy anchors: views of them again)."""
+        if not self.lazy_anchors:
+            torch._foreach_copy_(self.flat(self.anchor), [p.detach() for p in self.flat(self.params)])
+            return
+        for name in self.held:
+            self.anchor[name] = [p.detach() for p in self.params[name]]
+        self.held.clear()
+        self._versions = self._stamp()
+
+    def _stamp(self) -> dict[str, list[int]]:
+        """Every weight's in-place version counter (an optimiser step moves it)."""
+        return {k: [p._version for p in v] for k, v in self.params.items()}
+
+    def _moved(self, name: str) -> bool:
+        return [p._version for p in self.params[name]] != self._versions[name]
+
+    @torch.no_grad()
+    def hold_anchors(self, names: Iterable[str]) -> None:
+        """Lazy anchors: copy the anchors of ``names`` out of the weights, which are about to change.
+
+        A group whose weights moved since the last refresh without this call (a step outside the
+        hooks) has lost its old anchor; it is anchored at its current weights, with one warning line.
+        """
+        if not self.lazy_anchors:
+            return
+        for name in dict.fromkeys(names):
+            if name in self.held:
+                continue
+            if not self._warned_moved and self._moved(name):
+                self._warned_moved = True
+                log.warning("%s: weights of group %r changed outside the regulariser's hooks since the last anchor "
+                            "refresh; anchored at the current weights", type(self).__name__, name)
+            self.anchor[name] = [p.detach().clone() for p in self.params[name]]
+            self.held.add(name)
 
     @torch.no_grad()
     def set_importance(self, name: str, values: Sequence[Tensor]) -> None:
@@ -168,4 +215,11 @@ class QuadraticStore:
             target = tables[kind][name][int(i)]
             if target.shape != value.shape:
                 raise ValueError(f"{type(self).__name__} state {key}: shape {tuple(value.shape)} != {tuple(target.shape)}")
+            if kind == "anchor" and self.lazy_anchors and name not in self.held:
+                if torch.equal(target, value.to(target.device, target.dtype)):
+                    continue  # the anchor is the weights (a view): nothing to load
+                self.anchor[name] = [p.detach().clone() for p in self.params[name]]
+                self.held.add(name)
+                target = self.anchor[name][int(i)]
             target.copy_(value)
+        self._versions = self._stamp()

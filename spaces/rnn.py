@@ -27,6 +27,7 @@ from distributed.context import world
 from models import rnn_arch
 from models.rnn import RNNOutput, SharedRNN
 from models.rnn_arch import RNNArch
+from models.token_loss import token_cross_entropy
 from spaces.base import Loss, OptimSpec, Retraining, SpacePlugin, pick
 from utils import UserError, render_dot
 
@@ -188,7 +189,7 @@ class RNNSpace:
         x, y, hidden = stream.next(self.model)
         out = self.model(x, hidden, arch)
         stream.carry(out.hidden)
-        ce = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
+        ce = token_cross_entropy(out.logits.flatten(0, 1), y.flatten())
         return Loss(ce + self.regularizers(out), ce, None, out.logits)
 
     def train_loss(self, arch: RNNArch) -> Loss:

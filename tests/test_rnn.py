@@ -236,3 +236,19 @@ def test_wpl_groups_are_the_edges_of_the_architecture(data_dir: Path) -> None:
     arch = RNNArch(("tanh",) * 4, (0, 0, 2))
     assert space.groups_for(arch) == ["0_1", "0_2", "2_3"]
     assert all(len(space.wpl_groups()[g]) == 2 for g in space.groups_for(arch))
+
+
+def test_token_cross_entropy_equals_the_plain_one() -> None:
+    """The RNN loss (one logits-sized tensor kept for the backward) against F.cross_entropy: value and gradient."""
+    from models.token_loss import ROWS, token_cross_entropy
+
+    torch.manual_seed(0)
+    for scale in (1.0, 40.0):  # ordinary and saturated logits; rows span several chunks
+        logits = (torch.randn(2 * ROWS + 7, 50) * scale).requires_grad_()
+        targets = torch.randint(50, (logits.size(0),))
+        ref = F.cross_entropy(logits, targets)
+        (ref_grad,) = torch.autograd.grad(2.5 * ref, logits)
+        value = token_cross_entropy(logits, targets)
+        (grad,) = torch.autograd.grad(2.5 * value, logits)
+        assert torch.allclose(value, ref, rtol=1e-6, atol=1e-6)
+        assert torch.allclose(grad, ref_grad, rtol=1e-5, atol=1e-7)  # saturated rows: p near 1 rounds apart

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from models.rnn import SharedRNN, drop_connect, keep_mask, locked_dropout
 from models.rnn_arch import RNNArch
+from models import rnn_cell
 from models.rnn_cell import HIDDEN_NORM_CLIP
 
 
@@ -145,7 +146,9 @@ def run(model: SharedRNN, arch: RNNArch, fused: bool, seed: int, tokens: torch.T
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("big", [False, True], ids=["unclipped", "clipped"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_fused_cell_matches_the_plain_formulation(arch: RNNArch, next_state: str, training: bool, big: bool, variant: str) -> None:
+def test_fused_cell_matches_the_plain_formulation(arch: RNNArch, next_state: str, training: bool, big: bool, variant: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rnn_cell, "TIME_CHUNK", 3)  # 7 steps: the weight gradients in chunks of 3, 3 and 1 steps
     model = make_model(arch, next_state, torch.float64, big, variant).train(training)
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(11, (7, 3), generator=g)

@@ -233,3 +233,70 @@ def test_bad_mode_is_rejected() -> None:
         alpha_schedule(20, 1.0, 1.0, 15, 3, 0.0)
     with pytest.raises(ValueError):
         WPL({"a": [nn.Parameter(torch.ones(1))]}, mode="textbook")  # type: ignore[arg-type]
+
+
+def _search_wpl(lazy: bool, groups: dict[str, list[nn.Parameter]]) -> WPL:
+    """The search's WPL; ``lazy=False``: with a full anchor copy per group (what the lazy anchors replace)."""
+    from regularizers.wpl_search import SearchWPL, WPLSearchConfig
+
+    cfg = WPLSearchConfig(alpha_fisher=3.0, alpha_decay=0.0, alpha_decay_after=1e9, alpha_decay_mode=1,
+                          alpha_small_scale=0.0, start_using_fisher=0, set_fisher_zero_per_iter=0,
+                          shared_valid_fisher=False, shared_ce_fisher=True, lambda_fisher=0.9,
+                          fisher_clip_by_norm=5.0, momentum=True, wpl_alpha_mode="compound")
+    cls = SearchWPL if lazy else type("FullSearchWPL", (SearchWPL,), {"lazy_anchors": False})
+    wpl = cls(groups, cfg)
+    wpl.begin_epoch(0)
+    return wpl
+
+
+def _search_run(lazy: bool, resume_at: int | None = None) -> tuple[list[float], list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Architectures (subsets of 4 groups) trained in turn, 2 SGD batches each, through the hooks the
+    trainer calls (after_backward, add_penalty_grad_, step; end of architecture: Fisher from the last
+    batch, anchor refresh); at ``resume_at``, the WPL is rebuilt from its state_dict (a resume)."""
+    torch.manual_seed(0)
+    weights = [nn.Parameter(torch.randn(3, 5)) for _ in range(4)]
+    groups = {str(i): [w] for i, w in enumerate(weights)}
+    opt = torch.optim.SGD(weights, lr=0.1, weight_decay=0.01)
+    wpl = _search_wpl(lazy, groups)
+    x = torch.randn(8, 3)
+    penalties: list[float] = []
+    for k, arch in enumerate([["0", "1"], ["1", "2"], ["0", "3"], ["1", "2", "3"], ["0", "1"]]):
+        if k == resume_at:
+            state = wpl.state_dict()
+            wpl = _search_wpl(lazy, groups)
+            wpl.load_state_dict(state)
+        for b in range(2):
+            wpl.begin_batch(last=b == 1)
+            opt.zero_grad(set_to_none=True)
+            h = x
+            for name in arch:
+                h = torch.tanh(h @ groups[name][0][:, :3] + 0.1 * (k + b))
+            (h.square().mean() + h.sum() * 0.01).backward()
+            wpl.after_backward(arch)
+            penalties.append(float(wpl.add_penalty_grad_(arch)))
+            opt.step()
+        wpl.end_model(arch, lambda objective, what: True)
+    return penalties, [w.detach().clone() for w in weights], wpl.state_dict()
+
+
+def test_lazy_anchors_equal_a_full_copy_in_the_search() -> None:
+    full = _search_run(lazy=False)
+    assert max(full[0]) > 0  # the penalty takes part
+    for resume_at in (None, 2):
+        lazy = _search_run(lazy=True, resume_at=resume_at)
+        assert lazy[0] == full[0]
+        assert all(torch.equal(a, b) for a, b in zip(lazy[1], full[1]))
+        assert lazy[2].keys() == full[2].keys() and all(torch.equal(lazy[2][k], full[2][k]) for k in full[2])
+
+
+def test_lazy_anchors_copy_only_the_trained_groups() -> None:
+    weights = [nn.Parameter(torch.randn(4)) for _ in range(3)]
+    wpl = _search_wpl(True, {str(i): [w] for i, w in enumerate(weights)})
+    assert all(a[0].data_ptr() == w.data_ptr() for a, w in zip(wpl.anchor.values(), weights))  # views, no copy
+    wpl.add_penalty_grad_(["1"])
+    assert wpl.held == {"1"} and wpl.anchor["1"][0].data_ptr() != weights[1].data_ptr()
+    with torch.no_grad():
+        weights[1].add_(1.0)
+    assert torch.equal(wpl.anchor["1"][0] + 1.0, weights[1].detach())
+    wpl.refresh_anchors()
+    assert not wpl.held and wpl.anchor["1"][0].data_ptr() == weights[1].data_ptr()
