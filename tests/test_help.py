@@ -26,11 +26,11 @@ def help_text(flag: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
 def test_the_first_screen_has_a_short_usage_and_the_newcomers_options_with_choices(capsys: pytest.CaptureFixture[str]) -> None:
     lines = help_text("--help", capsys)
     usage = lines[:lines.index("")]
-    assert usage[0].startswith("usage: main.py [--mode {train,derive,test,forgetting,retrain,continual,pathnet,ranking}]")
+    assert usage[0].startswith("usage: main.py [--mode {train,derive,test,forgetting,retrain,continual,pathnet,ranking,convert}]")
     assert len(usage) <= 3 and "--help-all" in " ".join(usage)
     assert len(lines) <= 60, len(lines)  # one screen (the full list was 693 lines)
     first = "\n".join(lines[:15])
-    assert "--mode {train,derive,test,forgetting,retrain,continual,pathnet,ranking}" in first
+    assert "--mode {train,derive,test,forgetting,retrain,continual,pathnet,ranking,convert}" in first
     screen = "\n".join(lines)
     for shown in ("--dataset NAME", "--data_dir DIR", "--log_dir DIR", "--num_gpu N", "--resume {true,false}",
                   "--network_type {rnn,rnn32,micro_cnn}", "--sampler {reinforce,random,evolution,nao}", "--preset {paper,enas}",
