@@ -32,5 +32,5 @@ MODES: Registry[Any] = Registry("mode", {
     "continual": "task sequences: EWC, SI, MAS, L2, WPL",
     "pathnet": "PathNet transfer on binary MNIST tasks",
     "ranking": "32-cell ground-truth ranking benchmark",
-    "convert": "rewrite --load_path's format-1 checkpoints in format 2",
+    "convert": "a run's format-1 checkpoints to format 2",
 })
