@@ -147,15 +147,17 @@ class QuadraticStore:
         """Lazy anchors: copy the anchors of ``names`` out of the weights, which are about to change.
 
         A group whose weights moved since the last refresh without this call (a step outside the
-        hooks) has lost its old anchor; it is anchored at its current weights, with one warning line.
+        hooks) has lost its old anchor; it is anchored at its current weights, with one warning line
+        when its importance is not zero (before WPL starts, the weights train without the hooks and
+        the importance is zero: the first architecture after the start is anchored at its weights).
         """
         if not self.lazy_anchors:
             return
         for name in dict.fromkeys(names):
             if name in self.held:
                 continue
-            if not self._warned_moved and self._moved(name):
-                self._warned_moved = True
+            if not self._warned_moved and self._moved(name) and any(bool(f.any()) for f in self.importance[name]):
+                self._warned_moved = True  # (with a zero importance the old anchor weighed nothing)
                 log.warning("%s: weights of group %r changed outside the regulariser's hooks since the last anchor "
                             "refresh; anchored at the current weights", type(self).__name__, name)
             self.anchor[name] = [p.detach().clone() for p in self.params[name]]

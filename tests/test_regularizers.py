@@ -190,3 +190,18 @@ def test_every_regulariser_gradient_matches_autograd_and_state_round_trips(name:
     other = REGULARIZERS[name](groups_, 1.5)
     other.load_state_dict(reg.state_dict())
     torch.testing.assert_close(other.penalty(["a", "b"]), reg.penalty(["a", "b"]))
+
+
+def test_ewc_constant_is_cached_until_its_tables_change() -> None:
+    w = nn.Parameter(torch.tensor([1.0, 2.0]))
+    reg = EWC({"w": [w]}, 2.0)
+    with torch.no_grad():
+        reg.offset["w"][0].fill_(5.0)
+        reg.importance["w"][0].copy_(torch.tensor([1.0, 3.0]))
+        reg.anchor["w"][0].copy_(torch.tensor([0.5, 1.0]))
+    first = reg.constant(["w"])
+    assert float(first) == 0.5 * 2.0 * (5.0 - (0.25 + 3.0))
+    assert reg.constant(["w"]) is first  # nothing changed: the cached value
+    with torch.no_grad():
+        reg.anchor["w"][0].mul_(2.0)  # an in-place change of a table: recomputed
+    assert float(reg.constant(["w"])) == 0.5 * 2.0 * (5.0 - (1.0 + 12.0))

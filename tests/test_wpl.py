@@ -300,3 +300,18 @@ def test_lazy_anchors_copy_only_the_trained_groups() -> None:
     assert torch.equal(wpl.anchor["1"][0] + 1.0, weights[1].detach())
     wpl.refresh_anchors()
     assert not wpl.held and wpl.anchor["1"][0].data_ptr() == weights[1].data_ptr()
+
+
+def test_lazy_anchors_warn_once_when_weights_moved_outside_the_hooks(caplog: pytest.LogCaptureFixture) -> None:
+    weights = [nn.Parameter(torch.ones(3)) for _ in range(2)]
+    wpl = _search_wpl(True, {str(i): [w] for i, w in enumerate(weights)})
+    with torch.no_grad():
+        weights[0].add_(1.0)  # trained without the regulariser while its importance is zero: no warning
+    wpl.add_penalty_grad_(["0"])
+    assert torch.equal(wpl.anchor["0"][0], weights[0].detach()) and not caplog.records
+    wpl.refresh_anchors()
+    wpl.fisher["1"][0].fill_(1.0)
+    with torch.no_grad():
+        weights[1].add_(1.0)  # a non-zero importance: the old anchor is lost, one warning line
+    wpl.add_penalty_grad_(["1"])
+    assert len(caplog.records) == 1 and "outside the regulariser's hooks" in caplog.records[0].getMessage()
