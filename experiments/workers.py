@@ -11,6 +11,9 @@ fsynced by the scheduler alone (workers never write it). A rerun skips the units
 kill -9 at any moment loses at most the units in progress; a torn last line (a write cut short) is
 dropped. Every unit runs single-threaded, in a worker or (``workers=1``) in this process, so its
 record is the same whatever the number of workers: results equal a serial run's.
+
+On a GPU box each worker may be given a device (``devices``: worker i takes ``devices[i % len]``); a unit
+asks for it with :func:`unit_device` and its ledger line says which device ran it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ from engine.stopping import Stopped
 from utils import UserError
 
 log = logging.getLogger("wpl")
+DEVICE_ENV = "WPL_UNIT_DEVICE"  # the device a worker was given; read by unit_device()
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,22 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def unit_device() -> Any:
+    """The ``torch.device`` this unit runs on: its worker's (``run_units(devices=...)``), else the CPU."""
+    import torch
+
+    return torch.device(os.environ.get(DEVICE_ENV, "cpu"))
+
+
+def unit_devices(num_gpu: int) -> list[str]:
+    """The GPUs to spread units over: the first ``num_gpu`` CUDA devices present (none without CUDA)."""
+    import torch
+
+    if num_gpu <= 0 or not torch.cuda.is_available():
+        return []
+    return [f"cuda:{i}" for i in range(min(num_gpu, torch.cuda.device_count()))]
 
 
 def read_ledger(path: Path) -> dict[str, dict[str, Any]]:
@@ -112,21 +132,29 @@ def call(target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         record = fn(**kwargs)
     finally:
         torch.set_num_threads(threads)
-    return {"record": record, "seconds": round(time.time() - start, 3), "pid": os.getpid()}
+    return {"record": record, "seconds": round(time.time() - start, 3), "pid": os.getpid(),
+            "device": os.environ.get(DEVICE_ENV, "cpu")}
 
 
-def _worker_init() -> None:
-    """A worker dies with the scheduler (Linux: PR_SET_PDEATHSIG) and leaves signals to it."""
+def _worker_init(devices: Any) -> None:
+    """A worker dies with the scheduler (Linux: PR_SET_PDEATHSIG), leaves signals to it and takes its device
+    from ``devices`` (a queue holding one name per worker), if any."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["OMP_NUM_THREADS"] = "1"
+    if devices is not None:
+        os.environ[DEVICE_ENV] = devices.get()
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
 
-def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str = "units") -> dict[str, dict[str, Any]]:
+def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str = "units",
+              devices: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Run every unit not yet in ``ledger``; returns every finished unit's record by key.
+
+    ``devices`` (e.g. ``["cuda:0", "cuda:1"]``): worker i runs its units on ``devices[i % len(devices)]``;
+    empty, every unit runs on the CPU.
 
     A unit already in the ledger with other keyword arguments means the protocol changed under a
     half-finished run: refused in one line rather than mixing two configurations."""
@@ -153,10 +181,9 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
 
     try:
         if workers <= 1 or len(todo) <= 1:
-            for unit in todo:
-                finish(unit, call(unit.target, unit.kwargs))
+            _run_serial(todo, devices[0] if devices else None, finish)
         else:
-            _run_parallel(todo, min(workers, len(todo)), finish)
+            _run_parallel(todo, min(workers, len(todo)), finish, devices)
     except Stopped as stop:  # the stop line says what is kept (main.py adds the resume command)
         kept = read_ledger(ledger).keys() & set(keys)  # the ledger itself: a signal may land between its line and `done`
         stop.saved = f"{len(kept)} of {len(units)} {desc} finished and kept in {ledger}"
@@ -166,10 +193,32 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
     return {key: done[key] for key in keys if key in done}
 
 
-def _run_parallel(todo: list[Unit], workers: int, finish: Callable[[Unit, dict[str, Any]], None]) -> None:
+def _run_serial(todo: list[Unit], device: str | None, finish: Callable[[Unit, dict[str, Any]], None]) -> None:
+    """Every unit in this process, on ``device`` if one is given (this process's own setting restored after)."""
+    before = os.environ.get(DEVICE_ENV)
+    if device is not None:
+        os.environ[DEVICE_ENV] = device
+    try:
+        for unit in todo:
+            finish(unit, call(unit.target, unit.kwargs))
+    finally:
+        if before is None:
+            os.environ.pop(DEVICE_ENV, None)
+        else:
+            os.environ[DEVICE_ENV] = before
+
+
+def _run_parallel(todo: list[Unit], workers: int, finish: Callable[[Unit, dict[str, Any]], None],
+                  devices: Sequence[str] = ()) -> None:
     """Keep ``workers`` units in flight; on an error or a stop signal the workers are killed, the ledger kept."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
+    device_queue = None
+    if devices:  # one name per worker, taken by each worker as it starts
+        device_queue = context.Queue()
+        for i in range(workers):
+            device_queue.put(devices[i % len(devices)])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                               initargs=(device_queue,))
     pending: dict[Future[dict[str, Any]], Unit] = {}
     queue = list(reversed(todo))
     try:

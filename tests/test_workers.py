@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.workers import Unit, read_ledger, run_units
+from experiments.workers import DEVICE_ENV, Unit, read_ledger, run_units, unit_device, unit_devices
 from utils import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +26,11 @@ def seeded_draw(seed: int, pause: float = 0.0) -> dict[str, float]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, 64, generator=g)
     return {"value": float((x @ x.T).sum()), "threads": torch.get_num_threads()}
+
+
+def device_name(seed: int) -> dict[str, object]:
+    """A unit target: the device its worker was given."""
+    return {"seed": seed, "device": str(unit_device())}
 
 
 def units(n: int, pause: float = 0.0) -> list[Unit]:
@@ -103,3 +108,31 @@ def test_a_stop_signal_names_what_the_ledger_keeps(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=60)
     done = len(read_ledger(ledger))
     assert out.strip() == f"{done} of 3 units finished and kept in {ledger}" and 1 <= done < 3
+
+
+def test_each_worker_keeps_its_device_and_the_ledger_says_which(tmp_path: Path) -> None:
+    """Worker i takes devices[i]; a unit asks with unit_device(). "meta" stands in for a second GPU here."""
+    todo = [Unit(f"d{i}", "tests.test_workers:device_name", {"seed": i}) for i in range(6)]
+    done = run_units(todo, tmp_path / "parallel.jsonl", workers=2, devices=["cpu", "meta"])
+    assert {v["record"]["device"] for v in done.values()} <= {"cpu", "meta"}
+    assert all(v["record"]["device"] == v["device"] for v in done.values())
+    by_pid: dict[int, set[str]] = {}
+    for v in done.values():
+        by_pid.setdefault(v["pid"], set()).add(v["device"])
+    assert all(len(names) == 1 for names in by_pid.values())  # a worker never changes device
+    if len(by_pid) == 2:  # both workers took units: each took its own device
+        assert set().union(*by_pid.values()) == {"cpu", "meta"}
+
+    serial = run_units(todo[:2], tmp_path / "serial.jsonl", workers=1, devices=["meta"])
+    assert [v["device"] for v in serial.values()] == ["meta", "meta"]
+    assert DEVICE_ENV not in os.environ and str(unit_device()) == "cpu"  # this process's setting restored
+    assert unit_devices(0) == []
+
+
+def test_without_cuda_no_gpu_is_handed_out() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        assert unit_devices(99) == [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    else:
+        assert unit_devices(4) == []

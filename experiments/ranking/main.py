@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.ranking import protocol, report
-from experiments.workers import default_workers, run_units
+from experiments.workers import default_workers, run_units, unit_devices
 from engine import lifecycle
 from engine.lifecycle import Opening
 from engine.runlog import RunDir
@@ -83,18 +83,21 @@ def run_ranking(args: argparse.Namespace) -> dict[str, Any] | None:
 def run_stages(args: argparse.Namespace, run: RunDir, plan: dict[str, Any], variants: Any,
                options: dict[str, Any]) -> dict[str, Any] | None:
     """The ``--ranking_stage`` stages in order; each unit's line goes to its ledger as it finishes."""
-    workers = args.workers or default_workers()
+    devices = unit_devices(args.num_gpu)
+    workers = args.workers or (len(devices) if devices else default_workers())
     command = "python main.py " + shlex.join(sys.argv[1:])
     stages = ("truth", "search", "report") if args.ranking_stage == "all" else (args.ranking_stage,)
-    log.info("ranking benchmark in %s: stages %s, %d worker(s)", run.path, ", ".join(stages), workers)
+    log.info("ranking benchmark in %s: stages %s, %d worker(s) on %s", run.path, ", ".join(stages), workers,
+             ", ".join(devices) or "the CPU")
     if "truth" in stages:
         units = protocol.truth_units(options, plan["truth_seeds"])
-        entries = run_units(units, run.path / "truth.jsonl", workers, desc="ground truth (cell, seed)")
+        entries = run_units(units, run.path / "truth.jsonl", workers, desc="ground truth (cell, seed)",
+                            devices=devices)
         save_json(run.path / "ground_truth.json", protocol.truth_document(entries, options, command))
         log.info("ground truth: %s", run.path / "ground_truth.json")
     if "search" in stages:
         units = protocol.search_units(options, variants, plan["seeds"])
-        run_units(units, run.path / "search.jsonl", workers, desc="searches (variant, seed)")
+        run_units(units, run.path / "search.jsonl", workers, desc="searches (variant, seed)", devices=devices)
     if "report" not in stages:
         return None
     truth_path = Path(args.ranking_truth) if args.ranking_truth else run.path / "ground_truth.json"

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from modes import builders
 import config
@@ -36,9 +35,9 @@ from samplers import SAMPLERS
 from samplers.base import best_of
 from trainer import Trainer, TrainerConfig
 from utils import seed_everything
+from experiments.workers import unit_device
 
 log = logging.getLogger("wpl")
-CPU = torch.device("cpu")
 
 
 def unit_args(options: dict[str, Any], seed: int) -> argparse.Namespace:
@@ -93,7 +92,7 @@ def train_alone(cell: str, seed: int, options: dict[str, Any]) -> dict[str, Any]
     """Ground truth: cell ``cell`` (an id ``c00``..``c31``) trained alone; valid and test perplexity."""
     args = unit_args(options, seed)
     seed_everything(seed)
-    space = builders.build_space(args, CPU)
+    space = builders.build_space(args, unit_device())
     arch = next(a for a in all_cells() if cell_id(a) == cell)
     trainer = Trainer(space, FixedSampler(arch), None, pick(TrainerConfig, args), None, vars(args))  # type: ignore[arg-type]
     curve = []
@@ -117,9 +116,10 @@ def search_and_rank(sampler: str, importance: str, seed: int, options: dict[str,
     else:
         args.wpl_importance = importance
     seed_everything(seed)
-    space = builders.build_space(args, CPU)
+    device = unit_device()
+    space = builders.build_space(args, device)
     sampler_cls = SAMPLERS[sampler]
-    search = sampler_cls.build(space, pick(sampler_cls.Config, args), CPU, None)
+    search = sampler_cls.build(space, pick(sampler_cls.Config, args), device, None)
     reg = build_search_regularizer(space.wpl_groups(), pick(WPLSearchConfig, args)) if importance != "none" else None
     trainer = Trainer(space, search, reg, pick(TrainerConfig, args), None, vars(args))
     epochs: list[dict[str, Any]] = []
