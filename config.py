@@ -19,6 +19,7 @@ import modes
 from options import presets
 from data import DEFAULT_DATA_DIR
 from experiments import pathnet_options
+from experiments.nao_wpl import options as nao_wpl_options
 from experiments.ranking import options as ranking_options
 from samplers import nao_options
 from options.parsing import StrictParser, choice, program_name, str2bool, str_list
@@ -290,6 +291,7 @@ def build_parser() -> StrictParser:
 
     pathnet_options.add(p)
     ranking_options.add(p)
+    nao_wpl_options.add(p)
 
     g = p.group("misc")
     g.add_argument("--log_step", type=int, default=50, help="steps between progress log lines", role="runtime")

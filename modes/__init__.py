@@ -1,4 +1,4 @@
-"""What ``--mode`` runs: one module per family (search, retrain, continual, PathNet, ranking; convert).
+"""What ``--mode`` runs: one module per family (search, retrain, continual, PathNet, ranking, NAO +- WPL; convert).
 
 ``builders`` turns the options into a search space, sampler, regulariser and trainer; the mode modules
 open their run directory, run their loop and write their results. ``main.py`` only parses, dispatches
@@ -22,6 +22,7 @@ MODES: Registry[Any] = Registry("mode", {
     "continual": "modes.continual:mode_continual",
     "pathnet": "modes.pathnet:mode_pathnet",
     "ranking": "modes.ranking:mode_ranking",
+    "nao_wpl": "modes.nao_wpl:mode_nao_wpl",
     "convert": "modes.convert:mode_convert",
 }, about={
     "train": "the search (ENAS with WPL)",
@@ -32,5 +33,6 @@ MODES: Registry[Any] = Registry("mode", {
     "continual": "task sequences: EWC, SI, MAS, L2, WPL",
     "pathnet": "PathNet transfer on binary MNIST tasks",
     "ranking": "32-cell ground-truth ranking benchmark",
+    "nao_wpl": "NAO vs NAO + WPL, paired seeds per dropout",
     "convert": "old (format-1) checkpoints to format 2",
 })

@@ -100,7 +100,7 @@ DOMAINS: dict[str, Domain] = {
     "pathnet_lr": POSITIVE, "pathnet_converge": Domain(lo=0, hi=1, lo_open=True), "pathnet_max_generations": COUNT,
     "noise": UNIT, "pathnet_wpl_alpha": NON_NEGATIVE, "pathnet_fisher_batches": COUNT, "pathnet_converge_window": COUNT,
     "pathnet_count_from": Domain(lo=0, hi=1, integer=True),
-    "seeds": COUNT, "ranking_seeds": COUNT, "truth_seeds": COUNT, "workers": NATURAL, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
+    "seeds": COUNT, "ranking_seeds": COUNT, "truth_seeds": COUNT, "nao_wpl_seeds": COUNT, "workers": NATURAL, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
     "cl_eval_every": COUNT, "importance_samples": COUNT, "ewc_lambda": NON_NEGATIVE, "online_ewc_lambda": NON_NEGATIVE,
     "online_ewc_gamma": UNIT, "si_c": NON_NEGATIVE, "si_xi": POSITIVE, "mas_lambda": NON_NEGATIVE,
     "l2_lambda": NON_NEGATIVE, "wpl_alpha": NON_NEGATIVE,
@@ -231,8 +231,9 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse
 
 # The experiments' own options, by the mode that reads them (their help groups): given to another mode they
 # would do nothing, so the command line is refused in one line (issue 31: no meaningless combination accepted).
-EXPERIMENT_GROUPS = {"continual": "continual", "pathnet": "pathnet", "ranking": "ranking"}
-SHARED_EXPERIMENT_OPTIONS = {"seeds": frozenset({"continual", "pathnet"})}  # in the continual group, read by both
+EXPERIMENT_GROUPS = {"continual": "continual", "pathnet": "pathnet", "ranking": "ranking", "nao_wpl": "nao_wpl"}
+SHARED_EXPERIMENT_OPTIONS = {"seeds": frozenset({"continual", "pathnet"}),  # in the continual group, read by both
+                             "workers": frozenset({"ranking", "nao_wpl"})}  # in the ranking group, read by both
 
 
 def options_read_only_by() -> dict[str, frozenset[str]]:

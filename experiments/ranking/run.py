@@ -14,7 +14,6 @@ regulariser, so a difference in ranking comes from the sharing, not from another
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -24,28 +23,16 @@ from typing import Any
 import numpy as np
 
 from modes import builders
-import config
-from engine import scheduled_lr
+from experiments.search_unit import build_trainer, search_epoch, unit_args
 from spaces.rnn32 import all_cells, cell_id
 from models.rnn_arch import RNNArch
 from spaces.base import pick
-from regularizers.search_importance import build_search_regularizer
-from regularizers.wpl_search import WPLSearchConfig
-from samplers import SAMPLERS
 from samplers.base import best_of
 from trainer import Trainer, TrainerConfig
 from utils import seed_everything
 from experiments.workers import unit_device
 
 log = logging.getLogger("wpl")
-
-
-def unit_args(options: dict[str, Any], seed: int) -> argparse.Namespace:
-    """The search's full option set: today's defaults, then the unit's ``options``, then its seed."""
-    args = config.build_parser().parse_args([])
-    values = {**vars(args), **options, "random_seed": seed, "network_type": "rnn32", "num_gpu": 0}
-    values["shared_rnn_activations"] = list(values["shared_rnn_activations"])
-    return argparse.Namespace(**values)
 
 
 class FixedSampler:
@@ -77,17 +64,6 @@ class FixedSampler:
         pass
 
 
-def _epoch(trainer: Trainer, epoch: int, max_epoch: int, measure_forgetting: bool) -> dict[str, Any]:
-    """One epoch of the search loop without its derive step: shared phase, then the sampler's."""
-    if trainer.reg is not None:
-        trainer.reg.begin_epoch(epoch)
-    trainer.step.set_lr(scheduled_lr(trainer.spec, epoch, max_epoch))
-    record = trainer.shared_phase(epoch, trainer.cfg.shared_max_step, measure_forgetting)
-    if trainer.sampler.active(epoch):
-        record.update(trainer.sampler.learn(epoch))
-    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-
-
 def train_alone(cell: str, seed: int, options: dict[str, Any]) -> dict[str, Any]:
     """Ground truth: cell ``cell`` (an id ``c00``..``c31``) trained alone; valid and test perplexity."""
     args = unit_args(options, seed)
@@ -97,7 +73,7 @@ def train_alone(cell: str, seed: int, options: dict[str, Any]) -> dict[str, Any]
     trainer = Trainer(space, FixedSampler(arch), None, pick(TrainerConfig, args), None, vars(args))  # type: ignore[arg-type]
     curve = []
     for epoch in range(args.max_epoch):
-        curve.append(_epoch(trainer, epoch, args.max_epoch, measure_forgetting=False).get("shared_ce", math.nan))
+        curve.append(search_epoch(trainer, epoch, args.max_epoch, measure_forgetting=False).get("shared_ce", math.nan))
     valid, test = space.evaluate(arch, "valid"), space.evaluate(arch, "test")
     return {"cell": cell, "arch": arch.to_dict(), "seed": seed, "valid_ppl": valid["valid_ppl"],
             "test_ppl": test["test_ppl"], "train_ce": curve}
@@ -113,19 +89,11 @@ def search_and_rank(sampler: str, importance: str, seed: int, options: dict[str,
     args = unit_args({**options, "sampler": sampler}, seed)
     if importance == "none":
         args.alpha_fisher = 0.0
-    else:
-        args.wpl_importance = importance
-    seed_everything(seed)
-    device = unit_device()
-    space = builders.build_space(args, device)
-    sampler_cls = SAMPLERS[sampler]
-    search = sampler_cls.build(space, pick(sampler_cls.Config, args), device, None)
-    reg = build_search_regularizer(space.wpl_groups(), pick(WPLSearchConfig, args)) if importance != "none" else None
-    trainer = Trainer(space, search, reg, pick(TrainerConfig, args), None, vars(args))
+    trainer = build_trainer(args, importance != "none", importance)
     epochs: list[dict[str, Any]] = []
     for epoch in range(args.max_epoch):
         start = time.time()
-        record = _epoch(trainer, epoch, args.max_epoch, measure_forgetting=True)
+        record = search_epoch(trainer, epoch, args.max_epoch, measure_forgetting=True)
         trained = time.time()
         ppl = score_cells(trainer)
         epochs.append({"epoch": epoch, "valid_ppl": ppl, "train_s": trained - start, "eval_s": time.time() - trained,
