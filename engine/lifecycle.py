@@ -153,11 +153,12 @@ def held_results(run: RunDir, results: tuple[str, ...] = ()) -> list[str]:
 
 def folder_kind(run: RunDir) -> str | None:
     """Which loop wrote the folder, read off its files (a checkpoint may be gone): ``retrain`` (arch.json),
-    ``ranking`` (ranking.json), ``continual``/``pathnet`` (their results), ``search`` (params.json with a run id)."""
+    ``ranking`` / ``nao_wpl`` (their plans), ``continual``/``pathnet`` (their results), ``search`` (params.json with a run id)."""
     if (run.path / "arch.json").is_file():
         return "retrain"
-    if (run.path / "ranking.json").is_file():
-        return "ranking"
+    for kind in ("ranking", "nao_wpl"):  # the ledger protocols' plans
+        if (run.path / f"{kind}.json").is_file():
+            return kind
     for kind in ("continual", "pathnet"):
         if (run.path / f"{kind}_results.json").is_file():
             return kind

@@ -136,3 +136,18 @@ def test_a_diverged_seed_is_left_out_of_the_paired_figures_and_counted() -> None
     assert entry["paired"]["valid_ppl"]["mean"] == pytest.approx(((700 - 801) + (650 - 803)) / 2)
     assert entry["variants"]["nao_wpl"]["diverged"] == [2]
     assert "dropout 0: [2]" in report.markdown({"dropouts": {"0": entry}})
+
+
+@pytest.mark.parametrize("size", sorted(protocol.SIZES))
+def test_every_size_names_only_existing_options_and_a_valid_pool(size: str) -> None:
+    import config
+    from samplers.nao import NAOConfig, check_config
+    from spaces.base import pick
+    from experiments.search_unit import unit_args
+
+    known = set(vars(config.build_parser().parse_args([])))
+    table = protocol.SIZES[size]
+    assert set(table) - known == set(protocol.PROTOCOL_KEYS) & set(table)
+    args = unit_args({k: v for k, v in table.items() if k not in protocol.PROTOCOL_KEYS}, 1, network_type="rnn")
+    check_config(pick(NAOConfig, args))
+    assert table["alpha_fisher"] > 0 and table["num_batch_per_iter"] >= 2  # WPL's penalty needs a second batch

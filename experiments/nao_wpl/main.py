@@ -17,9 +17,9 @@ from typing import Any
 from engine import lifecycle
 from engine.lifecycle import Opening
 from experiments.nao_wpl import protocol, report
+from experiments.protocol_files import bind_plan
 from experiments.workers import default_workers, read_ledger, run_units, unit_devices
-from options.safe_io import read_json
-from utils import UserError, save_json
+from utils import UserError
 
 log = logging.getLogger("wpl")
 LEDGER = "units.jsonl"
@@ -40,19 +40,7 @@ def open_run(args: argparse.Namespace, plan: dict[str, Any]) -> tuple[Opening, d
     with lifecycle.open_run(lifecycle.run_path(args.log_dir, "nao_wpl", args.comment), "nao_wpl", args.resume,
                             prefix="nao_wpl", results=(LEDGER, PLAN), use_tensorboard=False,
                             checkpointed=False) as opening:
-        run = opening.run
-        saved_path = run.path / PLAN
-        if not saved_path.is_file() and any(run.path.iterdir()):
-            raise UserError(f"{run.path} holds files of another kind of run: nothing is rewritten; pass another --comment")
-        if saved_path.is_file():
-            saved = read_json(saved_path, "nao_wpl protocol")
-            changed = ([k for k in plan if k not in GROWABLE and saved.get(k) != plan[k]]
-                       if isinstance(saved, dict) else [PLAN])
-            if changed:
-                raise UserError(f"{run.path} was started with other {', '.join(changed)}: a resume continues the same "
-                                f"protocol (more dropouts or seeds may be added); pass its options again, or another --comment")
-            plan = {**plan, **{k: saved[k] + [v for v in plan[k] if v not in saved[k]] for k in GROWABLE}}
-        save_json(saved_path, plan)
+        plan = bind_plan(opening.run, PLAN, plan, GROWABLE, "dropouts or seeds", (LEDGER,))
         opening.commit()
     return opening, plan
 

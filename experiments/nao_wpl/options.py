@@ -10,14 +10,15 @@ from typing import Any
 
 from options.parsing import choice, str_list
 
-SIZES = ("small", "tiny")  # experiments.nao_wpl.protocol.SIZES (a test keeps them equal)
+SIZES = ("small", "paper", "tiny")  # experiments.nao_wpl.protocol.SIZES (a test keeps them equal)
 DEFAULT_DROPOUTS = ["0", "0.5"]
 
 
 def add(p: Any) -> None:
     g = p.group("nao_wpl", "--mode=nao_wpl: NAO vs NAO + WPL, paired seeds, per output dropout (docs/nao.md)", tier=1)
     g.add_argument("--nao_wpl_size", type=choice(*SIZES), default="small",
-                   help="budget of every search: small (CPU scale, width 64, a round every epoch) or tiny (tests)")
+                   help="budget of every search: small (CPU scale, width 64, a round every epoch), paper (GPU: width 1000, "
+                        "300 epochs, NAO-WS's pool) or tiny (tests)")
     g.add_argument("--nao_wpl_dropouts", type=str_list, default=DEFAULT_DROPOUTS,
                    help="output dropouts (--shared_dropout) compared, each in [0, 1) (the paper: 0,0.25,0.5,0.75)")
     g.add_argument("--nao_wpl_seeds", type=int, default=5, help="paired seeds per dropout (--random_seed, +1, ...)")

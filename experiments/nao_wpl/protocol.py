@@ -15,6 +15,7 @@ and the same batches (the paired design); they differ only by the penalty.
   that the 20 units of 5 seeds x 2 dropouts x 2 variants fit about 80 minutes on the share of one core a
   job gets on this project's loaded 2-core machine (a pilot unit at 1.5 x this budget took 5.5 minutes
   there; each unit's time is in its ledger line).
+* ``paper``: the paper-size run for a GPU (docs/nao.md has the estimate of its time; not run here).
 * ``tiny``: a few batches at width 8, for the tests and a first look on any corpus.
 """
 
@@ -35,6 +36,14 @@ SIZES: dict[str, dict[str, Any]] = {
               "shared_rnn_max_length": 35, "shared_max_step": 8, "num_batch_per_iter": 2, "max_epoch": 5,
               "forgetting_eval_batches": 2, "nao_pool": 16, "nao_top_k": 2, "nao_new": 5, "nao_random": 1,
               "nao_controller_epochs": 50},
+    # The paper-size run (docs/nao.md: a GPU estimate, not run): the paper's RNN search command's model and
+    # schedule (width 1000, 12 nodes, 60 shared steps x 7 batches, WPL from epoch 5), 300 epochs as the paper's NAO
+    # figure, NAO-WS's pool schedule with its 5 rounds of 1000 epochs spread over 300 (a round every 60), and
+    # the pool's best scored every 10 epochs (re-measuring a pool of 1000 costs about a shared epoch).
+    "paper": {**COMMON, "start_using_fisher": 5, "num_blocks": 12, "shared_embed": 1000, "shared_hid": 1000,
+              "batch_size": 64, "shared_rnn_max_length": 35, "shared_max_step": 60, "num_batch_per_iter": 7,
+              "max_epoch": 300, "forgetting_eval_batches": 4, "nao_pool": 1000, "nao_top_k": 100, "nao_new": 300,
+              "nao_random": 50, "nao_controller_epochs": 1000, "nao_round_every": 60, "score_every": 10},
     "tiny": {**COMMON, "num_blocks": 3, "shared_embed": 8, "shared_hid": 8, "batch_size": 4, "test_batch_size": 4,
              "shared_rnn_max_length": 5, "shared_max_step": 2, "num_batch_per_iter": 2, "max_epoch": 2,
              "forgetting_eval_batches": 1, "nao_pool": 6, "nao_top_k": 2, "nao_new": 2, "nao_random": 1,
@@ -44,6 +53,10 @@ SIZES: dict[str, dict[str, Any]] = {
 # final valid perplexity after 300 epochs per output dropout.
 PAPER_FINAL_PPL = {0.0: {"nao": 265, "nao_wpl": 205}, 0.25: {"nao": 290, "nao_wpl": 195},
                    0.5: {"nao": 300, "nao_wpl": 205}, 0.75: {"nao": 340, "nao_wpl": 230}}
+
+
+# The protocol's own keys in a size's table (the rest are search options).
+PROTOCOL_KEYS = ("score_every",)
 
 
 def options_for(size: str, args: Any) -> dict[str, Any]:

@@ -21,8 +21,7 @@ import numpy as np
 from analysis import plots, tables
 from analysis.stats import detectable_effect, mean_ci, paired_tests
 from experiments.nao_wpl.protocol import PAPER_FINAL_PPL, VARIANTS
-from experiments.ranking.report import strict
-from utils import atomic_write_bytes, save_json
+from experiments.protocol_files import write_report
 
 LABELS = {"nao": "NAO", "nao_wpl": "NAO + WPL"}
 
@@ -128,9 +127,9 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     colours = {"nao": "tab:blue", "nao_wpl": "tab:red"}
     for col, (dropout, entry) in enumerate(dropouts):
         for variant, v in entry["variants"].items():
-            x = list(range(1, len(v["per_epoch"]) + 1))
             for row, metric in enumerate(("valid_ppl", "diff")):
-                rows = [e[metric] for e in v["per_epoch"]]
+                scored = [(k + 1, e[metric]) for k, e in enumerate(v["per_epoch"]) if e[metric]["n"] > 0]
+                x, rows = [k for k, _ in scored], [r for _, r in scored]
                 plots.band(axes[row][col], x, [r["mean"] for r in rows],
                            [r["mean"] - r["lo"] if r["n"] > 1 else 0.0 for r in rows], color=colours[variant],
                            style="-o", label=f"{LABELS[variant]} (n={len(v['seeds'])})")
@@ -144,10 +143,4 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 def write(folder: Path, results: dict[str, Any]) -> dict[str, Any]:
     """``nao_wpl_results.json``, ``nao_wpl.md`` and ``nao_wpl.png`` in ``folder``."""
-    text = markdown(results)
-    save_json(folder / "nao_wpl_results.json", strict(results))
-    atomic_write_bytes(folder / "nao_wpl.md", lambda f: f.write(text.encode()))
-    plot(results, folder / "nao_wpl.png")
-    print(text)
-    print(f"written: {folder / 'nao_wpl_results.json'}, {folder / 'nao_wpl.md'}, {folder / 'nao_wpl.png'}")
-    return results
+    return write_report(folder, "nao_wpl", results, markdown(results), plot)

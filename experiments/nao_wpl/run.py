@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from engine.guard import NonFiniteLoss
+from experiments.nao_wpl.protocol import PROTOCOL_KEYS
 from experiments.search_unit import build_trainer, search_epoch, unit_args
 from trainer import Trainer
 
@@ -30,21 +31,27 @@ def _finite(value: float) -> float | None:
 
 def build(variant: str, dropout: float, seed: int, options: dict[str, Any]) -> Trainer:
     """The unit's search, not yet trained (the tests compare the two variants' starting weights)."""
-    args = unit_args({**options, "shared_dropout": dropout}, seed, network_type="rnn")
+    search_options = {k: v for k, v in options.items() if k not in PROTOCOL_KEYS}
+    args = unit_args({**search_options, "shared_dropout": dropout}, seed, network_type="rnn")
     if variant == "nao":
         args.alpha_fisher = 0.0
     return build_trainer(args, regularised=variant == "nao_wpl")
 
 
 def search(variant: str, dropout: float, seed: int, options: dict[str, Any]) -> dict[str, Any]:
-    """Train, and after every epoch's controller round score the pool's best on the validation split."""
+    """Train, and after each epoch's controller round (every ``score_every``-th epoch and the last; every epoch at
+    the CPU sizes) score the pool's best on the validation split."""
     trainer = build(variant, dropout, seed, options)
-    max_epoch = int(options["max_epoch"])
+    max_epoch, every = int(options["max_epoch"]), int(options.get("score_every", 1))
     epochs: list[dict[str, Any]] = []
     for epoch in range(max_epoch):
         start = time.time()
         try:
             record = search_epoch(trainer, epoch, max_epoch, measure_forgetting=True)
+            if (epoch + 1) % every and epoch + 1 < max_epoch:  # not scored this epoch (the paper size)
+                epochs.append({"epoch": epoch, "train_s": round(time.time() - start, 2),
+                               **{k: record[k] for k in KEPT if k in record}})
+                continue
             arch, error = trainer.derive(1)
         except NonFiniteLoss as err:  # every pool member non-finite: the shared model diverged
             log.warning("%s dropout %g seed %d: diverged at epoch %d (%s)", variant, dropout, seed, epoch, err)

@@ -17,25 +17,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from experiments.protocol_files import bind_plan
 from experiments.ranking import protocol, report
 from experiments.workers import default_workers, run_units, unit_devices
 from engine import lifecycle
 from engine.lifecycle import Opening
 from engine.runlog import RunDir
-from options.safe_io import read_json
 from utils import UserError, save_json
 
 log = logging.getLogger("wpl")
 LEDGERS = ("truth.jsonl", "search.jsonl")
 GROWABLE = ("variants", "seeds", "truth_seeds")  # a resume may add to these: every unit stands alone
-
-
-def _continues(key: str, saved: Any, asked: Any) -> bool:
-    """Whether a resume asking for ``asked`` continues a run saved with ``saved``: the same options, while the
-    variants and seeds may change (each unit stands alone: finished ones are kept and none is run twice)."""
-    if key in GROWABLE and isinstance(saved, list) and isinstance(asked, list):
-        return True
-    return bool(saved == asked)
 
 
 def describe(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,19 +44,7 @@ def open_run(args: argparse.Namespace, plan: dict[str, Any]) -> Opening:
     with lifecycle.open_run(lifecycle.run_path(args.log_dir, "ranking", args.comment), "ranking", args.resume,
                             prefix="ranking", results=(*LEDGERS, "ranking.json"), use_tensorboard=False,
                             checkpointed=False) as opening:
-        run = opening.run
-        saved_path = run.path / "ranking.json"
-        held = [name for name in (*LEDGERS, "ranking.json") if (run.path / name).is_file()]
-        if not held and any(run.path.iterdir()):
-            raise UserError(f"{run.path} holds files of another kind of run: nothing is rewritten; pass another --comment")
-        if saved_path.is_file():
-            saved = read_json(saved_path, "ranking protocol")
-            changed = [k for k in plan if not _continues(k, saved.get(k), plan[k])] if isinstance(saved, dict) else ["ranking.json"]
-            if changed:
-                raise UserError(f"{run.path} was started with other {', '.join(changed)}: a resume continues the same "
-                                f"protocol (more variants or seeds may be added); pass its options again, or another --comment")
-            plan = {**plan, **{k: saved[k] + [v for v in plan[k] if v not in saved[k]] for k in GROWABLE}}
-        save_json(saved_path, plan)
+        bind_plan(opening.run, "ranking.json", plan, GROWABLE, "variants or seeds", LEDGERS)
         opening.commit()
     return opening
 

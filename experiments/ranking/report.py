@@ -25,8 +25,8 @@ from analysis.stats import (
     rank_agreement,
     top_k_regret,
 )
+from experiments.protocol_files import write_report
 from experiments.ranking.protocol import truth_matrix
-from utils import atomic_write_bytes, save_json
 
 METRICS = ("tau", "rho", "regret1", "regret5", "diff", "stability")
 
@@ -154,22 +154,5 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def strict(obj: Any) -> Any:
-    """``obj`` with every non-finite float as ``None`` (strict JSON: NaN is not a JSON value)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    return obj
-
-
 def write(folder: Path, results: dict[str, Any]) -> dict[str, Any]:
-    text = markdown(results)
-    save_json(folder / "ranking_results.json", strict(results))
-    atomic_write_bytes(folder / "ranking.md", lambda f: f.write(text.encode()))
-    plot(results, folder / "ranking.png")
-    print(text)
-    print(f"written: {folder / 'ranking_results.json'}, {folder / 'ranking.md'}, {folder / 'ranking.png'}")
-    return results
+    return write_report(folder, "ranking", results, markdown(results), plot)
