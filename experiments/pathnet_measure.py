@@ -1,7 +1,8 @@
 """PathNet's two styles measured: generations to the threshold, from scratch and with transfer, paired.
 
     python -m experiments.pathnet_measure --data_dir=../shared/data [--styles=tf,paper] [--seeds=10]
-        [--pairs=1v3,1v2+1v2,1v3+4v5,6v7+6v7,4v5] [--ledger=FILE] [--out=DIR] [--report_only] [-- OPTIONS]
+        [--pairs=1v3,1v2+1v2,1v3+4v5,6v7+6v7,4v5] [--ledger=FILE] [--out=DIR] [--workers=1] [--report_only]
+        [-- OPTIONS]
 
 One unit is (style, pair, seed): task A evolved, then B evolved twice on the same batches, from a
 fresh network (``scratch``) and with A's path frozen (``pathnet``), exactly as ``--mode=pathnet
@@ -154,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--ledger", default="logs/pathnet_measure/ledger.jsonl")
     p.add_argument("--out", default="results/pathnet")
+    p.add_argument("--workers", type=int, default=1, help="units side by side, each single-threaded (records unchanged)")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("extra", nargs="*", help="options added to every unit's command line (after --)")
     args = p.parse_args(argv)
@@ -163,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ledger, out = Path(args.ledger), Path(args.out)
             if not args.report_only:
                 run_units(units(args.styles.split(","), args.pairs.split("+"), args.seeds, args.data_dir, args.extra),
-                          ledger, workers=1, desc="pathnet units")
+                          ledger, workers=args.workers, desc="pathnet units")
             print(report(ledger, out))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
