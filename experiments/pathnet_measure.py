@@ -40,8 +40,10 @@ TF_REPORTED: dict[str, tuple[float, float]] = {
 }
 
 
-def measure_unit(style: str, pair: str, seed: int, data_dir: str, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """One (style, pair, seed): A, then B from scratch and with A's path frozen (histories left out)."""
+def measure_unit(style: str, pair: str, seed: int, data_dir: str, extra: Sequence[str] = (),
+                 variants: Sequence[str] = ("scratch", "pathnet")) -> dict[str, Any]:
+    """One (style, pair, seed): A, then B from scratch and with A's path frozen (histories left out);
+    the ablation (experiments/pathnet_ablation.py) asks for more ``variants`` of the same seed."""
     import config
     from experiments.pathnet_transfer import binary_tasks, parse_pairs, run_pair
     from modes.pathnet import pathnet_configs
@@ -51,7 +53,7 @@ def measure_unit(style: str, pair: str, seed: int, data_dir: str, extra: Sequenc
     net, evolution = pathnet_configs(args)
     (a, b), = parse_pairs(pair)
     tasks = binary_tasks(data_dir, [a, b], raw=evolution.data == "tf")
-    result = run_pair(tasks, (a, b), seed, ["scratch", "pathnet"], net, evolution)
+    result = run_pair(tasks, (a, b), seed, list(variants), net, evolution)
     for evo in [result["A"], *result["variants"].values()]:
         evo.pop("history")
     return {"style": style, **result}
