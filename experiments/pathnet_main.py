@@ -19,7 +19,7 @@ from tqdm import tqdm
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
 from engine import stamp
 from experiments.pathnet import EvolutionConfig
-from experiments.pathnet_transfer import NetConfig, binary_tasks, parse_pairs, run_pair
+from experiments.pathnet_transfer import VARIANTS, NetConfig, binary_tasks, parse_pairs, run_pair
 from models.pathnet import Path as NetPath
 from engine.lifecycle import open_run
 from engine.runlog import RunDir
@@ -91,9 +91,9 @@ def plot(runs: Sequence[dict[str, Any]], variants: Sequence[str], path: Path) ->
 def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequence[str], seeds: Sequence[int],
                 net_cfg: NetConfig, cfg: EvolutionConfig, resume: bool, use_tensorboard: bool) -> dict[str, Any]:
     pairs = parse_pairs(tasks_text)
-    unknown = sorted(set(variants) - {"pathnet", "scratch", "finetune", "wpl"})
+    unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:
-        raise UserError(f"--pathnet_variants: unknown {', '.join(unknown) or '(none given)'} (pathnet, scratch, finetune, wpl)")
+        raise UserError(f"--pathnet_variants: unknown {', '.join(unknown) or '(none given)'} ({', '.join(VARIANTS)})")
     config = {"tasks": tasks_text, "variants": list(variants), "seeds": list(seeds), "net": asdict(net_cfg),
               "evolution": asdict(cfg)}
     with open_run(run_path, "pathnet", resume, prefix="pathnet", results=RESULTS,

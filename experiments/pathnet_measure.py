@@ -1,7 +1,8 @@
 """PathNet's two styles measured: generations to the threshold, from scratch and with transfer, paired.
 
     python -m experiments.pathnet_measure --data_dir=../shared/data [--styles=tf,paper] [--seeds=10]
-        [--pairs=1v3,1v2+1v2,1v3+4v5,6v7+6v7,4v5] [--ledger=FILE] [--out=DIR] [--report_only] [-- OPTIONS]
+        [--pairs=1v3,1v2+1v2,1v3+4v5,6v7+6v7,4v5] [--ledger=FILE] [--out=DIR] [--workers=1] [--report_only]
+        [-- OPTIONS]
 
 One unit is (style, pair, seed): task A evolved, then B evolved twice on the same batches, from a
 fresh network (``scratch``) and with A's path frozen (``pathnet``), exactly as ``--mode=pathnet
@@ -39,8 +40,10 @@ TF_REPORTED: dict[str, tuple[float, float]] = {
 }
 
 
-def measure_unit(style: str, pair: str, seed: int, data_dir: str, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """One (style, pair, seed): A, then B from scratch and with A's path frozen (histories left out)."""
+def measure_unit(style: str, pair: str, seed: int, data_dir: str, extra: Sequence[str] = (),
+                 variants: Sequence[str] = ("scratch", "pathnet")) -> dict[str, Any]:
+    """One (style, pair, seed): A, then B from scratch and with A's path frozen (histories left out);
+    the ablation (experiments/pathnet_ablation.py) asks for more ``variants`` of the same seed."""
     import config
     from experiments.pathnet_transfer import binary_tasks, parse_pairs, run_pair
     from modes.pathnet import pathnet_configs
@@ -50,7 +53,7 @@ def measure_unit(style: str, pair: str, seed: int, data_dir: str, extra: Sequenc
     net, evolution = pathnet_configs(args)
     (a, b), = parse_pairs(pair)
     tasks = binary_tasks(data_dir, [a, b], raw=evolution.data == "tf")
-    result = run_pair(tasks, (a, b), seed, ["scratch", "pathnet"], net, evolution)
+    result = run_pair(tasks, (a, b), seed, list(variants), net, evolution)
     for evo in [result["A"], *result["variants"].values()]:
         evo.pop("history")
     return {"style": style, **result}
@@ -154,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--ledger", default="logs/pathnet_measure/ledger.jsonl")
     p.add_argument("--out", default="results/pathnet")
+    p.add_argument("--workers", type=int, default=1, help="units side by side, each single-threaded (records unchanged)")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("extra", nargs="*", help="options added to every unit's command line (after --)")
     args = p.parse_args(argv)
@@ -163,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ledger, out = Path(args.ledger), Path(args.out)
             if not args.report_only:
                 run_units(units(args.styles.split(","), args.pairs.split("+"), args.seeds, args.data_dir, args.extra),
-                          ledger, workers=1, desc="pathnet units")
+                          ledger, workers=args.workers, desc="pathnet units")
             print(report(ledger, out))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

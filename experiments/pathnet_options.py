@@ -19,7 +19,9 @@ def add(p: Any) -> None:
                    help="task pair A,B as digit pairs (several pairs joined by +, e.g. 1v3,1v2+4v5,6v7)")
     g.add_argument("--pathnet_variants", type=str_list, default=["scratch", "pathnet", "finetune", "wpl"],
                    help="how B is learned: scratch (fresh network), pathnet (A's path frozen, the rest re-initialised), "
-                        "finetune (A's network, nothing frozen), wpl (A's path protected by WPL instead of frozen)")
+                        "finetune (A's network, nothing frozen), wpl (A's path protected by WPL instead of frozen); ablation "
+                        "arms: keep (as pathnet, the rest keeps A's weights), pathnet_active (as pathnet, A's path "
+                        "runs beside every path of B)")
     g.add_argument("--pathnet_style", type=choice(*presets.PATHNET_STYLES), default="paper",
                    help="paper: the paper's network and tournament; tf: the public TF code's (jaesik817/pathnet: "
                         "population 20, skip/ReLU/residual modules averaged over M, fixed noise, 99%% threshold, ...); "

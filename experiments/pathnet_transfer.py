@@ -8,7 +8,10 @@ evolved with
 * ``finetune``: A's network as it is, nothing frozen;
 * ``wpl``: like ``pathnet`` but A's path protected softly by the WPL penalty
   ``alpha/2 * sum F (theta - theta_A)^2`` with ``F`` the squared minibatch gradients of A's loss on
-  its path (WPL's importance) instead of frozen.
+  its path (WPL's importance) instead of frozen;
+* two ablation arms (experiments/pathnet_ablation.py), each one change to ``pathnet``: ``keep`` (the
+  modules off A's path keep A's trained weights instead of being re-initialised: not the paper's) and
+  ``pathnet_active`` (A's frozen path runs beside every path of B, as the TF code does, whatever the style).
 
 Every variant of a seed starts B from the same re-initialised modules and sees the same batches and
 noise (one generator seeded by ``(seed, B)``), so the generations to converge are paired. With the TF
@@ -32,7 +35,9 @@ from models.pathnet import Path, PathNet
 from regularizers.base import Regularizer
 from utils import UserError
 
-VARIANTS = ("pathnet", "scratch", "finetune", "wpl")
+VARIANTS = ("pathnet", "scratch", "finetune", "wpl", "keep", "pathnet_active")
+FROZEN = ("pathnet", "keep", "pathnet_active")  # A's path frozen; every variant but these two re-initialises the rest
+FRESH_REST = ("pathnet", "wpl", "pathnet_active")  # the modules off A's path re-initialised as a fresh network has them
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,24 @@ def fisher_on_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: E
     return sums
 
 
+def start_of_b(variant: str, net_a: PathNet, fresh: PathNet, path_a: Path, frozen_active: bool) -> tuple[PathNet, Path | None]:
+    """The network B starts from under ``variant`` (a copy; B's head not yet reset) and the modules that run
+    beside every path of B (A's path, where A's frozen path is active; else None)."""
+    if variant not in VARIANTS:
+        raise UserError(f"--pathnet_variants: unknown {variant!r} (known: {', '.join(VARIANTS)})")
+    net = copy.deepcopy(fresh if variant == "scratch" else net_a)
+    if variant in FRESH_REST:
+        others = ~net_a.mask(path_a)
+        with torch.no_grad():
+            for l in range(net.num_layers):
+                net.weights[l][others[l]] = fresh.weights[l][others[l]]
+                net.biases[l][others[l]] = fresh.biases[l][others[l]]
+    if variant in FROZEN:
+        net.freeze(path_a)
+    active = variant == "pathnet_active" or (frozen_active and variant in ("pathnet", "wpl", "keep"))
+    return net, path_a if active else None
+
+
 def run_pair(tasks: dict[str, BinaryTask], pair: tuple[str, str], seed: int, variants: Sequence[str], net_cfg: NetConfig,
              cfg: EvolutionConfig,
              on_generation: Callable[[str, int, float], None] | None = None) -> dict[str, Any]:
@@ -133,32 +156,18 @@ def run_pair(tasks: dict[str, BinaryTask], pair: tuple[str, str], seed: int, var
     path_a = Path.from_dict(evo_a.best_path, net_cfg.layers, net_cfg.modules)  # type: ignore[arg-type]
     out: dict[str, Any] = {"seed": seed, "pair": f"{a_name}->{b_name}", "A": _evolution(evo_a),
                            "A_test_accuracy": accuracy(net_a, path_a, 0, a), "variants": {}}
-    others = ~net_a.mask(path_a)
     fresh = net_cfg.network(inputs)
-    fresh.reset_modules(torch.ones_like(others), seeded(seed, 4))
+    fresh.reset_modules(torch.ones(net_cfg.layers, net_cfg.modules, dtype=torch.bool), seeded(seed, 4))
     for variant in variants:
-        net = copy.deepcopy(net_a)
+        net, always = start_of_b(variant, net_a, fresh, path_a, net_cfg.frozen_active)
         reg = None
-        if variant == "scratch":
-            net = copy.deepcopy(fresh)
-        elif variant in ("pathnet", "wpl"):  # the modules off A's path as a fresh network has them
-            with torch.no_grad():
-                for l in range(net.num_layers):
-                    rows = others[l]
-                    net.weights[l][rows] = fresh.weights[l][rows]
-                    net.biases[l][rows] = fresh.biases[l][rows]
-            if variant == "pathnet":
-                net.freeze(path_a)
-            else:
-                reg = Regularizer(net.groups(), net_cfg.wpl_alpha)
-                importance = fisher_on_path(net, path_a, 0, a, cfg, net_cfg.fisher_batches, seeded(seed, 5))
-                for name, values in importance.items():
-                    reg.set_importance(name, values)
-                reg.refresh_anchors()
-        elif variant != "finetune":
-            raise UserError(f"--pathnet_variants: unknown {variant!r} (known: {', '.join(VARIANTS)})")
+        if variant == "wpl":
+            reg = Regularizer(net.groups(), net_cfg.wpl_alpha)
+            importance = fisher_on_path(net, path_a, 0, a, cfg, net_cfg.fisher_batches, seeded(seed, 5))
+            for name, values in importance.items():
+                reg.set_importance(name, values)
+            reg.refresh_anchors()
         net.reset_head(1, seeded(seed, 6))
-        always = path_a if net_cfg.frozen_active and variant in ("pathnet", "wpl") else None
         evo_b = evolve(net, 1, b, cfg, seeded(seed, 7), net_cfg.active, reg, always, on_generation=report(variant))
         path_b = Path.from_dict(evo_b.best_path, net_cfg.layers, net_cfg.modules)  # type: ignore[arg-type]
         run_b = path_b.union(always) if always is not None else path_b
