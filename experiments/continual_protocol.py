@@ -20,16 +20,13 @@ in full in the unit's keyword arguments: the ledger says what each line was run 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from experiments.workers import Unit, run_units
-from utils import UserError
+from experiments.workers import Unit, protocol_cli, run_units
 
-log = logging.getLogger("wpl")
 BASE_SEED = 12345  # --random_seed's default: seed k of the protocol is BASE_SEED + k
 STRATEGIES = "none,ewc,online_ewc,si,mas,wpl"
 
@@ -77,7 +74,6 @@ def run_unit(benchmark: str, scenario: str, data_dir: str, sequence_seed: int, c
 
 def main(argv: Sequence[str] | None = None) -> int:
     from experiments.continual_protocol_report import report
-    from options.safe_io import one_line_errors
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--protocol", default="vandeven2019")
@@ -91,18 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--report_only", action="store_true")
     p.add_argument("extra", nargs="*", help="options added to every unit's --mode=continual command line (after --)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        with one_line_errors():  # a bad option, an unreadable or mismatched ledger: one line
-            ledger = Path(args.ledger or f"{args.out}/{args.protocol}_{args.scenario}.jsonl")
-            if not args.report_only:
-                run_units(units(args.protocol, args.scenario, args.strategies.split(","), args.seeds, args.data_dir,
-                                args.extra), ledger, workers=args.workers, desc="continual units")
-            print(report(ledger, Path(args.out), args.protocol))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    def body() -> str:
+        ledger = Path(args.ledger or f"{args.out}/{args.protocol}_{args.scenario}.jsonl")
+        if not args.report_only:
+            run_units(units(args.protocol, args.scenario, args.strategies.split(","), args.seeds, args.data_dir,
+                            args.extra), ledger, workers=args.workers, desc="continual units")
+        return report(ledger, Path(args.out), args.protocol)
+
+    return protocol_cli(body)
 
 
 if __name__ == "__main__":
