@@ -28,6 +28,7 @@ C = TypeVar("C")
 PRESETS = presets.PRESETS  # --preset's choices (options/presets.py)
 NAO_SIZES = presets.NAO_SIZES  # --nao_size's choices
 PATHNET_STYLES = presets.PATHNET_STYLES  # --pathnet_style's choices
+CL_PROTOCOLS = presets.CL_PROTOCOLS  # --cl_protocol's choices
 LEGACY_VALUES = presets.LEGACY_VALUES  # what saved configurations that lack a key meant
 
 
@@ -259,9 +260,13 @@ def build_parser() -> StrictParser:
                    help="micro-CNN auxiliary classifier after the last reduction cell, loss weight; 0: off (DARTS)")
 
     g = p.group(
-        "continual", "--mode=continual: task sequences compared over paired seeds (docs/continual.md). Model, optimiser, "
-        "batch and iterations follow van de Ven & Tolias (2019), 'Three scenarios for continual learning', split MNIST: "
-        "MLP 2x400 ReLU, Adam lr 1e-3 betas (0.9, 0.999), batch 128, 2000 iterations per task. Strengths are not tuned.", tier=1)
+        "continual", "--mode=continual: task sequences compared over paired seeds (docs/continual.md). --cl_protocol sets a "
+        "published split-MNIST protocol (default: van de Ven & Tolias 2019, 'Three scenarios for continual learning': "
+        "MLP 2x400 ReLU, Adam lr 1e-3 betas (0.9, 0.999), batch 128, 2000 iterations per task) and each strength's "
+        "per-scenario default.", tier=1)
+    g.add_argument("--cl_protocol", type=choice(*CL_PROTOCOLS), default="vandeven2019",
+                   help="published protocol: iterations, batch, lr, widths, EWC's Fisher, and the per-scenario strengths "
+                        "(SCENARIO_STRENGTHS in regularizers/); options given explicitly win")
     g.add_argument("--benchmark", type=choice("split_mnist", "seq_mnist_0-2_3-5", "permuted_mnist", "split_cifar10", "folder"),
                    default="split_mnist", help="task sequence; the run is <log_dir>/<benchmark>_<comment>")
     g.add_argument("--scenario", type=choice("task", "domain", "class"), default="task",
@@ -277,16 +282,21 @@ def build_parser() -> StrictParser:
     g.add_argument("--cl_hidden", type=str, default="400,400", help="MLP hidden widths, comma-separated")
     g.add_argument("--cl_eval_every", type=int, default=100, help="iterations between test evaluations of every task")
     g.add_argument("--importance_samples", type=int, default=1000, help="training samples per task for EWC's Fisher and MAS")
-    g.add_argument("--ewc_lambda", type=float, default=5000.0, help="EWC strength lambda (lambda/2 sum F (theta - theta*)^2)")
-    g.add_argument("--ewc_fisher", type=choice("empirical", "true"), default="true", help="EWC: labels from the data or sampled from the model")
+    g.add_argument("--ewc_lambda", type=float, default=None,
+                   help="EWC strength lambda (lambda/2 sum F (theta - theta*)^2); default: the protocol's for the scenario")
+    g.add_argument("--ewc_fisher", type=choice("empirical", "true", "predicted"), default="predicted",
+                   help="EWC: labels from the data, sampled from the model, or the model's predicted class")
     g.add_argument("--ewc_per_task", type=b, default=True, help="EWC: one penalty per past task (else merged, anchored at the latest weights)")
-    g.add_argument("--online_ewc_lambda", type=float, default=5000.0, help="online EWC strength")
-    g.add_argument("--online_ewc_gamma", type=float, default=1.0, help="online EWC: decay of the running Fisher")
-    g.add_argument("--si_c", type=float, default=1.0, help="SI strength c (c sum Omega (theta - theta*)^2)")
+    g.add_argument("--online_ewc_lambda", type=float, default=None, help="online EWC strength; default: the protocol's")
+    g.add_argument("--online_ewc_gamma", type=float, default=None,
+                   help="online EWC: decay of the running Fisher; default: the protocol's")
+    g.add_argument("--si_c", type=float, default=None, help="SI strength c (c sum Omega (theta - theta*)^2); default: the protocol's")
     g.add_argument("--si_xi", type=float, default=0.1, help="SI damping xi (also the search's, --wpl_importance=si)")
-    g.add_argument("--mas_lambda", type=float, default=1.0, help="MAS strength lambda (lambda sum Omega (theta - theta*)^2)")
-    g.add_argument("--l2_lambda", type=float, default=1.0, help="L2 baseline strength")
-    g.add_argument("--wpl_alpha", type=float, default=1e5, help="WPL strength alpha (Fisher: moving average of squared batch gradients)")
+    g.add_argument("--mas_lambda", type=float, default=None,
+                   help="MAS strength lambda (lambda sum Omega (theta - theta*)^2); default: the protocol's")
+    g.add_argument("--l2_lambda", type=float, default=None, help="L2 baseline strength; default: the protocol's")
+    g.add_argument("--wpl_alpha", type=float, default=None,
+                   help="WPL strength alpha (Fisher: moving average of squared batch gradients); default: the protocol's")
     g.add_argument("--wpl_mode", type=choice("loss", "compound"), default="loss", help="WPL arithmetic (with --lambda_fisher, --momentum, --fisher_clip_by_norm)")
 
     pathnet_options.add(p)
@@ -330,7 +340,8 @@ def build_parser() -> StrictParser:
 
 def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
     """``args`` with the preset's value for every option of it that the command line did not give."""
-    for key, value in {**PRESETS[args.preset], **NAO_SIZES[args.nao_size], **PATHNET_STYLES[args.pathnet_style]}.items():
+    for key, value in {**PRESETS[args.preset], **NAO_SIZES[args.nao_size], **PATHNET_STYLES[args.pathnet_style],
+                       **CL_PROTOCOLS[args.cl_protocol]}.items():
         if key not in explicit:
             setattr(args, key, value)
     return args

@@ -44,6 +44,7 @@ class ContinualConfig:
     importance_samples: int = 1000
     strengths: dict[str, float] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: str = "vandeven2019"  # --cl_protocol: whose per-scenario strengths the defaults are
 
 
 def build_model(seq: TaskSequence, cfg: ContinualConfig, seed: int) -> MultiHeadNet:

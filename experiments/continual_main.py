@@ -84,6 +84,9 @@ def resumable_state(path: Path | None, state: dict[str, Any], wanted: dict[str, 
     if (not isinstance(state["records"], list) or not isinstance(state["runs"], dict)
             or not (current is None or isinstance(current, dict))):
         raise UserError(f"checkpoint {path} is incomplete (lacks or mangles records/runs/current)")
+    if "protocol" not in state["config"]:  # written before --cl_protocol: untuned strengths, another Fisher
+        raise UserError(f"{path} was written before --cl_protocol existed (other default strengths and EWC Fisher): "
+                        f"finish that run with the version that wrote it, or start a new one with another --comment")
     if state["config"] != wanted:
         differ = sorted(k for k in set(wanted) | set(state["config"]) if state["config"].get(k) != wanted.get(k))
         raise UserError(f"{path} was written with another configuration ({', '.join(differ[:4])} differ): "

@@ -193,6 +193,23 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
     return {key: done[key] for key in keys if key in done}
 
 
+def protocol_cli(body: Callable[[], str]) -> int:
+    """A protocol's command line around ``body`` (run the units, return the report): log lines with the time,
+    the report on stdout, and any error a user can fix as one ``error:`` line with exit status 2."""
+    import sys
+
+    from options.safe_io import one_line_errors
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        with one_line_errors():  # a bad option in a unit's command line, an unreadable ledger: one line
+            print(body())
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _run_serial(todo: list[Unit], device: str | None, finish: Callable[[Unit, dict[str, Any]], None]) -> None:
     """Every unit in this process, on ``device`` if one is given (this process's own setting restored after)."""
     before = os.environ.get(DEVICE_ENV)

@@ -59,6 +59,22 @@ PATHNET_STYLES: dict[str, dict[str, Any]] = {
     },
 }
 
+# --cl_protocol: a published split-MNIST protocol for --mode=continual (explicit options win). The options'
+# defaults are vandeven2019's row. Each regulariser's per-scenario strength is declared beside it
+# (SCENARIO_STRENGTHS in regularizers/*.py) and chosen by this name and --scenario; docs/continual.md cites both.
+# vandeven2019: van de Ven & Tolias 2019, "Three scenarios for continual learning" (arXiv:1904.07734), and its code
+#   (GMvandeVen/continual-learning, param_values.py at f0b1461e: iters 2000, lr 0.001, fc_units 400, batch 128;
+#   the Fisher from the predicted class). Adam betas (0.9, 0.999) and two hidden layers are fixed in ContinualConfig.
+# hsu2018: Hsu et al. 2018, "Re-evaluating continual learning scenarios" (arXiv:1810.12488), scripts
+#   split_MNIST_incremental_*.sh of GT-RIPL/Continual-Learning-Benchmark at dff5200c: MLP400, Adam lr 0.001,
+#   batch 128, --schedule 4 (4 epochs of about 12,000 images per task = about 375 batches; this loop draws
+#   batches, it does not run epochs), the Fisher from the predicted class (agents/regularization.py).
+CL_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "vandeven2019": {"cl_iters": 2000, "cl_batch_size": 128, "cl_lr": 1e-3, "cl_hidden": "400,400",
+                     "ewc_fisher": "predicted"},
+    "hsu2018": {"cl_iters": 375, "cl_batch_size": 128, "cl_lr": 1e-3, "cl_hidden": "400,400", "ewc_fisher": "predicted"},
+}
+
 # What a configuration saved before an option existed meant: a checkpoint or params.json that lacks
 # the key was written by code that behaved like this value (not like today's default).
 LEGACY_VALUES: dict[str, Any] = {

@@ -1,8 +1,9 @@
 """Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017) and online EWC (Schwarz et al., ICML 2018).
 
 At the end of task ``t`` a diagonal Fisher ``F_t`` is estimated from per-sample gradients of the
-log-likelihood: with the data's labels (``fisher="empirical"``) or with labels drawn from the
-model's predictive distribution (``fisher="true"``, the Fisher information proper).
+log-likelihood: with the data's labels (``fisher="empirical"``), with labels drawn from the
+model's predictive distribution (``fisher="true"``, the Fisher information proper) or with the model's
+predicted class (``fisher="predicted"``, what van de Ven & Tolias's and Hsu et al.'s code use).
 
 * ``ewc`` with ``per_task=True`` penalises ``lambda/2 * sum_t sum_i F_t,i (theta_i - theta*_t,i)^2``,
   one term per past task. The sum is kept as one quadratic: with ``F = sum_t F_t`` and
@@ -23,7 +24,27 @@ from torch import Tensor, nn
 from regularizers.base import Regularizer, TaskData
 from regularizers.importance import log_likelihood, mean_per_sample
 
-FISHERS = ("empirical", "true")
+FISHERS = ("empirical", "true", "predicted")
+FISHER_LABELS = {"empirical": "data", "true": "sampled", "predicted": "predicted"}  # importance.mean_per_sample's
+
+# Per-scenario strengths on split MNIST: protocol -> scenario -> values (modes/continual.py reads them when
+# --ewc_lambda / --online_ewc_lambda / --online_ewc_gamma are not given). The penalty here is lambda/2 sum F d^2.
+# vandeven2019: the values of van de Ven & Tolias's code for the paper (GMvandeVen/continual-learning,
+#   param_values.py at f0b1461e: ewc_lambda, o_lambda, gamma per scenario), whose EWC penalty is also
+#   lambda * 1/2 sum F d^2 with a Fisher of mean squared per-sample gradients: taken as they are.
+# hsu2018: Hsu et al.'s scripts (GT-RIPL/Continual-Learning-Benchmark, scripts/split_MNIST_incremental_*.sh at
+#   dff5200c, --reg_coef of EWC_mnist / EWC_online_mnist); their penalty is reg_coef * sum F d^2 (no 1/2),
+#   so lambda = 2 * reg_coef; their online EWC adds Fishers without decay (gamma 1).
+SCENARIO_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {
+    "vandeven2019": {"task": {"strength": 1e7}, "domain": {"strength": 1e6}, "class": {"strength": 1e8}},
+    "hsu2018": {"task": {"strength": 200.0}, "domain": {"strength": 200.0}, "class": {"strength": 1200.0}},
+}
+ONLINE_SCENARIO_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {
+    "vandeven2019": {"task": {"strength": 1e8, "gamma": 0.8}, "domain": {"strength": 1e8, "gamma": 0.7},
+                     "class": {"strength": 1e9, "gamma": 0.8}},
+    "hsu2018": {"task": {"strength": 800.0, "gamma": 1.0}, "domain": {"strength": 1400.0, "gamma": 1.0},
+                "class": {"strength": 200.0, "gamma": 1.0}},
+}
 
 
 class EWC(Regularizer):
@@ -41,7 +62,7 @@ class EWC(Regularizer):
     def task_fisher(self, task: TaskData) -> list[Tensor]:
         params = self.flat(self.params)
         return mean_per_sample(task, params, log_likelihood, "square", self.samples,
-                               sample_labels=self.fisher_kind == "true", seed=self.seed + self.tasks_seen)
+                               labels=FISHER_LABELS[self.fisher_kind], seed=self.seed + self.tasks_seen)
 
     @torch.no_grad()
     def end_task(self, task: TaskData) -> None:

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from regularizers.base import TaskData
 
 Score = Callable[[Tensor, Tensor], Tensor]  # (logits of one sample, its label) -> scalar
+LABELS = ("data", "sampled", "predicted")  # where mean_per_sample's labels come from
 
 
 def log_likelihood(logits: Tensor, label: Tensor) -> Tensor:
@@ -35,13 +36,16 @@ def mean_squared_output_norm(logits: Tensor) -> Tensor:
 
 
 def mean_per_sample(task: TaskData, params: Sequence[Tensor], score: Score, statistic: str,
-                    max_samples: int, sample_labels: bool = False, seed: int = 0) -> list[Tensor]:
+                    max_samples: int, labels: str = "data", seed: int = 0) -> list[Tensor]:
     """Mean over up to ``max_samples`` samples of ``g^2`` (``statistic="square"``) or ``|g|`` (``"abs"``).
 
-    ``g`` is the gradient of ``score(f(x), y)`` with respect to each of ``params``; with
-    ``sample_labels`` the label is drawn from the model's predictive distribution (the true Fisher)
-    instead of the data's (the empirical Fisher).
+    ``g`` is the gradient of ``score(f(x), y)`` with respect to each of ``params``. ``labels`` says which
+    ``y``: ``"data"`` (the empirical Fisher), ``"sampled"`` from the model's predictive distribution (the
+    Fisher information proper) or ``"predicted"``, the model's most likely class (van de Ven & Tolias's
+    and Hsu et al.'s code: the mode of that distribution, no sampling noise).
     """
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
     model = task.model
     names = {id(p): n for n, p in model.named_parameters()}
     missing = [p for p in params if id(p) not in names]
@@ -65,10 +69,14 @@ def mean_per_sample(task: TaskData, params: Sequence[Tensor], score: Score, stat
     try:
         for x, y in task.batches:
             x, y = x[: max_samples - seen], y[: max_samples - seen]
-            if sample_labels:
+            if labels != "data":
                 with torch.no_grad():
-                    probs = F.softmax(model(x, **task.kwargs), dim=-1)
-                y = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(y.device)
+                    logits = model(x, **task.kwargs)
+                if labels == "predicted":
+                    y = logits.argmax(-1).to(y.device)
+                else:
+                    probs = F.softmax(logits, dim=-1)
+                    y = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(y.device)
             grads = per_sample(free, x, y)
             for total, name in zip(sums, wanted):
                 g = grads[name]

@@ -16,6 +16,21 @@ from torch import nn
 from regularizers.base import Regularizer, TaskData
 from regularizers.importance import mean_per_sample, squared_output_norm
 
+# Per-scenario strengths on split MNIST: protocol -> scenario -> values (modes/continual.py reads them when
+# --mas_lambda / --l2_lambda are not given). van de Ven & Tolias (2019) run neither MAS nor L2, so both rows
+# hold Hsu et al.'s values (GT-RIPL/Continual-Learning-Benchmark, scripts/split_MNIST_incremental_*.sh at
+# dff5200c, --reg_coef), untuned for the other protocol. Their L2 penalty has no 1/2 (lambda = 2 * reg_coef);
+# their MAS importance is the batch gradient of the mean (not the per-sample sum) of squared outputs, another
+# scale, so MAS's reg_coef is taken as it is and is not an equivalent strength here.
+SCENARIO_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {
+    protocol: {"task": {"strength": 1.0}, "domain": {"strength": 1e4}, "class": {"strength": 1.0}}
+    for protocol in ("vandeven2019", "hsu2018")
+}
+L2_SCENARIO_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {
+    protocol: {"task": {"strength": 0.02}, "domain": {"strength": 1.0}, "class": {"strength": 200.0}}
+    for protocol in ("vandeven2019", "hsu2018")
+}
+
 
 class MAS(Regularizer):
     def __init__(self, groups: Mapping[str, Sequence[nn.Parameter]], strength: float, *, samples: int = 1000) -> None:

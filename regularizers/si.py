@@ -16,6 +16,15 @@ from torch import Tensor, nn
 
 from regularizers.base import Regularizer, TaskData
 
+# Per-scenario c on split MNIST: protocol -> scenario -> values (modes/continual.py reads them when --si_c is
+# not given). The penalty c * sum Omega d^2 and Omega = w / (Delta^2 + xi), xi = 0.1, are those of both codes:
+# vandeven2019: GMvandeVen/continual-learning, param_values.py at f0b1461e (si_c per scenario);
+# hsu2018: GT-RIPL/Continual-Learning-Benchmark, scripts/split_MNIST_incremental_*.sh at dff5200c (SI --reg_coef).
+SCENARIO_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {
+    "vandeven2019": {"task": {"strength": 50.0}, "domain": {"strength": 500.0}, "class": {"strength": 0.5}},
+    "hsu2018": {"task": {"strength": 300.0}, "domain": {"strength": 3000.0}, "class": {"strength": 600.0}},
+}
+
 
 @torch.no_grad()
 def record_gradients(grads: Sequence[Tensor], params: Sequence[Tensor]) -> None:

@@ -30,6 +30,13 @@ from torch import Tensor, nn
 
 from regularizers.base import Regularizer, TaskData
 
+# Per-scenario alpha in a task sequence (modes/continual.py reads it when --wpl_alpha is not given): neither
+# published protocol runs WPL, and alpha has not been tuned on either; 1e5 is the project's earlier default.
+SCENARIO_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {
+    protocol: {scenario: {"strength": 1e5} for scenario in ("task", "domain", "class")}
+    for protocol in ("vandeven2019", "hsu2018")
+}
+
 Mode = Literal["compound", "loss"]
 MODES: tuple[str, ...] = ("compound", "loss")
 CONSOLIDATE: tuple[str, ...] = ("step", "task")

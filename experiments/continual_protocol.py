@@ -1,0 +1,102 @@
+"""A published split-MNIST protocol run as independent units: strategies x seeds of one scenario, resumable.
+
+    python -m experiments.continual_protocol --scenario=task [--protocol=vandeven2019] [--seeds=5]
+        [--strategies=none,ewc,online_ewc,si,mas,wpl] [--data_dir=../shared/data] [--ledger=FILE] [--out=DIR]
+        [--report_only] [-- OPTIONS]
+
+One unit is (strategy, seed): the whole task sequence trained with that strategy, exactly as
+``python main.py --mode=continual --cl_protocol=<protocol> --scenario=<scenario> --strategies=<strategy>
+--random_seed=<seed> --seeds=1`` trains it (the same initial weights and batches for every strategy of a seed,
+so the comparison stays paired). Units go through :func:`experiments.workers.run_units`: one JSON line per
+finished unit in the ledger, so a killed run continues where it stopped, and a ledger whose units were run
+with other settings is refused. Units run seed by seed, every strategy of a seed before the next seed, so
+a run cut short still gives paired seeds. The report is :mod:`experiments.continual_protocol_report`.
+
+The unit's settings (iterations, strengths, EWC's Fisher, ...) are resolved here, from the same option
+table and per-scenario strengths as ``--mode=continual`` (:func:`modes.continual.build_config`), and stored
+in full in the unit's keyword arguments: the ledger says what each line was run with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from experiments.workers import Unit, protocol_cli, run_units
+
+BASE_SEED = 12345  # --random_seed's default: seed k of the protocol is BASE_SEED + k
+STRATEGIES = "none,ewc,online_ewc,si,mas,wpl"
+
+
+def protocol_config(protocol: str, scenario: str, extra: Sequence[str] = ()) -> tuple[str, Any]:
+    """The benchmark and the :class:`ContinualConfig` that ``--mode=continual`` would build for this protocol."""
+    import config
+    from modes.continual import build_config
+
+    argv = ["--mode=continual", f"--cl_protocol={protocol}", f"--scenario={scenario}", *extra]
+    args = config.parse_args(argv)
+    return args.benchmark, build_config(args, config.explicit_options(argv))
+
+
+def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, data_dir: str,
+          extra: Sequence[str] = ()) -> list[Unit]:
+    """Every (seed, strategy) of the protocol, seed-major; each unit carries only its own strategy's settings."""
+    benchmark, cfg = protocol_config(protocol, scenario, [f"--strategies={','.join(strategies)}", *extra])
+    out = []
+    for k in range(seeds):
+        for strategy in strategies:
+            one = replace(cfg, strategies=[strategy], seeds=1, first_seed=BASE_SEED + k,
+                          strengths={s: v for s, v in cfg.strengths.items() if s == strategy},
+                          options={s: v for s, v in cfg.options.items() if s == strategy})
+            out.append(Unit(f"{scenario}/{strategy}/s{k}", "experiments.continual_protocol:run_unit",
+                            {"benchmark": benchmark, "scenario": scenario, "data_dir": data_dir,
+                             "sequence_seed": BASE_SEED, "config": asdict(one)}))
+    return out
+
+
+def run_unit(benchmark: str, scenario: str, data_dir: str, sequence_seed: int, config: dict[str, Any]) -> dict[str, Any]:
+    """One strategy on one seed over the whole sequence: its accuracy matrix, curve, time and metrics."""
+    from data.tasks import build_sequence
+    from experiments.continual import ContinualConfig, run_experiment
+    from experiments.continual_report import run_metrics
+
+    cfg = ContinualConfig(**{**config, "betas": tuple(config["betas"])})
+    seq = build_sequence(benchmark, scenario, data_dir, seed=sequence_seed)
+    runs = run_experiment(seq, cfg, None, lambda _: None, lambda _: None)["runs"]
+    (strategy,), seed = cfg.strategies, cfg.first_seed
+    run = runs[f"{strategy}/{seed}"]
+    return {"strategy": strategy, "seed": seed, "scenario": seq.scenario, "tasks": [t.name for t in seq.tasks],
+            "R": run["R"], "curve": run["curve"], "seconds": run["seconds"], "metrics": run_metrics(run["R"], run["curve"])}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from experiments.continual_protocol_report import report
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--protocol", default="vandeven2019")
+    p.add_argument("--scenario", default="task", choices=("task", "domain", "class"))
+    p.add_argument("--strategies", default=STRATEGIES)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--data_dir", default="../shared/data")
+    p.add_argument("--ledger", default="", help="default: results/continual/<protocol>_<scenario>.jsonl")
+    p.add_argument("--out", default="results/continual")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--report_only", action="store_true")
+    p.add_argument("extra", nargs="*", help="options added to every unit's --mode=continual command line (after --)")
+    args = p.parse_args(argv)
+
+    def body() -> str:
+        ledger = Path(args.ledger or f"{args.out}/{args.protocol}_{args.scenario}.jsonl")
+        if not args.report_only:
+            run_units(units(args.protocol, args.scenario, args.strategies.split(","), args.seeds, args.data_dir,
+                            args.extra), ledger, workers=args.workers, desc="continual units")
+        return report(ledger, Path(args.out), args.protocol)
+
+    return protocol_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Published protocols: presets into the config, the unit runner's ledger and report, resume, old checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import config
+from engine import stamp
+from experiments import continual_protocol as protocol
+from experiments.continual_main import resumable_state
+from experiments.continual_report import run_metrics
+from family_harness import write_mnist
+from modes.continual import build_config
+from regularizers import TaskData
+from regularizers.importance import log_likelihood, mean_per_sample
+from utils import UserError
+
+TINY = ["--cl_iters=3", "--cl_eval_every=3", "--cl_hidden=8", "--importance_samples=16"]
+
+
+def configured(*argv: str):  # type: ignore[no-untyped-def]
+    args = config.parse_args(["--mode=continual", *argv])
+    return build_config(args, config.explicit_options(["--mode=continual", *argv]))
+
+
+def test_the_default_is_van_de_ven_and_tolias_with_its_per_scenario_strengths() -> None:
+    task, domain, cls = (configured(f"--scenario={s}") for s in ("task", "domain", "class"))
+    assert (task.iters, task.batch_size, task.lr, task.hidden, task.betas) == (2000, 128, 1e-3, [400, 400], (0.9, 0.999))
+    assert task.options["ewc"]["fisher"] == "predicted" and task.protocol == "vandeven2019"
+    assert [c.strengths["ewc"] for c in (task, domain, cls)] == [1e7, 1e6, 1e8]
+    assert [c.strengths["online_ewc"] for c in (task, domain, cls)] == [1e8, 1e8, 1e9]
+    assert [c.options["online_ewc"]["gamma"] for c in (task, domain, cls)] == [0.8, 0.7, 0.8]
+    assert [c.strengths["si"] for c in (task, domain, cls)] == [50.0, 500.0, 0.5]
+
+
+def test_hsu_preset_and_explicit_options_win() -> None:
+    hsu = configured("--cl_protocol=hsu2018", "--scenario=domain")
+    assert hsu.iters == 375 and hsu.strengths["ewc"] == 200.0 and hsu.strengths["si"] == 3000.0
+    assert hsu.options["online_ewc"]["gamma"] == 1.0
+    mine = configured("--cl_protocol=hsu2018", "--cl_iters=7", "--ewc_lambda=3", "--online_ewc_gamma=0.5")
+    assert mine.iters == 7 and mine.strengths["ewc"] == 3.0 and mine.options["online_ewc"]["gamma"] == 0.5
+    assert configured("--benchmark=seq_mnist_0-2_3-5").strengths["ewc"] == 1e8  # its one head: the class row
+
+
+def test_predicted_fisher_uses_the_models_most_likely_class() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    x = torch.randn(50, 4)
+    params = list(model.parameters())
+    predicted = model(x).argmax(1).detach()
+    as_labels = mean_per_sample(TaskData(model, [(x, predicted)], {}), params, log_likelihood, "square", 50)
+    fisher = mean_per_sample(TaskData(model, [(x, torch.zeros(50, dtype=torch.long))], {}), params, log_likelihood,
+                             "square", 50, labels="predicted")
+    wrong = mean_per_sample(TaskData(model, [(x, torch.zeros(50, dtype=torch.long))], {}), params, log_likelihood,
+                            "square", 50)
+    assert all(torch.allclose(a, b) for a, b in zip(fisher, as_labels))
+    assert not all(torch.allclose(a, b) for a, b in zip(fisher, wrong))
+    with pytest.raises(ValueError, match="labels must be one of"):
+        mean_per_sample(TaskData(model, [(x, predicted)], {}), params, log_likelihood, "square", 50, labels="true")
+
+
+def test_a_tiny_protocol_end_to_end_and_its_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    write_mnist(data / "mnist")
+    ledger, out = tmp_path / "out" / "p_task.jsonl", tmp_path / "out"
+    argv = ["--scenario=task", "--strategies=none,ewc", "--seeds=2", f"--data_dir={data}", f"--ledger={ledger}",
+            f"--out={out}", "--", *TINY]
+    assert protocol.main(argv) == 0
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [e["key"] for e in lines] == ["task/none/s0", "task/ewc/s0", "task/none/s1", "task/ewc/s1"]  # seed-major
+    ewc = lines[1]["kwargs"]["config"]
+    assert ewc["strengths"] == {"ewc": 1e7} and ewc["iters"] == 3 and ewc["options"]["ewc"]["fisher"] == "predicted"
+    record = lines[1]["record"]
+    assert len(record["R"]) == 5 and len(record["R"][0]) == 5
+    assert record["metrics"]["average_accuracy"] == pytest.approx(float(np.mean(record["R"][-1])))
+    assert record["metrics"] == run_metrics(record["R"], record["curve"])
+    assert lines[0]["record"]["curve"][0]["step"] == 3  # same batches and weights: the paired design's first eval
+    summary = json.loads((out / "p_task.json").read_text())
+    assert summary["seeds"] == [12345, 12346] and set(summary["summary"]) == {"none", "ewc"}
+    mean = summary["summary"]["ewc"]["average_accuracy"]["mean"]
+    assert mean == pytest.approx(np.mean([e["record"]["metrics"]["average_accuracy"] for e in lines[1::2]]))
+    table = (out / "p_task.md").read_text()
+    assert "| ewc |" in table and "98.64 ± 0.22 |" in table and "(recalled)" in table
+    assert (out / "p_task.png").stat().st_size > 0
+
+    calls: list[str] = []
+    real = protocol.run_unit
+    monkeypatch.setattr(protocol, "run_unit", lambda **kw: calls.append(kw["config"]["strategies"][0]) or real(**kw))
+    assert protocol.main(argv) == 0 and calls == []  # every unit is in the ledger: nothing runs again
+    ledger.write_text("\n".join(ledger.read_text().splitlines()[:3]) + "\n")
+    assert protocol.main(argv) == 0 and calls == ["ewc"]  # only the missing unit
+    assert protocol.main([*argv[:-len(TINY)], "--cl_iters=4", *TINY[1:]]) == 2  # other settings: refused
+
+
+def test_a_report_uses_only_seeds_every_strategy_finished(tmp_path: Path) -> None:
+    def entry(strategy: str, seed: int, acc: float) -> dict:
+        R = [[acc, acc], [acc, acc]]
+        curve = [{"step": t + 1, "task": t, "accuracy": [acc, acc], "loss": [1.0, 1.0]} for t in range(2)]
+        return {"key": f"task/{strategy}/{seed}", "kwargs": {}, "record": {"strategy": strategy, "seed": seed,
+                "scenario": "task", "R": R, "curve": curve, "seconds": 1.0}}
+
+    ledger = tmp_path / "l.jsonl"
+    rows = [entry("none", 1, 0.5), entry("ewc", 1, 0.9), entry("none", 2, 0.7)]  # seed 2 of ewc not finished
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from experiments.continual_protocol_report import report
+
+    text = report(ledger, tmp_path, "vandeven2019")
+    assert "1 paired seeds" in text and "| none | 50.00 ± 0.00 |" in text
+
+
+def test_a_checkpoint_from_before_the_protocols_is_refused_in_one_line(tmp_path: Path) -> None:
+    old = stamp("continual", {"epoch": 1, "model": {}, "config": {"benchmark": "split_mnist", "iters": 2000},
+                              "records": [], "runs": {}, "current": None})
+    with pytest.raises(UserError) as err:
+        resumable_state(tmp_path / "latest.pt", old, {"benchmark": "split_mnist", "protocol": "vandeven2019"})
+    assert "before --cl_protocol" in str(err.value) and "\n" not in str(err.value)
