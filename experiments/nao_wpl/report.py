@@ -136,7 +136,12 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         axes[0][col].set(title=f"output dropout {dropout}", xlabel="epoch", ylabel="valid ppl (pool's best)", yscale="log")
         axes[1][col].set(xlabel="epoch", ylabel="forgetting Diff (nats)")
         axes[1][col].axhline(0, color="grey", lw=0.8)
-        axes[0][col].legend(fontsize=7)
+        for row in (0, 1):  # the first epoch (1-based) with WPL's penalty: the curves agree before it
+            axes[row][col].axvline(results["wpl_from_epoch"] + 1, color="grey", ls=":", lw=0.8)
+        if entry["variants"]:
+            axes[0][col].legend(fontsize=7)
+        else:
+            plots.no_data(axes[0][col], "no unit finished yet")
     plots.save(fig, path)
     return path
 
