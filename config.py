@@ -18,7 +18,7 @@ from typing import Any, Sequence, TypeVar
 import modes
 from options import presets
 from data import DEFAULT_DATA_DIR
-from experiments import pathnet_options
+from experiments.pathnet import options as pathnet_options
 from experiments.ranking import options as ranking_options
 from samplers import nao_options
 from options.parsing import StrictParser, choice, program_name, str2bool, str_list
