@@ -69,7 +69,7 @@ def summarise(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         by_arm.setdefault((entry["key"].split("/")[0], entry["record"]["pair"]), []).append(entry["record"])
     for (arm, pair), runs in by_arm.items():
         scratch = [r["variants"]["scratch"]["generations"] for r in runs]
-        for variant in runs[0]["variants"]:
+        for variant in ARMS[arm][2] if arm in ARMS else runs[0]["variants"]:  # scratch first, as the arm lists them
             gens = [r["variants"][variant]["generations"] for r in runs]
             rows.append({"arm": arm, "pair": pair, "variant": variant, "seeds": len(runs),
                          "generations": mean_ci(gens), "generations_each": gens,
