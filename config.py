@@ -18,7 +18,7 @@ from typing import Any, Sequence, TypeVar
 import modes
 from options import presets
 from data import DEFAULT_DATA_DIR
-from experiments import pathnet_options
+from experiments.pathnet import options as pathnet_options
 from experiments.nao_wpl import options as nao_wpl_options
 from experiments.ranking import options as ranking_options
 from samplers import nao_options

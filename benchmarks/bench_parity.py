@@ -15,7 +15,7 @@ Workloads (project code | hand loop from ``benchmarks/hand_loops.py``, same size
   and one generation pass over the top 4: ``NAOSampler.train_controller`` and ``NAOController.move`` |
   the same encoder / predictor / decoder written out);
 * ``pathnet``: one PathNet generation (two paths of L=3 x M=10 modules of 20 units, N=3, 50 batches of
-  16, noise 0.5: ``experiments.pathnet.tournament`` | separate ``nn.Linear`` modules, a loop).
+  16, noise 0.5: ``experiments.pathnet.tournament.tournament`` | separate ``nn.Linear`` modules, a loop).
 
 Each workload runs its two versions in ``--pairs`` alternated pairs (project first, then hand first, ...),
 after one warm-up of each, and prints the median of the per-pair ratios project / hand, from wall-clock
@@ -147,7 +147,7 @@ def nao() -> Workload:
 
 def pathnet() -> Workload:
     from benchmarks.bench_pathnet import CFG, L, M, N, UNITS, synthetic_task
-    from experiments.pathnet import make_step, tournament, train_path
+    from experiments.pathnet.tournament import make_step, tournament, train_path
     from models.pathnet import Path as PNPath
     from models.pathnet import PathNet
 

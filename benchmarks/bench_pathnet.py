@@ -1,4 +1,4 @@
-"""Speed of PathNet's tournament (experiments/pathnet.py) at each style's size, on synthetic 28x28 images.
+"""Speed of PathNet's tournament (experiments/pathnet/tournament.py) at each style's size, on synthetic 28x28 images.
 
     python -m benchmarks.bench_pathnet [--styles paper,tf] [--reps N] [--threads N] [--json FILE]
 
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.bench_util import loadavg, summary, timed2
-from experiments.pathnet import BinaryTask, evolve, make_step, noisy_once, train_path
+from experiments.pathnet.tournament import BinaryTask, evolve, make_step, noisy_once, train_path
 from models.pathnet import Path
 
 

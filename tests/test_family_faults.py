@@ -20,7 +20,8 @@ import pytest
 import torch
 from family_harness import CONTINUAL, PATHNET, RETRAIN, SEARCH, TOY, call, write_mnist
 
-from experiments import continual, pathnet_main
+from experiments import continual
+from experiments.pathnet import run as pathnet_run
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_a_signal_says_what_was_kept_and_the_command_that_finishes_the_run(
     if mode == "continual":
         signal_on_call(monkeypatch, continual, "train_task", 3, signum)  # during the third task
     else:
-        signal_on_call(monkeypatch, pathnet_main, "run_pair", 2, signum)  # during the second seed
+        signal_on_call(monkeypatch, pathnet_run, "run_pair", 2, signum)  # during the second seed
     stopped = call("main", argv)
     assert stopped.code == 128 + signum and "Traceback" not in stopped.err
     lines = [line for line in stopped.err.splitlines() if line.startswith("stopped by")]
@@ -117,7 +118,7 @@ def test_a_full_disk_while_drawing_keeps_the_results(mode: str, mnist: Path, tmp
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pathnet_main if mode == "pathnet" else continual_main, "plot", full)
+    monkeypatch.setattr(pathnet_run if mode == "pathnet" else continual_main, "plot", full)
     result = call("main", [*(PATHNET if mode == "pathnet" else CONTINUAL), f"--data_dir={mnist}",
                            f"--log_dir={tmp_path}", "--comment=d"])
     assert result.code == 2 and "Traceback" not in result.err

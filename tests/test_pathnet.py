@@ -9,9 +9,9 @@ from pathlib import Path as FilePath
 import pytest
 import torch
 
-from experiments import pathnet_main
-from experiments.pathnet import BinaryTask, EvolutionConfig, make_step, tournament, train_path
-from experiments.pathnet_transfer import NetConfig, parse_pairs
+from experiments.pathnet import run as pathnet_run
+from experiments.pathnet.tournament import BinaryTask, TournamentConfig, make_step, tournament, train_path
+from experiments.pathnet.transfer import NetConfig, parse_pairs
 from models.pathnet import Path, PathNet
 from utils import UserError
 
@@ -67,7 +67,7 @@ def synthetic_task(name: str, seed: int) -> BinaryTask:
     return BinaryTask(name, x, y, x[:50], y[:50], -1.0, 1.0)
 
 
-CFG = EvolutionConfig(population=6, batches=3, batch_size=8, lr=0.1, converge=0.99, max_generations=4, noise=0.1,
+CFG = TournamentConfig(population=6, batches=3, batch_size=8, lr=0.1, converge=0.99, max_generations=4, noise=0.1,
                       mutation_bound="wrap")
 
 
@@ -100,12 +100,12 @@ def test_parse_pairs() -> None:
 
 def test_an_interrupted_experiment_resumes_to_the_uninterrupted_results(tmp_path: FilePath, monkeypatch: pytest.MonkeyPatch) -> None:
     tasks = {"1v3": synthetic_task("1v3", 1), "1v2": synthetic_task("1v2", 2)}
-    monkeypatch.setattr(pathnet_main, "binary_tasks", lambda data_dir, names, raw=False: tasks)
+    monkeypatch.setattr(pathnet_run, "binary_tasks", lambda data_dir, names, raw=False: tasks)
     net = NetConfig(layers=2, modules=4, units=5, active=2, aggregate="sum", wpl_alpha=10.0, fisher_batches=2)
     args = ("", "1v3,1v2", ["pathnet", "wpl"], [0, 1], net, replace(CFG, max_generations=2))
-    whole = pathnet_main.run_pathnet(tmp_path / "whole", *args, resume=False, use_tensorboard=False)
+    whole = pathnet_run.run_pathnet(tmp_path / "whole", *args, resume=False, use_tensorboard=False)
 
-    real = pathnet_main.run_pair
+    real = pathnet_run.run_pair
     calls = []
 
     def interrupted(*a, **k):
@@ -114,13 +114,13 @@ def test_an_interrupted_experiment_resumes_to_the_uninterrupted_results(tmp_path
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(pathnet_main, "run_pair", interrupted)
+    monkeypatch.setattr(pathnet_run, "run_pair", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pathnet_main.run_pathnet(tmp_path / "cut", *args, resume=False, use_tensorboard=False)
-    monkeypatch.setattr(pathnet_main, "run_pair", real)
+        pathnet_run.run_pathnet(tmp_path / "cut", *args, resume=False, use_tensorboard=False)
+    monkeypatch.setattr(pathnet_run, "run_pair", real)
     with pytest.raises(UserError, match="--resume=True"):
-        pathnet_main.run_pathnet(tmp_path / "cut", *args, resume=False, use_tensorboard=False)
-    resumed = pathnet_main.run_pathnet(tmp_path / "cut", *args, resume=True, use_tensorboard=False)
+        pathnet_run.run_pathnet(tmp_path / "cut", *args, resume=False, use_tensorboard=False)
+    resumed = pathnet_run.run_pathnet(tmp_path / "cut", *args, resume=True, use_tensorboard=False)
 
     def strip(runs):
         return [{**r, "A": {k: v for k, v in r["A"].items() if k != "seconds"},

@@ -9,8 +9,8 @@ from pathlib import Path as FilePath
 import pytest
 import torch
 
-from experiments import pathnet_ablation, pathnet_measure
-from experiments.pathnet_transfer import run_pair, start_of_b
+from experiments.pathnet import ablation, measure
+from experiments.pathnet.transfer import run_pair, start_of_b
 from models.pathnet import Path, PathNet
 from tests.test_pathnet_styles import easy_task
 from utils import UserError
@@ -60,11 +60,11 @@ def test_which_variants_run_a_frozen_path_beside_b() -> None:
 
 
 def test_frozen_arms_keep_task_a_exactly_through_b() -> None:
-    from experiments.pathnet import EvolutionConfig
-    from experiments.pathnet_transfer import NetConfig
+    from experiments.pathnet.tournament import TournamentConfig
+    from experiments.pathnet.transfer import NetConfig
 
     net = NetConfig(2, 4, 6, 2, "sum", 1.0, 2)
-    evolution = EvolutionConfig(6, 3, 16, 0.5, 0.95, 20, 0.02, "wrap", converge_window=2)
+    evolution = TournamentConfig(6, 3, 16, 0.5, 0.95, 20, 0.02, "wrap", converge_window=2)
     tasks = {"1v3": easy_task("1v3", 0, 1), "1v2": easy_task("1v2", 3, 2)}
     result = run_pair(tasks, ("1v3", "1v2"), 7, ["keep", "pathnet_active"], net, evolution)
     for variant in ("keep", "pathnet_active"):
@@ -72,20 +72,20 @@ def test_frozen_arms_keep_task_a_exactly_through_b() -> None:
 
 
 def test_the_ablation_ledger_repeats_the_measurements_seeds(tmp_path: FilePath, monkeypatch: pytest.MonkeyPatch) -> None:
-    import experiments.pathnet_transfer as transfer
+    from experiments.pathnet import transfer
 
     tasks = {"1v3": easy_task("1v3", 0, 1), "1v2": easy_task("1v2", 1, 2)}
     monkeypatch.setattr(transfer, "binary_tasks", lambda data_dir, names, raw=False: tasks)
     ledger = tmp_path / "ablation.jsonl"
     argv = ["--arms=paper,paper_tf_rule", "--seeds=2", f"--ledger={ledger}", f"--out={tmp_path}", "--", *TINY]
-    assert pathnet_ablation.main(argv) == 0
+    assert ablation.main(argv) == 0
     entries = [json.loads(line) for line in ledger.read_text().splitlines()]
     assert [e["key"] for e in entries] == ["paper/1v3->1v2/s0", "paper/1v3->1v2/s1", "paper_tf_rule/1v3->1v2/s0",
                                            "paper_tf_rule/1v3->1v2/s1"]
     assert entries[2]["kwargs"]["extra"][:3] == ["--pathnet_max_generations=1000", "--pathnet_converge=0.99",
                                                  "--pathnet_converge_window=1"]
     # The paper arm's scratch and pathnet runs are the measurement's own unit of that seed.
-    same = pathnet_measure.measure_unit("paper", "1v3,1v2", pathnet_measure.BASE_SEED + 1, "unused",
+    same = measure.measure_unit("paper", "1v3,1v2", measure.BASE_SEED + 1, "unused",
                                         ["--pathnet_max_generations=1000", *TINY])
     for variant in ("scratch", "pathnet"):
         assert entries[1]["record"]["variants"][variant] | {"seconds": 0} == same["variants"][variant] | {"seconds": 0}
@@ -96,4 +96,4 @@ def test_the_ablation_ledger_repeats_the_measurements_seeds(tmp_path: FilePath, 
                                                      / sum(g["keep"]["generations"] for g in gens))
     assert "| paper | 1v3->1v2 | keep | 2 |" in (tmp_path / "pathnet_ablation.md").read_text()
     assert (tmp_path / "pathnet_ablation.png").stat().st_size > 0
-    assert pathnet_ablation.main(argv) == 0 and [json.loads(line) for line in ledger.read_text().splitlines()] == entries
+    assert ablation.main(argv) == 0 and [json.loads(line) for line in ledger.read_text().splitlines()] == entries

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import config
-from experiments import pathnet_measure
-from experiments.pathnet import BinaryTask, tournament
-from experiments.pathnet_transfer import run_pair
+from experiments.pathnet import measure
+from experiments.pathnet.tournament import BinaryTask, tournament
+from experiments.pathnet.transfer import run_pair
 from models.pathnet import Path, PathNet
 from modes.pathnet import pathnet_configs
 
@@ -109,14 +109,14 @@ def test_a_tiny_easy_pair_converges_below_its_cap(style: str) -> None:
 
 
 def test_the_measurement_writes_its_ledger_and_report_and_resumes(tmp_path: FilePath, monkeypatch: pytest.MonkeyPatch) -> None:
-    import experiments.pathnet_transfer as transfer
+    from experiments.pathnet import transfer
 
     tasks = {"1v3": easy_task("1v3", 0, 1), "1v2": easy_task("1v2", 1, 2)}
     monkeypatch.setattr(transfer, "binary_tasks", lambda data_dir, names, raw=False: tasks)
     argv = ["--styles=tf,paper", "--pairs=1v3,1v2", "--seeds=2", f"--ledger={tmp_path / 'ledger.jsonl'}",
             f"--out={tmp_path}", "--", "--pathnet_units=4", "--pathnet_modules=4", "--pathnet_active=2",
             "--pathnet_population=4", "--pathnet_batches=2", "--pathnet_max_generations=3"]
-    assert pathnet_measure.main(argv) == 0
+    assert measure.main(argv) == 0
     lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
     assert [json.loads(line)["key"] for line in lines] == ["tf/1v3->1v2/s0", "tf/1v3->1v2/s1", "paper/1v3->1v2/s0",
                                                            "paper/1v3->1v2/s1"]
@@ -128,5 +128,5 @@ def test_the_measurement_writes_its_ledger_and_report_and_resumes(tmp_path: File
         assert row["tf_reported"] == [196.59, 118.32]
     assert (tmp_path / "pathnet_measure.png").stat().st_size > 0 and "| tf | 1v3->1v2 | 2 |" in (
         tmp_path / "pathnet_measure.md").read_text()
-    assert pathnet_measure.main(argv) == 0  # everything in the ledger: nothing reruns
+    assert measure.main(argv) == 0  # everything in the ledger: nothing reruns
     assert (tmp_path / "ledger.jsonl").read_text().splitlines() == lines

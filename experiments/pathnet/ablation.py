@@ -1,6 +1,6 @@
 """Why paper-style PathNet transfer is slower than learning from scratch: one change at a time, paired.
 
-    python -m experiments.pathnet_ablation --data_dir=../shared/data [--arms=paper,tf_paper_rule,paper_tf_rule]
+    python -m experiments.pathnet.ablation --data_dir=../shared/data [--arms=paper,tf_paper_rule,paper_tf_rule]
         [--pairs=1v3,1v2] [--seeds=5] [--ledger=FILE] [--out=DIR] [--workers=1] [--report_only] [-- OPTIONS]
 
 With the paper's style, B with A's path frozen needs more generations than B from scratch
@@ -8,13 +8,13 @@ With the paper's style, B with A's path frozen needs more generations than B fro
 B starts from and in how the stopping rule reads fitness, so each arm changes one of those:
 
 * ``paper``: the paper style's seed runs B as ``scratch``, ``pathnet`` and two one-change variants of
-  ``pathnet`` (experiments/pathnet_transfer.py): ``keep`` (the unfrozen modules keep A's trained
+  ``pathnet`` (experiments/pathnet/transfer.py): ``keep`` (the unfrozen modules keep A's trained
   weights instead of being re-initialised) and ``pathnet_active`` (A's frozen path runs beside every
   path of B, the TF code's way);
 * ``tf_paper_rule``: the TF style under the paper style's stopping rule (97 % over 5 winners);
 * ``paper_tf_rule``: the paper style under the TF style's rule (one winner at 99 %).
 
-A unit is (arm, pair, seed), run by :func:`experiments.pathnet_measure.measure_unit` with the
+A unit is (arm, pair, seed), run by :func:`experiments.pathnet.measure.measure_unit` with the
 measurement's protocol (``--pathnet_max_generations=1000``), so the ``paper`` arm's scratch and
 ``pathnet`` runs repeat the measurement's own seeds exactly (same seeds, same batches). Ledger:
 ``results/pathnet/ablation_ledger.jsonl``; the report gives every variant's speed-up over scratch of the
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
-from experiments.pathnet_measure import BASE_SEED
+from experiments.pathnet.measure import BASE_SEED
 from experiments.workers import Unit, read_ledger, run_units
 from utils import UserError, save_json
 
@@ -54,7 +54,7 @@ def units(arms: Sequence[str], pairs: Sequence[str], seeds: int, data_dir: str, 
     for pair in pairs:
         for arm in arms:
             style, options, variants = ARMS[arm]
-            out += [Unit(f"{arm}/{pair.replace(',', '->')}/s{k}", "experiments.pathnet_measure:measure_unit",
+            out += [Unit(f"{arm}/{pair.replace(',', '->')}/s{k}", "experiments.pathnet.measure:measure_unit",
                          {"style": style, "pair": pair, "seed": BASE_SEED + k, "data_dir": data_dir,
                           "extra": [*PROTOCOL, *options, *extra], "variants": list(variants)})
                     for k in range(seeds)]
@@ -69,7 +69,7 @@ def summarise(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         by_arm.setdefault((entry["key"].split("/")[0], entry["record"]["pair"]), []).append(entry["record"])
     for (arm, pair), runs in by_arm.items():
         scratch = [r["variants"]["scratch"]["generations"] for r in runs]
-        for variant in runs[0]["variants"]:
+        for variant in ARMS[arm][2] if arm in ARMS else runs[0]["variants"]:  # scratch first, as the arm lists them
             gens = [r["variants"][variant]["generations"] for r in runs]
             rows.append({"arm": arm, "pair": pair, "variant": variant, "seeds": len(runs),
                          "generations": mean_ci(gens), "generations_each": gens,

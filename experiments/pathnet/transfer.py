@@ -9,7 +9,7 @@ evolved with
 * ``wpl``: like ``pathnet`` but A's path protected softly by the WPL penalty
   ``alpha/2 * sum F (theta - theta_A)^2`` with ``F`` the squared minibatch gradients of A's loss on
   its path (WPL's importance) instead of frozen;
-* two ablation arms (experiments/pathnet_ablation.py), each one change to ``pathnet``: ``keep`` (the
+* two ablation arms (experiments/pathnet/ablation.py), each one change to ``pathnet``: ``keep`` (the
   modules off A's path keep A's trained weights instead of being re-initialised: not the paper's) and
   ``pathnet_active`` (A's frozen path runs beside every path of B, as the TF code does, whatever the style).
 
@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from data.image import MNIST_MEAN, MNIST_STD
 from data.tasks import load_mnist
-from experiments.pathnet import BinaryTask, Evolution, EvolutionConfig, accuracy, evolve, noisy, noisy_once
+from experiments.pathnet.tournament import BinaryTask, Evolution, TournamentConfig, accuracy, evolve, noisy, noisy_once
 from models.pathnet import Path, PathNet
 from regularizers.base import Regularizer
 from utils import UserError
@@ -99,7 +99,7 @@ def seeded(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(int("".join(f"{p:06d}" for p in parts)) % 2**64)
 
 
-def fisher_on_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: EvolutionConfig, batches: int,
+def fisher_on_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: TournamentConfig, batches: int,
                    generator: torch.Generator) -> dict[str, list[torch.Tensor]]:
     """Mean squared minibatch gradient of A's loss on its path, per layer group (zero off the path)."""
     sums = {f"layer.{l}": [torch.zeros_like(w), torch.zeros_like(b)] for l, (w, b) in enumerate(zip(net.weights, net.biases))}
@@ -135,7 +135,7 @@ def start_of_b(variant: str, net_a: PathNet, fresh: PathNet, path_a: Path, froze
 
 
 def run_pair(tasks: dict[str, BinaryTask], pair: tuple[str, str], seed: int, variants: Sequence[str], net_cfg: NetConfig,
-             cfg: EvolutionConfig,
+             cfg: TournamentConfig,
              on_generation: Callable[[str, int, float], None] | None = None) -> dict[str, Any]:
     """Evolve A then B under every variant for one seed; generations, wall time and accuracies."""
     a_name, b_name = pair

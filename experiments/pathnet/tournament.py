@@ -27,7 +27,7 @@ from regularizers.base import Regularizer
 
 
 @dataclass(frozen=True)
-class EvolutionConfig:
+class TournamentConfig:
     population: int
     batches: int  # T: minibatches each path of a tournament trains for
     batch_size: int
@@ -91,7 +91,7 @@ def make_step(net: PathNet, lr: float) -> Step:
     return Step(torch.optim.SGD(net.parameters(), lr=lr), net.parameters(), 0.0, guard)
 
 
-def train_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: EvolutionConfig, step: Step,
+def train_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: TournamentConfig, step: Step,
                generator: torch.Generator, reg: Regularizer | None = None) -> float:
     """Train ``path`` for ``cfg.batches`` minibatches; its fitness (training accuracy over them, each batch
     scored by the forward pass that trains on it, as the TF code's ``sess.run([train_step, accuracy])``)."""
@@ -153,7 +153,7 @@ def tournament(population: list[Path], fitness: Callable[[Path], float], generat
     return out
 
 
-def evolve(net: PathNet, head: int, task: BinaryTask, cfg: EvolutionConfig, generator: torch.Generator,
+def evolve(net: PathNet, head: int, task: BinaryTask, cfg: TournamentConfig, generator: torch.Generator,
            per_layer: int, reg: Regularizer | None = None, always: Path | None = None,
            on_generation: Callable[[int, float], None] | None = None) -> Evolution:
     """PathNet on one task: a random population, paths trained and compared in tournaments.

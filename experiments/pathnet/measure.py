@@ -1,6 +1,6 @@
 """PathNet's two styles measured: generations to the threshold, from scratch and with transfer, paired.
 
-    python -m experiments.pathnet_measure --data_dir=../shared/data [--styles=tf,paper] [--seeds=10]
+    python -m experiments.pathnet.measure --data_dir=../shared/data [--styles=tf,paper] [--seeds=10]
         [--pairs=1v3,1v2+1v2,1v3+4v5,6v7+6v7,4v5] [--ledger=FILE] [--out=DIR] [--workers=1] [--report_only]
         [-- OPTIONS]
 
@@ -43,9 +43,9 @@ TF_REPORTED: dict[str, tuple[float, float]] = {
 def measure_unit(style: str, pair: str, seed: int, data_dir: str, extra: Sequence[str] = (),
                  variants: Sequence[str] = ("scratch", "pathnet")) -> dict[str, Any]:
     """One (style, pair, seed): A, then B from scratch and with A's path frozen (histories left out);
-    the ablation (experiments/pathnet_ablation.py) asks for more ``variants`` of the same seed."""
+    the ablation (experiments/pathnet/ablation.py) asks for more ``variants`` of the same seed."""
     import config
-    from experiments.pathnet_transfer import binary_tasks, parse_pairs, run_pair
+    from experiments.pathnet.transfer import binary_tasks, parse_pairs, run_pair
     from modes.pathnet import pathnet_configs
 
     args = config.parse_args(["--mode=pathnet", f"--pathnet_style={style}", f"--tasks={pair}", f"--data_dir={data_dir}",
@@ -60,7 +60,7 @@ def measure_unit(style: str, pair: str, seed: int, data_dir: str, extra: Sequenc
 
 
 def units(styles: Sequence[str], pairs: Sequence[str], seeds: int, data_dir: str, extra: Sequence[str]) -> list[Unit]:
-    return [Unit(f"{style}/{pair.replace(',', '->')}/s{k}", "experiments.pathnet_measure:measure_unit",
+    return [Unit(f"{style}/{pair.replace(',', '->')}/s{k}", "experiments.pathnet.measure:measure_unit",
                  {"style": style, "pair": pair, "seed": BASE_SEED + k, "data_dir": data_dir, "extra": list(extra)})
             for pair in pairs for style in styles for k in range(seeds)]
 

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
 from engine import stamp
-from experiments.pathnet import EvolutionConfig
-from experiments.pathnet_transfer import VARIANTS, NetConfig, binary_tasks, parse_pairs, run_pair
+from experiments.pathnet.tournament import TournamentConfig
+from experiments.pathnet.transfer import VARIANTS, NetConfig, binary_tasks, parse_pairs, run_pair
 from models.pathnet import Path as NetPath
 from engine.lifecycle import open_run
 from engine.runlog import RunDir
@@ -89,7 +89,7 @@ def plot(runs: Sequence[dict[str, Any]], variants: Sequence[str], path: Path) ->
 
 
 def run_pathnet(run_path: Path, data_dir: str, tasks_text: str, variants: Sequence[str], seeds: Sequence[int],
-                net_cfg: NetConfig, cfg: EvolutionConfig, resume: bool, use_tensorboard: bool) -> dict[str, Any]:
+                net_cfg: NetConfig, cfg: TournamentConfig, resume: bool, use_tensorboard: bool) -> dict[str, Any]:
     pairs = parse_pairs(tasks_text)
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:
@@ -135,7 +135,7 @@ def finished_runs(path: Path | None, state: dict[str, Any], config: dict[str, An
 
 
 def run_all(run: RunDir, todo: list[tuple[tuple[str, str], int]], tasks: Any, variants: Sequence[str], net_cfg: NetConfig,
-            cfg: EvolutionConfig, config: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+            cfg: TournamentConfig, config: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     """Every (pair, seed) still to do; ``runs`` grows, and a checkpoint follows each one."""
     for pair, seed in tqdm(todo, desc="pathnet pairs x seeds", disable=None):
         def scalar(name: str, generation: int, fitness: float, tag: str = f"{pair[0]}-{pair[1]}/seed{seed}") -> None:
