@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
 from experiments.pathnet.measure import BASE_SEED
-from experiments.workers import Unit, read_ledger, run_units
+from experiments.workers import Unit, protocol_cli, read_ledger, run_units
 from utils import UserError, save_json
 
 log = logging.getLogger("wpl")
@@ -130,8 +130,6 @@ def report(ledger: Path, out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from options.safe_io import one_line_errors
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default="../shared/data")
     p.add_argument("--arms", default=",".join(ARMS))
@@ -143,18 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--report_only", action="store_true")
     p.add_argument("extra", nargs="*", help="options added to every unit's command line (after --; tests, tiny runs)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        with one_line_errors():
-            ledger, out = Path(args.ledger), Path(args.out)
-            if not args.report_only:
-                run_units(units(args.arms.split(","), args.pairs.split("+"), args.seeds, args.data_dir, args.extra), ledger,
-                          workers=args.workers, desc="ablation units")
-            print(report(ledger, out))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    def body() -> str:
+        ledger, out = Path(args.ledger), Path(args.out)
+        if not args.report_only:
+            run_units(units(args.arms.split(","), args.pairs.split("+"), args.seeds, args.data_dir, args.extra), ledger,
+                      workers=args.workers, desc="ablation units")
+        return report(ledger, out)
+
+    return protocol_cli(body)
 
 
 if __name__ == "__main__":

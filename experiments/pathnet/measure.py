@@ -148,7 +148,6 @@ def report(ledger: Path, out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default="../shared/data")
     p.add_argument("--styles", default="tf,paper")
