@@ -3,7 +3,7 @@
     python -m benchmarks.bench_continual [--iters 200] [--strategies none,ewc,online_ewc,si,mas,wpl]
         [--samples 1000] [--json FILE]
 
-The network is the protocol's (784 -> 400 -> 400 -> heads, batch 128, Adam; ``experiments.continual``), on
+The network is the protocol's (784 -> 400 -> 400 -> heads, batch 128, Adam; ``experiments.continual.run``), on
 synthetic MNIST-shaped data (two classes per task, five tasks: the same shapes as split MNIST, no files
 needed). For each strategy a first task is trained briefly so the penalty is active, then the second task
 is timed: ``train_task`` with ``--iters`` iterations, whose end-of-task hook (the importance: EWC's Fisher,
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from data.tasks import split
-from experiments.continual import ContinualConfig, evaluate, fresh_run, build_model, importance_data, train_task
+from experiments.continual.run import ContinualConfig, evaluate, fresh_run, build_model, importance_data, train_task
 from regularizers import TaskData
 
 PROTOCOL_ITERS = 2000

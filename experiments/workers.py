@@ -18,6 +18,7 @@ asks for it with :func:`unit_device` and its ledger line says which device ran i
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import importlib
 import json
@@ -191,6 +192,18 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
     finally:
         bar.close()
     return {key: done[key] for key in keys if key in done}
+
+
+def add_ledger_options(p: argparse.ArgumentParser, *, ledger: str, out: str, extra_help: str,
+                       ledger_help: str | None = None) -> argparse.ArgumentParser:
+    """The options a ledger protocol's command line ends with (after its own), the same in every protocol:
+    where the ledger and the report go, the workers, ``--report_only`` and the options passed to every unit."""
+    p.add_argument("--ledger", default=ledger, help=ledger_help)
+    p.add_argument("--out", default=out)
+    p.add_argument("--workers", type=int, default=1, help="units side by side, each single-threaded (records unchanged)")
+    p.add_argument("--report_only", action="store_true")
+    p.add_argument("extra", nargs="*", help=extra_help)
+    return p
 
 
 def protocol_cli(body: Callable[[], str]) -> int:

@@ -1,7 +1,7 @@
 """``--mode=continual``: task sequences compared over paired seeds (docs/continual.md).
 
-The options become one typed :class:`experiments.continual.ContinualConfig`; the protocol, its run directory
-and its report live in ``experiments/continual*.py``.
+The options become one typed :class:`experiments.continual.run.ContinualConfig`; the protocol, its run directory
+and its report live in ``experiments/continual/``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from engine.lifecycle import run_path
 from utils import UserError
 
 if TYPE_CHECKING:
-    from experiments.continual import ContinualConfig
+    from experiments.continual.run import ContinualConfig
 
 MAX_WIDTH = 1 << 16  # a hidden width past this is a typo that would ask for gigabytes
 MAX_PERMUTED_TASKS = 50
@@ -55,7 +55,7 @@ def resolved_strengths(args: argparse.Namespace) -> tuple[dict[str, float], floa
 
 def build_config(args: argparse.Namespace, explicit: set[str]) -> ContinualConfig:
     """The typed configuration of a run, with the protocol's per-scenario strengths; a bad option is one line."""
-    from experiments.continual import STRATEGIES, ContinualConfig
+    from experiments.continual.run import STRATEGIES, ContinualConfig
 
     strengths, gamma = resolved_strengths(args)
     options: dict[str, dict[str, Any]] = {
@@ -91,7 +91,7 @@ def build_config(args: argparse.Namespace, explicit: set[str]) -> ContinualConfi
 
 
 def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.device) -> None:
-    from experiments.continual_main import run_continual
+    from experiments.continual.main import run_continual
 
     cfg = build_config(args, explicit)
     run_continual(run_path(args.log_dir, args.benchmark, args.comment), args.benchmark, args.scenario, args.data_dir,

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 import main
 from analysis.stats import mean_ci, paired_difference
 from data.tasks import TaskSequence, split
-from experiments.continual import ContinualConfig, run_experiment, train_task
-from experiments.continual_report import run_metrics, task_forgetting
+from experiments.continual.run import ContinualConfig, run_experiment, train_task
+from experiments.continual.report import run_metrics, task_forgetting
 from regularizers import Regularizer
 
 
@@ -125,7 +125,7 @@ class Recorder(Regularizer):
 
 
 def test_the_loop_calls_the_hooks_in_the_documented_order() -> None:
-    from experiments.continual import build_model
+    from experiments.continual.run import build_model
 
     class Bar:
         def update(self, n: int) -> None: ...

@@ -12,9 +12,9 @@ from torch import nn
 
 import config
 from engine import stamp
-from experiments import continual_protocol as protocol
-from experiments.continual_main import resumable_state
-from experiments.continual_report import run_metrics
+from experiments.continual import protocol
+from experiments.continual.main import resumable_state
+from experiments.continual.report import run_metrics
 from family_harness import write_mnist
 from modes.continual import build_config
 from regularizers import TaskData
@@ -108,7 +108,7 @@ def test_a_report_uses_only_seeds_every_strategy_finished(tmp_path: Path) -> Non
     ledger = tmp_path / "l.jsonl"
     rows = [entry("none", 1, 0.5), entry("ewc", 1, 0.9), entry("none", 2, 0.7)]  # seed 2 of ewc not finished
     ledger.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from experiments.continual_protocol_report import report
+    from experiments.continual.published import report
 
     text = report(ledger, tmp_path, "vandeven2019")
     assert "1 paired seeds" in text and "| none | 50.00 ± 0.00 |" in text

@@ -20,7 +20,7 @@ import pytest
 import torch
 from family_harness import CONTINUAL, PATHNET, RETRAIN, SEARCH, TOY, call, write_mnist
 
-from experiments import continual
+from experiments.continual import run as continual
 from experiments.pathnet import run as pathnet_run
 
 
@@ -113,7 +113,7 @@ def test_a_seed_at_the_top_of_its_domain_runs(mnist: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize("mode", ["pathnet", "continual"])
 def test_a_full_disk_while_drawing_keeps_the_results(mode: str, mnist: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments import continual_main
+    from experiments.continual import main as continual_main
 
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -23,14 +23,13 @@ same seeds (ratio of means, paired bootstrap 95 % interval from analysis/stats.p
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
-from experiments.pathnet.measure import BASE_SEED
+from experiments.pathnet.measure import BASE_SEED, measurement_parser
 from experiments.workers import Unit, protocol_cli, read_ledger, run_units
 from utils import UserError, save_json
 
@@ -130,16 +129,8 @@ def report(ledger: Path, out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_dir", default="../shared/data")
-    p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--pairs", default="1v3,1v2")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--ledger", default="logs/pathnet_ablation/ablation_ledger.jsonl")
-    p.add_argument("--out", default="results/pathnet")
-    p.add_argument("--workers", type=int, default=1, help="units side by side, each single-threaded (records unchanged)")
-    p.add_argument("--report_only", action="store_true")
-    p.add_argument("extra", nargs="*", help="options added to every unit's command line (after --; tests, tiny runs)")
+    p = measurement_parser(__doc__, "arms", ",".join(ARMS), "1v3,1v2", 5, "logs/pathnet_ablation/ablation_ledger.jsonl",
+                           "options added to every unit's command line (after --; tests, tiny runs)")
     args = p.parse_args(argv)
 
     def body() -> str:

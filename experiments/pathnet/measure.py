@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
-from experiments.workers import Unit, protocol_cli, read_ledger, run_units
+from experiments.workers import Unit, add_ledger_options, protocol_cli, read_ledger, run_units
 from utils import save_json
 
 log = logging.getLogger("wpl")
@@ -147,17 +147,20 @@ def report(ledger: Path, out: Path) -> str:
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def measurement_parser(doc: str, plan: str, plan_default: str, pairs: str, seeds: int, ledger: str,
+                       extra_help: str = "options added to every unit's command line (after --)") -> argparse.ArgumentParser:
+    """The command line of a PathNet measurement (this one and the ablation: the same options in the same order);
+    ``plan`` names the option that picks what is measured (``styles`` or ``arms``)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--data_dir", default="../shared/data")
-    p.add_argument("--styles", default="tf,paper")
-    p.add_argument("--pairs", default=PAIRS)
-    p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--ledger", default="logs/pathnet_measure/ledger.jsonl")
-    p.add_argument("--out", default="results/pathnet")
-    p.add_argument("--workers", type=int, default=1, help="units side by side, each single-threaded (records unchanged)")
-    p.add_argument("--report_only", action="store_true")
-    p.add_argument("extra", nargs="*", help="options added to every unit's command line (after --)")
+    p.add_argument(f"--{plan}", default=plan_default)
+    p.add_argument("--pairs", default=pairs)
+    p.add_argument("--seeds", type=int, default=seeds)
+    return add_ledger_options(p, ledger=ledger, out="results/pathnet", extra_help=extra_help)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = measurement_parser(__doc__, "styles", "tf,paper", PAIRS, 10, "logs/pathnet_measure/ledger.jsonl")
     args = p.parse_args(argv)
 
     def body() -> str:

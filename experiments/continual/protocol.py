@@ -1,6 +1,6 @@
 """A published split-MNIST protocol run as independent units: strategies x seeds of one scenario, resumable.
 
-    python -m experiments.continual_protocol --scenario=task [--protocol=vandeven2019] [--seeds=5]
+    python -m experiments.continual.protocol --scenario=task [--protocol=vandeven2019] [--seeds=5]
         [--strategies=none,ewc,online_ewc,si,mas,wpl] [--data_dir=../shared/data] [--ledger=FILE] [--out=DIR]
         [--report_only] [-- OPTIONS]
 
@@ -10,7 +10,7 @@ One unit is (strategy, seed): the whole task sequence trained with that strategy
 so the comparison stays paired). Units go through :func:`experiments.workers.run_units`: one JSON line per
 finished unit in the ledger, so a killed run continues where it stopped, and a ledger whose units were run
 with other settings is refused. Units run seed by seed, every strategy of a seed before the next seed, so
-a run cut short still gives paired seeds. The report is :mod:`experiments.continual_protocol_report`.
+a run cut short still gives paired seeds. The report is :mod:`experiments.continual.published`.
 
 The unit's settings (iterations, strengths, EWC's Fisher, ...) are resolved here, from the same option
 table and per-scenario strengths as ``--mode=continual`` (:func:`modes.continual.build_config`), and stored
@@ -25,7 +25,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from experiments.workers import Unit, protocol_cli, run_units
+from experiments.workers import Unit, add_ledger_options, protocol_cli, run_units
 
 BASE_SEED = 12345  # --random_seed's default: seed k of the protocol is BASE_SEED + k
 STRATEGIES = "none,ewc,online_ewc,si,mas,wpl"
@@ -51,7 +51,7 @@ def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, d
             one = replace(cfg, strategies=[strategy], seeds=1, first_seed=BASE_SEED + k,
                           strengths={s: v for s, v in cfg.strengths.items() if s == strategy},
                           options={s: v for s, v in cfg.options.items() if s == strategy})
-            out.append(Unit(f"{scenario}/{strategy}/s{k}", "experiments.continual_protocol:run_unit",
+            out.append(Unit(f"{scenario}/{strategy}/s{k}", "experiments.continual.protocol:run_unit",
                             {"benchmark": benchmark, "scenario": scenario, "data_dir": data_dir,
                              "sequence_seed": BASE_SEED, "config": asdict(one)}))
     return out
@@ -60,8 +60,8 @@ def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, d
 def run_unit(benchmark: str, scenario: str, data_dir: str, sequence_seed: int, config: dict[str, Any]) -> dict[str, Any]:
     """One strategy on one seed over the whole sequence: its accuracy matrix, curve, time and metrics."""
     from data.tasks import build_sequence
-    from experiments.continual import ContinualConfig, run_experiment
-    from experiments.continual_report import run_metrics
+    from experiments.continual.run import ContinualConfig, run_experiment
+    from experiments.continual.report import run_metrics
 
     cfg = ContinualConfig(**{**config, "betas": tuple(config["betas"])})
     seq = build_sequence(benchmark, scenario, data_dir, seed=sequence_seed)
@@ -73,7 +73,7 @@ def run_unit(benchmark: str, scenario: str, data_dir: str, sequence_seed: int, c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from experiments.continual_protocol_report import report
+    from experiments.continual.published import report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--protocol", default="vandeven2019")
@@ -81,11 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--strategies", default=STRATEGIES)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--data_dir", default="../shared/data")
-    p.add_argument("--ledger", default="", help="default: results/continual/<protocol>_<scenario>.jsonl")
-    p.add_argument("--out", default="results/continual")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--report_only", action="store_true")
-    p.add_argument("extra", nargs="*", help="options added to every unit's --mode=continual command line (after --)")
+    add_ledger_options(p, ledger="", ledger_help="default: results/continual/<protocol>_<scenario>.jsonl",
+                       out="results/continual", extra_help="options added to every unit's --mode=continual command line (after --)")
     args = p.parse_args(argv)
 
     def body() -> str:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Sequence
 
 from analysis import plots
 from analysis.tables import markdown as markdown_table
-from experiments.continual_report import fmt, markdown, summarise
+from experiments.continual.report import fmt, markdown, summarise
 from experiments.workers import read_ledger
 from utils import UserError, save_json
 

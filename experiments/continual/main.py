@@ -15,8 +15,8 @@ from typing import Any
 
 from data.tasks import build_sequence
 from engine import first_nonfinite, stamp
-from experiments.continual import ContinualConfig, config_dict, run_experiment
-from experiments.continual_report import forgetting_table, markdown, plot, summarise
+from experiments.continual.run import ContinualConfig, config_dict, run_experiment
+from experiments.continual.report import forgetting_table, markdown, plot, summarise
 from engine.lifecycle import open_run
 from engine.runlog import RunDir
 from utils import UserError, save_json
