@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny generated text corpus and the paper's RNN command."""
+"""Shared fixtures: a tiny generated text corpus, the paper's RNN command and the fault tests' finished search."""
 
 from __future__ import annotations
 
@@ -30,6 +30,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_corpus(root / "tiny")
     return root
+
+
+@pytest.fixture(scope="session")
+def fault_base(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 3-epoch tiny search (``fault_harness.SMALL``): the run the fault tests' interrupted runs must resume
+    to. Built once for the three ``test_faults_*.py`` files, whose runs are written beside it."""
+    import main
+    from fault_harness import argv
+
+    log_dir = tmp_path_factory.mktemp("faults")
+    assert main.main(argv(data_dir, log_dir, "base")) == 0
+    return log_dir / "tiny_base"
 
 
 def interrupted_copy(run: Path, name: str) -> Path:

@@ -160,7 +160,7 @@ def test_a_folder_this_process_may_not_write_is_one_line(entry: str, mnist: Path
 
 def test_an_image_bomb_is_one_line_in_a_dataloader_worker(tmp_path: Path) -> None:
     """The search's image folders decode in DataLoader workers: the bomb is a UserError there, not PIL's."""
-    from test_faults import write_folder
+    from fault_harness import write_folder
 
     from data.image import load_images
     from data.image_stream import Preprocess, iterate_split
