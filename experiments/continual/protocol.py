@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from experiments.workers import Unit, add_ledger_options, protocol_cli, run_units
 
 BASE_SEED = 12345  # --random_seed's default: seed k of the protocol is BASE_SEED + k
-STRATEGIES = "none,ewc,online_ewc,si,mas,wpl"
+DEFAULT_STRATEGIES = "none,ewc,online_ewc,si,mas,wpl"  # the protocol's --strategies (run.STRATEGIES: every one known)
 
 
 def protocol_config(protocol: str, scenario: str, extra: Sequence[str] = ()) -> tuple[str, Any]:
@@ -78,11 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--protocol", default="vandeven2019")
     p.add_argument("--scenario", default="task", choices=("task", "domain", "class"))
-    p.add_argument("--strategies", default=STRATEGIES)
+    p.add_argument("--strategies", default=DEFAULT_STRATEGIES)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--data_dir", default="../shared/data")
     add_ledger_options(p, ledger="", ledger_help="default: results/continual/<protocol>_<scenario>.jsonl",
-                       out="results/continual", extra_help="options added to every unit's --mode=continual command line (after --)")
+                       out="results/continual",
+                       extra_help="options added to every unit's --mode=continual command line (after --)")
     args = p.parse_args(argv)
 
     def body() -> str:

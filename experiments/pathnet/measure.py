@@ -30,6 +30,7 @@ from utils import save_json
 log = logging.getLogger("wpl")
 PAIRS = "1v3,1v2+1v2,1v3+4v5,6v7+6v7,4v5"
 BASE_SEED = 12345  # --random_seed's default: unit seed k is BASE_SEED + k, as --seeds=10 runs them
+EXTRA_HELP = "options added to every unit's command line (after --)"
 
 # The TF code's README ("Results") and its logs binary_mnist_res/<A>_<B>.log (1000 runs each, "TASK1:g,TASK2:g"):
 # scratch on B is the mean TASK1 of the log whose first task is B; transfer is the mean TASK2 of the A_B log
@@ -148,7 +149,7 @@ def report(ledger: Path, out: Path) -> str:
 
 
 def measurement_parser(doc: str, plan: str, plan_default: str, pairs: str, seeds: int, ledger: str,
-                       extra_help: str = "options added to every unit's command line (after --)") -> argparse.ArgumentParser:
+                       extra_help: str = EXTRA_HELP) -> argparse.ArgumentParser:
     """The command line of a PathNet measurement (this one and the ablation: the same options in the same order);
     ``plan`` names the option that picks what is measured (``styles`` or ``arms``)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
