@@ -222,6 +222,9 @@ def build_parser() -> StrictParser:
     g.add_argument("--shared_lr", type=float, default=20.0, help="shared-weight learning rate (RNN)")
     g.add_argument("--shared_decay", type=float, default=0.96, help="shared lr factor per epoch after shared_decay_after")
     g.add_argument("--shared_decay_after", type=float, default=15.0, help="epoch after which the shared lr decays")
+    g.add_argument("--shared_lr_anneal", type=float, default=0.0,
+                   help="last fraction of the run over which the shared lr falls linearly towards 0, set per shared "
+                        "step (0: off, the ENAS schedule; the ranking benchmark uses 0.5, docs/ranking.md)")
     g.add_argument("--shared_l2_reg", type=float, default=1e-7, help="shared-weight L2 regularisation")
     g.add_argument("--shared_grad_clip", type=float, default=0.25, help="shared gradient norm clip")
     g.add_argument("--derive_num_sample", type=int, default=100, help="architectures scored when deriving")

@@ -142,7 +142,10 @@ class Trainer:
         trained: list[tuple[Any, float]] = []  # (architecture, err1) for the forgetting metric
         figures: list[dict[str, float]] = []  # the regulariser's, after each architecture
         bar = tqdm(range(steps), desc=f"epoch {epoch} shared", leave=False, disable=None)
-        for _ in bar:
+        for k in bar:
+            if self.spec.anneal > 0:  # the final anneal is set per shared step; the schedules otherwise per epoch
+                self.step.set_lr(scheduled_lr(self.spec, epoch + k / steps, self.cfg.max_epoch))
+                lr = self.step.lr
             for arch in self.sampler.sample(self.cfg.shared_num_sample):
                 boundary()
                 comm.agree("sampled architectures", comm.text_fingerprint(str(arch)))

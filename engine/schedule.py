@@ -24,8 +24,22 @@ def cosine(lr_max: float, lr_min: float, epoch: float, max_epoch: int) -> float:
 
 
 def scheduled_lr(spec: OptimSpec, epoch: float, max_epoch: int) -> float:
-    """The spec's learning rate at ``epoch``: cosine, or step decay ``lr * decay ** k`` after ``decay_after``."""
+    """The spec's learning rate at ``epoch`` (a fraction within an epoch where the caller sets it per step):
+    cosine, or step decay ``lr * decay ** k`` after ``decay_after``; times the final anneal where the spec has one."""
     if spec.schedule == "cosine":
-        return cosine(spec.lr, spec.lr_min, epoch, max_epoch)
-    return spec.lr * spec.decay ** max(0, math.floor(epoch - spec.decay_after + 1))
+        lr = cosine(spec.lr, spec.lr_min, epoch, max_epoch)
+    else:
+        lr = spec.lr * spec.decay ** max(0, math.floor(epoch - spec.decay_after + 1))
+    return lr * anneal_factor(spec.anneal, epoch, max_epoch)
 
+
+def anneal_factor(anneal: float, epoch: float, max_epoch: int) -> float:
+    """1 until the last ``anneal`` fraction of ``max_epoch`` epochs, then falling linearly to 0 at the end.
+
+    Why: at a budget of a few epochs and SGD's lr 20, the weights at the end are one sample of a noisy walk
+    (a cell's validation perplexity moves by 20-50 % between consecutive shared steps, docs/ranking.md);
+    annealing the step size makes the end a measurement of the architecture instead.
+    """
+    if anneal <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (max_epoch - epoch) / (anneal * max_epoch)))

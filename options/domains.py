@@ -86,6 +86,7 @@ DOMAINS: dict[str, Domain] = {
     "controller_grad_clip": NON_NEGATIVE, "tanh_c": NON_NEGATIVE, "softmax_temperature": POSITIVE,
     "entropy_coeff": NON_NEGATIVE, "shared_initial_step": NATURAL, "shared_max_step": COUNT,
     "shared_num_sample": COUNT, "shared_lr": POSITIVE, "shared_decay": POSITIVE, "shared_decay_after": NON_NEGATIVE,
+    "shared_lr_anneal": UNIT,
     "shared_l2_reg": NON_NEGATIVE, "shared_grad_clip": NON_NEGATIVE, "derive_num_sample": COUNT,
     # retrain
     "retrain_epochs": NATURAL, "retrain_embed": COUNT, "retrain_hid": COUNT, "retrain_batch_size": COUNT,

@@ -36,6 +36,7 @@ class OptimSpec:
     lr_min: float = 0.0
     decay: float = 1.0
     decay_after: float = 0.0
+    anneal: float = 0.0  # the run's last fraction over which the lr falls linearly to 0, set per shared step
 
 
 class SearchSpace(Protocol):

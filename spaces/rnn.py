@@ -67,6 +67,7 @@ class RNNSpaceConfig:
     shared_grad_clip: float
     shared_decay: float
     shared_decay_after: float
+    shared_lr_anneal: float
 
 
 class TextStream:
@@ -169,7 +170,8 @@ class RNNSpace:
     def optim_spec(self) -> OptimSpec:
         c = self._cfg
         return OptimSpec(lr=c.shared_lr, weight_decay=c.shared_l2_reg, grad_clip=c.shared_grad_clip,
-                         schedule="decay", decay=c.shared_decay, decay_after=c.shared_decay_after)
+                         schedule="decay", decay=c.shared_decay, decay_after=c.shared_decay_after,
+                         anneal=c.shared_lr_anneal)
 
     # ------------------------------------------------------------------------------ losses
     def regularizers(self, out: RNNOutput) -> Tensor:

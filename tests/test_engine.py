@@ -63,6 +63,9 @@ def test_schedules_by_hand() -> None:
     spec = OptimSpec(lr=20.0, weight_decay=0.0, grad_clip=0.0, decay=0.5, decay_after=3)
     assert [scheduled_lr(spec, e, 10) for e in range(5)] == [20.0, 20.0, 20.0, 10.0, 5.0]
     assert cosine(1.0, 0.0, 5, 10) == pytest.approx(0.5) and cosine(1.0, 0.1, 10, 10) == pytest.approx(0.1)
+    annealed = OptimSpec(lr=20.0, weight_decay=0.0, grad_clip=0.0, decay=0.5, decay_after=1, anneal=0.5)
+    # the last half of 2 epochs falls linearly to 0, on top of the step decay (x0.5 from epoch 1 on)
+    assert [scheduled_lr(annealed, e, 2) for e in (0, 0.5, 1.0, 1.5, 1.975, 2.0)] == pytest.approx([20, 20, 10, 5, 0.25, 0])
     sgd = build_optimizer(OptimSpec(lr=0.1, weight_decay=1e-4, grad_clip=0, momentum=0.9, nesterov=True), [nn.Parameter(torch.zeros(1))])
     assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
 

@@ -173,6 +173,21 @@ def test_the_loop_calls_the_space_in_order_and_its_steps_are_plain_sgd() -> None
                                                                                  RandomSampler(LinearSpace(), 0).sample(6)[2:])
 
 
+def test_the_final_anneal_sets_the_lr_per_shared_step() -> None:
+    class Annealed(LinearSpace):
+        def optim_spec(self) -> OptimSpec:
+            return OptimSpec(lr=LR, weight_decay=0.0, grad_clip=0.0, anneal=0.5)
+
+    space = Annealed()
+    t = trainer(space, None, max_epoch=2, num_batch_per_iter=1, derive_num_sample=1)
+    records = [t.run_epoch(), t.run_epoch()]
+    w = 1.0
+    for factor in (1.0, 1.0, 1.0, 0.5):  # steps at epochs 0, 0.5, 1, 1.5 of 2; the last half falls linearly to 0
+        w -= factor * LR * 2 * X * (w * X - Y)
+    assert float(space.model.weight) == pytest.approx(w, rel=1e-6)
+    assert (records[0]["shared_lr"], records[1]["shared_lr"]) == pytest.approx((LR, LR / 2))
+
+
 def test_regulariser_hooks_are_called_in_the_documented_order_and_its_gradient_is_applied() -> None:
     space = LinearSpace()
     reg = Recording(space.wpl_groups(), strength=0.5)

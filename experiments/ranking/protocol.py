@@ -35,11 +35,11 @@ SIZES: dict[str, dict[str, Any]] = {
     "small": {"shared_embed": 64, "shared_hid": 64, "batch_size": 64, "test_batch_size": 64, "shared_rnn_max_length": 35,
               "shared_max_step": 40, "num_batch_per_iter": 10, "max_epoch": 2, "forgetting_eval_batches": 1,
               "train_controller": True, "controller_max_step": 100, "log_step": 0,
-              "alpha_fisher": 60.0, "fisher_clip_by_norm": 10.0},
+              "alpha_fisher": 60.0, "fisher_clip_by_norm": 10.0, "shared_lr_anneal": 0.5},
     "tiny": {"shared_embed": 8, "shared_hid": 8, "batch_size": 4, "test_batch_size": 4, "shared_rnn_max_length": 5,
              "shared_max_step": 2, "num_batch_per_iter": 2, "max_epoch": 2, "forgetting_eval_batches": 1,
              "train_controller": True, "controller_max_step": 2, "log_step": 0,
-             "alpha_fisher": 60.0, "fisher_clip_by_norm": 10.0},
+             "alpha_fisher": 60.0, "fisher_clip_by_norm": 10.0, "shared_lr_anneal": 0.5},
 }
 # The searches' own options (WPL at the paper's README command's strength and clip, the controller phase, the
 # forgetting metric): a cell trained alone reads none of them, so they are not part of its unit.
@@ -51,7 +51,7 @@ SAMPLER_OPTIONS: dict[str, dict[str, Any]] = {
 }
 # What a ground truth must share with a search scored against it: the model, the data and the budget.
 TRUTH_KEYS = ("dataset", "shared_embed", "shared_hid", "batch_size", "shared_rnn_max_length", "shared_max_step",
-              "num_batch_per_iter", "max_epoch", "shared_lr", "shared_dropout", "preset")
+              "num_batch_per_iter", "max_epoch", "shared_lr", "shared_lr_anneal", "shared_dropout", "preset")
 IMPORTANCES = ("none", "fisher", "mas", "si", "l2")
 TRUTH_KIND = "wpl-ranking-ground-truth"
 NUM_CELLS = 32
