@@ -142,9 +142,10 @@ class Trainer:
         trained: list[tuple[Any, float]] = []  # (architecture, err1) for the forgetting metric
         figures: list[dict[str, float]] = []  # the regulariser's, after each architecture
         bar = tqdm(range(steps), desc=f"epoch {epoch} shared", leave=False, disable=None)
-        for k in bar:
-            if self.spec.anneal > 0:  # the final anneal is set per shared step; the schedules otherwise per epoch
-                self.step.set_lr(scheduled_lr(self.spec, epoch + k / steps, self.cfg.max_epoch))
+        for _ in bar:
+            if self.spec.anneal > 0:  # the final anneal is set per shared step (the schedules otherwise per epoch)
+                done = max(0, self.shared_step - self.cfg.shared_initial_step) / self.cfg.shared_max_step
+                self.step.set_lr(scheduled_lr(self.spec, done, self.cfg.max_epoch))
                 lr = self.step.lr
             for arch in self.sampler.sample(self.cfg.shared_num_sample):
                 boundary()
