@@ -28,7 +28,7 @@ from trainer import Trainer, TrainerConfig
 from utils import seed_everything
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cell", default="c00", help="cell id c00..c31")
     p.add_argument("--seed", type=int, default=12345)
@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--size", default="small", choices=sorted(SIZES))
     p.add_argument("--data_dir", default="../shared/data")
     p.add_argument("--dataset", default="ptb")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     args = unit_args({**SIZES[a.size], "shared_lr_anneal": a.anneal, "dataset": a.dataset, "data_dir": a.data_dir},
                      a.seed)
     seed_everything(a.seed)

@@ -156,3 +156,13 @@ def test_nao_searches_the_32_cells_with_its_pool_scaled_to_the_space(data_dir: P
     record = search_and_rank(**unit.kwargs)
     assert [len(e["valid_ppl"]) for e in record["epochs"]] == [32, 32]
     assert all(math.isfinite(p) for e in record["epochs"] for p in e["valid_ppl"])
+
+
+def test_the_end_point_probe_scores_the_last_steps_at_the_annealed_lr(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import probe_endpoint
+
+    probe_endpoint.main(["--size=tiny", "--last=2", f"--data_dir={data_dir}", "--dataset=tiny", "--anneal=0.5"])
+    lines = capsys.readouterr().out.splitlines()
+    # tiny: 2 epochs of 2 shared steps; steps 3 and 4 start at epochs 1 and 1.5 of 2, the last half annealed
+    assert [line.split(": ")[1].split(" train")[0] for line in lines] == ["step 3/4 lr 20.00", "step 4/4 lr 10.00"]
+    assert all(math.isfinite(float(line.rsplit(" ", 1)[1])) for line in lines)
