@@ -1,17 +1,18 @@
-"""``--sampler=nao``'s options, declared beside the sampler (config.py collects them into the option table).
+"""``--sampler=nao``'s options, declared beside the sampler (config.py collects them through ``samplers.SAMPLERS``).
 
 Free of heavy imports: ``--help`` builds the option table without importing torch.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
 from options import presets
-from options.parsing import choice
+from options.domains import COUNT, NATURAL, NON_NEGATIVE, POSITIVE, UNIT, Domain
+from options.parsing import StrictParser, choice
+from options.plugin import PluginOptions
 
 
-def add(p: Any) -> None:
+def add(p: StrictParser) -> None:
     g = p.group("NAO (--sampler=nao)", "NAO with weight sharing (Luo et al. 2018); defaults: NAO-WS's public code "
                 "(renqianluo/NAO); --nao_size=small: a CPU-sized pool with the same ratios (docs/nao.md)")
     g.add_argument("--nao_size", type=choice(*presets.NAO_SIZES), default="paper", help="paper: NAO-WS's pool and controller "
@@ -36,3 +37,12 @@ def add(p: Any) -> None:
     g.add_argument("--nao_weights", type=choice("edge", "activation"), default="edge", role=("shape", "search"),
                    help="shared weights per edge, shared by the activations (ENAS, the WPL paper's code), or per "
                         "(edge, activation) as NAO-WS (not built yet); docs/fidelity.md")
+
+
+OPTIONS = PluginOptions(add, {
+    "nao_pool": Domain(lo=2, integer=True), "nao_top_k": COUNT, "nao_new": COUNT, "nao_random": NATURAL,
+    "nao_round_every": COUNT, "nao_controller_epochs": COUNT, "nao_controller_batch": COUNT,
+    "nao_controller_lr": POSITIVE, "nao_controller_l2": NON_NEGATIVE, "nao_controller_clip": NON_NEGATIVE,
+    "nao_mse_weight": UNIT, "nao_lambda": POSITIVE, "nao_max_passes": COUNT, "nao_embed": COUNT, "nao_hid": COUNT,
+    "nao_mlp_layers": NATURAL, "nao_mlp_hid": COUNT,
+})
