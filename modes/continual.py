@@ -71,7 +71,7 @@ def regularizer_options(args: argparse.Namespace, resolved: dict[str, dict[str, 
 
 def build_config(args: argparse.Namespace, explicit: set[str]) -> ContinualConfig:
     """The typed configuration of a run, with the protocol's per-scenario strengths; a bad option is one line."""
-    from experiments.continual.run import STRATEGIES, ContinualConfig
+    from experiments.continual.run import ContinualConfig, strategies
 
     resolved = resolved_values(args)
     strengths = {strategy: values["strength"] for strategy, values in resolved.items()}
@@ -82,9 +82,9 @@ def build_config(args: argparse.Namespace, explicit: set[str]) -> ContinualConfi
         raise UserError(f"--cl_hidden={args.cl_hidden}: expected comma-separated widths such as 400,400") from err
     if not all(1 <= w <= MAX_WIDTH for w in hidden):
         raise UserError(f"--cl_hidden={args.cl_hidden}: every width must be between 1 and {MAX_WIDTH}")
-    unknown = sorted(set(args.strategies) - set(STRATEGIES))
+    unknown = sorted(set(args.strategies) - set(strategies()))
     if unknown:
-        raise UserError(f"--strategies: unknown {', '.join(unknown)} ({', '.join(STRATEGIES)})")
+        raise UserError(f"--strategies: unknown {', '.join(unknown)} ({', '.join(strategies())})")
     if len(set(args.strategies)) != len(args.strategies):
         raise UserError(f"--strategies={','.join(args.strategies)}: a strategy is repeated")
     if "num_tasks" in explicit and args.benchmark != "permuted_mnist":
