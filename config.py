@@ -27,9 +27,6 @@ from spaces import SPACES
 
 C = TypeVar("C")
 PRESETS = presets.PRESETS  # --preset's choices (options/presets.py)
-NAO_SIZES = presets.NAO_SIZES  # --nao_size's choices
-PATHNET_STYLES = presets.PATHNET_STYLES  # --pathnet_style's choices
-CL_PROTOCOLS = presets.CL_PROTOCOLS  # --cl_protocol's choices
 LEGACY_VALUES = presets.LEGACY_VALUES  # what saved configurations that lack a key meant
 
 
@@ -303,9 +300,13 @@ def build_parser() -> StrictParser:
 
 
 def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
-    """``args`` with the preset's value for every option of it that the command line did not give."""
-    for key, value in {**PRESETS[args.preset], **NAO_SIZES[args.nao_size], **PATHNET_STYLES[args.pathnet_style],
-                       **CL_PROTOCOLS[args.cl_protocol]}.items():
+    """``args`` with the value of ``--preset``, and of each plug-in's presets (``--nao_size``, ...), for every option
+    they set that the command line did not give."""
+    chosen = dict(PRESETS[args.preset])
+    for declared in declarations():
+        for option, table in declared.presets.items():
+            chosen.update(table[getattr(args, option)])
+    for key, value in chosen.items():
         if key not in explicit:
             setattr(args, key, value)
     return args

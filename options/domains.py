@@ -158,20 +158,19 @@ def relation_problem(args: argparse.Namespace) -> str | None:
                 f"{args.shared_hid}); pass --tie_weights=False or equal sizes")
     if args.controller_lr_cosine and args.controller_lr_min > args.controller_lr_max:
         return f"--controller_lr_min={args.controller_lr_min} is above --controller_lr_max={args.controller_lr_max}"
-    if args.evolution_sample_size > args.evolution_population:
-        return (f"--evolution_sample_size={args.evolution_sample_size} is above --evolution_population="
-                f"{args.evolution_population}: a tournament draws distinct members")
-    if args.sampler == "nao" and args.nao_top_k > args.nao_pool:
-        return f"--nao_top_k={args.nao_top_k} is above --nao_pool={args.nao_pool}: generation starts from pool members"
-    if args.sampler == "nao" and args.nao_new + args.nao_random >= args.nao_pool:
-        return (f"--nao_new={args.nao_new} + --nao_random={args.nao_random} must stay below --nao_pool={args.nao_pool}: "
-                "the new pool keeps at least one measured member")
-    if args.pathnet_active > args.pathnet_modules:
-        return (f"--pathnet_active={args.pathnet_active} is above --pathnet_modules={args.pathnet_modules}: a path "
-                f"picks at most that many of a layer's modules")
     if args.shared_cnn_lr_min > args.shared_cnn_lr:
         return f"--shared_cnn_lr_min={args.shared_cnn_lr_min} is above --shared_cnn_lr={args.shared_cnn_lr}"
-    return _name_problem(args)
+    return _plugin_problem(args) or _name_problem(args)
+
+
+def _plugin_problem(args: argparse.Namespace) -> str | None:
+    """The first problem between a plug-in's own options, from its declaration's ``check``."""
+    from config import declarations
+
+    for declared in declarations():
+        if declared.check and (problem := declared.check(args)):
+            return problem
+    return None
 
 
 def _name_problem(args: argparse.Namespace) -> str | None:
@@ -192,7 +191,9 @@ def _name_problem(args: argparse.Namespace) -> str | None:
 
 
 def useless_value_warnings(args: argparse.Namespace) -> list[str]:
-    """Legal values that do nothing, each as one line (the paper's CNN command has one)."""
+    """Legal values that do nothing, each as one line (the paper's CNN command has one), the plug-ins' last."""
+    from config import declarations
+
     warnings = []
     if args.alpha_fisher > 0 and args.start_using_fisher >= args.max_epoch:
         warnings.append(f"--start_using_fisher={args.start_using_fisher} is not below --max_epoch={args.max_epoch}: "
@@ -201,15 +202,14 @@ def useless_value_warnings(args: argparse.Namespace) -> list[str]:
         warnings.append(f"--start_training_controller={args.start_training_controller} is not below --max_epoch="
                         f"{args.max_epoch} / --stop_training_controller={args.stop_training_controller}: "
                         "the controller is never trained")
-    if args.sampler == "nao" and args.nao_round_every > args.max_epoch:
-        warnings.append(f"--nao_round_every={args.nao_round_every} is above --max_epoch={args.max_epoch}: NAO never "
-                        "runs a controller round and searches its random initial pool (--nao_size=small: every 2)")
     if args.alpha_fisher > 0 and args.num_batch_per_iter == 1:
         warnings.append("--num_batch_per_iter=1 with --alpha_fisher > 0: the search's WPL re-anchors after every "
                         "architecture, so with one batch each its penalty is always zero (docs/nao.md)")
     if args.start_evaluate_diff >= args.max_epoch:
         warnings.append(f"--start_evaluate_diff={args.start_evaluate_diff} is not below --max_epoch={args.max_epoch}: "
                         "the forgetting metric is never measured")
+    for declared in declarations():
+        warnings += declared.warnings(args) if declared.warnings else []
     return warnings
 
 

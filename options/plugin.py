@@ -20,10 +20,17 @@ from options.parsing import StrictParser
 
 @dataclass(frozen=True)
 class PluginOptions:
-    """A plug-in's options: ``add`` puts them into their help group, ``domains`` bounds the numeric ones."""
+    """A plug-in's options: ``add`` puts them into their help group, ``domains`` bounds the numeric ones.
+
+    ``presets``: an option of it that sets several others at once (``--nao_size``), with each of its values'
+    settings; options given explicitly win. ``check``: the first problem between its options as one line (None:
+    none), run after the domains; ``warnings``: legal values that do nothing, one line each (search runs)."""
 
     add: Callable[[StrictParser], None]
     domains: Mapping[str, Domain] = field(default_factory=dict)
+    presets: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    check: Callable[[argparse.Namespace], str | None] | None = None
+    warnings: Callable[[argparse.Namespace], list[str]] | None = None
 
 
 @dataclass(frozen=True)

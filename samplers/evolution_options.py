@@ -6,6 +6,8 @@ heavy imports: ``--help`` builds the option table without importing torch.
 
 from __future__ import annotations
 
+import argparse
+
 from options.domains import Domain
 from options.parsing import StrictParser, str2bool
 from options.plugin import PluginOptions
@@ -21,6 +23,13 @@ def add(p: StrictParser) -> None:
                         "instead of the tournament's loser")
 
 
+def check(args: argparse.Namespace) -> str | None:
+    if args.evolution_sample_size > args.evolution_population:
+        return (f"--evolution_sample_size={args.evolution_sample_size} is above --evolution_population="
+                f"{args.evolution_population}: a tournament draws distinct members")
+    return None
+
+
 # a tournament draws distinct members: at least two in the population and in each tournament
 OPTIONS = PluginOptions(add, {"evolution_population": Domain(lo=2, integer=True),
-                              "evolution_sample_size": Domain(lo=2, integer=True)})
+                              "evolution_sample_size": Domain(lo=2, integer=True)}, check=check)

@@ -5,6 +5,7 @@ Free of heavy imports: ``--help`` builds the option table without importing torc
 
 from __future__ import annotations
 
+import argparse
 
 from options import presets
 from options.domains import COUNT, NATURAL, NON_NEGATIVE, POSITIVE, UNIT, Domain
@@ -39,10 +40,27 @@ def add(p: StrictParser) -> None:
                         "(edge, activation) as NAO-WS (not built yet); docs/fidelity.md")
 
 
+def check(args: argparse.Namespace) -> str | None:
+    """The pool's sizes, which only NAO reads."""
+    if args.sampler == "nao" and args.nao_top_k > args.nao_pool:
+        return f"--nao_top_k={args.nao_top_k} is above --nao_pool={args.nao_pool}: generation starts from pool members"
+    if args.sampler == "nao" and args.nao_new + args.nao_random >= args.nao_pool:
+        return (f"--nao_new={args.nao_new} + --nao_random={args.nao_random} must stay below --nao_pool={args.nao_pool}: "
+                "the new pool keeps at least one measured member")
+    return None
+
+
+def warnings(args: argparse.Namespace) -> list[str]:
+    if args.sampler == "nao" and args.nao_round_every > args.max_epoch:
+        return [f"--nao_round_every={args.nao_round_every} is above --max_epoch={args.max_epoch}: NAO never "
+                "runs a controller round and searches its random initial pool (--nao_size=small: every 2)"]
+    return []
+
+
 OPTIONS = PluginOptions(add, {
     "nao_pool": Domain(lo=2, integer=True), "nao_top_k": COUNT, "nao_new": COUNT, "nao_random": NATURAL,
     "nao_round_every": COUNT, "nao_controller_epochs": COUNT, "nao_controller_batch": COUNT,
     "nao_controller_lr": POSITIVE, "nao_controller_l2": NON_NEGATIVE, "nao_controller_clip": NON_NEGATIVE,
     "nao_mse_weight": UNIT, "nao_lambda": POSITIVE, "nao_max_passes": COUNT, "nao_embed": COUNT, "nao_hid": COUNT,
     "nao_mlp_layers": NATURAL, "nao_mlp_hid": COUNT,
-})
+}, presets={"nao_size": presets.NAO_SIZES}, check=check, warnings=warnings)

@@ -46,4 +46,5 @@ def add(p: StrictParser) -> None:
 
 
 OPTIONS = ModeOptions(add, {"seeds": COUNT, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
-                            "cl_eval_every": COUNT, "importance_samples": COUNT}, group=GROUP)
+                            "cl_eval_every": COUNT, "importance_samples": COUNT},
+                      presets={"cl_protocol": presets.CL_PROTOCOLS}, group=GROUP)

@@ -7,6 +7,7 @@ docs/pathnet.md), and an option given explicitly still wins. Free of heavy impor
 
 from __future__ import annotations
 
+import argparse
 
 from options import presets
 from options.domains import COUNT, NON_NEGATIVE, POSITIVE, UNIT, Domain
@@ -73,10 +74,17 @@ def add(p: StrictParser) -> None:
     g.add_argument("--pathnet_fisher_batches", type=int, default=50, help="wpl variant: minibatches of A's Fisher")
 
 
+def check(args: argparse.Namespace) -> str | None:
+    if args.pathnet_active > args.pathnet_modules:
+        return (f"--pathnet_active={args.pathnet_active} is above --pathnet_modules={args.pathnet_modules}: a path "
+                f"picks at most that many of a layer's modules")
+    return None
+
+
 OPTIONS = ModeOptions(add, {
     "pathnet_layers": COUNT, "pathnet_modules": COUNT, "pathnet_units": COUNT, "pathnet_active": COUNT,
     "pathnet_population": Domain(lo=2, integer=True), "pathnet_batches": COUNT, "pathnet_batch_size": COUNT,
     "pathnet_lr": POSITIVE, "pathnet_converge": Domain(lo=0, hi=1, lo_open=True), "pathnet_max_generations": COUNT,
     "noise": UNIT, "pathnet_wpl_alpha": NON_NEGATIVE, "pathnet_fisher_batches": COUNT, "pathnet_converge_window": COUNT,
     "pathnet_count_from": Domain(lo=0, hi=1, integer=True),
-}, group=GROUP, reads=("seeds",))  # --seeds: the continual group's, paired seeds here too
+}, presets={"pathnet_style": presets.PATHNET_STYLES}, check=check, group=GROUP, reads=("seeds",))  # --seeds: the continual group's, paired seeds here too
