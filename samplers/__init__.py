@@ -3,8 +3,9 @@
 ``SAMPLERS[name].build(space, cfg, device, run)`` builds one, ``cfg`` being its ``Config`` filled
 from the same-named options. A new sampler is one file plus one entry here; ``--sampler`` takes its
 choices from this table. A sampler with options of its own also names their declaration in ``options=``
-(:mod:`options.plugin`; a light module beside it, as ``nao_options``). Entries and the names below are imported on first use (:mod:`options.registry`), so
-reading the table's names (config.py, ``--help``) does not import torch.
+(:mod:`options.plugin`; built-in ones keep it in a light module beside them, as ``nao_options``). Entries,
+declarations and the names below are imported on first use (:mod:`options.registry`), so reading the table
+(config.py, ``--help``) does not import torch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``--mode=continual``'s options, declared beside the experiment (config.py collects them into the option table).
+"""``--mode=continual``'s options, declared beside the experiment (config.py collects them through ``modes.MODES``).
 
 Defaults are van de Ven & Tolias (2019)'s split-MNIST protocol; ``--cl_protocol`` sets another published
 one (``options.presets.CL_PROTOCOLS``) and each strength left out is the protocol's value for the scenario
