@@ -6,7 +6,8 @@ booleans accept only true/false/yes/no/1/0, and list options are read with ``ast
 as comma-separated names (never ``eval``) (the machinery is options/parsing.py). A repeated option takes its
 last value. An option's ``role=`` says whether a checkpoint or the command line supplies it when a run
 is continued or reused (``parsing.ROLES``); ``SHAPE_KEYS``, ``RUNTIME_KEYS`` and ``SEARCH_KEYS`` are
-read off those marks.
+read off those marks. A plug-in's own options (a sampler's, a mode's, a regulariser's, ...) are declared beside
+it and collected here from the registries (:mod:`options.plugin`).
 """
 
 from __future__ import annotations

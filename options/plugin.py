@@ -2,7 +2,7 @@
 
 A sampler, search space, regulariser or mode with options of its own names a declaration in its registry entry
 (``Registry(..., options={name: "module:ATTRIBUTE"})``); ``config.build_parser`` adds every declared option and
-``options.domains`` checks every declared domain, so neither file names a plug-in. The built-in declarations
+``options.domains`` checks every declared domain, so neither file declares a plug-in's options. The built-in declarations
 live in light modules beside their plug-ins (``samplers/nao_options.py``, ``experiments/*/options.py``,
 ``regularizers/*_options.py``): building the table must not import torch (``--help`` stays instant).
 """
