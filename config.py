@@ -6,7 +6,8 @@ booleans accept only true/false/yes/no/1/0, and list options are read with ``ast
 as comma-separated names (never ``eval``) (the machinery is options/parsing.py). A repeated option takes its
 last value. An option's ``role=`` says whether a checkpoint or the command line supplies it when a run
 is continued or reused (``parsing.ROLES``); ``SHAPE_KEYS``, ``RUNTIME_KEYS`` and ``SEARCH_KEYS`` are
-read off those marks.
+read off those marks. A plug-in's own options (a sampler's, a mode's, a regulariser's, ...) are declared beside
+it and collected here from the registries (:mod:`options.plugin`).
 """
 
 from __future__ import annotations
@@ -18,32 +19,38 @@ from typing import Any, Sequence, TypeVar
 import modes
 from options import presets
 from data import DEFAULT_DATA_DIR
-from experiments.continual import options as continual_options
-from experiments.pathnet import options as pathnet_options
-from experiments.nao_wpl import options as nao_wpl_options
-from experiments.ranking import options as ranking_options
-from samplers import nao_options
 from options.parsing import StrictParser, choice, program_name, str2bool, str_list
+from options.plugin import PluginOptions
+from options.registry import Registry
+from regularizers import REGULARIZERS, SEARCH_IMPORTANCES
+from samplers import SAMPLERS
+from spaces import SPACES
 
 C = TypeVar("C")
 PRESETS = presets.PRESETS  # --preset's choices (options/presets.py)
-NAO_SIZES = presets.NAO_SIZES  # --nao_size's choices
-PATHNET_STYLES = presets.PATHNET_STYLES  # --pathnet_style's choices
-CL_PROTOCOLS = presets.CL_PROTOCOLS  # --cl_protocol's choices
 LEGACY_VALUES = presets.LEGACY_VALUES  # what saved configurations that lack a key meant
 
 
 # The modes --mode chooses from, with the line --help shows for each: the registry that runs them.
 MODES = modes.MODES
 FIRST_SCREEN = "start here"
+# The registries whose entries may declare options of their own (options.plugin), in the order the table adds
+# them: the search's plug-ins after the search's options, the modes and --strategies' regularisers after retrain.
+SEARCH_PLUGINS: tuple[Registry[Any], ...] = (SAMPLERS, SPACES, SEARCH_IMPORTANCES)
+EXPERIMENT_PLUGINS: tuple[Registry[Any], ...] = (MODES, REGULARIZERS)
+
+
+def declarations(tables: Sequence[Registry[Any]] = SEARCH_PLUGINS + EXPERIMENT_PLUGINS) -> list[PluginOptions]:
+    """The plug-ins' option declarations in ``tables``, each once (two entries may share one), in table order."""
+    found: list[PluginOptions] = []
+    for table in tables:
+        found += [d for d in table.declarations().values() if not any(d is seen for seen in found)]
+    return found
 
 
 def build_parser() -> StrictParser:
-    """The option table. The first group is what ``--help`` shows; choices come from the plug-in tables."""
-    from spaces import SPACES
-    from regularizers import SEARCH_IMPORTANCES
-    from samplers import SAMPLERS
-
+    """The option table. The first group is what ``--help`` shows; choices, and the plug-ins' own options, come
+    from the plug-in tables."""
     prog = program_name("main.py")
     p = StrictParser(
         prog=prog,
@@ -102,12 +109,6 @@ def build_parser() -> StrictParser:
     g.add_argument("--alpha_small_scale", type=float, default=0.0, help="floor that alpha never goes below once decay has started")
     g.add_argument("--shared_valid_fisher", type=b, default=True, help="Fisher from one validation batch after each step (else from the last training batch)")
     g.add_argument("--shared_ce_fisher", type=b, default=True, help="Fisher from the cross-entropy gradient only (else from the full loss)")
-    g.add_argument("--evolution_population", type=int, default=20, help="--sampler=evolution: architectures in the population")
-    g.add_argument("--evolution_sample_size", type=int, default=2,
-                   help="--sampler=evolution: members scored per tournament (2: PathNet-style tournament of two)")
-    g.add_argument("--evolution_regularized", type=b, default=False,
-                   help="--sampler=evolution: the mutated winner replaces the oldest member (regularized evolution) "
-                        "instead of the tournament's loser")
     g.add_argument("--train_controller", type=b, default=False, help="run the controller (REINFORCE) phase")
     g.add_argument("--start_training_controller", type=int, default=0, help="first epoch with a controller phase")
     g.add_argument("--stop_training_controller", type=int, default=1000, help="epoch from which the controller phase stops")
@@ -229,7 +230,8 @@ def build_parser() -> StrictParser:
     g.add_argument("--shared_grad_clip", type=float, default=0.25, help="shared gradient norm clip")
     g.add_argument("--derive_num_sample", type=int, default=100, help="architectures scored when deriving")
 
-    nao_options.add(p)
+    for declared in declarations(SEARCH_PLUGINS):
+        declared.add(p)
 
     g = p.group(
         "retrain", "--mode=retrain: train one architecture from scratch (no controller, no WPL). RNN defaults: "
@@ -263,10 +265,8 @@ def build_parser() -> StrictParser:
     g.add_argument("--retrain_aux_weight", type=float, default=0.4,
                    help="micro-CNN auxiliary classifier after the last reduction cell, loss weight; 0: off (DARTS)")
 
-    continual_options.add(p)
-    pathnet_options.add(p)
-    ranking_options.add(p)
-    nao_wpl_options.add(p)
+    for declared in declarations(EXPERIMENT_PLUGINS):
+        declared.add(p)
 
     g = p.group("misc")
     g.add_argument("--log_step", type=int, default=50, help="steps between progress log lines", role="runtime")
@@ -304,9 +304,13 @@ def build_parser() -> StrictParser:
 
 
 def apply_preset(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
-    """``args`` with the preset's value for every option of it that the command line did not give."""
-    for key, value in {**PRESETS[args.preset], **NAO_SIZES[args.nao_size], **PATHNET_STYLES[args.pathnet_style],
-                       **CL_PROTOCOLS[args.cl_protocol]}.items():
+    """``args`` with the value of ``--preset``, and of each plug-in's presets (``--nao_size``, ...), for every option
+    they set that the command line did not give."""
+    chosen = dict(PRESETS[args.preset])
+    for declared in declarations():
+        for option, table in declared.presets.items():
+            chosen.update(table[getattr(args, option)])
+    for key, value in chosen.items():
         if key not in explicit:
             setattr(args, key, value)
     return args

@@ -57,5 +57,5 @@ def build_trainer(args: argparse.Namespace, regularised: bool, importance: str =
     space = builders.build_space(args, device)
     sampler_cls = SAMPLERS[args.sampler]
     search = sampler_cls.build(space, pick(sampler_cls.Config, args), device, None)
-    reg = build_search_regularizer(space.wpl_groups(), pick(WPLSearchConfig, args)) if regularised else None
+    reg = build_search_regularizer(space.wpl_groups(), pick(WPLSearchConfig, args), args) if regularised else None
     return Trainer(space, search, reg, pick(TrainerConfig, args), None, vars(args))

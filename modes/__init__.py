@@ -12,7 +12,8 @@ from typing import Any
 from options.registry import Registry
 
 # name -> the function that runs it, ``fn(args, explicit_options, device)``; config.py takes --mode's choices
-# and help lines from here. A new mode is its module plus one entry (and its line) here.
+# and help lines from here. A new mode is its module plus one entry (and its line) here; a mode with options of its
+# own also names their declaration (``options.plugin.ModeOptions``, its experiment's light ``options`` module).
 MODES: Registry[Any] = Registry("mode", {
     "train": "modes.search:mode_train",
     "derive": "modes.search:mode_derive",
@@ -35,4 +36,9 @@ MODES: Registry[Any] = Registry("mode", {
     "ranking": "32-cell ground-truth ranking benchmark",
     "nao_wpl": "NAO vs NAO + WPL, paired seeds per dropout",
     "convert": "old (format-1) checkpoints to format 2",
+}, options={
+    "continual": "experiments.continual.options:OPTIONS",
+    "pathnet": "experiments.pathnet.options:OPTIONS",
+    "ranking": "experiments.ranking.options:OPTIONS",
+    "nao_wpl": "experiments.nao_wpl.options:OPTIONS",
 })

@@ -53,7 +53,7 @@ def build_trainer(args: argparse.Namespace, device: torch.device, run: RunDir | 
     space = build_space(args, device)
     sampler_cls = SAMPLERS[args.sampler]
     sampler = sampler_cls.build(space, pick(sampler_cls.Config, args), device, run)
-    wpl = build_search_regularizer(space.wpl_groups(), pick(WPLSearchConfig, args)) if args.alpha_fisher > 0 else None
+    wpl = build_search_regularizer(space.wpl_groups(), pick(WPLSearchConfig, args), args) if args.alpha_fisher > 0 else None
     return Trainer(space, sampler, wpl, pick(TrainerConfig, args), run, vars(args))
 
 

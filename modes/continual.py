@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.lifecycle import run_path
+from options.plugin import StrategyOptions
+from regularizers import REGULARIZERS
 from utils import UserError
 
 if TYPE_CHECKING:
@@ -20,59 +22,69 @@ if TYPE_CHECKING:
 
 MAX_WIDTH = 1 << 16  # a hidden width past this is a typo that would ask for gigabytes
 MAX_PERMUTED_TASKS = 50
-# Each strategy's strength option and the table beside its regulariser that holds the protocol's per-scenario
-# value, read when the option is not given on the command line.
-STRENGTH_TABLES = {"ewc": ("ewc_lambda", "regularizers.ewc:SCENARIO_STRENGTHS"),
-                   "online_ewc": ("online_ewc_lambda", "regularizers.ewc:ONLINE_SCENARIO_STRENGTHS"),
-                   "si": ("si_c", "regularizers.si:SCENARIO_STRENGTHS"),
-                   "mas": ("mas_lambda", "regularizers.mas:SCENARIO_STRENGTHS"),
-                   "l2": ("l2_lambda", "regularizers.mas:L2_SCENARIO_STRENGTHS"),
-                   "wpl": ("wpl_alpha", "regularizers.wpl:SCENARIO_STRENGTHS")}
 # Benchmarks whose heads fix the scenario whatever --scenario says (data/tasks.py).
 FIXED_SCENARIO = {"seq_mnist_0-2_3-5": "class", "permuted_mnist": "domain"}
 
 
+def strategy_options() -> dict[str, StrategyOptions]:
+    """The ``--strategies`` regularisers that declare options (their strength, their settings), by name."""
+    return {name: d for name, d in REGULARIZERS.declarations().items() if isinstance(d, StrategyOptions)}
+
+
 def scenario_values(strategy: str, protocol: str, scenario: str) -> dict[str, float]:
-    """The protocol's values for ``strategy`` in ``scenario`` (``strength``, and ``gamma`` for online EWC)."""
-    module, name = STRENGTH_TABLES[strategy][1].split(":")
+    """The protocol's values for ``strategy`` in ``scenario`` (``strength``, and ``gamma`` for online EWC), from the
+    table its declaration names."""
+    strength = strategy_options()[strategy].strength
+    if strength is None:
+        raise KeyError(f"--strategies={strategy} declares no strength")
+    module, name = strength.table.split(":")
     table: dict[str, dict[str, dict[str, float]]] = getattr(importlib.import_module(module), name)
     return table[protocol][scenario]
 
 
-def resolved_strengths(args: argparse.Namespace) -> tuple[dict[str, float], float]:
-    """Every strategy's strength and online EWC's gamma: the option where given, else the protocol's for the scenario."""
+def resolved_values(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Each strategy's strength (and its other table values, ``Strength.also``): the option where given, else the
+    protocol's for the scenario."""
     scenario = FIXED_SCENARIO.get(args.benchmark, args.scenario)
-    strengths = {}
-    for strategy, (option, _) in STRENGTH_TABLES.items():
-        given = getattr(args, option)
-        strengths[strategy] = float(given if given is not None
-                                    else scenario_values(strategy, args.cl_protocol, scenario)["strength"])
-    gamma = args.online_ewc_gamma
-    if gamma is None:
-        gamma = scenario_values("online_ewc", args.cl_protocol, scenario)["gamma"]
-    return strengths, float(gamma)
+    resolved = {}
+    for strategy, declared in strategy_options().items():
+        if declared.strength is None:
+            continue
+        options = {"strength": declared.strength.option, **declared.strength.also}
+        given = {key: getattr(args, option) for key, option in options.items()}
+        table = (scenario_values(strategy, args.cl_protocol, scenario) if None in given.values() else {})
+        resolved[strategy] = {key: float(table[key] if value is None else value) for key, value in given.items()}
+    return resolved
+
+
+def regularizer_options(args: argparse.Namespace, resolved: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """The keyword arguments of each strategy that has some: its resolved table values beside its strength, then
+    its declared settings."""
+    options: dict[str, dict[str, Any]] = {}
+    for strategy, declared in strategy_options().items():
+        values = {k: v for k, v in resolved.get(strategy, {}).items() if k != "strength"}
+        settings = declared.settings(args) if declared.settings else {}
+        if values or settings:
+            options[strategy] = {**values, **settings}
+    return options
 
 
 def build_config(args: argparse.Namespace, explicit: set[str]) -> ContinualConfig:
     """The typed configuration of a run, with the protocol's per-scenario strengths; a bad option is one line."""
-    from experiments.continual.run import STRATEGIES, ContinualConfig
+    from experiments.continual.run import ContinualConfig, strategies
 
-    strengths, gamma = resolved_strengths(args)
-    options: dict[str, dict[str, Any]] = {
-        "ewc": {"fisher": args.ewc_fisher, "per_task": args.ewc_per_task},
-        "online_ewc": {"gamma": gamma, "fisher": args.ewc_fisher},
-        "si": {"xi": args.si_xi},
-        "wpl": {"mode": args.wpl_mode, "lambda_fisher": args.lambda_fisher, "momentum": args.momentum,
-                "clip_by_norm": args.fisher_clip_by_norm, "consolidate": "task"}}
+    resolved = resolved_values(args)
+    strengths = {strategy: values["strength"] for strategy, values in resolved.items()}
+    options = regularizer_options(args, resolved)
     try:
         hidden = [int(w) for w in args.cl_hidden.split(",")]
     except ValueError as err:
         raise UserError(f"--cl_hidden={args.cl_hidden}: expected comma-separated widths such as 400,400") from err
     if not all(1 <= w <= MAX_WIDTH for w in hidden):
         raise UserError(f"--cl_hidden={args.cl_hidden}: every width must be between 1 and {MAX_WIDTH}")
-    unknown = sorted(set(args.strategies) - set(STRATEGIES))
+    unknown = sorted(set(args.strategies) - set(strategies()))
     if unknown:
-        raise UserError(f"--strategies: unknown {', '.join(unknown)} ({', '.join(STRATEGIES)})")
+        raise UserError(f"--strategies: unknown {', '.join(unknown)} ({', '.join(strategies())})")
     if len(set(args.strategies)) != len(args.strategies):
         raise UserError(f"--strategies={','.join(args.strategies)}: a strategy is repeated")
     if "num_tasks" in explicit and args.benchmark != "permuted_mnist":

@@ -2,9 +2,10 @@
 
 argparse only knows that ``--shared_hid`` is an int; a zero, a ``nan`` or an overflowing seed would
 otherwise surface minutes later as a traceback (or, worse, run silently with WPL switched off). One
-table here keeps the domains in one place: ``config.parse_args`` calls ``check`` and a bad value ends
-as one line naming the option, its value and its domain (exit code 2). Options added to config.py
-need an entry in ``DOMAINS`` (tests/test_options_domains.py says which).
+table here keeps the domains of config.py's own options, and each plug-in declares its options' domains beside
+it (:mod:`options.plugin`); ``config.parse_args`` calls ``check`` and a bad value ends as one line naming the
+option, its value and its domain (exit code 2). Every numeric option needs a domain in one of the two places
+(tests/test_options_domains.py says which are missing).
 """
 
 from __future__ import annotations
@@ -54,21 +55,14 @@ POSITIVE = Domain(lo=0, lo_open=True)  # learning rates, temperatures, reward co
 NON_NEGATIVE = Domain(lo=0)  # strengths, clips (0: off), weight decays
 FINITE = Domain()
 
-DOMAINS: dict[str, Domain] = {
+DOMAINS: dict[str, Domain] = {  # config.py's own options; the plug-ins' are in their declarations
     # WPL
     "start_using_fisher": NATURAL, "num_batch_per_iter": COUNT, "set_fisher_zero_per_iter": INTEGER,
     "lambda_fisher": UNIT, "fisher_clip_by_norm": NON_NEGATIVE, "alpha_fisher": NON_NEGATIVE,
     "alpha_decay": NON_NEGATIVE, "alpha_decay_after": NON_NEGATIVE, "alpha_decay_mode": INTEGER,
     "alpha_small_scale": NON_NEGATIVE, "start_training_controller": NATURAL, "stop_training_controller": NATURAL,
     "nb_batch_reward_controller": COUNT, "start_evaluate_diff": NATURAL, "forgetting_eval_batches": COUNT,
-    "forgetting_models": COUNT, "evolution_population": Domain(lo=2, integer=True),
-    "evolution_sample_size": Domain(lo=2, integer=True),
-    # NAO
-    "nao_pool": Domain(lo=2, integer=True), "nao_top_k": COUNT, "nao_new": COUNT, "nao_random": NATURAL,
-    "nao_round_every": COUNT, "nao_controller_epochs": COUNT, "nao_controller_batch": COUNT,
-    "nao_controller_lr": POSITIVE, "nao_controller_l2": NON_NEGATIVE, "nao_controller_clip": NON_NEGATIVE,
-    "nao_mse_weight": UNIT, "nao_lambda": POSITIVE, "nao_max_passes": COUNT, "nao_embed": COUNT, "nao_hid": COUNT,
-    "nao_mlp_layers": NATURAL, "nao_mlp_hid": COUNT,
+    "forgetting_models": COUNT,
     # network
     "num_blocks": COUNT, "controller_hid": COUNT, "shared_wdrop": PROBABILITY, "shared_dropout": PROBABILITY,
     "shared_dropoute": PROBABILITY, "shared_dropouti": PROBABILITY, "shared_embed": COUNT, "shared_hid": COUNT,
@@ -95,16 +89,6 @@ DOMAINS: dict[str, Domain] = {
     "retrain_cnn_lr": POSITIVE, "retrain_cnn_lr_min": NON_NEGATIVE, "retrain_cnn_momentum": PROBABILITY,
     "retrain_cnn_l2_reg": NON_NEGATIVE, "retrain_cnn_grad_clip": NON_NEGATIVE, "retrain_cutout": NATURAL,
     "retrain_aux_weight": NON_NEGATIVE,
-    # continual
-    "pathnet_layers": COUNT, "pathnet_modules": COUNT, "pathnet_units": COUNT, "pathnet_active": COUNT,
-    "pathnet_population": Domain(lo=2, integer=True), "pathnet_batches": COUNT, "pathnet_batch_size": COUNT,
-    "pathnet_lr": POSITIVE, "pathnet_converge": Domain(lo=0, hi=1, lo_open=True), "pathnet_max_generations": COUNT,
-    "noise": UNIT, "pathnet_wpl_alpha": NON_NEGATIVE, "pathnet_fisher_batches": COUNT, "pathnet_converge_window": COUNT,
-    "pathnet_count_from": Domain(lo=0, hi=1, integer=True),
-    "seeds": COUNT, "ranking_seeds": COUNT, "truth_seeds": COUNT, "nao_wpl_seeds": COUNT, "workers": NATURAL, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
-    "cl_eval_every": COUNT, "importance_samples": COUNT, "ewc_lambda": NON_NEGATIVE, "online_ewc_lambda": NON_NEGATIVE,
-    "online_ewc_gamma": UNIT, "si_c": NON_NEGATIVE, "si_xi": POSITIVE, "mas_lambda": NON_NEGATIVE,
-    "l2_lambda": NON_NEGATIVE, "wpl_alpha": NON_NEGATIVE,
     # misc
     "log_step": NATURAL, "save_epoch": COUNT, "max_save_num": NATURAL, "num_gpu": NATURAL, "random_seed": SEED,
     "dist_timeout": POSITIVE,
@@ -116,9 +100,20 @@ def numeric_options(parser: argparse.ArgumentParser) -> list[str]:
     return [a.dest for a in parser._actions if a.type in (int, float)]
 
 
+def domains() -> dict[str, Domain]:
+    """Every numeric option's domain: config.py's own, then each plug-in's in the option table's order."""
+    # config calls this module's check at parse time, so it is imported here, when used
+    from config import declarations
+
+    found = dict(DOMAINS)
+    for declared in declarations():
+        found.update(declared.domains)
+    return found
+
+
 def domain_problem(args: argparse.Namespace) -> str | None:
     """The first option outside its domain, as ``--name=value: must be ...``; None when all fit."""
-    for name, domain in DOMAINS.items():
+    for name, domain in domains().items():
         value = getattr(args, name, None)
         if value is not None and not domain.contains(value):
             return f"--{name}={value}: must be {domain.describe()}"
@@ -164,20 +159,19 @@ def relation_problem(args: argparse.Namespace) -> str | None:
                 f"{args.shared_hid}); pass --tie_weights=False or equal sizes")
     if args.controller_lr_cosine and args.controller_lr_min > args.controller_lr_max:
         return f"--controller_lr_min={args.controller_lr_min} is above --controller_lr_max={args.controller_lr_max}"
-    if args.evolution_sample_size > args.evolution_population:
-        return (f"--evolution_sample_size={args.evolution_sample_size} is above --evolution_population="
-                f"{args.evolution_population}: a tournament draws distinct members")
-    if args.sampler == "nao" and args.nao_top_k > args.nao_pool:
-        return f"--nao_top_k={args.nao_top_k} is above --nao_pool={args.nao_pool}: generation starts from pool members"
-    if args.sampler == "nao" and args.nao_new + args.nao_random >= args.nao_pool:
-        return (f"--nao_new={args.nao_new} + --nao_random={args.nao_random} must stay below --nao_pool={args.nao_pool}: "
-                "the new pool keeps at least one measured member")
-    if args.pathnet_active > args.pathnet_modules:
-        return (f"--pathnet_active={args.pathnet_active} is above --pathnet_modules={args.pathnet_modules}: a path "
-                f"picks at most that many of a layer's modules")
     if args.shared_cnn_lr_min > args.shared_cnn_lr:
         return f"--shared_cnn_lr_min={args.shared_cnn_lr_min} is above --shared_cnn_lr={args.shared_cnn_lr}"
-    return _name_problem(args)
+    return _plugin_problem(args) or _name_problem(args)
+
+
+def _plugin_problem(args: argparse.Namespace) -> str | None:
+    """The first problem between a plug-in's own options, from its declaration's ``check``."""
+    from config import declarations
+
+    for declared in declarations():
+        if declared.check and (problem := declared.check(args)):
+            return problem
+    return None
 
 
 def _name_problem(args: argparse.Namespace) -> str | None:
@@ -198,7 +192,9 @@ def _name_problem(args: argparse.Namespace) -> str | None:
 
 
 def useless_value_warnings(args: argparse.Namespace) -> list[str]:
-    """Legal values that do nothing, each as one line (the paper's CNN command has one)."""
+    """Legal values that do nothing, each as one line (the paper's CNN command has one), the plug-ins' last."""
+    from config import declarations
+
     warnings = []
     if args.alpha_fisher > 0 and args.start_using_fisher >= args.max_epoch:
         warnings.append(f"--start_using_fisher={args.start_using_fisher} is not below --max_epoch={args.max_epoch}: "
@@ -207,15 +203,14 @@ def useless_value_warnings(args: argparse.Namespace) -> list[str]:
         warnings.append(f"--start_training_controller={args.start_training_controller} is not below --max_epoch="
                         f"{args.max_epoch} / --stop_training_controller={args.stop_training_controller}: "
                         "the controller is never trained")
-    if args.sampler == "nao" and args.nao_round_every > args.max_epoch:
-        warnings.append(f"--nao_round_every={args.nao_round_every} is above --max_epoch={args.max_epoch}: NAO never "
-                        "runs a controller round and searches its random initial pool (--nao_size=small: every 2)")
     if args.alpha_fisher > 0 and args.num_batch_per_iter == 1:
         warnings.append("--num_batch_per_iter=1 with --alpha_fisher > 0: the search's WPL re-anchors after every "
                         "architecture, so with one batch each its penalty is always zero (docs/nao.md)")
     if args.start_evaluate_diff >= args.max_epoch:
         warnings.append(f"--start_evaluate_diff={args.start_evaluate_diff} is not below --max_epoch={args.max_epoch}: "
                         "the forgetting metric is never measured")
+    for declared in declarations():
+        warnings += declared.warnings(args) if declared.warnings else []
     return warnings
 
 
@@ -230,24 +225,21 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse
     return args
 
 
-# The experiments' own options, by the mode that reads them (their help groups): given to another mode they
-# would do nothing, so the command line is refused in one line (issue 31: no meaningless combination accepted).
-EXPERIMENT_GROUPS = {"continual": "continual", "pathnet": "pathnet", "ranking": "ranking", "nao_wpl": "nao_wpl"}
-SHARED_EXPERIMENT_OPTIONS = {"seeds": frozenset({"continual", "pathnet"}),  # in the continual group, read by both
-                             "workers": frozenset({"ranking", "nao_wpl"})}  # in the ranking group, read by both
-
-
 def options_read_only_by() -> dict[str, frozenset[str]]:
-    """Each experiment option's name and the modes that read it."""
-    # config calls this module's check at parse time, so it is imported here, when used
+    """Each experiment option's name and the modes that read it: the options in a mode's own help group
+    (``ModeOptions.group``) and the modes that read them too (``ModeOptions.reads``). Given to another mode
+    they would do nothing, so the command line is refused in one line (issue 31)."""
     from config import build_parser
+    from modes import MODES
+    from options.plugin import ModeOptions
 
-    titles = {title: mode for mode, title in EXPERIMENT_GROUPS.items()}
+    declared = {mode: d for mode, d in MODES.declarations().items() if isinstance(d, ModeOptions) and d.group}
+    titles = {d.group: mode for mode, d in declared.items()}
     found: dict[str, frozenset[str]] = {}
     for group in build_parser()._action_groups:
         mode = titles.get(group.title or "")
         for action in group._group_actions if mode else ():
-            found[action.dest] = SHARED_EXPERIMENT_OPTIONS.get(action.dest, frozenset({mode}))
+            found[action.dest] = frozenset({mode} | {m for m, d in declared.items() if action.dest in d.reads})
     return found
 
 

@@ -204,11 +204,19 @@ class StrictParser(argparse.ArgumentParser):
         self.roles: dict[str, frozenset[str]] = {}
         self.tiers: dict[str, int] = {}
         self.first_screen = first_screen
+        self.groups: dict[str, RoleGroup] = {}
 
     def group(self, title: str, description: str | None = None, tier: int = 0) -> RoleGroup:
         """A help group whose options may carry roles (recorded in ``self.roles``). ``tier`` ranks its options
-        among suggestions for a misspelt one: 0 the search's, 1 one mode's, 2 accepted but without effect."""
+        among suggestions for a misspelt one: 0 the search's, 1 one mode's, 2 accepted but without effect.
+        A title already made, asked for without a description, is that group again: a plug-in's options
+        join the group they belong to (a regulariser's strength, the continual group)."""
+        if title in self.groups:
+            if description is not None:
+                raise ValueError(f"help group {title!r} is described twice")
+            return self.groups[title]
         group = RoleGroup(self.add_argument_group(title, description), self.roles, self.tiers, tier)
+        self.groups[title] = group
         if title == self.first_screen:
             group.group.add_argument("-h", "--help", action=HelpAction, help="this screen")
             group.group.add_argument("--help-all", action=HelpAction, full=True, help="every option, by group")

@@ -3,8 +3,10 @@
 ``REGULARIZERS[name](groups, strength, **options)`` builds one for a task sequence (``--strategies``);
 ``groups`` maps a group name to its parameters. ``SEARCH_IMPORTANCES[name](groups, cfg)`` builds the
 search's WPL with that importance measure (``--wpl_importance``). A new regulariser is one file plus one
-entry in a table here. Entries and the names below are imported on first use (:mod:`options.registry`),
-so config.py reads the tables' names without importing torch.
+entry in a table here; one with options of its own (a ``--strategies`` strength) also names their declaration
+in ``options=`` (:class:`options.plugin.StrategyOptions`, kept in a light module beside it: ``ewc_options.py``,
+...). Entries, declarations and the names below are imported on first use (:mod:`options.registry`), so
+config.py reads the tables without importing torch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ REGULARIZERS: Registry[Any] = Registry("regulariser", {
     "si": "regularizers.si:SI",
     "mas": "regularizers.mas:MAS",
     "l2": "regularizers.mas:L2",
+}, options={
+    "wpl": "regularizers.wpl_options:WPL",
+    "ewc": "regularizers.ewc_options:EWC",
+    "online_ewc": "regularizers.ewc_options:ONLINE_EWC",
+    "si": "regularizers.si_options:SI",
+    "mas": "regularizers.mas_options:MAS",
+    "l2": "regularizers.mas_options:L2",
 })
 
 SEARCH_IMPORTANCES: Registry[Any] = Registry("WPL importance", {

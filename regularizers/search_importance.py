@@ -19,7 +19,8 @@ the strength schedule, start epoch and periodic reset apply unchanged.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+import dataclasses
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -127,8 +128,16 @@ class SearchL2(SearchWPL):
 
 
 
-def build_search_regularizer(groups: Mapping[str, Sequence[nn.Parameter]], cfg: WPLSearchConfig) -> SearchWPL:
-    """The search's regulariser for ``cfg.wpl_importance``."""
+def build_search_regularizer(groups: Mapping[str, Sequence[nn.Parameter]], cfg: WPLSearchConfig,
+                             options: Any = None) -> SearchWPL:
+    """The search's regulariser for ``cfg.wpl_importance``. One with options of its own has, as a sampler, a
+    ``Config`` (a dataclass named as its options), filled from ``options`` (the namespace) and passed third."""
     if cfg.wpl_importance not in SEARCH_IMPORTANCES:
         raise ValueError(f"unknown WPL importance {cfg.wpl_importance!r}; known: {', '.join(SEARCH_IMPORTANCES)}")
-    return SEARCH_IMPORTANCES[cfg.wpl_importance](groups, cfg)
+    built = SEARCH_IMPORTANCES[cfg.wpl_importance]
+    own = getattr(built, "Config", None)
+    if own is None:
+        return built(groups, cfg)
+    if options is None:
+        raise ValueError(f"--wpl_importance={cfg.wpl_importance} reads options of its own: build it from the options")
+    return built(groups, cfg, own(**{f.name: getattr(options, f.name) for f in dataclasses.fields(own)}))

@@ -2,8 +2,10 @@
 
 ``SAMPLERS[name].build(space, cfg, device, run)`` builds one, ``cfg`` being its ``Config`` filled
 from the same-named options. A new sampler is one file plus one entry here; ``--sampler`` takes its
-choices from this table. Entries and the names below are imported on first use (:mod:`options.registry`), so
-reading the table's names (config.py, ``--help``) does not import torch.
+choices from this table. A sampler with options of its own also names their declaration in ``options=``
+(:mod:`options.plugin`; built-in ones keep it in a light module beside them, as ``nao_options``). Entries,
+declarations and the names below are imported on first use (:mod:`options.registry`), so reading the table
+(config.py, ``--help``) does not import torch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ SAMPLERS: Registry[Any] = Registry("sampler", {
     "random": "samplers.random:RandomSampler",
     "evolution": "samplers.evolution:EvolutionSampler",
     "nao": "samplers.nao:NAOSampler",
+}, options={
+    "evolution": "samplers.evolution_options:OPTIONS",
+    "nao": "samplers.nao_options:OPTIONS",
 })
 
 _HOMES = {"Sampler": "samplers.base", "EvolutionConfig": "samplers.evolution", "EvolutionSampler": "samplers.evolution",

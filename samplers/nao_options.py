@@ -1,17 +1,19 @@
-"""``--sampler=nao``'s options, declared beside the sampler (config.py collects them into the option table).
+"""``--sampler=nao``'s options, declared beside the sampler (config.py collects them through ``samplers.SAMPLERS``).
 
 Free of heavy imports: ``--help`` builds the option table without importing torch.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
 
 from options import presets
-from options.parsing import choice
+from options.domains import COUNT, NATURAL, NON_NEGATIVE, POSITIVE, UNIT, Domain
+from options.parsing import StrictParser, choice
+from options.plugin import PluginOptions
 
 
-def add(p: Any) -> None:
+def add(p: StrictParser) -> None:
     g = p.group("NAO (--sampler=nao)", "NAO with weight sharing (Luo et al. 2018); defaults: NAO-WS's public code "
                 "(renqianluo/NAO); --nao_size=small: a CPU-sized pool with the same ratios (docs/nao.md)")
     g.add_argument("--nao_size", type=choice(*presets.NAO_SIZES), default="paper", help="paper: NAO-WS's pool and controller "
@@ -36,3 +38,29 @@ def add(p: Any) -> None:
     g.add_argument("--nao_weights", type=choice("edge", "activation"), default="edge", role=("shape", "search"),
                    help="shared weights per edge, shared by the activations (ENAS, the WPL paper's code), or per "
                         "(edge, activation) as NAO-WS (not built yet); docs/fidelity.md")
+
+
+def check(args: argparse.Namespace) -> str | None:
+    """The pool's sizes, which only NAO reads."""
+    if args.sampler == "nao" and args.nao_top_k > args.nao_pool:
+        return f"--nao_top_k={args.nao_top_k} is above --nao_pool={args.nao_pool}: generation starts from pool members"
+    if args.sampler == "nao" and args.nao_new + args.nao_random >= args.nao_pool:
+        return (f"--nao_new={args.nao_new} + --nao_random={args.nao_random} must stay below --nao_pool={args.nao_pool}: "
+                "the new pool keeps at least one measured member")
+    return None
+
+
+def warnings(args: argparse.Namespace) -> list[str]:
+    if args.sampler == "nao" and args.nao_round_every > args.max_epoch:
+        return [f"--nao_round_every={args.nao_round_every} is above --max_epoch={args.max_epoch}: NAO never "
+                "runs a controller round and searches its random initial pool (--nao_size=small: every 2)"]
+    return []
+
+
+OPTIONS = PluginOptions(add, {
+    "nao_pool": Domain(lo=2, integer=True), "nao_top_k": COUNT, "nao_new": COUNT, "nao_random": NATURAL,
+    "nao_round_every": COUNT, "nao_controller_epochs": COUNT, "nao_controller_batch": COUNT,
+    "nao_controller_lr": POSITIVE, "nao_controller_l2": NON_NEGATIVE, "nao_controller_clip": NON_NEGATIVE,
+    "nao_mse_weight": UNIT, "nao_lambda": POSITIVE, "nao_max_passes": COUNT, "nao_embed": COUNT, "nao_hid": COUNT,
+    "nao_mlp_layers": NATURAL, "nao_mlp_hid": COUNT,
+}, presets={"nao_size": presets.NAO_SIZES}, check=check, warnings=warnings)

@@ -3,7 +3,8 @@
 ``SPACES`` names the spaces ``--network_type`` chooses from (config.py takes its choices from it); each
 entry is the space module's ``PLUGIN`` (:class:`spaces.base.SpacePlugin`). Entries are imported on first
 use (:mod:`options.registry`), so reading the names does not import torch. A new search space is its
-module (the space and its ``PLUGIN``) plus one entry here. The networks themselves live in ``models/``.
+module (the space and its ``PLUGIN``) plus one entry here; one with options of its own also names their
+declaration in ``options=`` (:mod:`options.plugin`). The networks themselves live in ``models/``.
 """
 
 from __future__ import annotations

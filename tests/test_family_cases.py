@@ -5,7 +5,7 @@ Each case names an entry point and its argv (``{data}``, ``{logs}``, ``{continua
 filled by its ``setup``), the failure class of the issue it stands for, a piece of the one error line
 expected, and the folders that must come out byte-for-byte unchanged. Every case must exit non-zero,
 print exactly one error line, and no traceback. The options-domain generator at the end derives
-malformed values (nan, inf, negative, zero, huge, wrong type) from options_domains.DOMAINS.
+malformed values (nan, inf, negative, zero, huge, wrong type) from options_domains.domains().
 """
 
 from __future__ import annotations
@@ -363,9 +363,9 @@ BASES = {"continual": CONTINUAL, "pathnet": PATHNET, "retrain": RETRAIN, "train"
 
 def malformed(name: str) -> list[str]:
     """Values outside ``name``'s declared domain: not finite, below or above it, a fraction for an integer, a word."""
-    from options.domains import DOMAINS
+    from options.domains import domains
 
-    domain = DOMAINS[name]
+    domain = domains()[name]
     values = ["nan", "inf", "-inf", "abc"]
     if math.isfinite(domain.lo):
         values.append(f"{domain.lo - 1:g}" if domain.integer else f"{domain.lo - 0.5:g}")

@@ -9,6 +9,7 @@ import pytest
 import config
 import main
 from options import domains as options_domains
+from options import parsing as options_parsing
 
 BAD = [
     # sizes and counts that must be positive
@@ -77,13 +78,23 @@ def test_log_dir_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_every_numeric_option_has_a_domain() -> None:
-    missing = [n for n in options_domains.numeric_options(config.build_parser()) if n not in options_domains.DOMAINS]
-    assert not missing, ("numeric options without a declared domain; add to DOMAINS in options/domains.py, e.g. "
+    missing = [n for n in options_domains.numeric_options(config.build_parser()) if n not in options_domains.domains()]
+    assert not missing, ("numeric options without a declared domain; add to DOMAINS in options/domains.py (config.py's "
+                         "options) or to the plug-in's declaration (options.plugin), e.g. "
                          + ", ".join(f"'{n}': COUNT (or NATURAL, PROBABILITY, POSITIVE, NON_NEGATIVE, ...)" for n in missing))
 
 
 def test_domains_name_only_existing_options() -> None:
-    assert set(options_domains.DOMAINS) <= set(options_domains.numeric_options(config.build_parser()))
+    assert set(options_domains.domains()) <= set(options_domains.numeric_options(config.build_parser()))
+
+
+def test_a_plugin_declares_the_domains_of_its_own_options_only() -> None:
+    """Each declaration bounds options it adds itself, and the option table's own table none of them."""
+    for declared in config.declarations():
+        parser = options_parsing.StrictParser()
+        declared.add(parser)
+        assert set(declared.domains) <= set(options_domains.numeric_options(parser))
+        assert not set(declared.domains) & set(options_domains.DOMAINS)
 
 
 def test_defaults_and_paper_command_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:

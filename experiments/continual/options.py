@@ -1,24 +1,27 @@
-"""``--mode=continual``'s options, declared beside the experiment (config.py collects them into the option table).
+"""``--mode=continual``'s options, declared beside the experiment (config.py collects them through ``modes.MODES``).
 
 Defaults are van de Ven & Tolias (2019)'s split-MNIST protocol; ``--cl_protocol`` sets another published
 one (``options.presets.CL_PROTOCOLS``) and each strength left out is the protocol's value for the scenario
-(the ``SCENARIO_STRENGTHS`` tables beside the regularisers, read by :mod:`modes.continual`). Free of heavy
-imports (``--help``).
+(the ``SCENARIO_STRENGTHS`` tables beside the regularisers, read by :mod:`modes.continual`). Each regulariser's
+own options join this group from its declaration (``regularizers/*_options.py``). Free of heavy imports (``--help``).
 """
 
 from __future__ import annotations
 
-from typing import Any
 
 from options import presets
-from options.parsing import choice, str2bool, str_list
+from options.domains import COUNT, POSITIVE
+from options.parsing import StrictParser, choice, str_list
+from options.plugin import ModeOptions
+
+GROUP = "continual"
 
 
-def add(p: Any) -> None:
+def add(p: StrictParser) -> None:
     from regularizers import REGULARIZERS  # the registry --strategies names (light: no torch at import)
 
     g = p.group(
-        "continual", "--mode=continual: task sequences compared over paired seeds (docs/continual.md). --cl_protocol sets a "
+        GROUP, "--mode=continual: task sequences compared over paired seeds (docs/continual.md). --cl_protocol sets a "
         "published split-MNIST protocol (default: van de Ven & Tolias 2019, 'Three scenarios for continual learning': "
         "MLP 2x400 ReLU, Adam lr 1e-3 betas (0.9, 0.999), batch 128, 2000 iterations per task) and each strength's "
         "per-scenario default.", tier=1)
@@ -40,19 +43,8 @@ def add(p: Any) -> None:
     g.add_argument("--cl_hidden", type=str, default="400,400", help="MLP hidden widths, comma-separated")
     g.add_argument("--cl_eval_every", type=int, default=100, help="iterations between test evaluations of every task")
     g.add_argument("--importance_samples", type=int, default=1000, help="training samples per task for EWC's Fisher and MAS")
-    g.add_argument("--ewc_lambda", type=float, default=None,
-                   help="EWC strength lambda (lambda/2 sum F (theta - theta*)^2); default: the protocol's for the scenario")
-    g.add_argument("--ewc_fisher", type=choice("empirical", "true", "predicted"), default="predicted",
-                   help="EWC: labels from the data, sampled from the model, or the model's predicted class")
-    g.add_argument("--ewc_per_task", type=str2bool, default=True, help="EWC: one penalty per past task (else merged, anchored at the latest weights)")
-    g.add_argument("--online_ewc_lambda", type=float, default=None, help="online EWC strength; default: the protocol's")
-    g.add_argument("--online_ewc_gamma", type=float, default=None,
-                   help="online EWC: decay of the running Fisher; default: the protocol's")
-    g.add_argument("--si_c", type=float, default=None, help="SI strength c (c sum Omega (theta - theta*)^2); default: the protocol's")
-    g.add_argument("--si_xi", type=float, default=0.1, help="SI damping xi (also the search's, --wpl_importance=si)")
-    g.add_argument("--mas_lambda", type=float, default=None,
-                   help="MAS strength lambda (lambda sum Omega (theta - theta*)^2); default: the protocol's")
-    g.add_argument("--l2_lambda", type=float, default=None, help="L2 baseline strength; default: the protocol's")
-    g.add_argument("--wpl_alpha", type=float, default=None,
-                   help="WPL strength alpha (Fisher: moving average of squared batch gradients); default: the protocol's")
-    g.add_argument("--wpl_mode", type=choice("loss", "compound"), default="loss", help="WPL arithmetic (with --lambda_fisher, --momentum, --fisher_clip_by_norm)")
+
+
+OPTIONS = ModeOptions(add, {"seeds": COUNT, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
+                            "cl_eval_every": COUNT, "importance_samples": COUNT},
+                      presets={"cl_protocol": presets.CL_PROTOCOLS}, group=GROUP)

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from experiments.workers import Unit, add_ledger_options, protocol_cli, run_units
 
 BASE_SEED = 12345  # --random_seed's default: seed k of the protocol is BASE_SEED + k
-DEFAULT_STRATEGIES = "none,ewc,online_ewc,si,mas,wpl"  # the protocol's --strategies (run.STRATEGIES: every one known)
+DEFAULT_STRATEGIES = "none,ewc,online_ewc,si,mas,wpl"  # the protocol's --strategies (run.strategies(): every one known)
 
 
 def protocol_config(protocol: str, scenario: str, extra: Sequence[str] = ()) -> tuple[str, Any]:

@@ -27,7 +27,12 @@ from models.continual_net import MultiHeadNet, mlp, small_cnn
 from regularizers import REGULARIZERS, Regularizer, TaskData
 
 log = logging.getLogger("wpl")
-STRATEGIES = ("none", "joint", *REGULARIZERS)
+
+
+def strategies() -> tuple[str, ...]:
+    """The names ``--strategies`` knows: the two without a regulariser, then the registry's (read when asked: a
+    new entry counts at once)."""
+    return ("none", "joint", *REGULARIZERS)
 
 
 @dataclass
@@ -147,7 +152,7 @@ def run_experiment(seq: TaskSequence, cfg: ContinualConfig, state: dict[str, Any
 
     state = state or {"runs": {}, "current": None}
     for strategy in cfg.strategies:
-        if strategy not in STRATEGIES:
+        if strategy not in strategies():
             raise ValueError(f"unknown strategy {strategy!r}")
     total = cfg.seeds * len(cfg.strategies) * len(seq.tasks) * cfg.iters
     done = sum(len(r["R"]) for r in state["runs"].values()) * cfg.iters

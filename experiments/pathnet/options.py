@@ -1,4 +1,4 @@
-"""``--mode=pathnet``'s options, declared beside the experiment (config.py collects them into the option table).
+"""``--mode=pathnet``'s options, declared beside the experiment (config.py collects them through ``modes.MODES``).
 
 Defaults are the paper's binary MNIST setting, except the stopping rule (docs/fidelity.md);
 ``--pathnet_style=tf`` sets every choice of the public TF code at once (``options.presets.PATHNET_STYLES``,
@@ -7,14 +7,18 @@ docs/pathnet.md), and an option given explicitly still wins. Free of heavy impor
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
 
 from options import presets
-from options.parsing import choice, str2bool, str_list
+from options.domains import COUNT, NON_NEGATIVE, POSITIVE, UNIT, Domain
+from options.parsing import StrictParser, choice, str2bool, str_list
+from options.plugin import ModeOptions
+
+GROUP = "pathnet"
 
 
-def add(p: Any) -> None:
-    g = p.group("pathnet", "--mode=pathnet: PathNet (Fernando et al. 2017), binary MNIST transfer", tier=1)
+def add(p: StrictParser) -> None:
+    g = p.group(GROUP, "--mode=pathnet: PathNet (Fernando et al. 2017), binary MNIST transfer", tier=1)
     g.add_argument("--tasks", type=str, default="1v3,1v2",
                    help="task pair A,B as digit pairs (several pairs joined by +, e.g. 1v3,1v2+4v5,6v7)")
     g.add_argument("--pathnet_variants", type=str_list, default=["scratch", "pathnet", "finetune", "wpl"],
@@ -68,3 +72,19 @@ def add(p: Any) -> None:
                         "path picks its modules (paper)")
     g.add_argument("--pathnet_wpl_alpha", type=float, default=100.0, help="wpl variant: strength of the penalty on A's path")
     g.add_argument("--pathnet_fisher_batches", type=int, default=50, help="wpl variant: minibatches of A's Fisher")
+
+
+def check(args: argparse.Namespace) -> str | None:
+    if args.pathnet_active > args.pathnet_modules:
+        return (f"--pathnet_active={args.pathnet_active} is above --pathnet_modules={args.pathnet_modules}: a path "
+                f"picks at most that many of a layer's modules")
+    return None
+
+
+OPTIONS = ModeOptions(add, {
+    "pathnet_layers": COUNT, "pathnet_modules": COUNT, "pathnet_units": COUNT, "pathnet_active": COUNT,
+    "pathnet_population": Domain(lo=2, integer=True), "pathnet_batches": COUNT, "pathnet_batch_size": COUNT,
+    "pathnet_lr": POSITIVE, "pathnet_converge": Domain(lo=0, hi=1, lo_open=True), "pathnet_max_generations": COUNT,
+    "noise": UNIT, "pathnet_wpl_alpha": NON_NEGATIVE, "pathnet_fisher_batches": COUNT, "pathnet_converge_window": COUNT,
+    "pathnet_count_from": Domain(lo=0, hi=1, integer=True),
+}, presets={"pathnet_style": presets.PATHNET_STYLES}, check=check, group=GROUP, reads=("seeds",))  # --seeds: the continual group's, paired seeds here too

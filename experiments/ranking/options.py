@@ -1,21 +1,23 @@
-"""The ranking benchmark's command-line options, declared beside it (config.py collects them).
+"""The ranking benchmark's command-line options, declared beside it (config.py collects them through ``modes.MODES``).
 
 Kept free of heavy imports: ``--help`` builds the option table without importing torch.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
-from options.parsing import choice, str_list
+from options.domains import COUNT, NATURAL
+from options.parsing import StrictParser, choice, str_list
+from options.plugin import ModeOptions
 
 SIZES = ("small", "tiny")  # experiments.ranking.protocol.SIZES (a test keeps them equal)
 STAGES = ("all", "truth", "search", "report")
+GROUP = "ranking"
 DEFAULT_VARIANTS = ["random:none", "random:fisher", "reinforce:none", "reinforce:fisher"]
 
 
-def add(p: Any) -> None:
-    g = p.group("ranking", "--mode=ranking: the 32-cell ground-truth ranking benchmark (docs/ranking.md)", tier=1)
+def add(p: StrictParser) -> None:
+    g = p.group(GROUP, "--mode=ranking: the 32-cell ground-truth ranking benchmark (docs/ranking.md)", tier=1)
     g.add_argument("--ranking_stage", type=choice(*STAGES), default="all",
                    help="truth (each cell trained alone), search (the variants' searches), report, or all in order")
     g.add_argument("--ranking_size", type=choice(*SIZES), default="small",
@@ -28,3 +30,6 @@ def add(p: Any) -> None:
                    help="a ground_truth.json to score against (default: this run's own)")
     g.add_argument("--workers", type=int, default=0,
                    help="parallel single-threaded worker processes (0: one per available core)")
+
+
+OPTIONS = ModeOptions(add, {"ranking_seeds": COUNT, "truth_seeds": COUNT, "workers": NATURAL}, group=GROUP)
