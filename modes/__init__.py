@@ -37,6 +37,8 @@ MODES: Registry[Any] = Registry("mode", {
     "nao_wpl": "NAO vs NAO + WPL, paired seeds per dropout",
     "convert": "old (format-1) checkpoints to format 2",
 }, options={
+    "train": "modes.search_options:TRAIN",
+    "forgetting": "modes.search_options:FORGETTING",
     "continual": "experiments.continual.options:OPTIONS",
     "pathnet": "experiments.pathnet.options:OPTIONS",
     "ranking": "experiments.ranking.options:OPTIONS",

@@ -233,8 +233,8 @@ def options_read_only_by() -> dict[str, frozenset[str]]:
     from modes import MODES
     from options.plugin import ModeOptions
 
-    declared = {mode: d for mode, d in MODES.declarations().items() if isinstance(d, ModeOptions) and d.group}
-    titles = {d.group: mode for mode, d in declared.items()}
+    declared = {mode: d for mode, d in MODES.declarations().items() if isinstance(d, ModeOptions)}
+    titles = {d.group: mode for mode, d in declared.items() if d.group}
     found: dict[str, frozenset[str]] = {}
     for group in build_parser()._action_groups:
         mode = titles.get(group.title or "")

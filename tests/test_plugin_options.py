@@ -49,7 +49,7 @@ def test_a_mode_group_is_its_own_and_reads_name_existing_options() -> None:
     parser = config.build_parser()
     groups = {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
     for mode, declared in MODES.declarations().items():
-        assert isinstance(declared, ModeOptions) and declared.group in groups, mode
+        assert isinstance(declared, ModeOptions) and (declared.group in groups or not declared.group), mode
         assert all(any(option in dests for dests in groups.values()) for option in declared.reads), mode
 
 
@@ -61,3 +61,12 @@ def test_a_declaration_needs_an_entry_and_a_group_one_description() -> None:
     assert parser.group("g") is group
     with pytest.raises(ValueError, match="described twice"):
         parser.group("g", "again")
+
+
+def test_the_search_reads_si_damping_from_the_continual_group() -> None:
+    from options.domains import options_read_only_by, unread_options
+
+    assert options_read_only_by()["si_xi"] == {"continual", "train", "forgetting"}
+    assert unread_options("train", {"si_xi"}) is None
+    assert unread_options("retrain", {"si_xi"}) == ("--mode=retrain does not read --si_xi (options of "
+                                                    "--mode=continual/forgetting/train): drop them or change --mode")
