@@ -218,8 +218,8 @@ class ActiveRows:
     """One path's modules copied into small leaf tensors each step, and plain SGD written back to their rows.
 
     With the stacked ``(M, units, inputs)`` weights, a backward through ``w[idx]`` zero-fills and scatters a
-    gradient for all ``M`` modules of a layer (at the paper's sizes a fresh 627 KB tensor per step, mostly
-    page faults) and SGD then updates all ``M``, though only the path's ``k <= N`` have a non-zero gradient.
+    gradient for all ``M`` modules of a layer (at the paper's sizes a fresh 627 KB tensor per step) and SGD
+    then updates all ``M``, though only the path's ``k <= N`` have a non-zero gradient.
     Here the forward runs on copies of the path's rows (:meth:`leaves`), the backward makes gradients of
     ``k`` modules only, and :meth:`sgd_` sets each row not frozen to ``row - lr * grad``: the arithmetic of
     ``torch.optim.SGD`` without momentum or weight decay, so the weights equal the full step's (the other
