@@ -1,6 +1,6 @@
 """Each experiment's step at the widths the experiments run, the project's code beside a hand-written loop.
 
-    python -m benchmarks.bench_parity [--pairs N] [--threads N] [--only rnn64,reinforce,...] [--json FILE]
+    python -m benchmarks.bench_parity [--pairs N] [--threads N] [--min_seconds S] [--only rnn64,reinforce,...] [--json FILE]
 
 Workloads (project code | hand loop from ``benchmarks/hand_loops.py``, same sizes):
 
@@ -18,7 +18,8 @@ Workloads (project code | hand loop from ``benchmarks/hand_loops.py``, same size
   16, noise 0.5: ``experiments.pathnet.tournament.tournament`` | separate ``nn.Linear`` modules, a loop).
 
 Each workload runs its two versions in ``--pairs`` alternated pairs (project first, then hand first, ...),
-after one warm-up of each, and prints the median of the per-pair ratios project / hand, from wall-clock
+after one warm-up of each (a timing repeats its workload until it lasts ``--min_seconds``, the same number
+of calls for both), and prints the median of the per-pair ratios project / hand, from wall-clock
 and from process CPU time (with one thread on a loaded machine, CPU time is the steadier), with the
 threads, the load average before and after, and the CPU model. No figure is asserted anywhere.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Callable
@@ -146,26 +148,30 @@ def nao() -> Workload:
 
 
 def pathnet() -> Workload:
-    from benchmarks.bench_pathnet import CFG, L, M, N, UNITS, synthetic_task
+    from benchmarks.bench_pathnet import synthetic_task
     from experiments.pathnet.tournament import make_step, tournament, train_path
     from models.pathnet import Path as PNPath
     from models.pathnet import PathNet
+    from modes.pathnet import pathnet_configs
 
+    net_cfg, cfg = pathnet_configs(config.parse_args(["--mode=pathnet"]))  # the paper's sizes
+    L, M, N, units = net_cfg.layers, net_cfg.modules, net_cfg.active, net_cfg.units
     task, g = synthetic_task(), torch.Generator().manual_seed(1)
-    net = PathNet(784, L, M, UNITS, [2])
-    step = make_step(net, CFG.lr)
-    population = [PNPath.random(g, L, M, N) for _ in range(CFG.population)]
+    net = PathNet(784, L, M, units, [2])
+    step = make_step(net, cfg.lr)
+    population = [PNPath.random(g, L, M, N) for _ in range(cfg.population)]
 
     def project() -> None:
-        tournament(population, lambda p: train_path(net, p, 0, task, CFG, step, g), g, M, 1 / (N * L), "wrap", 2.0, 1)
+        tournament(population, lambda p: train_path(net, p, 0, task, cfg, step, g), g,
+                   lambda p: p.mutate(g, M, 1 / (N * L), "wrap"), 2.0, 1)
 
-    hand = H.HandPathNet(784, L, M, UNITS, 2)
-    optim = torch.optim.SGD(hand.parameters(), lr=CFG.lr)
+    hand = H.HandPathNet(784, L, M, units, 2)
+    optim = torch.optim.SGD(hand.parameters(), lr=cfg.lr)
     paths = [[list(layer) for layer in p.layers] for p in population]
     gh = torch.Generator().manual_seed(1)
-    return project, (lambda: H.pathnet_generation(hand, optim, paths, task.x_train, task.y_train, CFG.batches,
-                                                  CFG.batch_size, CFG.noise, task.low, task.high, gh, M, 1 / (N * L))), \
-        f"L={L} x M={M} modules of {UNITS}, N={N}, {CFG.batches} batches of {CFG.batch_size}"
+    return project, (lambda: H.pathnet_generation(hand, optim, paths, task.x_train, task.y_train, cfg.batches,
+                                                  cfg.batch_size, cfg.noise, task.low, task.high, gh, M, 1 / (N * L))), \
+        f"L={L} x M={M} modules of {units}, N={N}, {cfg.batches} batches of {cfg.batch_size}"
 
 
 WORKLOADS: dict[str, Callable[[], Workload]] = {
@@ -182,24 +188,38 @@ def cpu_model() -> str:
         return "unknown"
 
 
-def compare(project: Callable[[], Any], hand: Callable[[], Any], pairs: int) -> dict[str, Any]:
-    """Alternated pairs after one warm-up of each; the medians of the times and of the per-pair ratios."""
-    project(), hand()
+def compare(project: Callable[[], Any], hand: Callable[[], Any], pairs: int, min_seconds: float) -> dict[str, Any]:
+    """Alternated pairs after one warm-up of each; the medians of the per-call times and of the per-pair ratios.
+
+    Each timing runs its workload ``calls`` times, as many as make the slower warm-up last ``min_seconds``
+    (the same count for both): a single continual step (a few ms) is too short to time alone on a loaded CPU.
+    """
+    warm = max(timed2(project)[1], timed2(hand)[1])
+    calls = max(1, math.ceil(min_seconds / max(warm, 1e-6)))
+
+    def repeated(fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(calls):
+                fn()
+        return run
+
     rec: dict[str, list[float]] = {k: [] for k in ("p", "p_cpu", "h", "h_cpu", "ratio", "ratio_cpu")}
     for i in range(pairs):
         runs: dict[str, tuple[float, float]] = {}
         for name in (("p", "h") if i % 2 == 0 else ("h", "p")):
-            runs[name] = timed2(project if name == "p" else hand)
+            runs[name] = timed2(repeated(project if name == "p" else hand))
         (pw, pc), (hw, hc) = runs["p"], runs["h"]
-        for key, value in (("p", pw), ("p_cpu", pc), ("h", hw), ("h_cpu", hc), ("ratio", pw / hw), ("ratio_cpu", pc / hc)):
+        for key, value in (("p", pw / calls), ("p_cpu", pc / calls), ("h", hw / calls), ("h_cpu", hc / calls),
+                           ("ratio", pw / hw), ("ratio_cpu", pc / hc)):
             rec[key].append(value)
-    return {k: statistics.median(v) for k, v in rec.items()} | {"ratios_cpu": rec["ratio_cpu"]}
+    return {k: statistics.median(v) for k, v in rec.items()} | {"ratios_cpu": rec["ratio_cpu"], "calls": calls}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--min_seconds", type=float, default=0.2, help="least CPU time of one timing (calls repeated)")
     p.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -212,14 +232,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"threads": args.threads, "pairs": args.pairs, "cpu": cpu_model(), "torch": torch.__version__,
                            "loadavg_start": loadavg(), "workloads": {}}
     print(f"bench_parity: {args.pairs} alternated pairs, {args.threads} thread(s), {out['cpu']}, load {out['loadavg_start']}")
-    print(f"{'workload':10s} {'project':>10s} {'hand':>10s} {'ratio':>6s} {'ratio (cpu)':>12s}  load  | what")
+    print(f"{'workload':10s} {'project':>10s} {'hand':>10s} {'ratio':>6s} {'ratio (cpu)':>12s} {'range (cpu)':>12s} "
+          f"{'calls':>5s}  load  | what")
     for name in names:
         project, hand, what = WORKLOADS[name]()
-        r = compare(project, hand, args.pairs)
+        r = compare(project, hand, args.pairs, args.min_seconds)
         r.update(what=what, load=loadavg())
         out["workloads"][name] = r
         print(f"{name:10s} {r['p'] * 1e3:8.1f}ms {r['h'] * 1e3:8.1f}ms {r['ratio']:6.2f} {r['ratio_cpu']:12.2f}  "
-              f"{r['load'][0]:4.1f}  | {what}", flush=True)
+              f"{min(r['ratios_cpu']):5.2f}-{max(r['ratios_cpu']):<5.2f} {r['calls']:6d}  {r['load'][0]:4.1f}  | {what}",
+              flush=True)
     out["loadavg_end"] = loadavg()
     print(f"load average at the end: {out['loadavg_end']}")
     if args.json:

@@ -51,7 +51,11 @@ class NonFiniteGuard:
 
     def check(self, value: torch.Tensor | float, what: str = "loss") -> bool:
         """``True`` when ``value`` is finite (every element); otherwise count a skip and return ``False``."""
-        finite = bool(torch.isfinite(value).all()) if torch.is_tensor(value) else math.isfinite(value)
+        if torch.is_tensor(value):
+            # A loss or a penalty is one number: reading it is one operator where isfinite().all() is five.
+            finite = math.isfinite(value.item()) if value.numel() == 1 else bool(torch.isfinite(value).all())
+        else:
+            finite = math.isfinite(value)
         if not finite:
             self.skip(what)
         return finite

@@ -10,7 +10,8 @@ identity (``m % 3 == 0``), a ReLU layer (1) or a residual ReLU layer (2). Each t
 
 Freezing (PathNet's transfer: task A's best path is fixed before task B) is a per-module mask:
 :meth:`PathNet.mask_frozen_grads` zeroes the gradient rows of frozen modules after a backward pass,
-so plain SGD leaves them exactly unchanged.
+so plain SGD leaves them exactly unchanged. :class:`ActiveRows` is the same plain SGD step touching only
+a path's modules (what a tournament trains with when nothing else reads the whole gradient).
 """
 
 from __future__ import annotations
@@ -174,19 +175,24 @@ class PathNet(nn.Module):
     def freeze(self, path: Path) -> None:
         self.frozen |= self.mask(path).to(self.frozen.device)
 
-    def forward(self, x: Tensor, path: Path, head: int) -> Tensor:
+    def forward(self, x: Tensor, path: Path, head: int, rows: Sequence[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        """The logits of ``path`` on ``head``; ``rows``: the path's weights and biases per layer already
+        gathered (:meth:`ActiveRows.leaves`), else they are indexed out of the stacked parameters."""
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
             idx = path.modules(layer)
+            w_act, b_act = rows[layer] if rows is not None else (w[idx], b[idx])
             # The active modules stacked into one (k * units, inputs) matrix: one product per layer.
-            out = torch.relu(F.linear(x, w[idx].flatten(0, 1), b[idx].flatten()))
+            out = torch.relu(F.linear(x, w_act.flatten(0, 1), b_act.flatten()))
             out = out.view(len(x), len(idx), self.units)  # batch x active modules x units
             if layer and self.kinds == "tf":  # identity (m % 3 == 0), ReLU (1), residual ReLU (2)
                 kind = torch.tensor([m % 3 for m in idx], device=x.device)[None, :, None]
                 out = torch.where(kind == 0, x[:, None, :], out + (kind == 2) * x[:, None, :])
             if self.aggregate == "mean":
                 x = out.mean(1)
-            else:
-                x = out.sum(1) / (self.num_modules if self.aggregate == "mean_all" else 1)
+            elif self.aggregate == "mean_all":
+                x = out.sum(1) / self.num_modules
+            else:  # no division by 1: two operators less per layer and step, the same values
+                x = out.sum(1)
         return self.heads[head](x)
 
     @torch.no_grad()
@@ -206,3 +212,47 @@ class PathNet(nn.Module):
         out = {f"layer.{l}": [w, b] for l, (w, b) in enumerate(zip(self.weights, self.biases))}
         out.update({f"head.{t}": list(h.parameters()) for t, h in enumerate(self.heads)})
         return out
+
+
+class ActiveRows:
+    """One path's modules copied into small leaf tensors each step, and plain SGD written back to their rows.
+
+    With the stacked ``(M, units, inputs)`` weights, a backward through ``w[idx]`` zero-fills and scatters a
+    gradient for all ``M`` modules of a layer (at the paper's sizes a fresh 627 KB tensor per step) and SGD
+    then updates all ``M``, though only the path's ``k <= N`` have a non-zero gradient.
+    Here the forward runs on copies of the path's rows (:meth:`leaves`), the backward makes gradients of
+    ``k`` modules only, and :meth:`sgd_` sets each row not frozen to ``row - lr * grad``: the arithmetic of
+    ``torch.optim.SGD`` without momentum or weight decay, so the weights equal the full step's (the other
+    modules, frozen ones included, bit for bit).
+    """
+
+    def __init__(self, net: PathNet, path: Path) -> None:
+        self.net = net
+        device = net.frozen.device
+        self.index = [torch.tensor(path.modules(layer), device=device) for layer in range(net.num_layers)]
+        # Positions (in the leaves) of the modules that train; None: all of them (no frozen module on the path).
+        self.train: list[Tensor | None] = []
+        for layer, idx in enumerate(self.index):
+            keep = (~net.frozen[layer, idx]).nonzero().flatten()
+            self.train.append(None if len(keep) == len(idx) else keep)
+        self.rows: list[tuple[Tensor, Tensor]] = []
+
+    @torch.no_grad()
+    def leaves(self) -> list[tuple[Tensor, Tensor]]:
+        """Fresh copies of the path's weights and biases per layer, leaves that collect their gradients."""
+        self.rows = [(w.index_select(0, idx).requires_grad_(), b.index_select(0, idx).requires_grad_())
+                     for w, b, idx in zip(self.net.weights, self.net.biases, self.index)]
+        return self.rows
+
+    @torch.no_grad()
+    def sgd_(self, lr: float) -> None:
+        """``row -= lr * grad`` on the last :meth:`leaves`, written back to the modules that are not frozen."""
+        for (w_act, b_act), w, b, idx, keep in zip(self.rows, self.net.weights, self.net.biases, self.index, self.train):
+            for leaf, full in ((w_act, w), (b_act, b)):
+                if leaf.grad is None:
+                    continue
+                leaf.add_(leaf.grad, alpha=-lr)
+                if keep is None:
+                    full.index_copy_(0, idx, leaf)
+                else:
+                    full.index_copy_(0, idx[keep], leaf[keep])

@@ -50,6 +50,9 @@ class QuadraticStore:
         self.held: set[str] = set()  # lazy anchors: the groups whose anchors are copies
         self._versions = self._stamp()
         self._warned_moved = False
+        # The chunked penalty gradient's two buffers per dtype and device, kept between calls instead of
+        # two CHUNK-sized allocations (2 MiB in fp32) at every step.
+        self._scratch: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     # ----------------------------------------------------------------------------------- helpers
     def gather(self, names: Iterable[str]) -> tuple[list[nn.Parameter], list[Tensor], list[Tensor]]:
@@ -107,13 +110,12 @@ class QuadraticStore:
             weighted = torch._foreach_mul([importance[i] for i in small], diff)
             dots += [torch.vdot(w.flatten(), d.flatten()) for w, d in zip(weighted, diff)]
             torch._foreach_add_([grads[i] for i in small], weighted, alpha=scale)
-        scratch: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         for i in large:
             p = params[i]
             key = (p.dtype, p.device)
-            if key not in scratch:
-                scratch[key] = (p.new_empty(CHUNK), p.new_empty(CHUNK))
-            scratch_d, scratch_w = scratch[key]
+            if key not in self._scratch:
+                self._scratch[key] = (p.new_empty(CHUNK), p.new_empty(CHUNK))
+            scratch_d, scratch_w = self._scratch[key]
             pf, ff, af, gf = (t.view(-1) for t in (p.detach(), importance[i], anchor[i], grads[i]))
             for start in range(0, pf.numel(), CHUNK):
                 stop = min(start + CHUNK, pf.numel())

@@ -239,6 +239,46 @@ def test_chunked_penalty_gradient_equals_autograd_on_large_tensors(mode: str) ->
     assert torch.allclose(small.grad, expected[2], rtol=1e-5, atol=1e-6)
 
 
+def test_continual_step_with_ewc_equals_a_hand_computation() -> None:
+    """The guarded step with EWC's hooks (direct penalty gradient, chunked above CHUNK, scratch kept between
+    calls) against loss.backward(), ``grad += s F (theta - theta*)`` written out, Adam: three steps."""
+    from engine import NonFiniteGuard, Step
+    from models.continual_net import mlp
+    from regularizers.ewc import EWC
+    from regularizers.store import CHUNK
+
+    torch.manual_seed(0)
+    model = mlp(600, [500, 30], [2, 2])
+    assert model.trunk[0].weight.numel() > CHUNK  # the chunked path
+    hand = copy.deepcopy(model)
+    names = ["trunk.0", "trunk.2", "head.0"]
+    reg = EWC(model.groups(), 50.0)
+    with torch.no_grad():
+        for name in names:
+            for f, a in zip(reg.importance[name], reg.anchor[name]):
+                f.uniform_(0, 1e-2)
+                a.add_(torch.randn_like(a) * 0.05)
+    hand_params = [h for name in names for h in hand.groups()[name]]
+    importance, anchor = ([t for n in names for t in table[n]] for table in (reg.importance, reg.anchor))
+    step = Step(torch.optim.Adam(model.parameters(), lr=1e-3), model.parameters(), 0.0,
+                NonFiniteGuard("loss", "", lambda: "", lambda: ""))
+    hand_optim = torch.optim.Adam(hand.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x, y = torch.randn(16, 600, generator=g), torch.randint(2, (16,), generator=g)
+        expected = float(reg.penalty(names))
+        taken, penalty = step.update_regularised(F.cross_entropy(model(x, head=0), y), reg, names)
+        assert taken and penalty is not None and float(penalty) == pytest.approx(expected, rel=1e-5)
+        hand_optim.zero_grad()
+        F.cross_entropy(hand(x, head=0), y).backward()
+        with torch.no_grad():
+            for h, f, a in zip(hand_params, importance, anchor):
+                h.grad.add_(f * (h - a), alpha=50.0)
+        hand_optim.step()
+        for p, h in zip(model.parameters(), hand.parameters()):
+            torch.testing.assert_close(p, h, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------ amp / compile
 def few_steps(model: SharedRNN, arch: RNNArch, amp: bool, steps: int = 3) -> list[float]:
     model = copy.deepcopy(model).train()

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from engine import NonFiniteGuard, Step
-from models.pathnet import Path, PathNet
+from models.pathnet import ActiveRows, Path, PathNet
 from regularizers.base import Regularizer
 
 
@@ -91,11 +91,25 @@ def make_step(net: PathNet, lr: float) -> Step:
     return Step(torch.optim.SGD(net.parameters(), lr=lr), net.parameters(), 0.0, guard)
 
 
+def rows_only(step: Step, reg: Regularizer | None) -> bool:
+    """Whether ``step`` may train only the path's modules (:class:`models.pathnet.ActiveRows`): plain SGD,
+    one learning rate, no clip, no regulariser, one process. Otherwise something reads or moves the modules
+    off the path (a penalty's gradient, a clip's norm, momentum, the ranks' average) and the full step runs."""
+    opt = step.optimizer
+    return (reg is None and type(opt) is torch.optim.SGD and len(opt.param_groups) == 1 and step.grad_clip <= 0
+            and not step.data_parallel and all(opt.param_groups[0][k] == 0 for k in ("momentum", "weight_decay"))
+            and not opt.param_groups[0]["maximize"])
+
+
 def train_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: TournamentConfig, step: Step,
                generator: torch.Generator, reg: Regularizer | None = None) -> float:
     """Train ``path`` for ``cfg.batches`` minibatches; its fitness (training accuracy over them, each batch
-    scored by the forward pass that trains on it, as the TF code's ``sess.run([train_step, accuracy])``)."""
+    scored by the forward pass that trains on it, as the TF code's ``sess.run([train_step, accuracy])``).
+
+    Where :func:`rows_only` allows, each step updates the path's modules alone (the same weights as the
+    full step, at the cost of ``k`` modules instead of ``M``); the heads always step through ``step``."""
     names = [f"layer.{l}" for l in range(net.num_layers)]
+    rows = ActiveRows(net, path) if rows_only(step, reg) else None
 
     def before_step() -> Tensor | None:
         penalty = reg.add_penalty_grad_(names) if reg is not None else None
@@ -114,8 +128,9 @@ def train_path(net: PathNet, path: Path, head: int, task: BinaryTask, cfg: Tourn
         x, y = task.x_train[idx], task.y_train[idx]
         if cfg.data == "paper":
             x = noisy(x, task, cfg.noise, generator)
-        logits = net(x, path, head)
-        step.update(F.cross_entropy(logits, y), before_step)
+        logits = net(x, path, head, rows.leaves() if rows is not None else None)
+        if step.update(F.cross_entropy(logits, y), before_step) and rows is not None:
+            rows.sgd_(step.lr)
         correct += (logits.detach().argmax(1) == y).sum()
     return int(correct) / (cfg.batches * cfg.batch_size)
 
