@@ -67,11 +67,15 @@ def table(ledger: dict[str, dict[str, Any]], lambdas: Sequence[str], metric: str
     return {lam: [float(ledger[f"lambda/{lam}/s{k}"]["record"]["metrics"][metric]) for k in complete] for lam in lambdas}
 
 
-def neighbours(values: dict[str, list[float]]) -> list[dict[str, Any]]:
-    """The paired t interval of each lambda minus the next smaller one (same seeds)."""
-    from analysis.stats import paired_difference
+def neighbours(values: dict[str, list[float]]) -> dict[str, Any]:
+    """Each lambda minus the next smaller one at the same seeds (paired t interval), the pooled SD of those
+    differences and the smallest step they detect (two-sided 5 %, power 80 %): whether a minimum is resolved."""
+    from analysis.stats import detectable_effect, noise_floor, paired_difference
 
-    return [{"lower": a, "higher": b, **paired_difference(values[b], values[a])} for a, b in pairwise(values)]
+    steps = [{"lower": a, "higher": b, **paired_difference(values[b], values[a])} for a, b in pairwise(values)]
+    sd = noise_floor([[y - x for x, y in zip(values[a], values[b])] for a, b in pairwise(values)])
+    seeds = len(next(iter(values.values()), []))
+    return {"steps": steps, "difference_sd": sd, "detectable_effect": detectable_effect(sd, seeds)}
 
 
 def summary(ledger: dict[str, dict[str, Any]], lambdas: Sequence[str]) -> dict[str, Any]:
@@ -87,7 +91,7 @@ def summary(ledger: dict[str, dict[str, Any]], lambdas: Sequence[str]) -> dict[s
     per_key = {setting_key(s, k): {m: extras[m][s["ewc_lambda"]][k] for m in EXTRAS} for s in settings for k in seeds}
     found = summarise(settings, seeds, results, None, True, per_key, EXTRAS) if seeds else {}
     return {"measure": MEASURE, "lambdas": list(lambdas), "seeds": len(seeds), "values": values,
-            "sweep": found, "neighbours": neighbours(values) if len(seeds) >= 2 else []}
+            "sweep": found, "neighbours": neighbours(values) if len(seeds) >= 2 else None}
 
 
 def report(ledger_path: Path, out: Path, lambdas: Sequence[str]) -> str:
@@ -101,9 +105,11 @@ def report(ledger_path: Path, out: Path, lambdas: Sequence[str]) -> str:
         raise UserError(f"{ledger_path}: no seed has finished every lambda yet")
     lines = [f"### EWC lambda on {BENCHMARK}, {found['seeds']} paired seeds (ledger {ledger_path})", "",
              markdown(found["sweep"], MEASURE), ""]
-    if found["neighbours"]:
+    if (steps := found["neighbours"]) is not None:
         lines += [f"| lambda step | paired difference in {MEASURE} (t 95 %) |", "|---|---|"]
-        lines += [f"| {n['lower']} → {n['higher']} | {interval_text(n)} |" for n in found["neighbours"]]
+        lines += [f"| {n['lower']} → {n['higher']} | {interval_text(n)} |" for n in steps["steps"]]
+        lines += ["", f"SD of the neighbours' paired differences: {steps['difference_sd']:.4g}; smallest step "
+                      f"{found['seeds']} paired seeds detect (two-sided 5 %, power 80 %): {steps['detectable_effect']:.4g}"]
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "ewc_lambda.json", found)

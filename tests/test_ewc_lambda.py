@@ -40,18 +40,20 @@ def test_the_statistics_match_hand_computation() -> None:
     found = study.summary(ledger, ["0", "1", "10"])
     assert found["seeds"] == 3
     t975 = 4.302652729911275  # t quantile, 2 degrees of freedom
-    step = found["neighbours"][0]
+    t80 = 1.0606601717798212  # t quantile at 0.8, 2 degrees of freedom
+    step, flat = found["neighbours"]["steps"]
     assert (step["lower"], step["higher"]) == ("0", "1")
     assert step["mean"] == pytest.approx(-2.0)
     assert step["hi"] - step["mean"] == pytest.approx(t975 * 1 / math.sqrt(3))
-    flat = found["neighbours"][1]
     assert flat["mean"] == 0.0 and flat["lo"] == flat["hi"] == 0.0  # identical paired values: no spread
+    # the steps' differences (-1, -2, -3) and (0, 0, 0): pooled variance (2 + 0) / 4
+    assert found["neighbours"]["difference_sd"] == pytest.approx(math.sqrt(0.5))
+    assert found["neighbours"]["detectable_effect"] == pytest.approx((t975 + t80) * math.sqrt(0.5) / math.sqrt(3))
     sweep = found["sweep"]
     # pooled SD at one lambda: variances 4, 1, 1 with 2 degrees of freedom each
     assert sweep["noise_floor"] == pytest.approx(math.sqrt((4 + 1 + 1) / 3))
     # paired differences to lambda 0: (-1, -2, -3) twice, sd 1 both times
     assert sweep["paired_difference_sd"] == pytest.approx(1.0)
-    t80 = 1.0606601717798212  # t quantile at 0.8, 2 degrees of freedom
     assert sweep["detectable_effect"] == pytest.approx((t975 + t80) / math.sqrt(3))
     rows = {r["name"]: r for r in sweep["rows"]}
     assert rows["ewc_lambda=0"]["mean"] == pytest.approx(6.0)
