@@ -46,6 +46,21 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(values)}
 
 
+def reported_ci(mean: float, spread: float, n: int, spread_is_sem: bool, level: float = 0.95) -> dict[str, float]:
+    """``{"mean", "lo", "hi", "n"}``: the t interval of a published ``mean ± spread`` over ``n`` runs.
+
+    Papers report ± SEM or ± a standard deviation, neither of which is an interval of the mean; rebuilding
+    the t interval from the ± and the number of runs puts a published figure on the scale of :func:`mean_ci`.
+    """
+    if n < 2:
+        raise ValueError(f"a t interval needs at least two runs, got {n}")
+    from scipy import stats
+
+    sem = spread if spread_is_sem else spread / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sem)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
+
+
 def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = 10000, level: float = 0.95) -> tuple[float, float]:
     """Percentile-bootstrap interval of the mean (both ends equal the value for a single value)."""
     data = np.asarray(values, dtype=float)

@@ -86,7 +86,7 @@ def test_a_tiny_protocol_end_to_end_and_its_resume(tmp_path: Path, monkeypatch: 
     mean = summary["summary"]["ewc"]["average_accuracy"]["mean"]
     assert mean == pytest.approx(np.mean([e["record"]["metrics"]["average_accuracy"] for e in lines[1::2]]))
     table = (out / "p_task.md").read_text()
-    assert "| ewc |" in table and "98.64 ± 0.22 |" in table and "(recalled)" in table
+    assert "| ewc |" in table and "98.64 ± 0.22 [98.18, 99.10]" in table and "(recalled)" in table
     assert (out / "p_task.png").stat().st_size > 0
 
     calls: list[str] = []
@@ -112,6 +112,22 @@ def test_a_report_uses_only_seeds_every_strategy_finished(tmp_path: Path) -> Non
 
     text = report(ledger, tmp_path, "vandeven2019")
     assert "1 paired seeds" in text and "| none | 50.00 ± 0.00 |" in text
+
+
+def test_a_published_figure_becomes_the_t_interval_of_its_mean() -> None:
+    from analysis.stats import reported_ci
+    from experiments.continual.published import published_cell
+
+    sem = reported_ci(99.12, 0.11, 20, spread_is_sem=True)  # t(0.975, 19) = 2.0930 times the SEM
+    assert sem["hi"] - 99.12 == pytest.approx(2.093024 * 0.11, abs=1e-6) and sem["n"] == 20
+    std = reported_ci(99.22, 0.21, 10, spread_is_sem=False)  # t(0.975, 9) = 2.2622 times std / sqrt(10)
+    assert 99.22 - std["lo"] == pytest.approx(2.262157 * 0.21 / np.sqrt(10), abs=1e-6)
+    with pytest.raises(ValueError, match="two runs"):
+        reported_ci(1.0, 0.1, 1, spread_is_sem=True)
+    # van de Ven & Tolias's online EWC, 99.12 [98.89, 99.35]: an interval above it is apart, one across it is not
+    assert published_cell("vandeven2019", "task", "online_ewc", {"lo": 0.9938, "hi": 0.9978}).endswith("apart")
+    assert "apart" not in published_cell("vandeven2019", "task", "online_ewc", {"lo": 0.9930, "hi": 0.9978})
+    assert published_cell("vandeven2019", "task", "mas") == "–"
 
 
 def test_a_checkpoint_from_before_the_protocols_is_refused_in_one_line(tmp_path: Path) -> None:
