@@ -76,6 +76,19 @@ def split(x: Tensor, y: Tensor, xt: Tensor, yt: Tensor, groups: Sequence[Sequenc
     return TaskSequence(name, scenario, tasks, input_shape, heads)
 
 
+def split_mnist_groups(order: str, seed: int) -> list[list[int]]:
+    """Split MNIST's five 2-digit tasks: ``fixed`` pairs 0/1, 2/3, ..., 8/9; ``shuffled`` pairs the digits of a
+    permutation drawn from ``seed``, as van de Ven & Tolias's code permutes them per run (issue 27: an ablation of
+    that protocol difference)."""
+    if order == "fixed":
+        digits = list(range(10))
+    elif order == "shuffled":
+        digits = torch.randperm(10, generator=torch.Generator().manual_seed(seed)).tolist()
+    else:
+        raise ValueError(f"unknown task order {order!r}")
+    return [digits[i:i + 2] for i in range(0, 10, 2)]
+
+
 def permuted(x: Tensor, y: Tensor, xt: Tensor, yt: Tensor, num_tasks: int, seed: int) -> TaskSequence:
     """Task 0 is the identity, task ``t`` a fixed pixel permutation drawn from ``seed + t``; one 10-way head."""
     tasks = []
@@ -136,15 +149,16 @@ def read_task_split(path: str | Path) -> tuple[str, list[list[str]]]:
 
 
 def build_sequence(benchmark: str, scenario: str, data_dir: str | Path, *, num_tasks: int = 5, seed: int = 0,
-                   task_split: str = "") -> TaskSequence:
-    """The task sequence ``benchmark`` names (see the module docstring for the scenarios)."""
+                   task_split: str = "", task_order: str = "fixed") -> TaskSequence:
+    """The task sequence ``benchmark`` names (see the module docstring for the scenarios); ``seed`` draws permuted
+    MNIST's permutations and, with ``task_order="shuffled"``, split MNIST's digit pairs."""
     if benchmark in ("split_mnist", "seq_mnist_0-2_3-5", "permuted_mnist"):
         x, y, xt, yt = load_mnist(data_dir)
         if benchmark == "permuted_mnist":
             return permuted(x, y, xt, yt, num_tasks, seed)
         if benchmark == "seq_mnist_0-2_3-5":
             return split(x, y, xt, yt, [[0, 1, 2], [3, 4, 5]], "class", (784,), benchmark)
-        return split(x, y, xt, yt, [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]], scenario, (784,), benchmark)
+        return split(x, y, xt, yt, split_mnist_groups(task_order, seed), scenario, (784,), benchmark)
     if benchmark == "split_cifar10":
         return load_images_as_tasks(data_dir, "cifar10", None, scenario, seed, benchmark)
     if benchmark == "folder":

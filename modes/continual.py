@@ -95,6 +95,9 @@ def build_config(args: argparse.Namespace, explicit: set[str]) -> ContinualConfi
                         f"of MNIST, about 190 MB)")
     if args.task_split and args.benchmark != "folder":
         raise UserError(f"--task_split is read only with --benchmark=folder (got --benchmark={args.benchmark})")
+    if args.cl_task_order != "fixed" and args.benchmark != "split_mnist":
+        raise UserError(f"--cl_task_order={args.cl_task_order} is read only with --benchmark=split_mnist "
+                        f"(got --benchmark={args.benchmark})")
     if args.seeds < 1 or args.cl_iters < 1 or args.num_tasks < 2:
         raise UserError("--seeds and --cl_iters must be >= 1 and --num_tasks >= 2")
     return ContinualConfig(args.strategies, args.seeds, args.random_seed, args.cl_iters, args.cl_batch_size, args.cl_lr,
@@ -107,5 +110,5 @@ def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.d
 
     cfg = build_config(args, explicit)
     run_continual(run_path(args.log_dir, args.benchmark, args.comment), args.benchmark, args.scenario, args.data_dir,
-                  cfg, num_tasks=args.num_tasks, task_split=args.task_split, resume=args.resume,
+                  cfg, num_tasks=args.num_tasks, task_split=args.task_split, task_order=args.cl_task_order, resume=args.resume,
                   use_tensorboard=args.use_tensorboard)

@@ -56,7 +56,7 @@ def test_scenarios_choose_heads_and_labels() -> None:
 
 
 def test_fine_tuning_forgets_and_a_strong_regulariser_does_not() -> None:
-    runs = run_experiment(conflicting_tasks(), tiny(["none", "ewc", "mas"]), None, lambda s: None, lambda r: None)["runs"]
+    runs = run_experiment(lambda _: conflicting_tasks(), tiny(["none", "ewc", "mas"]), None, lambda s: None, lambda r: None)["runs"]
     none, ewc, mas = (runs[f"{s}/0"]["R"] for s in ("none", "ewc", "mas"))
     assert none[0][0] > 0.9 and none[1][1] > 0.9
     assert none[1][0] < none[0][0] - 0.25  # the first task is overwritten
@@ -66,7 +66,7 @@ def test_fine_tuning_forgets_and_a_strong_regulariser_does_not() -> None:
 
 def test_runs_of_one_seed_share_initial_weights_and_batches() -> None:
     seq = conflicting_tasks()
-    runs = run_experiment(seq, tiny(["none", "l2"], iters=10, seeds=2), None, lambda s: None, lambda r: None)["runs"]
+    runs = run_experiment(lambda _: seq, tiny(["none", "l2"], iters=10, seeds=2), None, lambda s: None, lambda r: None)["runs"]
     # L2 at strength 0 changes nothing: identical trajectories if init and batches are shared
     assert runs["none/0"]["R"] == runs["l2/0"]["R"] and runs["none/0"]["curve"] == runs["l2/0"]["curve"]
     assert runs["none/0"]["curve"] != runs["none/1"]["curve"]
@@ -74,7 +74,7 @@ def test_runs_of_one_seed_share_initial_weights_and_batches() -> None:
 
 def test_resume_between_tasks_equals_an_uninterrupted_run() -> None:
     seq, cfg = conflicting_tasks(), tiny(["none", "ewc", "si", "wpl"], iters=10, eval_every=5)
-    whole = run_experiment(seq, cfg, None, lambda s: None, lambda r: None)["runs"]
+    whole = run_experiment(lambda _: seq, cfg, None, lambda s: None, lambda r: None)["runs"]
     saved: list[bytes] = []
 
     class Stop(Exception):
@@ -96,9 +96,9 @@ def test_resume_between_tasks_equals_an_uninterrupted_run() -> None:
         return on_task
 
     with pytest.raises(Stop):
-        run_experiment(seq, cfg, None, save, stop_after(5))  # ewc stopped after its first task
+        run_experiment(lambda _: seq, cfg, None, save, stop_after(5))  # ewc stopped after its first task
     state = torch.load(io.BytesIO(saved[-1]), weights_only=True)
-    resumed = run_experiment(seq, cfg, state, lambda s: None, lambda r: None)["runs"]
+    resumed = run_experiment(lambda _: seq, cfg, state, lambda s: None, lambda r: None)["runs"]
     for key in whole:
         assert resumed[key]["R"] == whole[key]["R"], key
         assert resumed[key]["curve"] == whole[key]["curve"], key

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-from data.tasks import build_sequence
+from data.tasks import TaskSequence, build_sequence
 from engine import first_nonfinite, stamp
 from experiments.continual.run import ContinualConfig, config_dict, run_experiment
 from experiments.continual.report import forgetting_table, markdown, plot, summarise
@@ -28,16 +28,25 @@ RESULTS = ("continual_results.json",)
 
 
 def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, cfg: ContinualConfig, *,
-                  num_tasks: int = 5, task_split: str = "", resume: bool = False, use_tensorboard: bool = True,
-                  forgetting_of: str = "") -> dict[str, Any]:
-    wanted = {"benchmark": benchmark, "scenario": scenario, **config_dict(cfg)}
+                  num_tasks: int = 5, task_split: str = "", task_order: str = "fixed", resume: bool = False,
+                  use_tensorboard: bool = True, forgetting_of: str = "") -> dict[str, Any]:
+    wanted = {"benchmark": benchmark, "scenario": scenario, "task_order": task_order, **config_dict(cfg)}
     with open_run(run_path, "continual", resume, prefix=benchmark, results=RESULTS,
                   use_tensorboard=use_tensorboard) as opening:  # a refused or failed start rewrites nothing
         run = opening.run
-        seq = build_sequence(benchmark, scenario, data_dir, num_tasks=num_tasks, seed=cfg.first_seed, task_split=task_split)
+        seq = build_sequence(benchmark, scenario, data_dir, num_tasks=num_tasks, seed=cfg.first_seed, task_split=task_split,
+                             task_order=task_order)
         state = resumable_state(opening.checkpoint, opening.state, wanted) if opening.state is not None else None
         opening.commit(metrics=state["records"] if state is not None else None)
     state = state or {"config": wanted, "records": [], "runs": {}, "current": None}
+    tasks_of: dict[int, list[str]] = {}  # each seed's task names: its digit pairs where the order is shuffled
+
+    def sequence(seed: int) -> TaskSequence:
+        """The first seed's sequence serves every seed unless the task order is drawn per seed."""
+        one = seq if task_order == "fixed" or seed == cfg.first_seed else build_sequence(
+            benchmark, scenario, data_dir, seed=seed, task_order=task_order)
+        tasks_of[seed] = [t.name for t in one.tasks]
+        return one
 
     def on_task(record: dict[str, Any]) -> None:
         run.append_metrics(record)
@@ -54,13 +63,15 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
 
     # run_experiment updates ``state`` in place before each on_task call, which then writes the checkpoint
     total = cfg.seeds * len(cfg.strategies) * len(seq.tasks)
-    progress = opening.run_loop(lambda: run_experiment(seq, cfg, state, lambda _: None, on_task_then_save),
+    progress = opening.run_loop(lambda: run_experiment(sequence, cfg, state, lambda _: None, on_task_then_save),
                                 lambda: f"{len(state['records'])} finished task(s) of {total}",
                                 nothing="no task finished", discard_until_saved=True)
     seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
     summary = summarise(progress["runs"], cfg.strategies, seeds)
-    names = [t.name for t in seq.tasks]
-    results = {"config": state["config"], "tasks": names, "runs": progress["runs"], "summary": summary}
+    # the plot's and table's task labels: the digit pairs, or positions where each seed has its own pairs
+    names = [t.name for t in seq.tasks] if task_order == "fixed" else [f"task{t}" for t in range(len(seq.tasks))]
+    results = {"config": state["config"], "tasks": names, "tasks_by_seed": {str(s): tasks_of[s] for s in seeds},
+               "runs": progress["runs"], "summary": summary}
     save_json(run.path / "continual_results.json", results)
     try:
         plot(progress["runs"], cfg.strategies, seeds, names, run.path / "continual.png")
@@ -87,11 +98,12 @@ def resumable_state(path: Path | None, state: dict[str, Any], wanted: dict[str, 
     if "protocol" not in state["config"]:  # written before --cl_protocol: untuned strengths, another Fisher
         raise UserError(f"{path} was written before --cl_protocol existed (other default strengths and EWC Fisher): "
                         f"finish that run with the version that wrote it, or start a new one with another --comment")
-    if state["config"] != wanted:
-        differ = sorted(k for k in set(wanted) | set(state["config"]) if state["config"].get(k) != wanted.get(k))
+    saved = {"task_order": "fixed", **state["config"]}  # written before --cl_task_order: the fixed pairs
+    if saved != wanted:
+        differ = sorted(k for k in set(wanted) | set(saved) if saved.get(k) != wanted.get(k))
         raise UserError(f"{path} was written with another configuration ({', '.join(differ[:4])} differ): "
                         f"use another --comment")
-    return {"config": state["config"], "records": state["records"], "runs": state["runs"],
+    return {"config": saved, "records": state["records"], "runs": state["runs"],
             "current": None if current is None else {**current, "model": state["model"]}}
 
 

@@ -15,6 +15,8 @@ from options.parsing import StrictParser, choice, str_list
 from options.plugin import ModeOptions
 
 GROUP = "continual"
+# --cl_task_order: split MNIST's digit pairs, as data.tasks.split_mnist_groups draws them
+TASK_ORDERS = ("fixed", "shuffled")
 
 
 def add(p: StrictParser) -> None:
@@ -34,6 +36,9 @@ def add(p: StrictParser) -> None:
                    help="heads (van de Ven & Tolias 2019): one per task / one shared per-task-sized / one over every class")
     g.add_argument("--strategies", type=str_list, default=["none", "joint", "ewc", "online_ewc", "si", "mas", "wpl"],
                    help=f"none (fine-tuning), joint (all tasks so far), {', '.join(REGULARIZERS)}")
+    g.add_argument("--cl_task_order", type=choice(*TASK_ORDERS), default="fixed",
+                   help="split_mnist: fixed pairs 0/1, 2/3, ..., 8/9, or shuffled: the 10 digits permuted by each seed's "
+                        "generator, then paired (van de Ven & Tolias's code); every strategy of a seed sees the same tasks")
     g.add_argument("--seeds", type=int, default=5, help="paired seeds --random_seed, +1, ...")
     g.add_argument("--num_tasks", type=int, default=5, help="permuted_mnist: tasks (the first unpermuted)")
     g.add_argument("--task_split", type=str, default="", help='folder: JSON {"folder": NAME, "tasks": [[class, ...], ...]}')

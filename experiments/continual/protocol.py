@@ -2,7 +2,7 @@
 
     python -m experiments.continual.protocol --scenario=task [--protocol=vandeven2019] [--seeds=5]
         [--strategies=none,ewc,online_ewc,si,mas,wpl] [--data_dir=../shared/data] [--ledger=FILE] [--out=DIR]
-        [--report_only] [-- OPTIONS]
+        [--report_only] [-- OPTIONS, e.g. --cl_task_order=shuffled]
 
 One unit is (strategy, seed): the whole task sequence trained with that strategy, exactly as
 ``python main.py --mode=continual --cl_protocol=<protocol> --scenario=<scenario> --strategies=<strategy>
@@ -14,7 +14,10 @@ a run cut short still gives paired seeds. The report is :mod:`experiments.contin
 
 The unit's settings (iterations, strengths, EWC's Fisher, ...) are resolved here, from the same option
 table and per-scenario strengths as ``--mode=continual`` (:func:`modes.continual.build_config`), and stored
-in full in the unit's keyword arguments: the ledger says what each line was run with.
+in full in the unit's keyword arguments: the ledger says what each line was run with. ``--cl_task_order=shuffled`` (after
+``--``) draws each seed's split-MNIST digit pairs from the unit's seed, so every strategy of a seed sees the same
+tasks; it is stored in the unit's keyword arguments (only when not ``fixed``: the committed fixed-order ledgers'
+lines predate it and must still match) and its ledger's default name ends in ``_shuffled``.
 """
 
 from __future__ import annotations
@@ -41,10 +44,19 @@ def protocol_config(protocol: str, scenario: str, extra: Sequence[str] = ()) -> 
     return args.benchmark, build_config(args, config.explicit_options(argv))
 
 
+def task_order(extra: Sequence[str]) -> str:
+    """``--cl_task_order`` as the options after ``--`` set it (``fixed`` unless given)."""
+    import config
+
+    return str(config.parse_args(["--mode=continual", *extra]).cl_task_order)
+
+
 def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, data_dir: str,
           extra: Sequence[str] = ()) -> list[Unit]:
     """Every (seed, strategy) of the protocol, seed-major; each unit carries only its own strategy's settings."""
     benchmark, cfg = protocol_config(protocol, scenario, [f"--strategies={','.join(strategies)}", *extra])
+    order = task_order(extra)
+    shuffled = {} if order == "fixed" else {"task_order": order}
     out = []
     for k in range(seeds):
         for strategy in strategies:
@@ -53,19 +65,22 @@ def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, d
                           options={s: v for s, v in cfg.options.items() if s == strategy})
             out.append(Unit(f"{scenario}/{strategy}/s{k}", "experiments.continual.protocol:run_unit",
                             {"benchmark": benchmark, "scenario": scenario, "data_dir": data_dir,
-                             "sequence_seed": BASE_SEED, "config": asdict(one)}))
+                             "sequence_seed": BASE_SEED, "config": asdict(one), **shuffled}))
     return out
 
 
-def run_unit(benchmark: str, scenario: str, data_dir: str, sequence_seed: int, config: dict[str, Any]) -> dict[str, Any]:
-    """One strategy on one seed over the whole sequence: its accuracy matrix, curve, time and metrics."""
+def run_unit(benchmark: str, scenario: str, data_dir: str, sequence_seed: int, config: dict[str, Any],
+             task_order: str = "fixed") -> dict[str, Any]:
+    """One strategy on one seed over the whole sequence: its accuracy matrix, curve, time and metrics; ``tasks``
+    names the digit pairs in the order trained (a shuffled order draws them from the unit's seed)."""
     from data.tasks import build_sequence
     from experiments.continual.run import ContinualConfig, run_experiment
     from experiments.continual.report import run_metrics
 
     cfg = ContinualConfig(**{**config, "betas": tuple(config["betas"])})
-    seq = build_sequence(benchmark, scenario, data_dir, seed=sequence_seed)
-    runs = run_experiment(seq, cfg, None, lambda _: None, lambda _: None)["runs"]
+    seq = build_sequence(benchmark, scenario, data_dir, seed=cfg.first_seed if task_order == "shuffled" else sequence_seed,
+                         task_order=task_order)
+    runs = run_experiment(lambda _: seq, cfg, None, lambda _: None, lambda _: None)["runs"]
     (strategy,), seed = cfg.strategies, cfg.first_seed
     run = runs[f"{strategy}/{seed}"]
     return {"strategy": strategy, "seed": seed, "scenario": seq.scenario, "tasks": [t.name for t in seq.tasks],
@@ -81,13 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--data_dir", default="../shared/data")
-    add_ledger_options(p, ledger="", ledger_help="default: results/continual/<protocol>_<scenario>.jsonl",
+    add_ledger_options(p, ledger="", ledger_help="default: results/continual/<protocol>_<scenario>.jsonl "
+                                                  "(<protocol>_<scenario>_shuffled.jsonl with --cl_task_order=shuffled)",
                        out="results/continual",
                        extra_help="options added to every unit's --mode=continual command line (after --)")
     args = p.parse_args(argv)
 
     def body() -> str:
-        ledger = Path(args.ledger or f"{args.out}/{args.protocol}_{args.scenario}.jsonl")
+        order = task_order(args.extra)
+        suffix = "" if order == "fixed" else f"_{order}"  # never mixed with the fixed-order ledgers
+        ledger = Path(args.ledger or f"{args.out}/{args.protocol}_{args.scenario}{suffix}.jsonl")
         if not args.report_only:
             run_units(units(args.protocol, args.scenario, args.strategies.split(","), args.seeds, args.data_dir,
                             args.extra), ledger, workers=args.workers, desc="continual units")

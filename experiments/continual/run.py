@@ -1,7 +1,7 @@
 """Task-sequence experiment: fine-tuning, joint training and importance regularisers, paired over seeds.
 
 For every seed the network is initialised once and every strategy starts from those weights and
-sees the same batches (task ``t``'s batch order is drawn from a generator seeded by ``(seed, t)``),
+sees the same tasks (the seed's sequence: split MNIST's digit pairs may be drawn per seed) and the same batches (task ``t``'s batch order is drawn from a generator seeded by ``(seed, t)``),
 so differences between strategies are paired. After each task the test accuracy on every task
 fills one row of the accuracy matrix ``R[i][j]``; test accuracy and loss are also recorded every
 ``eval_every`` iterations for the curves and the integrated loss. A checkpoint after every task
@@ -142,9 +142,10 @@ def fresh_run(seq: TaskSequence, cfg: ContinualConfig, seed: int, strategy: str,
     return model, optim, build_regularizer(strategy, model, cfg, seed)
 
 
-def run_experiment(seq: TaskSequence, cfg: ContinualConfig, state: dict[str, Any] | None,
+def run_experiment(sequence: Callable[[int], TaskSequence], cfg: ContinualConfig, state: dict[str, Any] | None,
                    save: Callable[[dict[str, Any]], None], on_task: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Every seed x strategy; ``state`` (a checkpoint) resumes, ``save`` is called after every task.
+    """Every seed x strategy on ``sequence(seed)`` (asked once per seed, so every strategy of a seed trains on the
+    same tasks); ``state`` (a checkpoint) resumes, ``save`` is called after every task.
 
     Returns ``{"runs": {"<strategy>/<seed>": {"R", "curve", "seconds"}}}``.
     """
@@ -154,11 +155,12 @@ def run_experiment(seq: TaskSequence, cfg: ContinualConfig, state: dict[str, Any
     for strategy in cfg.strategies:
         if strategy not in strategies():
             raise ValueError(f"unknown strategy {strategy!r}")
-    total = cfg.seeds * len(cfg.strategies) * len(seq.tasks) * cfg.iters
+    total = cfg.seeds * len(cfg.strategies) * len(sequence(cfg.first_seed).tasks) * cfg.iters
     done = sum(len(r["R"]) for r in state["runs"].values()) * cfg.iters
     with tqdm(total=total, initial=done, desc="continual", dynamic_ncols=True, leave=False,
               disable=None) as bar:  # no bar when stderr is not a terminal
         for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
+            seq = sequence(seed)
             init = build_model(seq, cfg, seed).state_dict()
             for strategy in cfg.strategies:
                 key = f"{strategy}/{seed}"
