@@ -53,6 +53,17 @@ def kill_when(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, should_kil
     monkeypatch.setattr(owner, name, wrapped)
 
 
+def killed_at_checkpoint(monkeypatch: pytest.MonkeyPatch, base: Path, data_dir: Path, comment: str, epoch: int) -> Path:
+    """Run ``comment`` beside ``base`` until the process dies as it saves epoch ``epoch``'s checkpoint; its folder."""
+    from engine.runlog import RunDir
+
+    with monkeypatch.context() as m:
+        kill_when(m, RunDir, "save_checkpoint", lambda self, state, e, *a: e == epoch)
+        with pytest.raises(Kill):
+            main.main(argv(data_dir, base.parent, comment))
+    return base.parent / f"tiny_{comment}"
+
+
 def resume_and_compare(base: Path, data_dir: Path, comment: str) -> Path:
     """Resume the interrupted run ``comment`` beside ``base`` (the uninterrupted run); check it ends as ``base`` did."""
     assert main.main(argv(data_dir, base.parent, comment, "--resume=True")) == 0

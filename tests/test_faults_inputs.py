@@ -14,8 +14,7 @@ import torch
 import main
 from engine import runlog
 from conftest import write_corpus
-from engine.runlog import RunDir
-from fault_harness import SMALL, Kill, argv, kill_when, write_folder
+from fault_harness import SMALL, Kill, argv, killed_at_checkpoint, write_folder
 from utils import UserError
 
 
@@ -72,11 +71,7 @@ def one_error_line(err: str) -> bool:
 def test_foreign_run_checkpoint_is_refused(fault_base: Path, data_dir: Path, capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     comment = "victim"
-    with monkeypatch.context() as m:
-        kill_when(m, RunDir, "save_checkpoint", lambda self, state, e, *a: e == 1)
-        with pytest.raises(Kill):
-            main.main(argv(data_dir, fault_base.parent, comment))
-    run = fault_base.parent / f"tiny_{comment}"
+    run = killed_at_checkpoint(monkeypatch, fault_base, data_dir, comment, 1)
     params_before = (run / "params.json").read_bytes()
     metrics_before = (run / "metrics.jsonl").read_bytes()
     (run / "checkpoints" / "latest.pt").write_bytes((fault_base / "checkpoints" / "latest.pt").read_bytes())
@@ -89,10 +84,7 @@ def test_foreign_run_checkpoint_is_refused(fault_base: Path, data_dir: Path, cap
 def test_other_shape_on_resume_is_refused(fault_base: Path, data_dir: Path, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     comment = "reshaped"
-    with monkeypatch.context() as m:
-        kill_when(m, RunDir, "save_checkpoint", lambda self, state, e, *a: e == 1)
-        with pytest.raises(Kill):
-            main.main(argv(data_dir, fault_base.parent, comment))
+    killed_at_checkpoint(monkeypatch, fault_base, data_dir, comment, 1)
     reshaped = ("--resume=True", "--shared_hid=12", "--shared_embed=12")
     assert main.main(argv(data_dir, fault_base.parent, comment, *reshaped)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -19,7 +19,7 @@ import main
 from engine import runlog
 from conftest import ROOT, metrics_without_timing
 from engine.runlog import RunDir
-from fault_harness import Kill, argv, kill_when, resume_and_compare, temp_files
+from fault_harness import Kill, argv, kill_when, killed_at_checkpoint, resume_and_compare, temp_files
 
 
 # ------------------------------------------------------------------------------- interruptions
@@ -27,11 +27,7 @@ from fault_harness import Kill, argv, kill_when, resume_and_compare, temp_files
 def test_killed_after_the_metrics_line_resumes_identically(epoch: int, fault_base: Path, data_dir: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     comment = f"after_metrics_{epoch}"
-    with monkeypatch.context() as m:
-        kill_when(m, RunDir, "save_checkpoint", lambda self, state, e, *a: e == epoch)
-        with pytest.raises(Kill):
-            main.main(argv(data_dir, fault_base.parent, comment))
-    run = fault_base.parent / f"tiny_{comment}"
+    run = killed_at_checkpoint(monkeypatch, fault_base, data_dir, comment, epoch)
     assert len(metrics_without_timing(run)) == epoch + 1  # the line is there, uncovered
     resume_and_compare(fault_base, data_dir, comment)
 
@@ -60,10 +56,7 @@ def test_killed_during_a_checkpoint_write_resumes_identically(target: str, fault
 def test_killed_during_a_resume_resumes_identically(fault_base: Path, data_dir: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     comment = "mid_resume"
-    with monkeypatch.context() as m:
-        kill_when(m, RunDir, "save_checkpoint", lambda self, state, e, *a: e == 1)
-        with pytest.raises(Kill):
-            main.main(argv(data_dir, fault_base.parent, comment))
+    killed_at_checkpoint(monkeypatch, fault_base, data_dir, comment, 1)
     with monkeypatch.context() as m:  # the resume itself dies while it rewrites metrics.jsonl
         kill_when(m, RunDir, "truncate_metrics", lambda *a: True)
         with pytest.raises(Kill):
@@ -75,10 +68,7 @@ def test_torn_last_metrics_line_is_dropped_with_a_warning(fault_base: Path, data
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     comment = "torn"
-    with monkeypatch.context() as m:
-        kill_when(m, RunDir, "save_checkpoint", lambda self, state, e, *a: e == 1)
-        with pytest.raises(Kill):
-            main.main(argv(data_dir, fault_base.parent, comment))
+    killed_at_checkpoint(monkeypatch, fault_base, data_dir, comment, 1)
     with open(fault_base.parent / f"tiny_{comment}" / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 2, "shared_lo')
     resume_and_compare(fault_base, data_dir, comment)
@@ -89,10 +79,7 @@ def test_unreadable_latest_falls_back_to_the_newest_numbered(fault_base: Path, d
                                                              monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     comment = "bad_latest"
-    with monkeypatch.context() as m:
-        kill_when(m, RunDir, "save_checkpoint", lambda self, state, e, *a: e == 2)
-        with pytest.raises(Kill):
-            main.main(argv(data_dir, fault_base.parent, comment))
+    killed_at_checkpoint(monkeypatch, fault_base, data_dir, comment, 2)
     latest = fault_base.parent / f"tiny_{comment}" / "checkpoints" / "latest.pt"
     latest.write_bytes(latest.read_bytes()[:1000])  # truncated
     resume_and_compare(fault_base, data_dir, comment)

@@ -291,13 +291,10 @@ def test_a_new_search_space_is_one_file_and_one_entry(monkeypatch: pytest.Monkey
 
 def test_a_new_task_sequence_strategy_with_a_strength_is_one_file_and_one_entry(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from test_continual import write_idx
+    from family_harness import write_mnist
 
     plug_in(monkeypatch, tmp_path / "plugins", REGULARIZERS, "shrink", "proof_shrink", SHRINK, "Shrink")
-    mnist = tmp_path / "data" / "mnist"
-    mnist.mkdir(parents=True)
-    write_idx(mnist, 200, "train", 0)
-    write_idx(mnist, 100, "t10k", 1)
+    write_mnist(tmp_path / "data" / "mnist", train=200)
     argv = ["--mode=continual", f"--data_dir={tmp_path / 'data'}", f"--log_dir={tmp_path / 'logs'}", "--comment=t",
             "--scenario=class", "--strategies=none,shrink", "--seeds=1", "--cl_iters=2", "--cl_eval_every=2",
             "--cl_hidden=8", "--use_tensorboard=False"]
