@@ -28,6 +28,9 @@ from utils import UserError
 
 BENCHMARKS = ("split_mnist", "seq_mnist_0-2_3-5", "permuted_mnist", "split_cifar10", "folder")
 SCENARIOS = ("task", "domain", "class")
+EVAL_SPLITS = ("test", "valid")  # --cl_eval_split: what every metric is measured on
+# The validation split's generator: a constant, not the run's seed, so every seed and strategy holds out the same images.
+VALID_SPLIT_SEED = 27
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Task:
     name: str
     x_train: Tensor
     y_train: Tensor
-    x_test: Tensor
+    x_test: Tensor  # what every metric is measured on: the test split, or the held-out part of the training data
     y_test: Tensor
     head: int  # which output head trains and tests this task
 
@@ -74,6 +77,24 @@ def split(x: Tensor, y: Tensor, xt: Tensor, yt: Tensor, groups: Sequence[Sequenc
     heads = ([len(g) for g in groups] if scenario == "task" else [len(every)] if scenario == "class"
              else [sizes.pop()])
     return TaskSequence(name, scenario, tasks, input_shape, heads)
+
+
+def holdout(seq: TaskSequence, fraction: float) -> TaskSequence:
+    """Each task's training data split into a training part and a held-out validation part that takes the test
+    split's place (strengths are tuned on it, never on the test set; issue 27). ``round(fraction * n)`` examples,
+    at least one and never all, drawn by a generator seeded with :data:`VALID_SPLIT_SEED` for every task: the split
+    does not depend on the run's seed or strategy. The test tensors are dropped, so nothing can read them."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation fraction must lie in (0, 1), got {fraction}")
+    tasks = []
+    for task in seq.tasks:
+        n = len(task.x_train)
+        held = min(n - 1, max(1, round(fraction * n)))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(VALID_SPLIT_SEED))
+        train, valid = order[held:].sort().values, order[:held].sort().values  # the training part keeps its order
+        tasks.append(Task(task.name, task.x_train[train], task.y_train[train], task.x_train[valid], task.y_train[valid],
+                          task.head))
+    return TaskSequence(seq.name, seq.scenario, tasks, seq.input_shape, seq.head_sizes)
 
 
 def split_mnist_groups(order: str, seed: int) -> list[list[int]]:
@@ -149,9 +170,19 @@ def read_task_split(path: str | Path) -> tuple[str, list[list[str]]]:
 
 
 def build_sequence(benchmark: str, scenario: str, data_dir: str | Path, *, num_tasks: int = 5, seed: int = 0,
-                   task_split: str = "", task_order: str = "fixed") -> TaskSequence:
+                   task_split: str = "", task_order: str = "fixed", eval_split: str = "test",
+                   valid_fraction: float = 0.1) -> TaskSequence:
     """The task sequence ``benchmark`` names (see the module docstring for the scenarios); ``seed`` draws permuted
-    MNIST's permutations and, with ``task_order="shuffled"``, split MNIST's digit pairs."""
+    MNIST's permutations and, with ``task_order="shuffled"``, split MNIST's digit pairs. ``eval_split="valid"``
+    measures on a held-out ``valid_fraction`` of each task's training data instead of its test split (:func:`holdout`)."""
+    if eval_split not in EVAL_SPLITS:
+        raise ValueError(f"unknown evaluation split {eval_split!r}")
+    seq = _sequence(benchmark, scenario, data_dir, num_tasks, seed, task_split, task_order)
+    return seq if eval_split == "test" else holdout(seq, valid_fraction)
+
+
+def _sequence(benchmark: str, scenario: str, data_dir: str | Path, num_tasks: int, seed: int, task_split: str,
+              task_order: str) -> TaskSequence:
     if benchmark in ("split_mnist", "seq_mnist_0-2_3-5", "permuted_mnist"):
         x, y, xt, yt = load_mnist(data_dir)
         if benchmark == "permuted_mnist":

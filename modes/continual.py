@@ -69,6 +69,14 @@ def regularizer_options(args: argparse.Namespace, resolved: dict[str, dict[str, 
     return options
 
 
+def eval_split(args: argparse.Namespace) -> dict[str, Any]:
+    """What every metric is measured on, as a run records it (and a protocol unit stores it): ``test`` alone, so the
+    records written before the option still match, or ``valid`` with its held-out fraction."""
+    if args.cl_eval_split == "test":
+        return {"eval_split": "test"}
+    return {"eval_split": "valid", "valid_fraction": float(args.cl_valid_fraction)}
+
+
 def build_config(args: argparse.Namespace, explicit: set[str]) -> ContinualConfig:
     """The typed configuration of a run, with the protocol's per-scenario strengths; a bad option is one line."""
     from experiments.continual.run import ContinualConfig, strategies
@@ -98,6 +106,8 @@ def build_config(args: argparse.Namespace, explicit: set[str]) -> ContinualConfi
     if args.cl_task_order != "fixed" and args.benchmark != "split_mnist":
         raise UserError(f"--cl_task_order={args.cl_task_order} is read only with --benchmark=split_mnist "
                         f"(got --benchmark={args.benchmark})")
+    if "cl_valid_fraction" in explicit and args.cl_eval_split != "valid":
+        raise UserError("--cl_valid_fraction is read only with --cl_eval_split=valid")
     if args.seeds < 1 or args.cl_iters < 1 or args.num_tasks < 2:
         raise UserError("--seeds and --cl_iters must be >= 1 and --num_tasks >= 2")
     return ContinualConfig(args.strategies, args.seeds, args.random_seed, args.cl_iters, args.cl_batch_size, args.cl_lr,
@@ -111,4 +121,4 @@ def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.d
     cfg = build_config(args, explicit)
     run_continual(run_path(args.log_dir, args.benchmark, args.comment), args.benchmark, args.scenario, args.data_dir,
                   cfg, num_tasks=args.num_tasks, task_split=args.task_split, task_order=args.cl_task_order, resume=args.resume,
-                  use_tensorboard=args.use_tensorboard)
+                  use_tensorboard=args.use_tensorboard, **eval_split(args))

@@ -29,13 +29,18 @@ RESULTS = ("continual_results.json",)
 
 def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, cfg: ContinualConfig, *,
                   num_tasks: int = 5, task_split: str = "", task_order: str = "fixed", resume: bool = False,
-                  use_tensorboard: bool = True, forgetting_of: str = "") -> dict[str, Any]:
-    wanted = {"benchmark": benchmark, "scenario": scenario, "task_order": task_order, **config_dict(cfg)}
+                  use_tensorboard: bool = True, forgetting_of: str = "", eval_split: str = "test",
+                  valid_fraction: float = 0.1) -> dict[str, Any]:
+    """``eval_split="valid"``: every metric on a held-out ``valid_fraction`` of each task's training data
+    (``data.tasks.holdout``); the configuration records it (a fraction only then), so a resume with another split is
+    refused."""
+    held = {"eval_split": eval_split, **({"valid_fraction": valid_fraction} if eval_split == "valid" else {})}
+    wanted = {"benchmark": benchmark, "scenario": scenario, "task_order": task_order, **held, **config_dict(cfg)}
     with open_run(run_path, "continual", resume, prefix=benchmark, results=RESULTS,
                   use_tensorboard=use_tensorboard) as opening:  # a refused or failed start rewrites nothing
         run = opening.run
         seq = build_sequence(benchmark, scenario, data_dir, num_tasks=num_tasks, seed=cfg.first_seed, task_split=task_split,
-                             task_order=task_order)
+                             task_order=task_order, eval_split=eval_split, valid_fraction=valid_fraction)
         state = resumable_state(opening.checkpoint, opening.state, wanted) if opening.state is not None else None
         opening.commit(metrics=state["records"] if state is not None else None)
     state = state or {"config": wanted, "records": [], "runs": {}, "current": None}
@@ -44,7 +49,8 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
     def sequence(seed: int) -> TaskSequence:
         """The first seed's sequence serves every seed unless the task order is drawn per seed."""
         one = seq if task_order == "fixed" or seed == cfg.first_seed else build_sequence(
-            benchmark, scenario, data_dir, seed=seed, task_order=task_order)
+            benchmark, scenario, data_dir, seed=seed, task_order=task_order, eval_split=eval_split,
+            valid_fraction=valid_fraction)
         tasks_of[seed] = [t.name for t in one.tasks]
         return one
 
@@ -78,7 +84,8 @@ def run_continual(run_path: Path, benchmark: str, scenario: str, data_dir: str, 
     except OSError as err:  # a full disk while matplotlib writes: the results are already safe
         raise UserError(f"cannot write {run.path / 'continual.png'} ({err.strerror or err}); the results are kept in "
                         f"{run.path / 'continual_results.json'}") from err
-    title = f"{benchmark} ({seq.scenario} scenario), {cfg.seeds} seeds, {cfg.iters} iterations per task"
+    title = f"{benchmark} ({seq.scenario} scenario), {cfg.seeds} seeds, {cfg.iters} iterations per task" + (
+        f", measured on a held-out {valid_fraction:g} of each task's training data" if eval_split == "valid" else "")
     print(markdown(summary, title))
     shown = forgetting_of or next((s for s in cfg.strategies if s not in ("none", "joint")), cfg.strategies[0])
     print("\n" + forgetting_table(summary, shown, names))
@@ -98,7 +105,8 @@ def resumable_state(path: Path | None, state: dict[str, Any], wanted: dict[str, 
     if "protocol" not in state["config"]:  # written before --cl_protocol: untuned strengths, another Fisher
         raise UserError(f"{path} was written before --cl_protocol existed (other default strengths and EWC Fisher): "
                         f"finish that run with the version that wrote it, or start a new one with another --comment")
-    saved = {"task_order": "fixed", **state["config"]}  # written before --cl_task_order: the fixed pairs
+    # written before --cl_task_order / --cl_eval_split: the fixed pairs, measured on the test split
+    saved = {"task_order": "fixed", "eval_split": "test", **state["config"]}
     if saved != wanted:
         differ = sorted(k for k in set(wanted) | set(saved) if saved.get(k) != wanted.get(k))
         raise UserError(f"{path} was written with another configuration ({', '.join(differ[:4])} differ): "

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 
 from options import presets
-from options.domains import COUNT, POSITIVE
+from options.domains import COUNT, POSITIVE, Domain
 from options.parsing import StrictParser, choice, str_list
 from options.plugin import ModeOptions
 
 GROUP = "continual"
 # --cl_task_order: split MNIST's digit pairs, as data.tasks.split_mnist_groups draws them
 TASK_ORDERS = ("fixed", "shuffled")
+# --cl_eval_split: what every metric is measured on (data.tasks.EVAL_SPLITS; not imported: no torch for --help)
+EVAL_SPLITS = ("test", "valid")
+FRACTION = Domain(lo=0, hi=1, lo_open=True, hi_open=True)  # a held-out part: some images, never all
 
 
 def add(p: StrictParser) -> None:
@@ -39,6 +42,12 @@ def add(p: StrictParser) -> None:
     g.add_argument("--cl_task_order", type=choice(*TASK_ORDERS), default="fixed",
                    help="split_mnist: fixed pairs 0/1, 2/3, ..., 8/9, or shuffled: the 10 digits permuted by each seed's "
                         "generator, then paired (van de Ven & Tolias's code); every strategy of a seed sees the same tasks")
+    g.add_argument("--cl_eval_split", type=choice(*EVAL_SPLITS), default="test",
+                   help="what R, the curves and the integrated loss measure: each task's test split, or valid: a held-out "
+                        "--cl_valid_fraction of its training data (the same images for every seed and strategy; the test "
+                        "split is then not read). Tune strengths on valid, never on test")
+    g.add_argument("--cl_valid_fraction", type=float, default=0.1,
+                   help="--cl_eval_split=valid: the part of each task's training data held out (not trained on)")
     g.add_argument("--seeds", type=int, default=5, help="paired seeds --random_seed, +1, ...")
     g.add_argument("--num_tasks", type=int, default=5, help="permuted_mnist: tasks (the first unpermuted)")
     g.add_argument("--task_split", type=str, default="", help='folder: JSON {"folder": NAME, "tasks": [[class, ...], ...]}')
@@ -51,5 +60,6 @@ def add(p: StrictParser) -> None:
 
 
 OPTIONS = ModeOptions(add, {"seeds": COUNT, "num_tasks": COUNT, "cl_iters": COUNT, "cl_batch_size": COUNT, "cl_lr": POSITIVE,
+                            "cl_valid_fraction": FRACTION,
                             "cl_eval_every": COUNT, "importance_samples": COUNT},
                       presets={"cl_protocol": presets.CL_PROTOCOLS}, group=GROUP)

@@ -17,7 +17,10 @@ table and per-scenario strengths as ``--mode=continual`` (:func:`modes.continual
 in full in the unit's keyword arguments: the ledger says what each line was run with. ``--cl_task_order=shuffled`` (after
 ``--``) draws each seed's split-MNIST digit pairs from the unit's seed, so every strategy of a seed sees the same
 tasks; it is stored in the unit's keyword arguments (only when not ``fixed``: the committed fixed-order ledgers'
-lines predate it and must still match) and its ledger's default name ends in ``_shuffled``.
+lines predate it and must still match) and its ledger's default name ends in ``_shuffled``. ``--cl_eval_split=valid``
+(after ``--``) measures every unit on a held-out part of each task's training data, for tuning strengths; it is stored
+the same way (with ``--cl_valid_fraction``) and its ledger's default name ends in ``_valid``, so validation ledgers
+never mix with the test ledgers.
 """
 
 from __future__ import annotations
@@ -51,12 +54,30 @@ def task_order(extra: Sequence[str]) -> str:
     return str(config.parse_args(["--mode=continual", *extra]).cl_task_order)
 
 
+def eval_split(extra: Sequence[str]) -> dict[str, Any]:
+    """``--cl_eval_split`` (and its fraction) as the options after ``--`` set it: empty for ``test``, so the units of
+    the committed test ledgers keep their keyword arguments."""
+    import config
+    from modes.continual import eval_split as recorded
+
+    held = recorded(config.parse_args(["--mode=continual", *extra]))
+    return {} if held["eval_split"] == "test" else held
+
+
+def ledger_suffix(extra: Sequence[str]) -> str:
+    """The default ledger's name ends in ``_shuffled`` and/or ``_valid`` where the units differ from the committed
+    fixed-order test ledgers: never mixed with them."""
+    order = task_order(extra)
+    return ("" if order == "fixed" else f"_{order}") + ("_valid" if eval_split(extra) else "")
+
+
 def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, data_dir: str,
           extra: Sequence[str] = ()) -> list[Unit]:
     """Every (seed, strategy) of the protocol, seed-major; each unit carries only its own strategy's settings."""
     benchmark, cfg = protocol_config(protocol, scenario, [f"--strategies={','.join(strategies)}", *extra])
     order = task_order(extra)
     shuffled = {} if order == "fixed" else {"task_order": order}
+    held = eval_split(extra)
     out = []
     for k in range(seeds):
         for strategy in strategies:
@@ -65,21 +86,22 @@ def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, d
                           options={s: v for s, v in cfg.options.items() if s == strategy})
             out.append(Unit(f"{scenario}/{strategy}/s{k}", "experiments.continual.protocol:run_unit",
                             {"benchmark": benchmark, "scenario": scenario, "data_dir": data_dir,
-                             "sequence_seed": BASE_SEED, "config": asdict(one), **shuffled}))
+                             "sequence_seed": BASE_SEED, "config": asdict(one), **shuffled, **held}))
     return out
 
 
 def run_unit(benchmark: str, scenario: str, data_dir: str, sequence_seed: int, config: dict[str, Any],
-             task_order: str = "fixed") -> dict[str, Any]:
+             task_order: str = "fixed", eval_split: str = "test", valid_fraction: float = 0.1) -> dict[str, Any]:
     """One strategy on one seed over the whole sequence: its accuracy matrix, curve, time and metrics; ``tasks``
-    names the digit pairs in the order trained (a shuffled order draws them from the unit's seed)."""
+    names the digit pairs in the order trained (a shuffled order draws them from the unit's seed); ``eval_split``
+    says what the metrics measure (``data.tasks.holdout``)."""
     from data.tasks import build_sequence
     from experiments.continual.run import ContinualConfig, run_experiment
     from experiments.continual.report import run_metrics
 
     cfg = ContinualConfig(**{**config, "betas": tuple(config["betas"])})
     seq = build_sequence(benchmark, scenario, data_dir, seed=cfg.first_seed if task_order == "shuffled" else sequence_seed,
-                         task_order=task_order)
+                         task_order=task_order, eval_split=eval_split, valid_fraction=valid_fraction)
     runs = run_experiment(lambda _: seq, cfg, None, lambda _: None, lambda _: None)["runs"]
     (strategy,), seed = cfg.strategies, cfg.first_seed
     run = runs[f"{strategy}/{seed}"]
@@ -97,14 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--data_dir", default="../shared/data")
     add_ledger_options(p, ledger="", ledger_help="default: results/continual/<protocol>_<scenario>.jsonl "
-                                                  "(<protocol>_<scenario>_shuffled.jsonl with --cl_task_order=shuffled)",
+                                                  "(ending _shuffled with --cl_task_order=shuffled, _valid with "
+                                                  "--cl_eval_split=valid)",
                        out="results/continual",
                        extra_help="options added to every unit's --mode=continual command line (after --)")
     args = p.parse_args(argv)
 
     def body() -> str:
-        order = task_order(args.extra)
-        suffix = "" if order == "fixed" else f"_{order}"  # never mixed with the fixed-order ledgers
+        suffix = ledger_suffix(args.extra)  # never mixed with the committed fixed-order test ledgers
         ledger = Path(args.ledger or f"{args.out}/{args.protocol}_{args.scenario}{suffix}.jsonl")
         if not args.report_only:
             run_units(units(args.protocol, args.scenario, args.strategies.split(","), args.seeds, args.data_dir,
