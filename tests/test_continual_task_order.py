@@ -88,7 +88,7 @@ def test_a_run_directory_records_the_order_and_resumes_only_into_it(tmp_path: Pa
     assert results["tasks"] == ["task0", "task1", "task2", "task3", "task4"]  # positions: each seed has its own pairs
     old = stamp("continual", {"epoch": 1, "model": {}, "config": {"benchmark": "split_mnist", "protocol": "vandeven2019"},
                               "records": [], "runs": {}, "current": None})  # written before --cl_task_order
-    wanted = {"benchmark": "split_mnist", "protocol": "vandeven2019"}
+    wanted = {"benchmark": "split_mnist", "protocol": "vandeven2019", "eval_split": "test"}  # as run_continual builds it
     assert resumable_state(None, old, {**wanted, "task_order": "fixed"})["config"]["task_order"] == "fixed"
     with pytest.raises(UserError, match="task_order"):
         resumable_state(None, old, {**wanted, "task_order": "shuffled"})
