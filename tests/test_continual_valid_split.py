@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_with_valid_the_test_tensors_are_never_read() -> None:
         assert torch.isfinite(torch.tensor([metrics["average_accuracy"], metrics["integrated_loss"]])).all()
     on_test = run_experiment(lambda _: poisoned, tiny(["none"], iters=10, eval_every=5), None, lambda s: None,
                              lambda r: None)["runs"]["none/0"]
-    assert all(l != l for l in on_test["curve"][-1]["loss"])  # the poison is real: the test split gives NaN
+    assert all(math.isnan(v) for v in on_test["curve"][-1]["loss"])  # the poison is real: the test split gives NaN
 
 
 def test_the_fraction_is_refused_without_the_split_and_outside_its_domain() -> None:
@@ -89,6 +90,7 @@ def test_a_valid_protocol_writes_its_own_ledger(tmp_path: Path) -> None:
     assert [e["key"] for e in lines] == ["task/none/s0", "task/si/s0"]
     assert all(e["kwargs"]["eval_split"] == "valid" and e["kwargs"]["valid_fraction"] == 0.2 for e in lines)
     assert (out / "vandeven2019_task_valid.md").is_file() and not (out / "vandeven2019_task.md").exists()
+    assert "held-out 0.2 of each task's training data" in (out / "vandeven2019_task_valid.md").read_text()
     assert protocol.main([*argv[:argv.index("--")], f"--ledger={ledger}", "--", *TINY]) == 2  # test into valid: refused
     test = protocol.units("vandeven2019", "task", ["none"], 1, str(data), TINY)
     assert "eval_split" not in test[0].kwargs  # the committed test ledgers' lines still match

@@ -106,7 +106,8 @@ def run_unit(benchmark: str, scenario: str, data_dir: str, sequence_seed: int, c
     (strategy,), seed = cfg.strategies, cfg.first_seed
     run = runs[f"{strategy}/{seed}"]
     return {"strategy": strategy, "seed": seed, "scenario": seq.scenario, "tasks": [t.name for t in seq.tasks],
-            "R": run["R"], "curve": run["curve"], "seconds": run["seconds"], "metrics": run_metrics(run["R"], run["curve"])}
+            "R": run["R"], "curve": run["curve"], "seconds": run["seconds"], "metrics": run_metrics(run["R"], run["curve"]),
+            **({"eval_split": eval_split, "valid_fraction": valid_fraction} if eval_split == "valid" else {})}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

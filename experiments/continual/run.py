@@ -81,7 +81,8 @@ def penalised(strategy: str, model: MultiHeadNet, head: int) -> list[str]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, chunk: int = 2048) -> tuple[float, float]:
-    """Test accuracy and mean cross-entropy of ``task`` on its head."""
+    """Accuracy and mean cross-entropy of ``task`` on its head, on its evaluation split (``x_test``: the test split, or
+    the held-out validation part with ``--cl_eval_split=valid``)."""
     model.eval()
     correct, loss = 0.0, 0.0
     for start in range(0, len(task.x_test), chunk):
