@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from analysis import plots
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
 from experiments.pathnet.measure import BASE_SEED, measurement_parser
 from experiments.workers import Unit, protocol_cli, read_ledger, run_units
@@ -96,13 +97,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Each arm's variants: every seed's generations on B (a line joins a seed), the mean as a bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = list(dict.fromkeys((r["arm"], r["pair"]) for r in rows))
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 + 1.1 * 4 * len(groups), 3.8), squeeze=False)
+    fig, axes = plots.panels(1, len(groups), figsize=(3.2 + 1.1 * 4 * len(groups), 3.8))
     for ax, (arm, pair) in zip(axes[0], groups):
         mine = [r for r in rows if r["arm"] == arm and r["pair"] == pair]
         ax.bar(range(len(mine)), [r["generations"]["mean"] for r in mine], color="0.85")
@@ -112,10 +108,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_title(f"{arm}: {pair}", fontsize=9)
         ax.set_ylabel("generations to the threshold on B")
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110)
     return path
 
 

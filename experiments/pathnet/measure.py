@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from analysis import plots
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
 from experiments.workers import Unit, add_ledger_options, protocol_cli, read_ledger, run_units
 from utils import save_json
@@ -106,14 +107,9 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
     """Per pair: each seed's generations on B, scratch then PathNet (a line joins a seed's pair), per style."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pairs = list(dict.fromkeys(r["pair"] for r in records))
     styles = list(dict.fromkeys(r["style"] for r in records))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.8), squeeze=False)
+    fig, axes = plots.panels(1, len(pairs), figsize=(4.2 * len(pairs), 3.8))
     for ax, pair in zip(axes[0], pairs):
         for k, style in enumerate(styles):
             runs = [r for r in records if r["pair"] == pair and r["style"] == style]
@@ -131,10 +127,7 @@ def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("generations to the threshold on B")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110)
     return path
 
 

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from analysis import plots
 from analysis.stats import interval_text, mean_ci, ratio_bootstrap
 from engine import stamp
 from experiments.pathnet.tournament import TournamentConfig
@@ -65,13 +66,8 @@ def markdown(summary: dict[str, Any], variants: Sequence[str]) -> str:
 
 
 def plot(runs: Sequence[dict[str, Any]], variants: Sequence[str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pairs = list(dict.fromkeys(r["pair"] for r in runs))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 3.6), squeeze=False)
+    fig, axes = plots.panels(1, len(pairs), figsize=(5 * len(pairs), 3.6))
     for ax, pair in zip(axes[0], pairs):
         for k, v in enumerate(variants):
             for i, r in enumerate(r for r in runs if r["pair"] == pair):
@@ -82,9 +78,7 @@ def plot(runs: Sequence[dict[str, Any]], variants: Sequence[str], path: Path) ->
         ax.set_ylabel("best training accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110)
     return path
 
 
