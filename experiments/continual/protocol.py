@@ -47,37 +47,31 @@ def protocol_config(protocol: str, scenario: str, extra: Sequence[str] = ()) -> 
     return args.benchmark, build_config(args, config.explicit_options(argv))
 
 
-def task_order(extra: Sequence[str]) -> str:
-    """``--cl_task_order`` as the options after ``--`` set it (``fixed`` unless given)."""
+def sequence_settings(extra: Sequence[str]) -> dict[str, Any]:
+    """The task sequence's settings the options after ``--`` change from the committed ledgers' (fixed digit pairs,
+    measured on the test split): ``task_order``, ``eval_split`` and its ``valid_fraction``, only where they differ,
+    so the units of the committed ledgers keep their keyword arguments."""
     import config
+    from modes.continual import eval_split
 
-    return str(config.parse_args(["--mode=continual", *extra]).cl_task_order)
-
-
-def eval_split(extra: Sequence[str]) -> dict[str, Any]:
-    """``--cl_eval_split`` (and its fraction) as the options after ``--`` set it: empty for ``test``, so the units of
-    the committed test ledgers keep their keyword arguments."""
-    import config
-    from modes.continual import eval_split as recorded
-
-    held = recorded(config.parse_args(["--mode=continual", *extra]))
-    return {} if held["eval_split"] == "test" else held
+    args = config.parse_args(["--mode=continual", *extra])
+    held = eval_split(args)
+    return ({} if args.cl_task_order == "fixed" else {"task_order": str(args.cl_task_order)}) | (
+        {} if held["eval_split"] == "test" else held)
 
 
 def ledger_suffix(extra: Sequence[str]) -> str:
     """The default ledger's name ends in ``_shuffled`` and/or ``_valid`` where the units differ from the committed
     fixed-order test ledgers: never mixed with them."""
-    order = task_order(extra)
-    return ("" if order == "fixed" else f"_{order}") + ("_valid" if eval_split(extra) else "")
+    changed = sequence_settings(extra)
+    return "".join(f"_{changed[key]}" for key in ("task_order", "eval_split") if key in changed)
 
 
 def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, data_dir: str,
           extra: Sequence[str] = ()) -> list[Unit]:
     """Every (seed, strategy) of the protocol, seed-major; each unit carries only its own strategy's settings."""
     benchmark, cfg = protocol_config(protocol, scenario, [f"--strategies={','.join(strategies)}", *extra])
-    order = task_order(extra)
-    shuffled = {} if order == "fixed" else {"task_order": order}
-    held = eval_split(extra)
+    changed = sequence_settings(extra)
     out = []
     for k in range(seeds):
         for strategy in strategies:
@@ -86,7 +80,7 @@ def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, d
                           options={s: v for s, v in cfg.options.items() if s == strategy})
             out.append(Unit(f"{scenario}/{strategy}/s{k}", "experiments.continual.protocol:run_unit",
                             {"benchmark": benchmark, "scenario": scenario, "data_dir": data_dir,
-                             "sequence_seed": BASE_SEED, "config": asdict(one), **shuffled, **held}))
+                             "sequence_seed": BASE_SEED, "config": asdict(one), **changed}))
     return out
 
 
