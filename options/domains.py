@@ -245,9 +245,10 @@ def options_read_only_by() -> dict[str, frozenset[str]]:
 
 def unread_options(mode: str, explicit: set[str]) -> str | None:
     """One line naming the options given that ``mode`` does not read, or None."""
-    unread = sorted(name for name, modes in options_read_only_by().items() if name in explicit and mode not in modes)
+    read_by = options_read_only_by()
+    unread = sorted(name for name, modes in read_by.items() if name in explicit and mode not in modes)
     if not unread:
         return None
-    readers = sorted({m for name in unread for m in options_read_only_by()[name]})
+    readers = sorted({m for name in unread for m in read_by[name]})
     return (f"--mode={mode} does not read {', '.join('--' + n for n in unread[:4])}"
             f"{' ...' if len(unread) > 4 else ''} (options of --mode={'/'.join(readers)}): drop them or change --mode")
