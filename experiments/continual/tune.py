@@ -1,0 +1,218 @@
+"""Each regulariser's strength tuned per scenario on the validation split, as resumable units.
+
+    python -m experiments.continual.tune [--protocol=vandeven2019] [--scenarios=class,domain,task]
+        [--strategies=ewc,online_ewc,si,mas,wpl] [--decades=2] [--points=5] [--seeds=3]
+        [--data_dir=../shared/data] [--ledger=FILE] [--out=DIR] [--workers=N] [--report_only] [-- OPTIONS]
+
+One unit is (scenario, strategy, strength, seed): that strategy over the whole task sequence, exactly as
+``python -m experiments.continual.protocol --scenario=<scenario> --strategies=<strategy> -- --<option>=<strength>
+--cl_eval_split=valid`` trains it, measured on the held-out tenth of each task's training data (never the test
+split). The grid of a strategy is its protocol value (the published one, the reference) times ``10 ** k`` for
+``--points`` values of k evenly from ``-decades`` to ``+decades``; online EWC keeps its protocol's gamma. A seed
+fixes the initial weights and the batches whatever the strength, so the values of a seed are paired across the
+grid (the sweep's design). Units run sweep by sweep (scenario, then strategy) and seed by seed inside a sweep,
+so a run cut short leaves whole sweeps and whole paired seeds; ``--resume`` is implicit: rerunning the command
+runs only the units its ledger lacks.
+
+The report (``<out>/tune_<protocol>.{json,md,png}``) gives, per scenario and strategy, the sweep's statistics
+(:func:`experiments.sweep.report.summarise`: t intervals, paired differences to the published value, noise floor,
+smallest detectable effect, how often each value is best) and the chosen value: the grid value with the highest
+mean validation accuracy (the published one where it ties). The chosen values become the per-scenario defaults by hand, in each regulariser's
+``SCENARIO_STRENGTHS`` table, citing this report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from experiments.continual.protocol import BASE_SEED, protocol_config, sequence_settings
+from experiments.workers import Unit, add_ledger_options, protocol_cli, read_ledger, run_units
+
+MEASURE = "average_accuracy"  # higher is better
+EXTRAS = ("forgetting",)
+DEFAULT_STRATEGIES = "ewc,online_ewc,si,mas,wpl"
+SCENARIOS = ("class", "domain", "task")  # cheapest first: a class unit takes about half a task unit's time
+
+
+def strength_option(strategy: str) -> str:
+    """The option that sets ``strategy``'s strength, from its declaration (``si`` -> ``si_c``)."""
+    from modes.continual import strategy_options
+
+    declared = strategy_options().get(strategy)
+    if declared is None or declared.strength is None:
+        raise ValueError(f"--strategies={strategy} declares no strength to tune")
+    return declared.strength.option
+
+
+def grid(center: float, decades: float, points: int) -> list[str]:
+    """``points`` strengths from ``center / 10**decades`` to ``center * 10**decades``, evenly on a log scale, the
+    centre among them when ``points`` is odd; each spelt ``%g`` so one strength has one key."""
+    if not (math.isfinite(center) and center > 0) or points < 1 or decades < 0:
+        raise ValueError(f"a grid needs a positive centre, points >= 1 and decades >= 0 (got {center}, {points}, {decades})")
+    exponents = np.linspace(-decades, decades, points) if points > 1 else np.zeros(1)
+    values = [f"{center * 10.0 ** float(k):.6g}" for k in exponents]
+    if len(set(values)) != len(values):
+        raise ValueError(f"--points={points} over {decades} decades repeats a strength")
+    return values
+
+
+def published(protocol: str, scenario: str, strategy: str) -> float:
+    from modes.continual import scenario_values
+
+    return float(scenario_values(strategy, protocol, scenario)["strength"])
+
+
+def sweep_units(protocol: str, scenario: str, strategy: str, values: Sequence[str], seeds: int, data_dir: str,
+                extra: Sequence[str] = ()) -> list[Unit]:
+    """One sweep's units, seed-major; each holds the whole configuration it runs with."""
+    option = strength_option(strategy)
+    changed = sequence_settings([*extra, "--cl_eval_split=valid"])
+    out = []
+    for k in range(seeds):
+        for value in values:
+            benchmark, cfg = protocol_config(protocol, scenario, [f"--strategies={strategy}", f"--{option}={value}",
+                                                                  *extra, "--cl_eval_split=valid"])
+            one = replace(cfg, seeds=1, first_seed=BASE_SEED + k, strengths={strategy: cfg.strengths[strategy]},
+                          options={s: v for s, v in cfg.options.items() if s == strategy})
+            out.append(Unit(f"{scenario}/{strategy}/{value}/s{k}", "experiments.continual.protocol:run_unit",
+                            {"benchmark": benchmark, "scenario": scenario, "data_dir": data_dir,
+                             "sequence_seed": BASE_SEED, "config": asdict(one), **changed}))
+    return out
+
+
+def values_by_seed(ledger: dict[str, dict[str, Any]], prefix: str, values: Sequence[str], metric: str) -> dict[str, list[float]]:
+    """``metric`` per strength over the seeds every strength of the sweep ``prefix`` has finished (paired columns)."""
+    seeds = sorted({int(key.rsplit("/s", 1)[1]) for key in ledger if key.startswith(prefix + "/")})
+    complete = [k for k in seeds if all(f"{prefix}/{v}/s{k}" in ledger for v in values)]
+    return {v: [float(ledger[f"{prefix}/{v}/s{k}"]["record"]["metrics"][metric]) for k in complete] for v in values}
+
+
+def summary(ledger: dict[str, dict[str, Any]], sweeps: dict[tuple[str, str], list[str]],
+            references: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """Per sweep: the sweep's statistics and the chosen strength (``None`` until a seed has finished the grid)."""
+    from analysis.stats import paired_difference
+    from experiments.sweep.report import summarise
+    from experiments.sweep.study import setting_key
+
+    out: dict[str, Any] = {}
+    for (scenario, strategy), values in sweeps.items():
+        prefix = f"{scenario}/{strategy}"
+        table = values_by_seed(ledger, prefix, values, MEASURE)
+        seeds = list(range(len(table[values[0]])))
+        settings = [{"strength": v} for v in values]
+        found, versus, chosen = None, None, ""
+        if seeds:
+            extras = {m: values_by_seed(ledger, prefix, values, m) for m in EXTRAS}
+            results = {setting_key(s, k): table[s["strength"]][k] for s in settings for k in seeds}
+            per_key = {setting_key(s, k): {m: extras[m][s["strength"]][k] for m in EXTRAS} for s in settings for k in seeds}
+            found = summarise(settings, seeds, results, {"strength": references[scenario, strategy]}, False, per_key, EXTRAS)
+            means = {r["setting"]["strength"]: r["mean"] for r in found["rows"] if "mean" in r}
+            top = max(means.values())  # a tie keeps the published value: no change without a measured gain
+            chosen = references[scenario, strategy] if means.get(references[scenario, strategy]) == top else next(
+                v for v in values if means.get(v) == top)
+            if len(seeds) >= 2 and chosen != references[scenario, strategy]:  # a paired t interval at any n >= 2
+                versus = paired_difference(table[chosen], table[references[scenario, strategy]])
+        out[prefix] = {"scenario": scenario, "strategy": strategy, "option": strength_option(strategy),
+                       "published": references[scenario, strategy], "grid": values, "seeds": len(seeds),
+                       "chosen": chosen if found else None, "chosen_vs_published": versus,
+                       "sweep": found}
+    return out
+
+
+def markdown(found: dict[str, Any], protocol: str) -> str:
+    from analysis.stats import interval_text
+    from analysis.tables import markdown as table
+
+    rows = []
+    for s in found.values():
+        sweep = s["sweep"]
+        if sweep is None:
+            rows.append([s["scenario"], s["strategy"], f"{s['option']}={s['published']}", "-", "-", "-", "-", "0"])
+            continue
+        by = {r["setting"]["strength"]: r for r in sweep["rows"]}
+        best, ref = by[s["chosen"]], by[s["published"]]
+        diff = interval_text(s["chosen_vs_published"]) if s["chosen_vs_published"] else "-"
+        p_best = sweep["best_frequency"].get("strength=" + s["chosen"], math.nan)
+        rows.append([s["scenario"], s["strategy"], f"{s['option']}={s['published']}", s["chosen"],
+                     interval_text(best, fmt=".2f"), interval_text(ref, fmt=".2f"), diff,
+                     f"{s['seeds']} (P(best) {p_best:.2f}, detectable {sweep['detectable_effect']:.3g})"])
+    head = ["scenario", "strategy", "published", "chosen", "valid acc at chosen (%)", "at published (%)",
+            "chosen - published (paired t)", "seeds"]
+    return table(head, rows, f"Strengths tuned on the validation split ({protocol})")
+
+
+def plot(found: dict[str, Any], path: Path) -> Path:
+    """Validation accuracy against strength (log scale), a panel per scenario, a line per strategy."""
+    from analysis import plots
+
+    scenarios = list(dict.fromkeys(s["scenario"] for s in found.values()))
+    fig, axes = plots.panels(1, len(scenarios), (4.2 * len(scenarios), 3.4))
+    for ax, scenario in zip(axes[0], scenarios):
+        drawn = False
+        for s in (s for s in found.values() if s["scenario"] == scenario and s["sweep"]):
+            rows = [r for r in s["sweep"]["rows"] if "mean" in r]
+            x = [float(r["setting"]["strength"]) / float(s["published"]) for r in rows]
+            ax.errorbar(x, [r["mean"] for r in rows], yerr=[r["mean"] - r["lo"] for r in rows], marker="o",
+                        capsize=2, label=f"{s['strategy']} (n={s['seeds']})")
+            drawn = True
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set(title=f"{scenario}-IL", xlabel="strength / published value", ylabel="valid accuracy (%)")
+        ax.legend(fontsize=7) if drawn else plots.no_data(ax)
+    plots.save(fig, path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from utils import UserError, save_json
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--protocol", default="vandeven2019")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS))
+    p.add_argument("--strategies", default=DEFAULT_STRATEGIES)
+    p.add_argument("--decades", type=float, default=2.0, help="the grid spans this many decades either side")
+    p.add_argument("--points", type=int, default=5, help="strengths per grid")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--data_dir", default="../shared/data")
+    add_ledger_options(p, ledger="", ledger_help="default: <out>/tune_<protocol>.jsonl", out="results/continual",
+                       extra_help="options added to every unit's --mode=continual command line (after --)")
+    args = p.parse_args(argv)
+    scenarios, strategies = args.scenarios.split(","), args.strategies.split(",")
+    if args.seeds < 1 or args.points % 2 == 0 or not set(scenarios) <= set(SCENARIOS):
+        p.error(f"--seeds must be >= 1, --points odd (the published value is the grid's centre) and --scenarios "
+                f"among {','.join(SCENARIOS)}")
+    try:
+        references = {(sc, st): f"{published(args.protocol, sc, st):.6g}" for sc in scenarios for st in strategies}
+        sweeps = {key: grid(float(ref), args.decades, args.points) for key, ref in references.items()}
+    except (KeyError, ValueError) as err:
+        p.error(f"{err}")
+
+    def body() -> str:
+        ledger = Path(args.ledger or f"{args.out}/tune_{args.protocol}.jsonl")
+        if not args.report_only:
+            todo = [u for (sc, st), values in sweeps.items()
+                    for u in sweep_units(args.protocol, sc, st, values, args.seeds, args.data_dir, args.extra)]
+            run_units(todo, ledger, workers=args.workers, desc="tuning units")
+        found = summary(read_ledger(ledger), sweeps, references)
+        if not any(s["seeds"] for s in found.values()):
+            raise UserError(f"{ledger}: no sweep has a seed with every strength finished yet")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        text = markdown(found, args.protocol) + "\n"
+        save_json(out / f"tune_{args.protocol}.json", found)
+        (out / f"tune_{args.protocol}.md").write_text(text)
+        plot(found, out / f"tune_{args.protocol}.png")
+        return text
+
+    return protocol_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""experiments.continual.tune: per-scenario strength sweeps on the validation split, resumable, with a chosen value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments.continual import tune
+from family_harness import write_mnist
+from test_continual_valid_split import TINY
+
+
+def test_the_grid_is_log_even_around_the_published_value_and_one_spelling_per_strength() -> None:
+    assert tune.grid(50.0, 2, 5) == ["0.5", "5", "50", "500", "5000"]
+    assert tune.grid(1e7, 1, 3) == ["1e+06", "1e+07", "1e+08"]
+    assert tune.grid(0.5, 0, 1) == ["0.5"]
+    with pytest.raises(ValueError, match="positive centre"):
+        tune.grid(0.0, 2, 5)
+    assert tune.strength_option("si") == "si_c" and tune.strength_option("online_ewc") == "online_ewc_lambda"
+    with pytest.raises(ValueError, match="declares no strength"):
+        tune.strength_option("none")
+
+
+def test_units_carry_the_strength_and_the_validation_split(tmp_path: Path) -> None:
+    units = tune.sweep_units("vandeven2019", "domain", "online_ewc", ["1e+07", "1e+08"], 2, str(tmp_path), TINY)
+    assert [u.key for u in units] == ["domain/online_ewc/1e+07/s0", "domain/online_ewc/1e+08/s0",
+                                      "domain/online_ewc/1e+07/s1", "domain/online_ewc/1e+08/s1"]  # seed-major
+    first = units[0].kwargs
+    assert first["eval_split"] == "valid" and first["valid_fraction"] == 0.1
+    assert first["config"]["strengths"] == {"online_ewc": 1e7}
+    assert first["config"]["options"]["online_ewc"]["gamma"] == 0.7  # the protocol's domain gamma is kept
+    assert units[2].kwargs["config"]["first_seed"] == 12346 and units[1].kwargs["config"]["first_seed"] == 12345
+    forced = tune.sweep_units("vandeven2019", "task", "si", ["50"], 1, str(tmp_path), ["--cl_eval_split=test"])
+    assert forced[0].kwargs["eval_split"] == "valid"  # never the test split, whatever follows --
+
+
+def test_summary_chooses_the_best_mean_over_complete_seeds_and_pairs_it_with_the_published_value() -> None:
+    acc = {("0.5", 0): 90.0, ("5", 0): 95.0, ("50", 0): 93.0, ("0.5", 1): 91.0, ("5", 1): 96.0, ("50", 1): 95.0,
+           ("0.5", 2): 80.0}  # seed 2 has not finished the grid: left out of every column
+    ledger = {f"task/si/{v}/s{k}": {"record": {"metrics": {"average_accuracy": a, "forgetting": 100 - a}}}
+              for (v, k), a in acc.items()}
+    found = tune.summary(ledger, {("task", "si"): ["0.5", "5", "50"]}, {("task", "si"): "50"})["task/si"]
+    assert found["seeds"] == 2 and found["chosen"] == "5" and found["published"] == "50"
+    versus = found["chosen_vs_published"]  # paired t by hand: differences 2 and 1, mean 1.5, sd 0.7071, t(1) 12.706
+    assert versus["mean"] == pytest.approx(1.5)
+    assert versus["hi"] - versus["mean"] == pytest.approx(12.7062 * 0.70711 / np.sqrt(2), rel=1e-4)
+    rows = {r["name"]: r for r in found["sweep"]["rows"]}
+    assert rows["strength=5"]["mean"] == pytest.approx(95.5) and rows["strength=0.5"]["n"] == 2
+    tied = {k: {"record": {"metrics": {"average_accuracy": 90.0, "forgetting": 1.0}}} for k in ledger}
+    assert tune.summary(tied, {("task", "si"): ["0.5", "5", "50"]}, {("task", "si"): "50"})["task/si"]["chosen"] == "50"
+    empty = tune.summary({}, {("task", "si"): ["5", "50"]}, {("task", "si"): "50"})["task/si"]
+    assert empty["seeds"] == 0 and empty["chosen"] is None and empty["sweep"] is None
+    assert "| task | si | si_c=50 | - |" in tune.markdown({"task/si": empty}, "vandeven2019")
+
+
+def test_a_tiny_tuning_run_end_to_end_resumes_and_reports(tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_mnist(data / "mnist")
+    argv = ["--scenarios=class", "--strategies=si", "--decades=1", "--points=3", "--seeds=2", f"--data_dir={data}",
+            f"--out={out}", "--", *TINY]
+    assert tune.main(argv) == 0
+    ledger = out / "tune_vandeven2019.jsonl"
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [e["key"] for e in lines] == [f"class/si/{v}/s{k}" for k in (0, 1) for v in ("0.05", "0.5", "5")]
+    assert all(e["kwargs"]["eval_split"] == "valid" and e["record"]["eval_split"] == "valid" for e in lines)
+    report = json.loads((out / "tune_vandeven2019.json").read_text())["class/si"]
+    accs = {v: np.mean([e["record"]["metrics"]["average_accuracy"] for e in lines if f"/{v}/" in e["key"]])
+            for v in ("0.05", "0.5", "5")}
+    assert report["seeds"] == 2 and accs[report["chosen"]] == pytest.approx(max(accs.values()))
+    assert "| class | si | si_c=0.5 |" in (out / "tune_vandeven2019.md").read_text()
+    with Image.open(out / "tune_vandeven2019.png") as picture:
+        assert picture.size[0] > 300
+
+    kept = ledger.read_text().splitlines()[:5]
+    ledger.write_text("\n".join(kept) + "\n")  # as if killed during the last unit
+    assert tune.main(argv) == 0
+    again = ledger.read_text().splitlines()
+    assert again[:5] == kept and json.loads(again[5])["key"] == "class/si/5/s1"  # only the lost unit ran again
+    assert json.loads(again[5])["record"]["R"] == lines[5]["record"]["R"]  # and gave the same numbers
+    with pytest.raises(SystemExit) as refused:  # an even grid would leave out the published value
+        tune.main([*argv[:3], "--points=4", *argv[4:]])
+    assert refused.value.code == 2
