@@ -39,18 +39,18 @@ def test_units_carry_the_strength_and_the_validation_split(tmp_path: Path) -> No
 
 
 def test_summary_chooses_the_best_mean_over_complete_seeds_and_pairs_it_with_the_published_value() -> None:
-    acc = {("0.5", 0): 90.0, ("5", 0): 95.0, ("50", 0): 93.0, ("0.5", 1): 91.0, ("5", 1): 96.0, ("50", 1): 95.0,
-           ("0.5", 2): 80.0}  # seed 2 has not finished the grid: left out of every column
-    ledger = {f"task/si/{v}/s{k}": {"record": {"metrics": {"average_accuracy": a, "forgetting": 100 - a}}}
+    acc = {("0.5", 0): 0.90, ("5", 0): 0.95, ("50", 0): 0.93, ("0.5", 1): 0.91, ("5", 1): 0.96, ("50", 1): 0.95,
+           ("0.5", 2): 0.80}  # seed 2 has not finished the grid: left out of every column
+    ledger = {f"task/si/{v}/s{k}": {"record": {"metrics": {"average_accuracy": a, "forgetting": 1 - a}}}
               for (v, k), a in acc.items()}
     found = tune.summary(ledger, {("task", "si"): ["0.5", "5", "50"]}, {("task", "si"): "50"})["task/si"]
     assert found["seeds"] == 2 and found["chosen"] == "5" and found["published"] == "50"
-    versus = found["chosen_vs_published"]  # paired t by hand: differences 2 and 1, mean 1.5, sd 0.7071, t(1) 12.706
+    versus = found["chosen_vs_published"]  # in points, paired t by hand: differences 2 and 1, mean 1.5, sd 0.7071, t(1) 12.706
     assert versus["mean"] == pytest.approx(1.5)
     assert versus["hi"] - versus["mean"] == pytest.approx(12.7062 * 0.70711 / np.sqrt(2), rel=1e-4)
     rows = {r["name"]: r for r in found["sweep"]["rows"]}
     assert rows["strength=5"]["mean"] == pytest.approx(95.5) and rows["strength=0.5"]["n"] == 2
-    tied = {k: {"record": {"metrics": {"average_accuracy": 90.0, "forgetting": 1.0}}} for k in ledger}
+    tied = {k: {"record": {"metrics": {"average_accuracy": 0.9, "forgetting": 0.1}}} for k in ledger}
     assert tune.summary(tied, {("task", "si"): ["0.5", "5", "50"]}, {("task", "si"): "50"})["task/si"]["chosen"] == "50"
     empty = tune.summary({}, {("task", "si"): ["5", "50"]}, {("task", "si"): "50"})["task/si"]
     assert empty["seeds"] == 0 and empty["chosen"] is None and empty["sweep"] is None
@@ -68,7 +68,7 @@ def test_a_tiny_tuning_run_end_to_end_resumes_and_reports(tmp_path: Path) -> Non
     assert [e["key"] for e in lines] == [f"class/si/{v}/s{k}" for k in (0, 1) for v in ("0.05", "0.5", "5")]
     assert all(e["kwargs"]["eval_split"] == "valid" and e["record"]["eval_split"] == "valid" for e in lines)
     report = json.loads((out / "tune_vandeven2019.json").read_text())["class/si"]
-    accs = {v: np.mean([e["record"]["metrics"]["average_accuracy"] for e in lines if f"/{v}/" in e["key"]])
+    accs = {v: np.mean([100 * e["record"]["metrics"]["average_accuracy"] for e in lines if f"/{v}/" in e["key"]])
             for v in ("0.05", "0.5", "5")}
     assert report["seeds"] == 2 and accs[report["chosen"]] == pytest.approx(max(accs.values()))
     assert "| class | si | si_c=0.5 |" in (out / "tune_vandeven2019.md").read_text()

@@ -88,10 +88,11 @@ def sweep_units(protocol: str, scenario: str, strategy: str, values: Sequence[st
 
 
 def values_by_seed(ledger: dict[str, dict[str, Any]], prefix: str, values: Sequence[str], metric: str) -> dict[str, list[float]]:
-    """``metric`` per strength over the seeds every strength of the sweep ``prefix`` has finished (paired columns)."""
+    """``metric`` in percentage points per strength, over the seeds every strength of the sweep ``prefix`` has finished
+    (paired columns)."""
     seeds = sorted({int(key.rsplit("/s", 1)[1]) for key in ledger if key.startswith(prefix + "/")})
     complete = [k for k in seeds if all(f"{prefix}/{v}/s{k}" in ledger for v in values)]
-    return {v: [float(ledger[f"{prefix}/{v}/s{k}"]["record"]["metrics"][metric]) for k in complete] for v in values}
+    return {v: [100.0 * float(ledger[f"{prefix}/{v}/s{k}"]["record"]["metrics"][metric]) for k in complete] for v in values}
 
 
 def summary(ledger: dict[str, dict[str, Any]], sweeps: dict[tuple[str, str], list[str]],
@@ -107,22 +108,21 @@ def summary(ledger: dict[str, dict[str, Any]], sweeps: dict[tuple[str, str], lis
         table = values_by_seed(ledger, prefix, values, MEASURE)
         seeds = list(range(len(table[values[0]])))
         settings = [{"strength": v} for v in values]
-        found, versus, chosen = None, None, ""
+        reference = references[scenario, strategy]
+        found, versus, chosen = None, None, None
         if seeds:
             extras = {m: values_by_seed(ledger, prefix, values, m) for m in EXTRAS}
             results = {setting_key(s, k): table[s["strength"]][k] for s in settings for k in seeds}
             per_key = {setting_key(s, k): {m: extras[m][s["strength"]][k] for m in EXTRAS} for s in settings for k in seeds}
-            found = summarise(settings, seeds, results, {"strength": references[scenario, strategy]}, False, per_key, EXTRAS)
+            found = summarise(settings, seeds, results, {"strength": reference}, False, per_key, EXTRAS)
             means = {r["setting"]["strength"]: r["mean"] for r in found["rows"] if "mean" in r}
             top = max(means.values())  # a tie keeps the published value: no change without a measured gain
-            chosen = references[scenario, strategy] if means.get(references[scenario, strategy]) == top else next(
-                v for v in values if means.get(v) == top)
-            if len(seeds) >= 2 and chosen != references[scenario, strategy]:  # a paired t interval at any n >= 2
-                versus = paired_difference(table[chosen], table[references[scenario, strategy]])
+            chosen = reference if means.get(reference) == top else next(v for v in values if means.get(v) == top)
+            if len(seeds) >= 2 and chosen != reference:  # a paired t interval at any n >= 2
+                versus = paired_difference(table[chosen], table[reference])
         out[prefix] = {"scenario": scenario, "strategy": strategy, "option": strength_option(strategy),
-                       "published": references[scenario, strategy], "grid": values, "seeds": len(seeds),
-                       "chosen": chosen if found else None, "chosen_vs_published": versus,
-                       "sweep": found}
+                       "published": reference, "grid": values, "seeds": len(seeds), "chosen": chosen,
+                       "chosen_vs_published": versus, "sweep": found}
     return out
 
 
@@ -144,7 +144,7 @@ def markdown(found: dict[str, Any], protocol: str) -> str:
                      interval_text(best, fmt=".2f"), interval_text(ref, fmt=".2f"), diff,
                      f"{s['seeds']} (P(best) {p_best:.2f}, detectable {sweep['detectable_effect']:.3g})"])
     head = ["scenario", "strategy", "published", "chosen", "valid acc at chosen (%)", "at published (%)",
-            "chosen - published (paired t)", "seeds"]
+            "chosen - published (points, paired t)", "seeds"]
     return table(head, rows, f"Strengths tuned on the validation split ({protocol})")
 
 
