@@ -17,8 +17,8 @@ runs only the units its ledger lacks.
 The report (``<out>/tune_<protocol>.{json,md,png}``) gives, per scenario and strategy, the sweep's statistics
 (:func:`experiments.sweep.report.summarise`: t intervals, paired differences to the published value, noise floor,
 smallest detectable effect, how often each value is best) and the chosen value: the grid value with the highest
-mean validation accuracy (the published one where it ties). The chosen values become the per-scenario defaults by hand, in each regulariser's
-``SCENARIO_STRENGTHS`` table, citing this report.
+mean validation accuracy (the published one where it ties). The chosen values become the per-scenario defaults by
+hand, in each regulariser's ``SCENARIO_STRENGTHS`` table, citing this report.
 """
 
 from __future__ import annotations
