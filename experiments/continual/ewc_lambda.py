@@ -62,9 +62,9 @@ def units(protocol: str, lambdas: Sequence[str], seeds: int, data_dir: str, extr
 
 def table(ledger: dict[str, dict[str, Any]], lambdas: Sequence[str], metric: str) -> dict[str, list[float]]:
     """``metric`` per lambda over the seeds every lambda has finished (seed order), so every column is paired."""
-    seeds = sorted({int(key.rsplit("/s", 1)[1]) for key in ledger})
-    complete = [k for k in seeds if all(f"lambda/{lam}/s{k}" in ledger for lam in lambdas)]
-    return {lam: [float(ledger[f"lambda/{lam}/s{k}"]["record"]["metrics"][metric]) for k in complete] for lam in lambdas}
+    from experiments.sweep.report import paired_columns
+
+    return paired_columns(ledger, "lambda", lambdas, metric)
 
 
 def neighbours(values: dict[str, list[float]]) -> dict[str, Any]:
@@ -80,18 +80,14 @@ def neighbours(values: dict[str, list[float]]) -> dict[str, Any]:
 
 def summary(ledger: dict[str, dict[str, Any]], lambdas: Sequence[str]) -> dict[str, Any]:
     """The sweep's statistics of the integrated loss over lambda, the neighbours' differences, the extras."""
-    from experiments.sweep.report import summarise
-    from experiments.sweep.study import setting_key
+    from experiments.sweep.report import summarise_columns
 
     values = table(ledger, lambdas, MEASURE)
-    seeds = list(range(len(next(iter(values.values()), []))))
-    settings = [{"ewc_lambda": lam} for lam in lambdas]
-    results = {setting_key(s, k): v for s in settings for k, v in enumerate(values[s["ewc_lambda"]])}
+    seeds = len(next(iter(values.values()), []))
     extras = {m: table(ledger, lambdas, m) for m in EXTRAS}
-    per_key = {setting_key(s, k): {m: extras[m][s["ewc_lambda"]][k] for m in EXTRAS} for s in settings for k in seeds}
-    found = summarise(settings, seeds, results, None, True, per_key, EXTRAS) if seeds else {}
-    return {"measure": MEASURE, "lambdas": list(lambdas), "seeds": len(seeds), "values": values,
-            "sweep": found, "neighbours": neighbours(values) if len(seeds) >= 2 else None}
+    found = summarise_columns("ewc_lambda", values, lambdas[0], True, extras) if seeds else {}
+    return {"measure": MEASURE, "lambdas": list(lambdas), "seeds": seeds, "values": values,
+            "sweep": found, "neighbours": neighbours(values) if seeds >= 2 else None}
 
 
 def report(ledger_path: Path, out: Path, lambdas: Sequence[str]) -> str:

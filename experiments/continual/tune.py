@@ -87,41 +87,29 @@ def sweep_units(protocol: str, scenario: str, strategy: str, values: Sequence[st
     return out
 
 
-def values_by_seed(ledger: dict[str, dict[str, Any]], prefix: str, values: Sequence[str], metric: str) -> dict[str, list[float]]:
-    """``metric`` in percentage points per strength, over the seeds every strength of the sweep ``prefix`` has finished
-    (paired columns)."""
-    seeds = sorted({int(key.rsplit("/s", 1)[1]) for key in ledger if key.startswith(prefix + "/")})
-    complete = [k for k in seeds if all(f"{prefix}/{v}/s{k}" in ledger for v in values)]
-    return {v: [100.0 * float(ledger[f"{prefix}/{v}/s{k}"]["record"]["metrics"][metric]) for k in complete] for v in values}
-
-
 def summary(ledger: dict[str, dict[str, Any]], sweeps: dict[tuple[str, str], list[str]],
             references: dict[tuple[str, str], str]) -> dict[str, Any]:
     """Per sweep: the sweep's statistics and the chosen strength (``None`` until a seed has finished the grid)."""
     from analysis.stats import paired_difference
-    from experiments.sweep.report import summarise
-    from experiments.sweep.study import setting_key
+    from experiments.sweep.report import paired_columns, summarise_columns
 
     out: dict[str, Any] = {}
     for (scenario, strategy), values in sweeps.items():
         prefix = f"{scenario}/{strategy}"
-        table = values_by_seed(ledger, prefix, values, MEASURE)
-        seeds = list(range(len(table[values[0]])))
-        settings = [{"strength": v} for v in values]
+        table = paired_columns(ledger, prefix, values, MEASURE, scale=100.0)  # percentage points
+        seeds = len(table[values[0]])
         reference = references[scenario, strategy]
         found, versus, chosen = None, None, None
         if seeds:
-            extras = {m: values_by_seed(ledger, prefix, values, m) for m in EXTRAS}
-            results = {setting_key(s, k): table[s["strength"]][k] for s in settings for k in seeds}
-            per_key = {setting_key(s, k): {m: extras[m][s["strength"]][k] for m in EXTRAS} for s in settings for k in seeds}
-            found = summarise(settings, seeds, results, {"strength": reference}, False, per_key, EXTRAS)
+            extras = {m: paired_columns(ledger, prefix, values, m, scale=100.0) for m in EXTRAS}
+            found = summarise_columns("strength", table, reference, False, extras)
             means = {r["setting"]["strength"]: r["mean"] for r in found["rows"] if "mean" in r}
             top = max(means.values())  # a tie keeps the published value: no change without a measured gain
             chosen = reference if means.get(reference) == top else next(v for v in values if means.get(v) == top)
-            if len(seeds) >= 2 and chosen != reference:  # a paired t interval at any n >= 2
+            if seeds >= 2 and chosen != reference:  # a paired t interval at any n >= 2
                 versus = paired_difference(table[chosen], table[reference])
         out[prefix] = {"scenario": scenario, "strategy": strategy, "option": strength_option(strategy),
-                       "published": reference, "grid": values, "seeds": len(seeds), "chosen": chosen,
+                       "published": reference, "grid": values, "seeds": seeds, "chosen": chosen,
                        "chosen_vs_published": versus, "sweep": found}
     return out
 

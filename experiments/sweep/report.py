@@ -76,6 +76,27 @@ def summarise(settings: Sequence[dict[str, str]], seeds: Sequence[int | None], r
             if any("mean" in r for r in rows) else None}
 
 
+def paired_columns(ledger: dict[str, dict[str, Any]], prefix: str, values: Sequence[str], metric: str,
+                   scale: float = 1.0) -> dict[str, list[float]]:
+    """``metric`` (times ``scale``) of a protocol ledger's units ``<prefix>/<value>/s<k>`` per value, over the seeds
+    every value has finished, in seed order: every column is paired with every other."""
+    seeds = sorted({int(key.rsplit("/s", 1)[1]) for key in ledger if key.startswith(prefix + "/")})
+    complete = [k for k in seeds if all(f"{prefix}/{v}/s{k}" in ledger for v in values)]
+    return {v: [scale * float(ledger[f"{prefix}/{v}/s{k}"]["record"]["metrics"][metric]) for k in complete]
+            for v in values}
+
+
+def summarise_columns(param: str, columns: dict[str, list[float]], reference: str, minimize: bool,
+                      extras: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """:func:`summarise` over paired columns (as :func:`paired_columns` gives them) of one parameter's values, with
+    the extra measures' columns beside them."""
+    seeds = list(range(len(next(iter(columns.values()), []))))
+    settings = [{param: v} for v in columns]
+    results = {setting_key(s, k): columns[s[param]][k] for s in settings for k in seeds}
+    per_key = {setting_key(s, k): {m: extras[m][s[param]][k] for m in extras} for s in settings for k in seeds}
+    return summarise(settings, seeds, results, {param: reference}, minimize, per_key, list(extras))
+
+
 def narrowing_summary(trials: Sequence[dict[str, Any]], spacing: str) -> dict[str, Any]:
     """How much the trials agree on the best value (on a log scale with log spacing)."""
     best = [t["best_value"] for t in trials]
