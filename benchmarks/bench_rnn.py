@@ -115,6 +115,8 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
         big_wall, big_cpu = U.matmul_gflops(tokens, s.hid, s.hid)
         small_wall, small_cpu = U.matmul_gflops(s.batch, s.hid, s.hid)
         add("mm_big", big_wall), add("mm_big_cpu", big_cpu), add("mm_small", small_wall), add("mm_small_cpu", small_cpu)
+        roof, roof_cpu = U.roofline_s(U.rnn_matmuls(s, training=True))
+        add("roof", roof), add("roof_cpu", roof_cpu)
         order = (False, True) if rep % 2 == 0 else (True, False)
         times: dict[bool, tuple[float, float]] = {}
         for penalty in order:
@@ -127,6 +129,7 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
         add("plain", plain), add("plain_cpu", plain_cpu), add("pen", pen)
         add("pen_ratio", pen / plain), add("pen_ratio_cpu", pen_cpu / plain_cpu)
         add("mm_ratio", flops / plain / 1e9 / big_wall), add("mm_ratio_cpu", flops / plain_cpu / 1e9 / big_cpu)
+        add("roof_ratio", roof / plain), add("roof_ratio_cpu", roof_cpu / plain_cpu)
         ref, ref_cpu = U.timed2(lambda: fisher_refresh(trainer, arch, wpl))
         add("refresh", ref), add("refresh_ratio", ref / plain), add("refresh_ratio_cpu", ref_cpu / plain_cpu)
         print(f"  rnn rep {rep}: plain {plain:.3f}s (cpu {plain_cpu:.3f}s)  wpl {pen:.3f}s  refresh {ref:.3f}s  "
@@ -146,6 +149,9 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["matmul_small_gflops_cpu"] = U.summary(rec["mm_small_cpu"])
     out["rnn_matmul_ratio"] = U.summary(rec["mm_ratio"])
     out["rnn_matmul_ratio_cpu"] = U.summary(rec["mm_ratio_cpu"])
+    out["rnn_roofline_s"] = U.summary(rec["roof"])
+    out["rnn_roofline_ratio"] = U.summary(rec["roof_ratio"])
+    out["rnn_roofline_ratio_cpu"] = U.summary(rec["roof_ratio_cpu"])
     out["wpl_step_s"] = U.summary(rec["pen"])
     out["wpl_penalty_ratio"] = U.summary(rec["pen_ratio"])
     out["wpl_penalty_ratio_cpu"] = U.summary(rec["pen_ratio_cpu"])
@@ -161,14 +167,17 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     for _ in range(max(1, args.warmup)):
         trainer.sampler.sample(1)
         trainer.sampler.learn(0)
-    samples, steps, steps_cpu = [], [], []
+    samples, steps, steps_cpu, roofs, roofs_cpu = [], [], [], [], []
     for _ in range(args.reps):
         samples.append(U.timed(lambda: trainer.sampler.sample(1)))
+        roof, roof_cpu = U.roofline_s(U.rnn_matmuls(s, training=False))  # the reward's forward
         wall, cpu = U.timed2(lambda: trainer.sampler.learn(0))
-        steps.append(wall), steps_cpu.append(cpu)
+        steps.append(wall), steps_cpu.append(cpu), roofs.append(roof / wall), roofs_cpu.append(roof_cpu / cpu)
     out["controller_sample_s"] = U.summary(samples)
     out["controller_step_s"] = U.summary(steps)
     out["controller_step_cpu_s"] = U.summary(steps_cpu)
+    out["controller_step_roofline_ratio"] = U.summary(roofs)
+    out["controller_step_roofline_ratio_cpu"] = U.summary(roofs_cpu)
     add_counts(out, "controller_step", U.profile_counts(lambda: trainer.sampler.learn(0)), statistics.median(steps))
 
     # Evaluation: Space.error (the forgetting metric's and the derive's unit: the fixed validation

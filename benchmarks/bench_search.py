@@ -18,6 +18,11 @@ Every figure is the median / min / max over ``--reps`` repetitions after ``--war
   the dense ``[T*B x hid] @ [hid x hid]`` matmul rate measured in the same process right before
   each repetition (``matmul_*_gflops``); the ratio is computed per repetition, so it is the figure
   that survives a loaded machine.
+* ``rnn_roofline_s`` / ``rnn_roofline_ratio``: the same batch's matmuls each at the rate of its own
+  shape, measured alone in the same repetition (``bench_util.rnn_matmuls``: the recurrence's
+  ``[B x hid]`` products per step, the rest over ``T*B`` rows), and that floor over the batch's time:
+  1.0 is a step made of nothing but its matmuls. ``controller_step_roofline_ratio``: the same for
+  the REINFORCE step against its reward's forward.
 * ``wpl_penalty_ratio``: ``Trainer.train_arch`` of one batch with the search's WPL (its hooks, the
   penalty gradient over the architecture's edges) divided by the same batch without it, from interleaved pairs (order alternated); and
   ``wpl_penalty_op_ratio``: 1 + (time of the ``add_penalty_grad_`` call alone) / (plain batch).
@@ -130,6 +135,9 @@ ROWS = [
     ("matmul_small_gflops_cpu", "  same, GFLOP per CPU second", ""),
     ("rnn_matmul_ratio", "RNN GFLOP/s / big matmul GFLOP/s", ""),
     ("rnn_matmul_ratio_cpu", "  same, from CPU times", ""),
+    ("rnn_roofline_s", "RNN batch's matmuls, each at its shape's rate", " s"),
+    ("rnn_roofline_ratio", "  that roofline / RNN training batch", ""),
+    ("rnn_roofline_ratio_cpu", "  same, from CPU times", ""),
     ("wpl_penalty_ratio", "WPL batch / plain batch (A/B)", ""),
     ("wpl_penalty_ratio_cpu", "  same, from CPU times", ""),
     ("wpl_penalty_op_ratio", "WPL 1 + penalty op / plain batch", ""),
@@ -138,6 +146,8 @@ ROWS = [
     ("controller_sample_s", "controller sample", " s"),
     ("controller_step_s", "controller REINFORCE step", " s"),
     ("controller_step_cpu_s", "  same, CPU time", " s"),
+    ("controller_step_roofline_ratio", "  its reward forward's roofline / step", ""),
+    ("controller_step_roofline_ratio_cpu", "  same, from CPU times", ""),
     ("rnn_step_ops", "RNN training batch: dispatched operators", ""),
     ("rnn_step_cell_ops", "  of which in the cell (one graph on CUDA)", ""),
     ("rnn_step_launches", "  host launches (kernels, graphs, copies)", ""),

@@ -86,10 +86,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def matmul_gflops(m: int, k: int, n: int, calls: int = 3) -> tuple[float, float]:
+def matmul_gflops(m: int, k: int, n: int, calls: int = 3, keep: bool = True) -> tuple[float, float]:
     """Rate of an ``[m x k] @ [k x n]`` fp32 matmul (operands reused, warm), per wall-clock second
-    and per CPU second: the median of ``calls`` timings of enough products to last ~0.1 s."""
+    and per CPU second: the median of ``calls`` timings of enough products to last ~0.1 s. Without
+    ``keep`` the operands are dropped afterwards (they would otherwise count in the peak RSS)."""
     a, b = _MM_CACHE.setdefault((m, k, n), (torch.randn(m, k, device=DEVICE), torch.randn(k, n, device=DEVICE)))
+    if not keep:
+        del _MM_CACHE[(m, k, n)]
     out = torch.empty(m, n, device=DEVICE)
     flop = 2.0 * m * k * n
     inner = max(1, int(5e9 / flop))  # about 0.1 s at 50 GFLOP/s
@@ -115,6 +118,47 @@ def rnn_step_flops(s: Size) -> float:
                      + s.num_blocks * 2 * 2 * s.hid * s.hid)  # W_h0 and one fused (2 hid x hid) per edge
     decoder = tokens * 2 * s.hid * s.ntokens
     return 3.0 * (cell + decoder)
+
+
+def rnn_matmuls(s: Size, training: bool) -> list[tuple[int, int, int, int]]:
+    """The fp32 matmuls of one batch through the fused cell (``models/rnn_cell.py``) and the decoder,
+    as ``(m, k, n, count)`` for ``[m x k] @ [k x n]``: the forward, and with ``training`` the backward.
+
+    Why shapes and not one rate: the recurrence forces one ``[B x hid] @ [hid x 2 hid]`` product per
+    node and time step (and its transpose in the backward), and on a CPU that shape runs well below a
+    ``[T*B x hid]`` product's rate; only the input projection, the decoder and the weight gradients
+    (folded over ``TIME_CHUNK`` steps) see many rows. The FLOPs sum to :func:`rnn_step_flops` less
+    the one product into the initial state, which needs no gradient (``tests/test_bench_roofline.py``
+    records the products a real batch dispatches and compares).
+    """
+    from models.rnn_cell import TIME_CHUNK
+
+    tb, h, steps = s.batch * s.bptt, s.hid, s.bptt * s.num_blocks
+    chunk = min(TIME_CHUNK, s.bptt)
+    forward = [(tb, h, 2 * h, 1),  # node 0's input projection, every step at once
+               (s.batch, h, 2 * h, steps),  # W_h0 and one edge per node, step by step
+               (tb, h, s.ntokens, 1)]  # the decoder
+    if not training:
+        return forward
+    full, rest = divmod(s.bptt, chunk)
+    backward = [(tb, 2 * h, h, 1), (2 * h, tb, h, 1),  # input projection: d input, d weight
+                (s.batch, 2 * h, h, steps - 1),  # d h_in = dpre @ W, step by step (none into the detached h0)
+                (2 * h, s.batch * chunk, h, s.num_blocks * full),  # d W, folded per chunk of time steps
+                (tb, s.ntokens, h, 1), (s.ntokens, tb, h, 1)]  # the decoder: d input, d weight
+    if rest:
+        backward.append((2 * h, s.batch * rest, h, s.num_blocks))
+    return forward + backward
+
+
+def roofline_s(matmuls: list[tuple[int, int, int, int]]) -> tuple[float, float]:
+    """Seconds (wall-clock, CPU) that ``matmuls`` take at the rate each shape runs at alone, measured
+    now in this process: the floor for a step made of them, whatever its elementwise work."""
+    wall = cpu = 0.0
+    for m, k, n, count in matmuls:
+        rate, rate_cpu = matmul_gflops(m, k, n, keep=False)
+        wall += count * 2.0 * m * k * n / rate / 1e9
+        cpu += count * 2.0 * m * k * n / rate_cpu / 1e9
+    return wall, cpu
 
 
 def synthetic_corpus(s: Size, seed: int) -> Any:

@@ -357,6 +357,8 @@ def test_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
     for key in ("rnn_tokens_per_s", "rnn_matmul_ratio", "wpl_penalty_ratio", "fisher_refresh_batches",
                 "controller_step_s", "cnn_images_per_s", "peak_rss_mib"):
         assert key in out and key in saved
+    for key in ("rnn_roofline_ratio", "controller_step_roofline_ratio"):  # a positive ratio, as written
+        assert saved[key]["median"] > 0 and saved[key] == out[key]
 
 
 def test_cpu_runs_keep_freed_memory_in_the_heap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
