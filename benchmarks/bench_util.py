@@ -128,7 +128,7 @@ def rnn_matmuls(s: Size, training: bool) -> list[tuple[int, int, int, int]]:
     node and time step (and its transpose in the backward), and on a CPU that shape runs well below a
     ``[T*B x hid]`` product's rate; only the input projection, the decoder and the weight gradients
     (folded over ``TIME_CHUNK`` steps) see many rows. The FLOPs sum to :func:`rnn_step_flops` less
-    the one product into the initial state, which needs no gradient (``tests/test_bench_roofline.py``
+    the one product into the initial state, which needs no gradient (``tests/test_bench_arithmetic.py``
     records the products a real batch dispatches and compares).
     """
     from models.rnn_cell import TIME_CHUNK

@@ -1,4 +1,5 @@
-"""The benchmark's roofline counts the matmuls a training batch really makes.
+"""The benchmarks' own arithmetic: the roofline counts the matmuls a batch really makes; the worker
+benchmark's parallel records equal its serial ones.
 
 ``bench_util.rnn_matmuls`` lists, by shape, the products of one batch through the fused cell and the
 decoder; ``bench_search`` turns it into the floor a step cannot beat (each shape at its own measured
@@ -9,7 +10,9 @@ the project dispatches in one training batch (and in one reward forward) and com
 from __future__ import annotations
 
 import argparse
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,3 +79,12 @@ def test_listed_flops_are_the_step_flops() -> None:
         flops = sum(2 * m * k * n * c for m, k, n, c in U.rnn_matmuls(size, training=True))
         into_h0 = 2 * size.batch * 2 * size.hid * size.hid  # the product the backward skips
         assert flops == U.rnn_step_flops(size) - into_h0
+
+
+def test_worker_benchmark_records_equal_a_serial_run(tmp_path: Path) -> None:
+    from benchmarks import bench_workers
+
+    out = bench_workers.main(["--units", "2", "--batches", "1", "--hid", "16", "--nodes", "2", "--workers", "2",
+                              "--json", str(tmp_path / "w.json")])
+    assert out["records_equal"] is True
+    assert json.loads((tmp_path / "w.json").read_text()) == out
