@@ -22,7 +22,8 @@ Every figure is the median / min / max over ``--reps`` repetitions after ``--war
   shape, measured alone in the same repetition (``bench_util.rnn_matmuls``: the recurrence's
   ``[B x hid]`` products per step, the rest over ``T*B`` rows), and that floor over the batch's time:
   1.0 is a step made of nothing but its matmuls. ``controller_step_roofline_ratio``: the same for
-  the REINFORCE step against its reward's forward.
+  the REINFORCE step against its reward's forward. The shapes are the fused cell's: with
+  ``--plain-cell`` (weight gradients step by step) the ratio is against a floor that cell cannot reach.
 * ``wpl_penalty_ratio``: ``Trainer.train_arch`` of one batch with the search's WPL (its hooks, the
   penalty gradient over the architecture's edges) divided by the same batch without it, from interleaved pairs (order alternated); and
   ``wpl_penalty_op_ratio``: 1 + (time of the ``add_penalty_grad_`` call alone) / (plain batch).
