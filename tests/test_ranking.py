@@ -11,7 +11,7 @@ import pytest
 
 import main
 from analysis.stats import rank_agreement, top_k_regret
-from experiments.ranking import options, protocol
+from experiments.ranking import options, protocol, report
 from experiments.workers import read_ledger
 from spaces.rnn32 import DECISION_SIZES, all_cells, cell_id
 from models.rnn_arch import RNNArch
@@ -52,6 +52,25 @@ def test_kendall_spearman_and_regret_against_hand_computations() -> None:
     assert top_k_regret([4, 1, 2, 3], truth, 2) == pytest.approx(1.0)  # items 1, 2: best of them 11
     assert top_k_regret([4, 1, 2, 3], truth, 4) == 0.0
     assert top_k_regret([1, 1, 2, 3], truth, 1) == 0.0  # a tie in the search's scores: the first listed wins
+
+
+def test_paired_differences_per_sampler_and_with_the_samplers_pooled() -> None:
+    def run(tau: float) -> list[dict[str, float]]:
+        return [{"tau": 0.0, "regret1": 9.0, "regret5": 9.0}, {"tau": tau, "regret1": 10 * tau, "regret5": 0.0}]
+
+    runs = {"random:none": {1: run(0.5), 2: run(0.1)}, "random:fisher": {1: run(0.2), 2: run(0.0)},
+            "reinforce:none": {1: run(0.4), 2: run(0.5), 3: run(0.9)}, "reinforce:fisher": {1: run(0.4), 2: run(0.2)}}
+    variants = [("random", "none"), ("random", "fisher"), ("reinforce", "none"), ("reinforce", "fisher")]
+    out = report.paired(runs, variants)
+    # last epoch only; seed 3 has no fisher run, so it is no pair
+    assert out["random:fisher - random:none"]["tau"]["mean"] == pytest.approx((-0.3 - 0.1) / 2)
+    assert out["reinforce:fisher - reinforce:none"]["tau"]["mean"] == pytest.approx((0.0 - 0.3) / 2)
+    pooled = out["fisher - none, samplers pooled"]
+    assert pooled["seeds"] == ["random/1", "random/2", "reinforce/1", "reinforce/2"]
+    assert pooled["tau"]["mean"] == pytest.approx((-0.3 - 0.1 + 0.0 - 0.3) / 4)
+    assert pooled["regret1"]["mean"] == pytest.approx(10 * (-0.3 - 0.1 + 0.0 - 0.3) / 4)
+    # one sampler: nothing to pool
+    assert "fisher - none, samplers pooled" not in report.paired(runs, variants[:2])
 
 
 def test_the_option_table_names_the_protocol_sizes() -> None:

@@ -84,21 +84,36 @@ def _ci(values: Sequence[float]) -> dict[str, Any]:
 
 
 def paired(runs: dict[str, dict[int, list[dict[str, float]]]], variants: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Each importance minus ``none`` of the same sampler, at the last epoch, over the seeds both have."""
+    """Each importance minus ``none`` of the same sampler, at the last epoch, over the seeds both have;
+    then, where two or more samplers have the importance, the same difference with the samplers pooled:
+    every (sampler, seed) is one pair (same sampler, same seed, same start and batches), so the test
+    asks whether the importance moves tau whichever sampler proposes the cells, with twice the pairs."""
     out: dict[str, Any] = {}
+    pooled: dict[str, list[tuple[str, int]]] = {}
     for sampler, importance in variants:
         base, this = runs.get(f"{sampler}:none", {}), runs.get(f"{sampler}:{importance}", {})
         seeds = sorted(set(base) & set(this))
-        if importance == "none" or len(seeds) < 2:
+        if importance == "none":
             continue
-        entry: dict[str, Any] = {"seeds": seeds}
-        for metric in ("tau", "regret1", "regret5"):
-            a = [this[s][-1][metric] for s in seeds]
-            b = [base[s][-1][metric] for s in seeds]
-            entry[metric] = paired_tests(a, b)
-            entry[metric]["detectable"] = detectable_effect(float(np.std(np.subtract(a, b), ddof=1)), len(seeds))
-        out[f"{sampler}:{importance} - {sampler}:none"] = entry
+        pooled.setdefault(importance, []).extend((sampler, s) for s in seeds)
+        if len(seeds) >= 2:
+            out[f"{sampler}:{importance} - {sampler}:none"] = _differences(runs, importance, [(sampler, s) for s in seeds])
+    for importance, pairs in pooled.items():
+        if len({sampler for sampler, _ in pairs}) >= 2 and len(pairs) >= 2:
+            out[f"{importance} - none, samplers pooled"] = _differences(runs, importance, pairs)
     return out
+
+
+def _differences(runs: dict[str, dict[int, list[dict[str, float]]]], importance: str,
+                 pairs: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """Paired tests of ``importance`` minus ``none`` at the last epoch over ``pairs`` of (sampler, seed)."""
+    entry: dict[str, Any] = {"seeds": [f"{sampler}/{seed}" for sampler, seed in pairs]}
+    for metric in ("tau", "regret1", "regret5"):
+        a = [runs[f"{sampler}:{importance}"][seed][-1][metric] for sampler, seed in pairs]
+        b = [runs[f"{sampler}:none"][seed][-1][metric] for sampler, seed in pairs]
+        entry[metric] = paired_tests(a, b)
+        entry[metric]["detectable"] = detectable_effect(float(np.std(np.subtract(a, b), ddof=1)), len(pairs))
+    return entry
 
 
 def markdown(results: dict[str, Any]) -> str:
