@@ -110,7 +110,11 @@ def _repair_tail(path: Path) -> None:
 
 
 def _append(path: Path, entry: dict[str, Any]) -> None:
-    line = json.dumps(entry, allow_nan=False, sort_keys=True) + "\n"
+    try:
+        line = json.dumps(entry, allow_nan=False, sort_keys=True) + "\n"
+    except ValueError as err:  # NaN or infinity: the ledger is strict JSON, so the unit must say null
+        raise UserError(f"unit {entry['key']} returned a NaN or infinite figure, which {path} (strict JSON) cannot "
+                        f"hold; its target {entry['target']} must record such values as null; finished units are kept") from err
     try:
         with open(path, "a") as f:
             f.write(line)

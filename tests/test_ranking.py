@@ -185,3 +185,17 @@ def test_the_end_point_probe_scores_the_last_steps_at_the_annealed_lr(data_dir: 
     # tiny: 2 epochs of 2 shared steps; steps 3 and 4 start at epochs 1 and 1.5 of 2, the last half annealed
     assert [line.split(": ")[1].split(" train")[0] for line in lines] == ["step 3/4 lr 20.00", "step 4/4 lr 10.00"]
     assert all(math.isfinite(float(line.rsplit(" ", 1)[1])) for line in lines)
+
+
+def test_a_diverged_cell_is_null_in_the_ledger_and_ranks_last_in_the_report() -> None:
+    from experiments.ranking.run import finite_or_none
+
+    assert [finite_or_none(v) for v in (3.5, math.inf, math.nan)] == [3.5, None, None]
+    truth = [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]
+    search = {"epochs": [{"valid_ppl": [20.0, None, 22.0, 23.0, 24.0, 25.0], "forgetting_mean_diff": None},
+                         {"valid_ppl": [20.0, 21.0, 22.0, 23.0, 24.0, 25.0], "forgetting_mean_diff": 0.5}]}
+    rows = report.per_run(search, truth)
+    # epoch 0: cell 1 diverged and ranks last: its 4 pairs with cells 2-5 disagree, the other 11 of 15 agree
+    assert rows[0]["tau"] == pytest.approx((11 - 4) / 15) and math.isnan(rows[0]["diff"])
+    assert rows[0]["regret1"] == 0.0 and rows[1]["tau"] == pytest.approx(1.0) and rows[1]["diff"] == 0.5
+    assert rows[1]["stability"] == pytest.approx((11 - 4) / 15)  # against epoch 0's order, the null ranked last

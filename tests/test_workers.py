@@ -136,3 +136,17 @@ def test_without_cuda_no_gpu_is_handed_out() -> None:
         assert unit_devices(99) == [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     else:
         assert unit_devices(4) == []
+
+
+def infinite_figure(seed: int) -> dict[str, float]:
+    """A unit target that returns an infinite figure (a diverged perplexity not mapped to null)."""
+    return {"seed": seed, "ppl": float("inf")}
+
+
+def test_a_non_finite_record_is_one_clear_line_and_the_finished_units_are_kept(tmp_path: Path) -> None:
+    ledger = tmp_path / "l.jsonl"
+    bad = [*units(2), Unit("bad", "tests.test_workers:infinite_figure", {"seed": 0})]
+    with pytest.raises(UserError, match="unit bad returned a NaN or infinite figure") as err:
+        run_units(bad, ledger, workers=1)
+    assert "\n" not in str(err.value)
+    assert sorted(read_ledger(ledger)) == ["u0", "u1"]

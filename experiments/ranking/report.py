@@ -40,8 +40,13 @@ def ceiling(matrix: Sequence[Sequence[float]]) -> dict[str, Any]:
             "seeds": len(matrix)}
 
 
-def score_epoch(ppl: Sequence[float], truth: Sequence[float], previous: Sequence[float] | None) -> dict[str, float]:
-    finite = [p if math.isfinite(p) else 1e30 for p in ppl]  # a diverged cell ranks last
+def _ranked(ppl: Sequence[float | None]) -> list[float]:
+    """Perplexities to rank: a diverged cell's (infinite, NaN, or null in the ledger) ranks last."""
+    return [p if p is not None and math.isfinite(p) else 1e30 for p in ppl]
+
+
+def score_epoch(ppl: Sequence[float | None], truth: Sequence[float], previous: Sequence[float] | None) -> dict[str, float]:
+    finite = _ranked(ppl)
     agreement = rank_agreement(finite, truth)
     return {"tau": agreement["tau"], "rho": agreement["rho"], "regret1": top_k_regret(finite, truth, 1),
             "regret5": top_k_regret(finite, truth, 5),
@@ -52,10 +57,9 @@ def per_run(search: dict[str, Any], truth: Sequence[float]) -> list[dict[str, fl
     """Each epoch's figures of one search."""
     rows, previous = [], None
     for epoch in search["epochs"]:
-        finite = [p if math.isfinite(p) else 1e30 for p in epoch["valid_ppl"]]
-        rows.append({**score_epoch(epoch["valid_ppl"], truth, previous),
-                     "diff": epoch.get("forgetting_mean_diff", math.nan)})
-        previous = finite
+        diff = epoch.get("forgetting_mean_diff")
+        rows.append({**score_epoch(epoch["valid_ppl"], truth, previous), "diff": math.nan if diff is None else diff})
+        previous = _ranked(epoch["valid_ppl"])
     return rows
 
 

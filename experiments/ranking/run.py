@@ -79,6 +79,12 @@ def train_alone(cell: str, seed: int, options: dict[str, Any]) -> dict[str, Any]
             "test_ppl": test["test_ppl"], "train_ce": curve}
 
 
+def finite_or_none(value: float) -> float | None:
+    """A figure for the ledger (strict JSON): a diverged cell's infinite perplexity, or a NaN, becomes null
+    (the report ranks a null perplexity last and leaves a null figure out of its means)."""
+    return float(value) if math.isfinite(value) else None
+
+
 def score_cells(trainer: Trainer) -> list[float]:
     """Every cell's perplexity with the shared weights on the whole validation split, in id order."""
     return [trainer.space.evaluate(arch, "valid")["valid_ppl"] for arch in all_cells()]
@@ -96,8 +102,10 @@ def search_and_rank(sampler: str, importance: str, seed: int, options: dict[str,
         record = search_epoch(trainer, epoch, args.max_epoch, measure_forgetting=True)
         trained = time.time()
         ppl = score_cells(trainer)
-        epochs.append({"epoch": epoch, "valid_ppl": ppl, "train_s": trained - start, "eval_s": time.time() - trained,
-                       **{k: record[k] for k in ("shared_ce", "forgetting_mean_diff", "forgetting_max_diff") if k in record}})
+        epochs.append({"epoch": epoch, "valid_ppl": [finite_or_none(p) for p in ppl], "train_s": trained - start,
+                       "eval_s": time.time() - trained,
+                       **{k: finite_or_none(record[k]) for k in ("shared_ce", "forgetting_mean_diff", "forgetting_max_diff")
+                          if k in record}})
         log.info("%s/%s seed %d epoch %d: best cell %s (%.1f), trained %.0f s, scored 32 cells in %.0f s", sampler,
                  importance, seed, epoch, f"c{int(np.argmin(ppl)):02d}", min(ppl), trained - start, time.time() - trained)
     return {"sampler": sampler, "importance": importance, "seed": seed, "epochs": epochs}
