@@ -75,13 +75,14 @@ def train_alone(cell: str, seed: int, options: dict[str, Any]) -> dict[str, Any]
     for epoch in range(args.max_epoch):
         curve.append(search_epoch(trainer, epoch, args.max_epoch, measure_forgetting=False).get("shared_ce", math.nan))
     valid, test = space.evaluate(arch, "valid"), space.evaluate(arch, "test")
-    return {"cell": cell, "arch": arch.to_dict(), "seed": seed, "valid_ppl": valid["valid_ppl"],
-            "test_ppl": test["test_ppl"], "train_ce": curve}
+    return {"cell": cell, "arch": arch.to_dict(), "seed": seed, "valid_ppl": finite_or_none(valid["valid_ppl"]),
+            "test_ppl": finite_or_none(test["test_ppl"]), "train_ce": [finite_or_none(c) for c in curve]}
 
 
 def finite_or_none(value: float) -> float | None:
     """A figure for the ledger (strict JSON): a diverged cell's infinite perplexity, or a NaN, becomes null
-    (the report ranks a null perplexity last and leaves a null figure out of its means)."""
+    (the report ranks a null search perplexity last and leaves a null figure out of its means; a null
+    ground-truth perplexity is refused, in one line, when the ground truth is loaded)."""
     return float(value) if math.isfinite(value) else None
 
 
