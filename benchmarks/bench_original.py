@@ -149,7 +149,6 @@ def original_names(model: Any) -> dict[str, Any]:
 
 
 def original_side(args: argparse.Namespace) -> dict[str, Any]:
-    sys.path.insert(0, str(args.export))  # its `models` and `utils`, before this repository's
     import collections
     import logging
 
@@ -157,7 +156,9 @@ def original_side(args: argparse.Namespace) -> dict[str, Any]:
     from torch.nn import functional as F
 
     logging.disable(logging.INFO)
-    from models import shared_rnn  # the original's
+    from models import shared_rnn  # the original's: this process runs in the export folder (run_side)
+    if not Path(shared_rnn.__file__).resolve().is_relative_to(args.export.resolve()):
+        raise SystemExit(f"bench_original: models resolved to {shared_rnn.__file__}, not the export in {args.export}")
     from models.wpl_module import WPLModule
 
     from benchmarks import bench_util as U
@@ -234,11 +235,17 @@ def to_dag(node: Any, activations: list[str], parents: list[int], num_blocks: in
 
 # ----------------------------------------------------------------------------------------- main
 def run_side(side: str, args: argparse.Namespace, export_dir: Path, state: Path) -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    # The original side starts in the export folder, so its `models` and `utils` come first on the path
+    # and this repository (for `benchmarks`) comes from PYTHONPATH after them.
+    cwd = export_dir if side == "original" else root
+    if side == "original":
+        env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
     cmd = [sys.executable, "-m", "benchmarks.bench_original", "--side", side, "--export", str(export_dir), "--state", str(state),
            "--size", args.size, "--reps", str(args.reps), "--warmup", str(args.warmup), "--seed", str(args.seed),
            "--threads", str(args.threads)]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=cwd)
     if done.returncode != 0:
         raise SystemExit(f"bench_original: the {side} side failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
