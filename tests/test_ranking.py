@@ -199,3 +199,27 @@ def test_a_diverged_cell_is_null_in_the_ledger_and_ranks_last_in_the_report() ->
     assert rows[0]["tau"] == pytest.approx((11 - 4) / 15) and math.isnan(rows[0]["diff"])
     assert rows[0]["regret1"] == 0.0 and rows[1]["tau"] == pytest.approx(1.0) and rows[1]["diff"] == 0.5
     assert rows[1]["stability"] == pytest.approx((11 - 4) / 15)  # against epoch 0's order, the null ranked last
+
+
+def test_the_wpl_step_probe_measures_the_penalty_against_the_loss(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import probe_wpl_step
+
+    result = probe_wpl_step.main(["--size=tiny", "--epochs=2", f"--data_dir={data_dir}", "--dataset=tiny"])
+    rows = result["rows"]
+    # tiny: 2 epochs x 2 architectures x 2 batches, every one penalised (WPL from the first epoch)
+    assert len(rows) == 8 and len(result["shared_ce"]) == 2
+    # an architecture's first batch starts at its anchor: nothing to pull back; the second of a later
+    # architecture has moved from it where an earlier one built an importance
+    assert [r["penalty_grad"] for r in rows[0::2]] == [0.0] * 4 and rows[-1]["penalty_grad"] > 0
+    assert all(r["loss_grad"] > 0 and 0 <= r["unstable"] <= 1 and r["clipped"] in (0.0, 1.0) for r in rows)
+    assert "penalty_to_loss: median" in capsys.readouterr().out
+
+
+def test_the_wpl_step_probe_summary_is_the_order_statistics() -> None:
+    from benchmarks.probe_wpl_step import FIELDS, summarise
+
+    rows = [{f: float(v) for f in FIELDS} for v in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)]
+    rows[0]["penalty_to_loss"] = math.nan  # a batch with no loss gradient: left out
+    s = summarise(rows)
+    assert s["loss_grad"] == {"median": 5.5, "p90": pytest.approx(9.1), "max": 10.0, "mean": 5.5}
+    assert s["penalty_to_loss"]["median"] == 6.0 and s["penalty_to_loss"]["mean"] == 6.0
