@@ -56,7 +56,8 @@ def test_kendall_spearman_and_regret_against_hand_computations() -> None:
 
 def test_paired_differences_per_sampler_and_with_the_samplers_pooled() -> None:
     def run(tau: float) -> list[dict[str, float]]:
-        return [{"tau": 0.0, "regret1": 9.0, "regret5": 9.0}, {"tau": tau, "regret1": 10 * tau, "regret5": 0.0}]
+        return [{"tau": 0.0, "regret1": 9.0, "regret5": 9.0, "median_log_ppl": 6.0},
+                {"tau": tau, "regret1": 10 * tau, "regret5": 0.0, "median_log_ppl": 6 + tau}]
 
     runs = {"random:none": {1: run(0.5), 2: run(0.1)}, "random:fisher": {1: run(0.2), 2: run(0.0)},
             "reinforce:none": {1: run(0.4), 2: run(0.5), 3: run(0.9)}, "reinforce:fisher": {1: run(0.4), 2: run(0.2)}}
@@ -69,6 +70,7 @@ def test_paired_differences_per_sampler_and_with_the_samplers_pooled() -> None:
     assert pooled["seeds"] == ["random/1", "random/2", "reinforce/1", "reinforce/2"]
     assert pooled["tau"]["mean"] == pytest.approx((-0.3 - 0.1 + 0.0 - 0.3) / 4)
     assert pooled["regret1"]["mean"] == pytest.approx(10 * (-0.3 - 0.1 + 0.0 - 0.3) / 4)
+    assert pooled["median_log_ppl"]["mean"] == pytest.approx((-0.3 - 0.1 + 0.0 - 0.3) / 4)
     # one sampler: nothing to pool
     assert "fisher - none, samplers pooled" not in report.paired(runs, variants[:2])
 
@@ -199,6 +201,8 @@ def test_a_diverged_cell_is_null_in_the_ledger_and_ranks_last_in_the_report() ->
     assert rows[0]["tau"] == pytest.approx((11 - 4) / 15) and math.isnan(rows[0]["diff"])
     assert rows[0]["regret1"] == 0.0 and rows[1]["tau"] == pytest.approx(1.0) and rows[1]["diff"] == 0.5
     assert rows[1]["stability"] == pytest.approx((11 - 4) / 15)  # against epoch 0's order, the null ranked last
+    # the shared weights' level: the median cell, the diverged one counted as the worst (23, 24 in the middle)
+    assert [r["median_log_ppl"] for r in rows] == pytest.approx([math.log(23 * 24) / 2, math.log(22 * 23) / 2])
 
 
 def test_the_wpl_step_probe_measures_the_penalty_against_the_loss(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

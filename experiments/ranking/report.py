@@ -28,7 +28,7 @@ from analysis.stats import (
 from experiments.protocol_files import write_report
 from experiments.ranking.protocol import truth_matrix
 
-METRICS = ("tau", "rho", "regret1", "regret5", "diff", "stability")
+METRICS = ("tau", "rho", "regret1", "regret5", "diff", "stability", "median_log_ppl")
 
 
 def ceiling(matrix: Sequence[Sequence[float]]) -> dict[str, Any]:
@@ -46,11 +46,15 @@ def _ranked(ppl: Sequence[float | None]) -> list[float]:
 
 
 def score_epoch(ppl: Sequence[float | None], truth: Sequence[float], previous: Sequence[float] | None) -> dict[str, float]:
+    """One epoch's figures; ``median_log_ppl`` says how good the shared weights are at all, which tau ignores: the
+    median over the cells of their log-perplexity (nats per word) with the shared weights, a diverged cell counted
+    as the worst. In logs, so that a search whose weights blew up (perplexities of 1e78 were seen) stays a number."""
     finite = _ranked(ppl)
     agreement = rank_agreement(finite, truth)
     return {"tau": agreement["tau"], "rho": agreement["rho"], "regret1": top_k_regret(finite, truth, 1),
             "regret5": top_k_regret(finite, truth, 5),
-            "stability": rank_agreement(finite, previous)["tau"] if previous is not None else math.nan}
+            "stability": rank_agreement(finite, previous)["tau"] if previous is not None else math.nan,
+            "median_log_ppl": float(np.median(np.log(finite)))}
 
 
 def per_run(search: dict[str, Any], truth: Sequence[float]) -> list[dict[str, float]]:
@@ -112,7 +116,7 @@ def _differences(runs: dict[str, dict[int, list[dict[str, float]]]], importance:
                  pairs: Sequence[tuple[str, int]]) -> dict[str, Any]:
     """Paired tests of ``importance`` minus ``none`` at the last epoch over ``pairs`` of (sampler, seed)."""
     entry: dict[str, Any] = {"seeds": [f"{sampler}/{seed}" for sampler, seed in pairs]}
-    for metric in ("tau", "regret1", "regret5"):
+    for metric in ("tau", "regret1", "regret5", "median_log_ppl"):
         a = [runs[f"{sampler}:{importance}"][seed][-1][metric] for sampler, seed in pairs]
         b = [runs[f"{sampler}:none"][seed][-1][metric] for sampler, seed in pairs]
         entry[metric] = paired_tests(a, b)
@@ -130,13 +134,15 @@ def markdown(results: dict[str, Any]) -> str:
     rows = []
     for name, v in results["variants"].items():
         last = v["per_epoch"][-1]
-        rows.append([name, len(v["seeds"])] + [_fmt(last[m]) for m in ("tau", "rho", "regret1", "regret5", "diff", "stability")])
+        rows.append([name, len(v["seeds"])] + [_fmt(last[m]) for m in ("tau", "rho", "regret1", "regret5", "diff", "stability",
+                                                                       "median_log_ppl")])
     lines.append(tables.markdown(["variant", "seeds", "Kendall tau", "Spearman rho", "top-1 regret (ppl)",
-                                  "top-5 regret (ppl)", "forgetting Diff (nats)", "tau vs previous epoch"], rows,
+                                  "top-5 regret (ppl)", "forgetting Diff (nats)", "tau vs previous epoch",
+                                  "median cell log-ppl (shared weights)"], rows,
                                  "Last epoch, mean [95% t interval] over paired seeds"))
     prow = []
     for name, entry in results["paired"].items():
-        for metric in ("tau", "regret1"):
+        for metric in ("tau", "regret1", "median_log_ppl"):
             e = entry[metric]
             boot = f"[{e['lo']:+.3f}, {e['hi']:+.3f}]" if e.get("lo") is not None else e.get("note", "")
             prow.append([name, metric, len(entry["seeds"]), f"{e['mean']:+.3f} [{e['t_lo']:+.3f}, {e['t_hi']:+.3f}]", boot,
@@ -154,20 +160,33 @@ def _fmt(ci: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
-    """Kendall tau against epoch per variant (mean and 95% band), the ceiling as a dashed line."""
-    fig, axes = plots.panels(1, 2, (11, 4))
+    """Kendall tau and top-1 regret against epoch per variant (mean and 95% band, the ceiling dashed), and each
+    search's median cell log-perplexity (one thin line per seed on a log axis: a search whose weights blew up
+    would flatten a mean and its band; the bold line is the median over seeds)."""
+    fig, axes = plots.panels(1, 3, (16, 4))
     colours = plots.pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (name, v) in enumerate(results["variants"].items()):
+        colour = colours[k % len(colours)]
         x = list(range(1, len(v["per_epoch"]) + 1))
         for ax, metric in zip(axes[0], ("tau", "regret1")):
             rows = [e[metric] for e in v["per_epoch"]]
             plots.band(ax, x, [r["mean"] for r in rows], [r["mean"] - r["lo"] if r["n"] > 1 else 0 for r in rows],
-                       color=colours[k % len(colours)], label=name, style="-o")
+                       color=colour, label=name, style="-o")
+        shift = [e + 0.04 * (k - 1.5) for e in x]
+        per_seed = [[rows[e]["median_log_ppl"] for e in range(len(x))] for rows in results["runs"].get(name, {}).values()]
+        for values in per_seed:
+            axes[0][2].plot(shift, values, "-o", color=colour, alpha=0.35, lw=0.8, ms=3)
+        if per_seed:
+            axes[0][2].plot(shift, np.median(per_seed, axis=0), "-", color=colour, lw=2.5, label=name)
     top = results["truth"]["ceiling"]["seed_pair_tau"]
     if top:
         axes[0][0].axhline(top["mean"], color="grey", ls="--", label="ground truth seed-to-seed")
     axes[0][0].set(xlabel="epoch", ylabel="Kendall tau vs ground truth", title="ranking of the 32 cells")
     axes[0][1].set(xlabel="epoch", ylabel="top-1 regret (valid ppl)", title="cost of the cell a search would pick")
+    axes[0][2].set(xlabel="epoch", ylabel="median cell log-ppl (nats, log axis)", yscale="log",
+                   title="the shared weights themselves, per search")
+    for ax in axes[0]:
+        ax.set_xticks(range(1, 1 + max((len(v["per_epoch"]) for v in results["variants"].values()), default=1)))
     axes[0][0].legend(fontsize=7)
     plots.save(fig, path)
     return path
