@@ -1,7 +1,8 @@
 """How much of a WPL search step is the penalty's: the ranking budget's search, one shared batch at a time.
 
     python -m benchmarks.probe_wpl_step [--importance fisher] [--size small] [--width N] [--steps N]
-        [--epochs 1] [--sampler random] [--seed 12345] [--data_dir DIR] [--dataset ptb] [--json FILE]
+        [--epochs 1] [--alpha A] [--clip C] [--sampler random] [--seed 12345] [--data_dir DIR] [--dataset ptb]
+        [--json FILE]
 
 Trains a ranking search unit's shared weights exactly as ``experiments.ranking.run.search_and_rank`` does
 (same options, same trainer; the 32 cells are not scored) and records, at every batch where the penalty
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--width", type=int, default=0, help="embedding and hidden size (0: the size's)")
     p.add_argument("--steps", type=int, default=0, help="shared steps (architectures) per epoch (0: the size's)")
     p.add_argument("--epochs", type=int, default=1, help="epochs to train, of the size's schedule")
+    p.add_argument("--alpha", type=float, default=0.0, help="--alpha_fisher (0: the size's, 60)")
+    p.add_argument("--clip", type=float, default=0.0, help="--fisher_clip_by_norm (0: the size's, 10)")
     p.add_argument("--sampler", default="random", help="the search's sampler (random, reinforce)")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--data_dir", default="../shared/data")
@@ -100,6 +103,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         options.update(shared_embed=a.width, shared_hid=a.width)
     if a.steps > 0:
         options["shared_max_step"] = a.steps
+    if a.alpha > 0:
+        options["alpha_fisher"] = a.alpha
+    if a.clip > 0:
+        options["fisher_clip_by_norm"] = a.clip
     args = unit_args(options, a.seed)
     trainer = build_trainer(args, True, a.importance)
     rows = record_steps(trainer)
@@ -108,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ce.append(search_epoch(trainer, epoch, args.max_epoch, measure_forgetting=False).get("shared_ce", math.nan))
     summary = summarise(rows)
     print(f"{a.importance} width {args.shared_hid}, {len(rows)} penalised batches, lr {args.shared_lr:g}, "
-          f"clip {trainer.step.grad_clip:g}, alpha {args.alpha_fisher:g}; training ce per epoch "
+          f"gradient clip {trainer.step.grad_clip:g}, alpha {args.alpha_fisher:g}, Fisher clip {args.fisher_clip_by_norm:g}; "
+          "training ce per epoch "
           + ", ".join(f"{c:.3f}" for c in ce))
     for field, s in summary.items():
         print(f"{field:>16}: median {s['median']:.4g}  p90 {s['p90']:.4g}  max {s['max']:.4g}  mean {s['mean']:.4g}")

@@ -227,3 +227,13 @@ def test_the_wpl_step_probe_summary_is_the_order_statistics() -> None:
     s = summarise(rows)
     assert s["loss_grad"] == {"median": 5.5, "p90": pytest.approx(9.1), "max": 10.0, "mean": 5.5}
     assert s["penalty_to_loss"]["median"] == 6.0 and s["penalty_to_loss"]["mean"] == 6.0
+
+
+def test_the_wpl_step_probe_bounds_the_stiffness_by_the_fisher_clip(data_dir: Path) -> None:
+    from benchmarks import probe_wpl_step
+
+    rows = probe_wpl_step.main(["--size=tiny", "--epochs=2", "--clip=0.001", f"--data_dir={data_dir}", "--dataset=tiny"])["rows"]
+    # compound arithmetic: each stored Fisher tensor has norm <= clip * alpha = 0.06, so no entry is above it and
+    # lr * F <= 20 * 0.06 = 1.2: below SGD's stability bound of 2 everywhere
+    assert max(r["stiffness"] for r in rows) <= 20 * 0.001 * 60 * (1 + 1e-6)
+    assert max(r["unstable"] for r in rows) == 0.0
