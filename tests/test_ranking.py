@@ -237,3 +237,19 @@ def test_the_wpl_step_probe_bounds_the_stiffness_by_the_fisher_clip(data_dir: Pa
     # lr * F <= 20 * 0.06 = 1.2: below SGD's stability bound of 2 everywhere
     assert max(r["stiffness"] for r in rows) <= 20 * 0.001 * 60 * (1 + 1e-6)
     assert max(r["unstable"] for r in rows) == 0.0
+
+
+def test_another_fisher_clip_is_its_own_run_scored_against_the_same_ground_truth(
+        tiny_run: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logs = tiny_run.parent
+    assert run(logs, data_dir, "--comment=a", "--resume=True", "--ranking_fisher_clip=0.001") == 2
+    assert "was started with other options" in capsys.readouterr().err  # the clip is part of the protocol
+    assert run(logs, data_dir, "--comment=clip", "--ranking_fisher_clip=0.001", "--ranking_stage=search",
+               "--ranking_variants=random:fisher", f"--ranking_truth={tiny_run / 'ground_truth.json'}") == 0
+    entries = read_ledger(logs / "ranking_clip" / "search.jsonl")
+    assert sorted(entries) == ["search/random:fisher/s12345", "search/random:fisher/s12346"]
+    assert {e["kwargs"]["options"]["fisher_clip_by_norm"] for e in entries.values()} == {0.001}
+    assert run(logs, data_dir, "--comment=clip", "--resume=True", "--ranking_fisher_clip=0.001", "--ranking_stage=report",
+               "--ranking_variants=random:fisher", f"--ranking_truth={tiny_run / 'ground_truth.json'}") == 0
+    assert json.loads((logs / "ranking_clip" / "ranking_results.json").read_text())["variants"]["random:fisher"]["seeds"] == [
+        12345, 12346]

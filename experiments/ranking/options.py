@@ -6,7 +6,7 @@ Kept free of heavy imports: ``--help`` builds the option table without importing
 from __future__ import annotations
 
 
-from options.domains import COUNT, NATURAL
+from options.domains import COUNT, NATURAL, NON_NEGATIVE
 from options.parsing import StrictParser, choice, str_list
 from options.plugin import ModeOptions
 
@@ -28,8 +28,12 @@ def add(p: StrictParser) -> None:
     g.add_argument("--truth_seeds", type=int, default=3, help="seeds of every cell trained alone")
     g.add_argument("--ranking_truth", type=str, default="", metavar="FILE",
                    help="a ground_truth.json to score against (default: this run's own)")
+    g.add_argument("--ranking_fisher_clip", type=float, default=0.0,
+                   help="the searches' WPL Fisher clip (0: the size's, the paper command's 10); the saturated Fisher's "
+                        "norm is clip x alpha, which sets the penalty's stiffness (docs/results.md)")
     g.add_argument("--workers", type=int, default=0,
                    help="parallel single-threaded worker processes (0: one per available core)")
 
 
-OPTIONS = ModeOptions(add, {"ranking_seeds": COUNT, "truth_seeds": COUNT, "workers": NATURAL}, group=GROUP)
+OPTIONS = ModeOptions(add, {"ranking_seeds": COUNT, "truth_seeds": COUNT, "workers": NATURAL,
+                             "ranking_fisher_clip": NON_NEGATIVE}, group=GROUP)

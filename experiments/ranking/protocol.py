@@ -58,9 +58,14 @@ NUM_CELLS = 32
 
 
 def options_for(size: str, args: Any) -> dict[str, Any]:
-    """The searches' options: the size's table plus the data and the model choices of this command line."""
-    return {**SIZES[size], "dataset": args.dataset, "data_dir": args.data_dir, "shared_lr": args.shared_lr,
-            "shared_dropout": args.shared_dropout, "preset": args.preset}
+    """The searches' options: the size's table plus the data and the model choices of this command line, and
+    ``--ranking_fisher_clip`` in place of the size's Fisher clip when given (a search-only option: the ground truth
+    of the size still applies, through ``--ranking_truth``)."""
+    options = {**SIZES[size], "dataset": args.dataset, "data_dir": args.data_dir, "shared_lr": args.shared_lr,
+               "shared_dropout": args.shared_dropout, "preset": args.preset}
+    if getattr(args, "ranking_fisher_clip", 0.0) > 0:
+        options["fisher_clip_by_norm"] = args.ranking_fisher_clip
+    return options
 
 
 def parse_variants(texts: Sequence[str]) -> list[tuple[str, str]]:
