@@ -17,7 +17,7 @@ takes part, over the sampled architecture's groups:
   pull moves a weight from ``d`` to ``(1 - lr * s * F) d``, so past 2 each step overshoots the anchor by
   more than it started from.
 
-It exists because the ranking's WPL searches ended with cells twice as perplex as without WPL and with
+It exists because the ranking's WPL searches ended with cells 2-3 times as perplex as without WPL and with
 heavy forgetting tails (docs/results.md): this prints the measured cause. The first batch of each
 architecture has its weights at their anchor, so its penalty gradient is 0; the medians are over all batches.
 """
