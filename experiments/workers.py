@@ -124,6 +124,19 @@ def _append(path: Path, entry: dict[str, Any]) -> None:
         raise UserError(f"cannot append to {path} ({err.strerror or err}); finished units so far are kept there") from err
 
 
+LOCATION_KEYS = frozenset({"data_dir"})
+
+
+def settings(kwargs: Any) -> Any:
+    """A unit's keyword arguments without the keys that only say where the data lives (``LOCATION_KEYS``, at any
+    depth): a ledger resumed from another checkout or machine, with the data elsewhere, is the same protocol."""
+    if isinstance(kwargs, dict):
+        return {k: settings(v) for k, v in kwargs.items() if k not in LOCATION_KEYS}
+    if isinstance(kwargs, list):
+        return [settings(v) for v in kwargs]
+    return kwargs
+
+
 def call(target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Run one unit single-threaded and time it (in a worker, or in this process)."""
     import torch
@@ -170,7 +183,7 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
     ledger.parent.mkdir(parents=True, exist_ok=True)
     done = read_ledger(ledger)
     for unit in units:
-        if unit.key in done and done[unit.key].get("kwargs") != json.loads(json.dumps(unit.kwargs)):
+        if unit.key in done and settings(done[unit.key].get("kwargs")) != settings(json.loads(json.dumps(unit.kwargs))):
             raise UserError(f"{ledger}: unit {unit.key} was run with other settings; the protocol changed under "
                             f"this run: use a new run (another --comment) or the settings it was started with")
     _repair_tail(ledger)

@@ -61,6 +61,25 @@ def test_a_rerun_skips_finished_units_and_refuses_changed_ones(tmp_path: Path) -
         run_units(changed, ledger)
 
 
+def draw_from(seed: int, options: dict[str, object]) -> dict[str, float]:
+    """A unit target with a data location among its options (it reads nothing there)."""
+    return seeded_draw(seed)
+
+
+def test_a_ledger_resumed_with_the_data_elsewhere_is_the_same_protocol(tmp_path: Path) -> None:
+    ledger = tmp_path / "l.jsonl"
+
+    def located(data_dir: str, lr: float = 0.1) -> list[Unit]:
+        return [Unit(f"u{i}", "tests.test_workers:draw_from", {"seed": i, "options": {"data_dir": data_dir, "lr": lr}})
+                for i in range(2)]
+
+    run_units(located("/mnt/a/data")[:1], ledger)
+    done = run_units(located("../shared/data"), ledger)  # another checkout: u0 kept, only u1 runs
+    assert [e["kwargs"]["options"]["data_dir"] for e in done.values()] == ["/mnt/a/data", "../shared/data"]
+    with pytest.raises(UserError, match="u0 was run with other settings"):
+        run_units(located("../shared/data", lr=0.2), ledger)  # a real setting still refuses
+
+
 def test_a_torn_last_line_is_dropped_and_a_corrupt_earlier_one_refused(tmp_path: Path) -> None:
     ledger = tmp_path / "l.jsonl"
     run_units(units(2), ledger)
