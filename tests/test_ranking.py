@@ -71,8 +71,12 @@ def test_paired_differences_per_sampler_and_with_the_samplers_pooled() -> None:
     assert pooled["tau"]["mean"] == pytest.approx((-0.3 - 0.1 + 0.0 - 0.3) / 4)
     assert pooled["regret1"]["mean"] == pytest.approx(10 * (-0.3 - 0.1 + 0.0 - 0.3) / 4)
     assert pooled["median_log_ppl"]["mean"] == pytest.approx((-0.3 - 0.1 + 0.0 - 0.3) / 4)
-    # one sampler: nothing to pool
-    assert "fisher - none, samplers pooled" not in report.paired(runs, variants[:2])
+    # samplers against each other with the same importance, paired by seed (seed 3 has no random run)
+    assert out["reinforce:none - random:none"]["tau"]["mean"] == pytest.approx(((0.4 - 0.5) + (0.5 - 0.1)) / 2)
+    assert out["reinforce:fisher - random:fisher"]["seeds"] == ["fisher/1", "fisher/2"]
+    assert out["reinforce:fisher - random:fisher"]["tau"]["mean"] == pytest.approx(((0.4 - 0.2) + (0.2 - 0.0)) / 2)
+    # one sampler: nothing to pool, no sampler to compare
+    assert set(report.paired(runs, variants[:2])) == {"random:fisher - random:none"}
 
 
 def test_the_option_table_names_the_protocol_sizes() -> None:

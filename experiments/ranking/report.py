@@ -95,30 +95,44 @@ def paired(runs: dict[str, dict[int, list[dict[str, float]]]], variants: Sequenc
     """Each importance minus ``none`` of the same sampler, at the last epoch, over the seeds both have;
     then, where two or more samplers have the importance, the same difference with the samplers pooled:
     every (sampler, seed) is one pair (same sampler, same seed, same start and batches), so the test
-    asks whether the importance moves tau whichever sampler proposes the cells, with twice the pairs."""
+    asks whether the importance moves tau whichever sampler proposes the cells, with twice the pairs;
+    last, each later sampler minus each earlier one with the same importance, paired by seed (a seed fixes the
+    initial weights and the batches whatever the sampler)."""
     out: dict[str, Any] = {}
-    pooled: dict[str, list[tuple[str, int]]] = {}
+    pooled: dict[str, list[tuple[str, str, str]]] = {}
     for sampler, importance in variants:
         base, this = runs.get(f"{sampler}:none", {}), runs.get(f"{sampler}:{importance}", {})
         seeds = sorted(set(base) & set(this))
         if importance == "none":
             continue
-        pooled.setdefault(importance, []).extend((sampler, s) for s in seeds)
+        pairs = [(f"{sampler}:{importance}/{s}", f"{sampler}:none/{s}", f"{sampler}/{s}") for s in seeds]
+        pooled.setdefault(importance, []).extend(pairs)
         if len(seeds) >= 2:
-            out[f"{sampler}:{importance} - {sampler}:none"] = _differences(runs, importance, [(sampler, s) for s in seeds])
+            out[f"{sampler}:{importance} - {sampler}:none"] = _differences(runs, pairs)
     for importance, pairs in pooled.items():
-        if len({sampler for sampler, _ in pairs}) >= 2 and len(pairs) >= 2:
-            out[f"{importance} - none, samplers pooled"] = _differences(runs, importance, pairs)
+        if len({label.split("/")[0] for _, _, label in pairs}) >= 2 and len(pairs) >= 2:
+            out[f"{importance} - none, samplers pooled"] = _differences(runs, pairs)
+    samplers = list(dict.fromkeys(sampler for sampler, _ in variants))
+    for importance in dict.fromkeys(importance for _, importance in variants):
+        present = [s for s in samplers if runs.get(f"{s}:{importance}")]
+        for first, second in itertools.combinations(present, 2):
+            a, b = f"{second}:{importance}", f"{first}:{importance}"
+            seeds = sorted(set(runs[a]) & set(runs[b]))
+            if len(seeds) >= 2:
+                out[f"{a} - {b}"] = _differences(runs, [(f"{a}/{s}", f"{b}/{s}", f"{importance}/{s}") for s in seeds])
     return out
 
 
-def _differences(runs: dict[str, dict[int, list[dict[str, float]]]], importance: str,
-                 pairs: Sequence[tuple[str, int]]) -> dict[str, Any]:
-    """Paired tests of ``importance`` minus ``none`` at the last epoch over ``pairs`` of (sampler, seed)."""
-    entry: dict[str, Any] = {"seeds": [f"{sampler}/{seed}" for sampler, seed in pairs]}
+def _differences(runs: dict[str, dict[int, list[dict[str, float]]]], pairs: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """Paired tests at the last epoch over ``pairs`` of (``variant/seed`` minus ``variant/seed``, label)."""
+    def last(ref: str, metric: str) -> float:
+        name, seed = ref.rsplit("/", 1)
+        return runs[name][int(seed)][-1][metric]
+
+    entry: dict[str, Any] = {"seeds": [label for _, _, label in pairs]}
     for metric in ("tau", "regret1", "regret5", "median_log_ppl"):
-        a = [runs[f"{sampler}:{importance}"][seed][-1][metric] for sampler, seed in pairs]
-        b = [runs[f"{sampler}:none"][seed][-1][metric] for sampler, seed in pairs]
+        a = [last(x, metric) for x, _, _ in pairs]
+        b = [last(y, metric) for _, y, _ in pairs]
         entry[metric] = paired_tests(a, b)
         entry[metric]["detectable"] = detectable_effect(float(np.std(np.subtract(a, b), ddof=1)), len(pairs))
     return entry
