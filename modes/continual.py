@@ -31,20 +31,30 @@ def strategy_options() -> dict[str, StrategyOptions]:
     return {name: d for name, d in REGULARIZERS.declarations().items() if isinstance(d, StrategyOptions)}
 
 
-def scenario_values(strategy: str, protocol: str, scenario: str) -> dict[str, float]:
-    """The protocol's values for ``strategy`` in ``scenario`` (``strength``, and ``gamma`` for online EWC), from the
-    table its declaration names."""
+def strength_table(name: str) -> dict[str, dict[str, dict[str, float]]]:
+    """A ``"module:TABLE"`` of per-scenario values (protocol -> scenario -> values)."""
+    module, attribute = name.split(":")
+    table: dict[str, dict[str, dict[str, float]]] = getattr(importlib.import_module(module), attribute)
+    return table
+
+
+def scenario_values(strategy: str, protocol: str, scenario: str, source: str = "published") -> dict[str, float]:
+    """The values for ``strategy`` in ``scenario`` (``strength``, and ``gamma`` for online EWC): the published
+    protocol's, or with ``source="tuned"`` the ones chosen on the validation split where its declaration's tuned
+    table holds this protocol and scenario (the published ones elsewhere)."""
     strength = strategy_options()[strategy].strength
     if strength is None:
         raise KeyError(f"--strategies={strategy} declares no strength")
-    module, name = strength.table.split(":")
-    table: dict[str, dict[str, dict[str, float]]] = getattr(importlib.import_module(module), name)
-    return table[protocol][scenario]
+    if source == "tuned" and strength.tuned:
+        tuned = strength_table(strength.tuned).get(protocol, {}).get(scenario)
+        if tuned is not None:
+            return tuned
+    return strength_table(strength.table)[protocol][scenario]
 
 
 def resolved_values(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Each strategy's strength (and its other table values, ``Strength.also``): the option where given, else the
-    protocol's for the scenario."""
+    protocol's for the scenario, tuned or published as ``--cl_strengths`` says."""
     scenario = FIXED_SCENARIO.get(args.benchmark, args.scenario)
     resolved = {}
     for strategy, declared in strategy_options().items():
@@ -52,7 +62,7 @@ def resolved_values(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             continue
         options = {"strength": declared.strength.option, **declared.strength.also}
         given = {key: getattr(args, option) for key, option in options.items()}
-        table = (scenario_values(strategy, args.cl_protocol, scenario) if None in given.values() else {})
+        table = (scenario_values(strategy, args.cl_protocol, scenario, args.cl_strengths) if None in given.values() else {})
         resolved[strategy] = {key: float(table[key] if value is None else value) for key, value in given.items()}
     return resolved
 

@@ -45,12 +45,16 @@ class ModeOptions(PluginOptions):
 @dataclass(frozen=True)
 class Strength:
     """A task-sequence regulariser's strength: the option that sets it and the table beside the regulariser
-    (``"module:TABLE"``, protocol -> scenario -> values) whose ``"strength"`` is used when the option is left
-    out. ``also``: other values of the same table and the option that overrides each (online EWC's gamma)."""
+    (``"module:TABLE"``, protocol -> scenario -> values: the published protocol's) whose ``"strength"`` is used
+    when the option is left out. ``tuned``: the table of values chosen on the validation split
+    (``experiments/continual/tune.py``), read with ``--cl_strengths=tuned`` for the protocols and scenarios it holds
+    (the published value elsewhere). ``also``: other values of the same tables and the option that overrides each
+    (online EWC's gamma)."""
 
     option: str
     table: str
     also: Mapping[str, str] = field(default_factory=dict)
+    tuned: str = ""
 
 
 @dataclass(frozen=True)

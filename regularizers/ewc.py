@@ -45,6 +45,11 @@ ONLINE_SCENARIO_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {
     "hsu2018": {"task": {"strength": 800.0, "gamma": 1.0}, "domain": {"strength": 1400.0, "gamma": 1.0},
                 "class": {"strength": 200.0, "gamma": 1.0}},
 }
+# Values chosen on the validation split by experiments/continual/tune.py (report results/continual/tune_<protocol>.md:
+# the grid value with the best mean validation accuracy over paired seeds), read with --cl_strengths=tuned (the
+# default) for the scenarios they hold; a scenario not tuned yet takes the published value above.
+TUNED_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {"vandeven2019": {}}
+ONLINE_TUNED_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {"vandeven2019": {}}  # lambda tuned, gamma the paper's
 
 
 class EWC(Regularizer):

@@ -29,9 +29,11 @@ def add_online_ewc(p: StrictParser) -> None:
 
 
 EWC = StrategyOptions(add_ewc, {"ewc_lambda": NON_NEGATIVE},
-                      strength=Strength("ewc_lambda", "regularizers.ewc:SCENARIO_STRENGTHS"),
+                      strength=Strength("ewc_lambda", "regularizers.ewc:SCENARIO_STRENGTHS",
+                                        tuned="regularizers.ewc:TUNED_STRENGTHS"),
                       settings=lambda args: {"fisher": args.ewc_fisher, "per_task": args.ewc_per_task})
 ONLINE_EWC = StrategyOptions(add_online_ewc, {"online_ewc_lambda": NON_NEGATIVE, "online_ewc_gamma": UNIT},
                              strength=Strength("online_ewc_lambda", "regularizers.ewc:ONLINE_SCENARIO_STRENGTHS",
-                                               also={"gamma": "online_ewc_gamma"}),
+                                               also={"gamma": "online_ewc_gamma"},
+                                               tuned="regularizers.ewc:ONLINE_TUNED_STRENGTHS"),
                              settings=lambda args: {"fisher": args.ewc_fisher})  # --ewc_fisher: EWC's, read by both

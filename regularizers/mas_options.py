@@ -22,6 +22,7 @@ def add_l2(p: StrictParser) -> None:
 
 
 MAS = StrategyOptions(add_mas, {"mas_lambda": NON_NEGATIVE},
-                      strength=Strength("mas_lambda", "regularizers.mas:SCENARIO_STRENGTHS"))
+                      strength=Strength("mas_lambda", "regularizers.mas:SCENARIO_STRENGTHS",
+                                        tuned="regularizers.mas:TUNED_STRENGTHS"))
 L2 = StrategyOptions(add_l2, {"l2_lambda": NON_NEGATIVE},
                      strength=Strength("l2_lambda", "regularizers.mas:L2_SCENARIO_STRENGTHS"))

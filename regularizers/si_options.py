@@ -18,5 +18,5 @@ def add(p: StrictParser) -> None:
 
 
 SI = StrategyOptions(add, {"si_c": NON_NEGATIVE, "si_xi": POSITIVE},
-                     strength=Strength("si_c", "regularizers.si:SCENARIO_STRENGTHS"),
+                     strength=Strength("si_c", "regularizers.si:SCENARIO_STRENGTHS", tuned="regularizers.si:TUNED_STRENGTHS"),
                      settings=lambda args: {"xi": args.si_xi})

@@ -36,6 +36,10 @@ SCENARIO_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {
     protocol: {scenario: {"strength": 1e5} for scenario in ("task", "domain", "class")}
     for protocol in ("vandeven2019", "hsu2018")
 }
+# Values chosen on the validation split by experiments/continual/tune.py (report results/continual/tune_<protocol>.md:
+# the grid value with the best mean validation accuracy over paired seeds), read with --cl_strengths=tuned (the
+# default) for the scenarios they hold; a scenario not tuned yet takes the published value above.
+TUNED_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {"vandeven2019": {}}
 
 Mode = Literal["compound", "loss"]
 MODES: tuple[str, ...] = ("compound", "loss")

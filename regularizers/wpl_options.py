@@ -21,7 +21,8 @@ def add(p: StrictParser) -> None:
 
 
 WPL = StrategyOptions(add, {"wpl_alpha": NON_NEGATIVE},
-                      strength=Strength("wpl_alpha", "regularizers.wpl:SCENARIO_STRENGTHS"),
+                      strength=Strength("wpl_alpha", "regularizers.wpl:SCENARIO_STRENGTHS",
+                                        tuned="regularizers.wpl:TUNED_STRENGTHS"),
                       settings=lambda args: {"mode": args.wpl_mode, "lambda_fisher": args.lambda_fisher,
                                              "momentum": args.momentum, "clip_by_norm": args.fisher_clip_by_norm,
                                              "consolidate": "task"})

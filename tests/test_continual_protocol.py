@@ -30,7 +30,7 @@ def configured(*argv: str):  # type: ignore[no-untyped-def]
 
 
 def test_the_default_is_van_de_ven_and_tolias_with_its_per_scenario_strengths() -> None:
-    task, domain, cls = (configured(f"--scenario={s}") for s in ("task", "domain", "class"))
+    task, domain, cls = (configured(f"--scenario={s}", "--cl_strengths=published") for s in ("task", "domain", "class"))
     assert (task.iters, task.batch_size, task.lr, task.hidden, task.betas) == (2000, 128, 1e-3, [400, 400], (0.9, 0.999))
     assert task.options["ewc"]["fisher"] == "predicted" and task.protocol == "vandeven2019"
     assert [c.strengths["ewc"] for c in (task, domain, cls)] == [1e7, 1e6, 1e8]
@@ -46,6 +46,40 @@ def test_hsu_preset_and_explicit_options_win() -> None:
     mine = configured("--cl_protocol=hsu2018", "--cl_iters=7", "--ewc_lambda=3", "--online_ewc_gamma=0.5")
     assert mine.iters == 7 and mine.strengths["ewc"] == 3.0 and mine.options["online_ewc"]["gamma"] == 0.5
     assert configured("--benchmark=seq_mnist_0-2_3-5").strengths["ewc"] == 1e8  # its one head: the class row
+
+
+def test_tuned_strengths_are_the_default_where_a_scenario_was_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
+    import regularizers.ewc
+    import regularizers.si
+    from experiments.continual import tune
+
+    monkeypatch.setattr(regularizers.si, "TUNED_STRENGTHS", {"vandeven2019": {"class": {"strength": 5.0}}})
+    monkeypatch.setattr(regularizers.ewc, "ONLINE_TUNED_STRENGTHS",
+                        {"vandeven2019": {"class": {"strength": 1e8, "gamma": 0.8}}})
+    tuned, paper = configured("--scenario=class"), configured("--scenario=class", "--cl_strengths=published")
+    assert (tuned.strengths["si"], tuned.strengths["online_ewc"], tuned.strengths["ewc"]) == (5.0, 1e8, 1e8)
+    assert (paper.strengths["si"], paper.strengths["online_ewc"]) == (0.5, 1e9)
+    assert configured("--scenario=task").strengths["si"] == 50.0  # not tuned there: the paper's value
+    assert configured("--scenario=class", "--si_c=7").strengths["si"] == 7.0  # an option given wins
+    assert configured("--cl_protocol=hsu2018", "--scenario=class").strengths["si"] == 600.0  # no tuned table for hsu
+    # the committed ledgers ran the papers' strengths: a tuned one moves the default ledger to *_tuned
+    assert protocol.tuned_suffix("vandeven2019", "class", ["none", "si"], TINY) == "_tuned"
+    assert protocol.tuned_suffix("vandeven2019", "class", ["none", "ewc"], TINY) == ""
+    assert protocol.tuned_suffix("vandeven2019", "class", ["si"], [*TINY, "--cl_strengths=published"]) == ""
+    assert protocol.tuned_suffix("vandeven2019", "task", ["si"], TINY) == ""
+    # the tuner's grid stays centred on the paper's value, with the paper's gamma
+    assert tune.published("vandeven2019", "class", "si") == 0.5
+    unit = tune.sweep_units("vandeven2019", "class", "online_ewc", ["1e+09"], 1, "data", TINY)[0]
+    assert unit.kwargs["config"]["strengths"] == {"online_ewc": 1e9}
+
+
+def test_a_run_of_other_strengths_is_refused_naming_the_papers_values(tmp_path: Path) -> None:
+    saved = stamp("continual", {"epoch": 1, "model": {}, "records": [], "runs": {}, "current": None,
+                                "config": {"protocol": "vandeven2019", "strengths": {"si": 0.5}}})
+    with pytest.raises(UserError) as err:
+        resumable_state(tmp_path / "latest.pt", saved, {"protocol": "vandeven2019", "strengths": {"si": 5.0},
+                                                         "task_order": "fixed", "eval_split": "test"})
+    assert "strengths differ" in str(err.value) and "--cl_strengths=published" in str(err.value)
 
 
 def test_predicted_fisher_uses_the_models_most_likely_class() -> None:

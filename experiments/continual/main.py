@@ -109,7 +109,9 @@ def resumable_state(path: Path | None, state: dict[str, Any], wanted: dict[str, 
     saved = {"task_order": "fixed", "eval_split": "test", **state["config"]}
     if saved != wanted:
         differ = sorted(k for k in set(wanted) | set(saved) if saved.get(k) != wanted.get(k))
-        raise UserError(f"{path} was written with another configuration ({', '.join(differ[:4])} differ): "
+        hint = (" (a run made before --cl_strengths used the papers' strengths: --cl_strengths=published)"
+                if "strengths" in differ or "options" in differ else "")
+        raise UserError(f"{path} was written with another configuration ({', '.join(differ[:4])} differ){hint}: "
                         f"use another --comment")
     return {"config": saved, "records": state["records"], "runs": state["runs"],
             "current": None if current is None else {**current, "model": state["model"]}}

@@ -1,8 +1,9 @@
 """``--mode=continual``'s options, declared beside the experiment (config.py collects them through ``modes.MODES``).
 
 Defaults are van de Ven & Tolias (2019)'s split-MNIST protocol; ``--cl_protocol`` sets another published
-one (``options.presets.CL_PROTOCOLS``) and each strength left out is the protocol's value for the scenario
-(the ``SCENARIO_STRENGTHS`` tables beside the regularisers, read by :mod:`modes.continual`). Each regulariser's
+one (``options.presets.CL_PROTOCOLS``) and each strength left out is the protocol's value for the scenario:
+tuned on the validation split where it has been (``TUNED_STRENGTHS``), else the paper's (``SCENARIO_STRENGTHS``),
+both beside the regularisers and read by :mod:`modes.continual`; ``--cl_strengths=published`` asks for the paper's. Each regulariser's
 own options join this group from its declaration (``regularizers/*_options.py``). Free of heavy imports (``--help``).
 """
 
@@ -19,6 +20,8 @@ GROUP = "continual"
 TASK_ORDERS = ("fixed", "shuffled")
 # --cl_eval_split: what every metric is measured on (data.tasks.EVAL_SPLITS; not imported: no torch for --help)
 EVAL_SPLITS = ("test", "valid")
+# --cl_strengths: where a strength left out comes from (modes.continual.scenario_values)
+STRENGTH_SOURCES = ("tuned", "published")
 FRACTION = Domain(lo=0, hi=1, lo_open=True, hi_open=True)  # a held-out part: some images, never all
 
 
@@ -32,7 +35,11 @@ def add(p: StrictParser) -> None:
         "per-scenario default.", tier=1)
     g.add_argument("--cl_protocol", type=choice(*presets.CL_PROTOCOLS), default="vandeven2019",
                    help="published protocol: iterations, batch, lr, widths, EWC's Fisher, and the per-scenario strengths "
-                        "(SCENARIO_STRENGTHS in regularizers/); options given explicitly win")
+                        "(see --cl_strengths); options given explicitly win")
+    g.add_argument("--cl_strengths", type=choice(*STRENGTH_SOURCES), default="tuned",
+                   help="each strength left out: tuned, the value chosen on the validation split by experiments/continual/"
+                        "tune.py (TUNED_STRENGTHS beside each regulariser; the published one for a scenario not tuned "
+                        "yet), or published: the paper's (SCENARIO_STRENGTHS; what runs before this option used)")
     g.add_argument("--benchmark", type=choice("split_mnist", "seq_mnist_0-2_3-5", "permuted_mnist", "split_cifar10", "folder"),
                    default="split_mnist", help="task sequence; the run is <log_dir>/<benchmark>_<comment>")
     g.add_argument("--scenario", type=choice("task", "domain", "class"), default="task",

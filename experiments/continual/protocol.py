@@ -20,7 +20,9 @@ tasks; it is stored in the unit's keyword arguments (only when not ``fixed``: th
 lines predate it and must still match) and its ledger's default name ends in ``_shuffled``. ``--cl_eval_split=valid``
 (after ``--``) measures every unit on a held-out part of each task's training data, for tuning strengths; it is stored
 the same way (with ``--cl_valid_fraction``) and its ledger's default name ends in ``_valid``, so validation ledgers
-never mix with the test ledgers.
+never mix with the test ledgers. A strategy whose tuned strength (``--cl_strengths=tuned``, the default) differs
+from the paper's makes the default name end in ``_tuned``: the committed ledgers ran the papers' strengths
+(``-- --cl_strengths=published`` resumes them).
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def ledger_suffix(extra: Sequence[str]) -> str:
     fixed-order test ledgers: never mixed with them."""
     changed = sequence_settings(extra)
     return "".join(f"_{changed[key]}" for key in ("task_order", "eval_split") if key in changed)
+
+
+def tuned_suffix(protocol: str, scenario: str, strategies: Sequence[str], extra: Sequence[str] = ()) -> str:
+    """``_tuned`` where a strategy's resolved strength (``--cl_strengths=tuned``, the default) differs from the
+    paper's: the committed test ledgers ran the papers' strengths, so units with others never join them."""
+    chosen = [f"--strategies={','.join(strategies)}", *extra]
+    _, cfg = protocol_config(protocol, scenario, chosen)
+    _, paper = protocol_config(protocol, scenario, [*chosen, "--cl_strengths=published"])
+    ran = [(c.strengths.get(s), c.options.get(s)) for c in (cfg, paper) for s in strategies]
+    return "" if ran[:len(strategies)] == ran[len(strategies):] else "_tuned"
 
 
 def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, data_dir: str,
@@ -115,16 +127,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data_dir", default="../shared/data")
     add_ledger_options(p, ledger="", ledger_help="default: results/continual/<protocol>_<scenario>.jsonl "
                                                   "(ending _shuffled with --cl_task_order=shuffled, _valid with "
-                                                  "--cl_eval_split=valid)",
+                                                  "--cl_eval_split=valid, _tuned where a tuned strength differs "
+                                                  "from the paper's)",
                        out="results/continual",
                        extra_help="options added to every unit's --mode=continual command line (after --)")
     args = p.parse_args(argv)
 
     def body() -> str:
-        suffix = ledger_suffix(args.extra)  # never mixed with the committed fixed-order test ledgers
+        strategies = args.strategies.split(",")  # never mixed with the committed fixed-order test ledgers:
+        suffix = ledger_suffix(args.extra) + tuned_suffix(args.protocol, args.scenario, strategies, args.extra)
         ledger = Path(args.ledger or f"{args.out}/{args.protocol}_{args.scenario}{suffix}.jsonl")
         if not args.report_only:
-            run_units(units(args.protocol, args.scenario, args.strategies.split(","), args.seeds, args.data_dir,
+            run_units(units(args.protocol, args.scenario, strategies, args.seeds, args.data_dir,
                             args.extra), ledger, workers=args.workers, desc="continual units")
         return report(ledger, Path(args.out), args.protocol)
 

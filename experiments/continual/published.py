@@ -114,9 +114,26 @@ def plot(summary: dict[str, Any], protocol: str, scenario: str, path: Path) -> N
     plots.save(fig, path, dpi=110)
 
 
+def strengths_line(entries: Sequence[dict[str, Any]], protocol: str, scenario: str) -> str:
+    """The strength each strategy ran with, as its units store it, and whether it is the untuned table's (the papers'
+    values; WPL's the project's earlier default) or another, tuned on the validation split."""
+    from modes.continual import scenario_values
+
+    ran: dict[str, float] = {}
+    for entry in entries:
+        ran.update(entry.get("kwargs", {}).get("config", {}).get("strengths", {}))
+    parts = []
+    for strategy, value in sorted(ran.items()):
+        paper = float(scenario_values(strategy, protocol, scenario, "published")["strength"])
+        parts.append(f"{strategy} {value:g}" + (" (untuned)" if value == paper else f" (tuned; untuned {paper:g})"))
+    return ("Strengths (untuned: SCENARIO_STRENGTHS beside each regulariser, the papers' values; tuned: on the "
+            "validation split, TUNED_STRENGTHS): " + ("; ".join(parts) if parts else "none") + ".")
+
+
 def report(ledger: Path, out: Path, protocol: str) -> str:
     """Summarise ``ledger`` into ``<out>/<ledger name>.md``, ``.json`` and ``.png``; returns the markdown."""
-    records = [entry["record"] for entry in read_ledger(ledger).values()]
+    entries = list(read_ledger(ledger).values())
+    records = [entry["record"] for entry in entries]
     if not records:
         raise UserError(f"{ledger} holds no finished unit yet")
     runs, strategies, seeds = paired_runs(records)
@@ -131,7 +148,7 @@ def report(ledger: Path, out: Path, protocol: str) -> str:
     text = "\n\n".join([markdown(summary, title), side_by_side(summary, scenario, len(seeds)),
                         "Published: " + "; ".join(SOURCES.values()) + ". [95 %]: the t interval of the published mean "
                         "rebuilt from its ± and runs; apart: it does not overlap ours. (recalled): not checked against "
-                        "the paper's text."])
+                        "the paper's text.", strengths_line(entries, protocol, scenario)])
     stem = out / ledger.stem
     save_json(stem.with_suffix(".json"), {"ledger": str(ledger), "protocol": protocol, "scenario": scenario,
                                           "seeds": seeds, "units": len(records), "summary": summary})

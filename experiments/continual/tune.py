@@ -18,7 +18,8 @@ The report (``<out>/tune_<protocol>.{json,md,png}``) gives, per scenario and str
 (:func:`experiments.sweep.report.summarise`: t intervals, paired differences to the published value, noise floor,
 smallest detectable effect, how often each value is best) and the chosen value: the grid value with the highest
 mean validation accuracy (the published one where it ties). The chosen values become the per-scenario defaults by
-hand, in each regulariser's ``SCENARIO_STRENGTHS`` table, citing this report.
+hand, in each regulariser's ``TUNED_STRENGTHS`` table (read with ``--cl_strengths=tuned``, the default), citing
+this report; the grid's centre stays the paper's value (``SCENARIO_STRENGTHS``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def grid(center: float, decades: float, points: int) -> list[str]:
 def published(protocol: str, scenario: str, strategy: str) -> float:
     from modes.continual import scenario_values
 
-    return float(scenario_values(strategy, protocol, scenario)["strength"])
+    return float(scenario_values(strategy, protocol, scenario, "published")["strength"])
 
 
 def sweep_units(protocol: str, scenario: str, strategy: str, values: Sequence[str], seeds: int, data_dir: str,
@@ -78,7 +79,8 @@ def sweep_units(protocol: str, scenario: str, strategy: str, values: Sequence[st
     for k in range(seeds):
         for value in values:
             benchmark, cfg = protocol_config(protocol, scenario, [f"--strategies={strategy}", f"--{option}={value}",
-                                                                  *extra, "--cl_eval_split=valid"])
+                                                                  *extra, "--cl_eval_split=valid",
+                                                                  "--cl_strengths=published"])  # gamma: the paper's
             one = replace(cfg, seeds=1, first_seed=BASE_SEED + k, strengths={strategy: cfg.strengths[strategy]},
                           options={s: v for s, v in cfg.options.items() if s == strategy})
             out.append(Unit(f"{scenario}/{strategy}/{value}/s{k}", "experiments.continual.protocol:run_unit",
