@@ -34,6 +34,7 @@ L2_SCENARIO_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {
     protocol: {"task": {"strength": 0.02}, "domain": {"strength": 1.0}, "class": {"strength": 200.0}}
     for protocol in ("vandeven2019", "hsu2018")
 }
+L2_TUNED_STRENGTHS: dict[str, dict[str, dict[str, float]]] = {"vandeven2019": {}}  # as TUNED_STRENGTHS above
 
 
 class MAS(Regularizer):

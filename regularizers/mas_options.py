@@ -25,4 +25,5 @@ MAS = StrategyOptions(add_mas, {"mas_lambda": NON_NEGATIVE},
                       strength=Strength("mas_lambda", "regularizers.mas:SCENARIO_STRENGTHS",
                                         tuned="regularizers.mas:TUNED_STRENGTHS"))
 L2 = StrategyOptions(add_l2, {"l2_lambda": NON_NEGATIVE},
-                     strength=Strength("l2_lambda", "regularizers.mas:L2_SCENARIO_STRENGTHS"))
+                     strength=Strength("l2_lambda", "regularizers.mas:L2_SCENARIO_STRENGTHS",
+                                       tuned="regularizers.mas:L2_TUNED_STRENGTHS"))

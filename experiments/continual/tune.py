@@ -1,7 +1,7 @@
 """Each regulariser's strength tuned per scenario on the validation split, as resumable units.
 
     python -m experiments.continual.tune [--protocol=vandeven2019] [--scenarios=class,domain,task]
-        [--strategies=ewc,online_ewc,si,mas,wpl] [--decades=2] [--points=5] [--seeds=3]
+        [--strategies=ewc,online_ewc,si,mas,wpl,l2] [--decades=2] [--points=5] [--seeds=3]
         [--data_dir=../shared/data] [--ledger=FILE] [--out=DIR] [--workers=N] [--report_only] [-- OPTIONS]
 
 One unit is (scenario, strategy, strength, seed): that strategy over the whole task sequence, exactly as
@@ -38,7 +38,7 @@ from experiments.workers import Unit, add_ledger_options, protocol_cli, read_led
 
 MEASURE = "average_accuracy"  # higher is better
 EXTRAS = ("forgetting",)
-DEFAULT_STRATEGIES = "ewc,online_ewc,si,mas,wpl"
+DEFAULT_STRATEGIES = "ewc,online_ewc,si,mas,wpl,l2"  # l2 last: it joined after the first sweeps had run
 SCENARIOS = ("class", "domain", "task")  # cheapest first: a class unit takes about half a task unit's time
 
 
