@@ -18,7 +18,7 @@ from engine import lifecycle
 from engine.lifecycle import Opening
 from experiments.nao_wpl import protocol, report
 from experiments.protocol_files import bind_plan
-from experiments.workers import default_workers, read_ledger, run_units, unit_devices
+from experiments.workers import default_workers, read_ledger, run_units, settings, unit_devices
 from utils import UserError
 
 log = logging.getLogger("wpl")
@@ -30,7 +30,7 @@ GROWABLE = ("dropouts", "seeds")  # a resume may add to these: every unit stands
 def describe(args: argparse.Namespace) -> dict[str, Any]:
     """The protocol a run folder is bound to: a resume must ask for the same (more dropouts or seeds allowed)."""
     options = protocol.options_for(args.nao_wpl_size, args)
-    return {"mode": "nao_wpl", "size": args.nao_wpl_size, "options": {k: v for k, v in options.items() if k != "data_dir"},
+    return {"mode": "nao_wpl", "size": args.nao_wpl_size, "options": settings(options),
             "dropouts": protocol.parse_dropouts(args.nao_wpl_dropouts), "seeds": protocol.seeds_of(args)}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from experiments.protocol_files import bind_plan
 from experiments.ranking import protocol, report
-from experiments.workers import default_workers, run_units, unit_devices
+from experiments.workers import default_workers, run_units, settings, unit_devices
 from engine import lifecycle
 from engine.lifecycle import Opening
 from engine.runlog import RunDir
@@ -33,7 +33,7 @@ GROWABLE = ("variants", "seeds", "truth_seeds")  # a resume may add to these: ev
 def describe(args: argparse.Namespace) -> dict[str, Any]:
     """The protocol a run folder is bound to: a resume must ask for the same."""
     options = protocol.options_for(args.ranking_size, args)
-    return {"mode": "ranking", "size": args.ranking_size, "options": {k: v for k, v in options.items() if k != "data_dir"},
+    return {"mode": "ranking", "size": args.ranking_size, "options": settings(options),
             "variants": list(args.ranking_variants), "seeds": list(range(args.random_seed, args.random_seed + args.ranking_seeds)),
             "truth_seeds": list(range(args.random_seed, args.random_seed + args.truth_seeds))}
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.workers import Unit
+from experiments.workers import Unit, settings
 from options.safe_io import read_json
 from utils import UserError
 
@@ -125,7 +125,7 @@ def truth_document(entries: dict[str, dict[str, Any]], options: dict[str, Any], 
     for cell in cells.values():
         cell["runs"].sort(key=lambda run: run["seed"])
     return {"kind": TRUTH_KIND, "format": 1, "space": "rnn32", "command": command, "commit": commit(),
-            "options": {k: v for k, v in options.items() if k != "data_dir"}, "cells": cells}
+            "options": settings(options), "cells": cells}
 
 
 def load_truth(path: Path, options: dict[str, Any] | None = None, min_seeds: int = 1) -> dict[str, Any]:
