@@ -38,6 +38,20 @@ def test_units_carry_the_strength_and_the_validation_split(tmp_path: Path) -> No
     assert forced[0].kwargs["eval_split"] == "valid"  # never the test split, whatever follows --
 
 
+def test_online_ewcs_decay_is_a_sweep_of_its_own_with_the_strength_at_the_papers() -> None:
+    assert tune.strength_option("online_ewc.gamma") == "online_ewc_gamma"
+    assert tune.published("vandeven2019", "domain", "online_ewc.gamma") == 0.7
+    assert tune.sweep_grid("online_ewc.gamma", "0.7", 2, 5) == ["0.5", "0.7", "0.8", "0.9", "1"]
+    assert tune.sweep_grid("online_ewc.gamma", "0.75", 2, 5) == ["0.5", "0.7", "0.75", "0.8", "0.9", "1"]  # the paper's joins
+    assert tune.sweep_grid("si", "50", 1, 3) == ["5", "50", "500"]
+    units = tune.sweep_units("vandeven2019", "domain", "online_ewc.gamma", ["0.5", "1"], 1, "data", TINY)
+    assert [u.key for u in units] == ["domain/online_ewc.gamma/0.5/s0", "domain/online_ewc.gamma/1/s0"]
+    config = units[1].kwargs["config"]
+    assert config["strengths"] == {"online_ewc": 1e8} and config["options"]["online_ewc"]["gamma"] == 1.0
+    with pytest.raises(ValueError, match="no tunable value"):
+        tune.strength_option("si.xi")
+
+
 def test_summary_chooses_the_best_mean_over_complete_seeds_and_pairs_it_with_the_published_value() -> None:
     acc = {("0.5", 0): 0.90, ("5", 0): 0.95, ("50", 0): 0.93, ("0.5", 1): 0.91, ("5", 1): 0.96, ("50", 1): 0.95,
            ("0.5", 2): 0.80}  # seed 2 has not finished the grid: left out of every column
@@ -55,6 +69,8 @@ def test_summary_chooses_the_best_mean_over_complete_seeds_and_pairs_it_with_the
     empty = tune.summary({}, {("task", "si"): ["5", "50"]}, {("task", "si"): "50"})["task/si"]
     assert empty["seeds"] == 0 and empty["chosen"] is None and empty["sweep"] is None
     assert "| task | si | si_c=50 | - |" in tune.markdown({"task/si": empty}, "vandeven2019")
+    text = tune.markdown(tune.summary(ledger, {("task", "si"): ["5", "50"]}, {("task", "si"): "50"}), "vandeven2019")
+    assert "| task | si | si_c=50 | 5 (grid edge) |" in text  # the best may lie beyond the grid
 
 
 def test_a_tiny_tuning_run_end_to_end_resumes_and_reports(tmp_path: Path) -> None:

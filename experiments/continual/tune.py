@@ -1,7 +1,7 @@
 """Each regulariser's strength tuned per scenario on the validation split, as resumable units.
 
     python -m experiments.continual.tune [--protocol=vandeven2019] [--scenarios=class,domain,task]
-        [--strategies=ewc,online_ewc,si,mas,wpl,l2] [--decades=2] [--points=5] [--seeds=3]
+        [--strategies=ewc,online_ewc,si,mas,wpl,l2,online_ewc.gamma] [--decades=2] [--points=5] [--seeds=3]
         [--data_dir=../shared/data] [--ledger=FILE] [--out=DIR] [--workers=N] [--report_only] [-- OPTIONS]
 
 One unit is (scenario, strategy, strength, seed): that strategy over the whole task sequence, exactly as
@@ -10,7 +10,9 @@ One unit is (scenario, strategy, strength, seed): that strategy over the whole t
 split). The grid of a strategy is its protocol value (the published one, the reference) times ``10 ** k`` for
 ``--points`` values of k evenly from ``-decades`` to ``+decades``; online EWC keeps its protocol's gamma. A seed
 fixes the initial weights and the batches whatever the strength, so the values of a seed are paired across the
-grid (the sweep's design). Units run sweep by sweep (scenario, then strategy) and seed by seed inside a sweep,
+grid (the sweep's design). Online EWC's decay is swept too, as ``online_ewc.gamma``: a linear grid
+(``EXTRA_GRIDS``) with the strength at the paper's, so each value is tuned with the other at the paper's (one step
+of coordinate-wise tuning, not a joint grid). Units run sweep by sweep (scenario, then strategy) and seed by seed inside a sweep,
 so a run cut short leaves whole sweeps and whole paired seeds; ``--resume`` is implicit: rerunning the command
 runs only the units its ledger lacks.
 
@@ -38,18 +40,37 @@ from experiments.workers import Unit, add_ledger_options, protocol_cli, read_led
 
 MEASURE = "average_accuracy"  # higher is better
 EXTRAS = ("forgetting",)
-DEFAULT_STRATEGIES = "ewc,online_ewc,si,mas,wpl,l2"  # l2 last: it joined after the first sweeps had run
+# l2 and online EWC's gamma last: they joined after the first sweeps had run
+DEFAULT_STRATEGIES = "ewc,online_ewc,si,mas,wpl,l2,online_ewc.gamma"
+# A value beside a strength (``Strength.also``) tuned as the sweep "<strategy>.<value>", the strength kept at the
+# paper's: a linear grid, with the protocol's value added where it is not on it. Online EWC's decay gamma: van de
+# Ven & Tolias's code uses 0.7-0.8 (param_values.py at f0b1461e), Hsu et al. 1 (no decay).
+EXTRA_GRIDS = {"online_ewc.gamma": ("0.5", "0.7", "0.8", "0.9", "1")}
 SCENARIOS = ("class", "domain", "task")  # cheapest first: a class unit takes about half a task unit's time
 
 
-def strength_option(strategy: str) -> str:
-    """The option that sets ``strategy``'s strength, from its declaration (``si`` -> ``si_c``)."""
+def swept(name: str) -> tuple[str, str]:
+    """A sweep's strategy and the table value it tunes: ``si`` -> (si, strength), ``online_ewc.gamma`` ->
+    (online_ewc, gamma)."""
+    strategy, _, value = name.partition(".")
+    return strategy, value or "strength"
+
+
+def strength_option(name: str) -> str:
+    """The option a sweep sets, from its strategy's declaration (``si`` -> ``si_c``, ``online_ewc.gamma`` ->
+    ``online_ewc_gamma``)."""
     from modes.continual import strategy_options
 
+    strategy, value = swept(name)
     declared = strategy_options().get(strategy)
     if declared is None or declared.strength is None:
         raise ValueError(f"--strategies={strategy} declares no strength to tune")
-    return declared.strength.option
+    if value == "strength":
+        return declared.strength.option
+    if value not in declared.strength.also or name not in EXTRA_GRIDS:
+        raise ValueError(f"--strategies={name}: {strategy} has no tunable value {value!r} "
+                         f"(tunable: {', '.join(EXTRA_GRIDS) or 'none'})")
+    return declared.strength.also[value]
 
 
 def grid(center: float, decades: float, points: int) -> list[str]:
@@ -64,16 +85,25 @@ def grid(center: float, decades: float, points: int) -> list[str]:
     return values
 
 
-def published(protocol: str, scenario: str, strategy: str) -> float:
+def published(protocol: str, scenario: str, name: str) -> float:
+    """The paper's value a sweep is centred on (the protocol's table, never the tuned one)."""
     from modes.continual import scenario_values
 
-    return float(scenario_values(strategy, protocol, scenario, "published")["strength"])
+    strategy, value = swept(name)
+    return float(scenario_values(strategy, protocol, scenario, "published")[value])
 
 
-def sweep_units(protocol: str, scenario: str, strategy: str, values: Sequence[str], seeds: int, data_dir: str,
+def sweep_grid(name: str, reference: str, decades: float, points: int) -> list[str]:
+    """A strength's log grid around the paper's value, or a value's linear grid (``EXTRA_GRIDS``) holding it."""
+    if swept(name)[1] == "strength":
+        return grid(float(reference), decades, points)
+    return sorted({*EXTRA_GRIDS[name], reference}, key=float)
+
+
+def sweep_units(protocol: str, scenario: str, name: str, values: Sequence[str], seeds: int, data_dir: str,
                 extra: Sequence[str] = ()) -> list[Unit]:
     """One sweep's units, seed-major; each holds the whole configuration it runs with."""
-    option = strength_option(strategy)
+    option, strategy = strength_option(name), swept(name)[0]
     changed = sequence_settings([*extra, "--cl_eval_split=valid"])
     out = []
     for k in range(seeds):
@@ -83,7 +113,7 @@ def sweep_units(protocol: str, scenario: str, strategy: str, values: Sequence[st
                                                                   "--cl_strengths=published"])  # gamma: the paper's
             one = replace(cfg, seeds=1, first_seed=BASE_SEED + k, strengths={strategy: cfg.strengths[strategy]},
                           options={s: v for s, v in cfg.options.items() if s == strategy})
-            out.append(Unit(f"{scenario}/{strategy}/{value}/s{k}", "experiments.continual.protocol:run_unit",
+            out.append(Unit(f"{scenario}/{name}/{value}/s{k}", "experiments.continual.protocol:run_unit",
                             {"benchmark": benchmark, "scenario": scenario, "data_dir": data_dir,
                              "sequence_seed": BASE_SEED, "config": asdict(one), **changed}))
     return out
@@ -130,7 +160,8 @@ def markdown(found: dict[str, Any], protocol: str) -> str:
         best, ref = by[s["chosen"]], by[s["published"]]
         diff = interval_text(s["chosen_vs_published"]) if s["chosen_vs_published"] else "-"
         p_best = sweep["best_frequency"].get("strength=" + s["chosen"], math.nan)
-        rows.append([s["scenario"], s["strategy"], f"{s['option']}={s['published']}", s["chosen"],
+        edge = " (grid edge)" if s["chosen"] in (s["grid"][0], s["grid"][-1]) else ""  # the best may lie beyond
+        rows.append([s["scenario"], s["strategy"], f"{s['option']}={s['published']}", s["chosen"] + edge,
                      interval_text(best, fmt=".2f"), interval_text(ref, fmt=".2f"), diff,
                      f"{s['seeds']} (P(best) {p_best:.2f}, detectable {sweep['detectable_effect']:.3g})"])
     head = ["scenario", "strategy", "published", "chosen", "valid acc at chosen (%)", "at published (%)",
@@ -180,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"among {','.join(SCENARIOS)}")
     try:
         references = {(sc, st): f"{published(args.protocol, sc, st):.6g}" for sc in scenarios for st in strategies}
-        sweeps = {key: grid(float(ref), args.decades, args.points) for key, ref in references.items()}
+        sweeps = {(sc, st): sweep_grid(st, ref, args.decades, args.points) for (sc, st), ref in references.items()}
     except (KeyError, ValueError) as err:
         p.error(f"{err}")
 
