@@ -35,7 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from engine.stopping import Stopped
+from engine.stopping import Stopped, stop_on_signals
 from utils import UserError
 
 log = logging.getLogger("wpl")
@@ -225,18 +225,26 @@ def add_ledger_options(p: argparse.ArgumentParser, *, ledger: str, out: str, ext
 
 def protocol_cli(body: Callable[[], str]) -> int:
     """A protocol's command line around ``body`` (run the units, return the report): log lines with the time,
-    the report on stdout, and any error a user can fix as one ``error:`` line with exit status 2."""
+    the report on stdout, and any error a user can fix as one ``error:`` line with exit status 2. SIGINT and
+    SIGTERM stop it with one line (what the ledger kept, the command that continues) and 128 + the signal."""
+    import shlex
     import sys
 
     from options.safe_io import one_line_errors
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        with one_line_errors():  # a bad option in a unit's command line, an unreadable ledger: one line
+        with stop_on_signals(), one_line_errors():  # a bad option in a unit's command line, an unreadable ledger
             print(body())
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m <module>: its name
+        command = shlex.join(["python", *(["-m", spec.name] if spec else [sys.argv[0]]), *sys.argv[1:]])
+        print(f"stopped by {stop.name}: {stop.saved or 'no unit finished'}; the same command continues: {command}",
+              file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

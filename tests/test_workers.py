@@ -129,6 +129,25 @@ def test_a_stop_signal_names_what_the_ledger_keeps(tmp_path: Path) -> None:
     assert out.strip() == f"{done} of 3 units finished and kept in {ledger}" and 1 <= done < 3
 
 
+def test_a_protocol_command_stopped_with_its_workers_says_so_in_one_line(tmp_path: Path) -> None:
+    script = ("import sys; from pathlib import Path; sys.path[:0] = [{root!r}]\n"
+              "from tests.test_workers import units; from experiments.workers import protocol_cli, run_units\n"
+              "sys.exit(protocol_cli(lambda: str(run_units(units(6, pause=1.0), Path({ledger!r}), workers=2, desc='units'))))\n")
+    ledger = tmp_path / "l.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", script.format(root=str(ROOT), ledger=str(ledger))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(read_ledger(ledger)) < 1:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # as `kill -TERM -PGID` or a scheduler stops the job: workers too
+    out, err = proc.communicate(timeout=60)
+    done = len(read_ledger(ledger))
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 128 + signal.SIGTERM and out == "" and 1 <= done < 6
+    assert last.startswith(f"stopped by SIGTERM: {done} of 6 units finished and kept in {ledger}; the same command continues")
+    assert "Traceback" not in err
+
+
 def test_each_worker_keeps_its_device_and_the_ledger_says_which(tmp_path: Path) -> None:
     """Worker i takes devices[i]; a unit asks with unit_device(). "meta" stands in for a second GPU here."""
     todo = [Unit(f"d{i}", "tests.test_workers:device_name", {"seed": i}) for i in range(6)]
