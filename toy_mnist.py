@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
+import sys
 from pathlib import Path
 from dataclasses import replace
 from typing import Any, Sequence
@@ -22,6 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from data import DEFAULT_DATA_DIR
+from engine.stopping import Stopped, stop_on_signals
 from experiments.two_model.protocol import MAX_SHARED, PROTOCOLS, STRATEGIES, ToyConfig
 from experiments.two_model.report import run
 from options.safe_io import one_line_errors
@@ -129,10 +132,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     fisher_samples=args.fisher_samples, seeds=args.seeds, device=args.device,
                     strategy=args.strategy, protocol=args.protocol)
     try:
-        with one_line_errors():  # an unwritable folder, a name too long, a full disk: one line, exit 1
-            return run(cfg, args.data_dir, args.output_dir)
+        with stop_on_signals(), one_line_errors():  # an unwritable folder, a name too long, a full disk: one line
+            results = run(cfg, args.data_dir, args.output_dir)
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
+    except Stopped as stop:  # before the first seed finished: nothing to keep
+        print(f"stopped by {stop.name} before the first seed finished: nothing written", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+    if "stopped" in results:  # the seeds finished are written; the rest was never run
+        print(f"stopped by {results['stopped']}: {results['seeds_finished']} of {cfg.seeds} seeds kept in "
+              f"{args.output_dir}; rerun with the same options for all of them", file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[results["stopped"]].value)
+    return results
 
 
 if __name__ == "__main__":

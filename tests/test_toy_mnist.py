@@ -244,3 +244,45 @@ def test_paper_protocol_presets_and_early_evaluations() -> None:
         toy_mnist.parse_args(["--strategy", "bogus"])
     with pytest.raises(UserError):
         ToyConfig(protocol="bogus")
+
+
+def test_a_stop_signal_keeps_the_seeds_finished_and_says_so(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+
+    from engine.stopping import Stopped
+    from experiments.two_model import protocol
+    from family_harness import write_mnist
+
+    cfg = ToyConfig(shared_layers=(1,), alphas=(0.0, 50.0), hidden=HIDDEN, a_iterations=5, iterations=6,
+                    batch_size=16, eval_every=3, fisher_samples=20, seeds=3)
+    real = protocol.run_b
+
+    def interrupted_at(seed_stop: int):  # type: ignore[no-untyped-def]
+        def run_b(a, k, alpha, importance, data, cfg, seed):  # type: ignore[no-untyped-def]
+            if seed == seed_stop and alpha > 0:  # the signal lands inside a seed, after one of its runs
+                raise Stopped(signal.SIGINT)
+            return real(a, k, alpha, importance, data, cfg, seed)
+        return run_b
+
+    monkeypatch.setattr(protocol, "run_b", interrupted_at(1))
+    kept = run_protocol(*data, cfg)
+    one = run_protocol(*data, ToyConfig(**{**cfg.__dict__, "seeds": 1}))  # seed 0 never reaches the stop
+    assert kept["stopped"] == "SIGINT" and kept["seeds_finished"] == 1
+    assert kept["results"] == one["results"]  # the half-done seed 1 is dropped from every (k, alpha), not mixed in
+    monkeypatch.setattr(protocol, "run_b", interrupted_at(0))
+    with pytest.raises(Stopped):  # nothing finished: nothing to keep
+        run_protocol(*data, cfg)
+
+    write_mnist(tmp_path / "mnist")
+    monkeypatch.setattr(protocol, "run_b", interrupted_at(1))
+    argv = ["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--shared_layers", "1", "--alpha", "0",
+            "50", "--hidden", "8", "--a_iterations", "3", "--iterations", "3", "--eval_every", "3",
+            "--fisher_samples", "8", "--seeds", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        toy_mnist.main(argv)
+    assert exit_info.value.code == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("stopped by SIGINT: 1 of 2 seeds kept in ")
+    saved = json.loads((tmp_path / "out" / "toy_results.json").read_text())
+    assert saved["seeds_finished"] == 1 and len(saved["results"][0]["per_seed"]["a_final"]) == 1

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from analysis.stats import columns_mean_std, mean_std
 from engine import NonFiniteGuard, Step
+from engine.stopping import Stopped
 from regularizers import REGULARIZERS, Regularizer, TaskData
 from regularizers.importance import log_likelihood, mean_per_sample
 from utils import UserError
@@ -293,7 +294,9 @@ def run_protocol(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 
     Returns the JSON-ready results: for each (k, alpha) the per-seed numbers, their mean/std, and
     the mean/std accuracy curves of A and B over B's iterations. ``a_drop`` is A's loss of accuracy
-    at the end of B's training, ``a_worst_drop`` the largest loss at any evaluation.
+    at the end of B's training, ``a_worst_drop`` the largest loss at any evaluation. A stop signal
+    (``engine.stopping``) after a whole seed keeps the seeds finished: the results hold them, with
+    ``stopped`` (the signal's name) and ``seeds_finished``; before one, ``Stopped`` goes on up.
     """
     device = torch.device(cfg.device)
     data = tuple(t.to(device) for t in (train_x, train_y, test_x, test_y))
@@ -301,20 +304,29 @@ def run_protocol(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     curves: dict[tuple[int, float], dict[str, list[list[float]]]] = {r: {"a": [], "b": []} for r in runs}
     started = time.perf_counter()
     bar = tqdm(total=cfg.seeds * len(runs), desc="B runs", disable=not sys.stdout.isatty())
-    for seed in range(cfg.seeds):
-        torch.manual_seed(seed)
-        a = make_model_a(cfg.hidden).to(device)
-        generator = torch.Generator().manual_seed(seed)
-        watcher = learner(cfg.strategy, a, cfg, seed)
-        train(a, data[0], data[1], steps=cfg.a_iterations, lr=cfg.lr, batch_size=cfg.batch_size,
-              generator=generator, hooks=watcher)
-        fisher_idx = torch.randperm(len(train_x), generator=generator)[:cfg.fisher_samples].to(device)
-        importance = importance_of(cfg.strategy, watcher, a, data[0][fisher_idx], data[1][fisher_idx])
-        for k, alpha in runs:
-            curve_a, curve_b = run_b(a, k, alpha, importance, data, cfg, seed)
-            curves[k, alpha]["a"].append(curve_a)
-            curves[k, alpha]["b"].append(curve_b)
-            bar.update()
-    bar.close()
-    results = [summarise(k, alpha, c["a"], c["b"], eval_points(cfg)) for (k, alpha), c in curves.items()]
-    return {"config": asdict(cfg), "seconds": time.perf_counter() - started, "results": results}
+    finished, stopped = 0, {}  # seeds done; what stopped the run early, if anything
+    try:
+        for seed in range(cfg.seeds):
+            torch.manual_seed(seed)
+            a = make_model_a(cfg.hidden).to(device)
+            generator = torch.Generator().manual_seed(seed)
+            watcher = learner(cfg.strategy, a, cfg, seed)
+            train(a, data[0], data[1], steps=cfg.a_iterations, lr=cfg.lr, batch_size=cfg.batch_size,
+                  generator=generator, hooks=watcher)
+            fisher_idx = torch.randperm(len(train_x), generator=generator)[:cfg.fisher_samples].to(device)
+            importance = importance_of(cfg.strategy, watcher, a, data[0][fisher_idx], data[1][fisher_idx])
+            for k, alpha in runs:
+                curve_a, curve_b = run_b(a, k, alpha, importance, data, cfg, seed)
+                curves[k, alpha]["a"].append(curve_a)
+                curves[k, alpha]["b"].append(curve_b)
+                bar.update()
+            finished = seed + 1
+    except Stopped as stop:
+        if not finished:
+            raise
+        stopped = {"stopped": stop.name, "seeds_finished": finished}
+    finally:
+        bar.close()
+    results = [summarise(k, alpha, c["a"][:finished], c["b"][:finished], eval_points(cfg))
+               for (k, alpha), c in curves.items()]
+    return {"config": asdict(cfg), "seconds": time.perf_counter() - started, "results": results, **stopped}

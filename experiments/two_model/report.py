@@ -64,5 +64,6 @@ def run(cfg: ToyConfig, data_dir: Path, output_dir: Path) -> dict[str, Any]:
     results = run_protocol(*load_mnist(data_dir), cfg)
     write_outputs(results, output_dir)
     print(format_table(results))
-    print(f"{cfg.seeds} seed(s) in {results['seconds']:.1f} s; results and plot in {output_dir}")
+    seeds = results.get("seeds_finished", cfg.seeds)
+    print(f"{seeds} seed(s) in {results['seconds']:.1f} s; results and plot in {output_dir}")
     return results
