@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from analysis import plots
 from analysis.tables import cell, markdown
 from config import StrictParser
+from engine.stopping import Stopped, stop_on_signals
 from options.parsing import program_name
 from options.safe_io import one_line_errors
 from utils import UserError, load_json
@@ -187,8 +188,8 @@ def build_parser() -> StrictParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        with one_line_errors():  # an unwritable --output, a name too long, a bad file: one line
+    try:  # an unwritable --output, a name too long, a bad file: one line
+        with stop_on_signals(), one_line_errors():
             if args.output.suffix.lower() != ".png":
                 raise UserError(f"--output={args.output}: expected a .png file")
             runs = [load_run(path) for path in args.runs]
@@ -197,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:  # the picture is renamed into place whole (analysis.plots.save): none half-written
+        print(f"stopped by {stop.name}: no picture written", file=sys.stderr)
+        return stop.exit_code
     print(table(runs, labels))
     print(f"written: {args.output}", file=sys.stderr)
     return 0

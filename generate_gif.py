@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from engine.stopping import Stopped, stop_on_signals
 from options.parsing import StrictParser, choice
 from options.safe_io import one_line_errors
 from utils import UserError, atomic_write_bytes
@@ -78,11 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if Path(args.output).suffix.lower() != ".gif":
         p.error(f"--output={args.output}: expected a .gif file")
     try:
-        with one_line_errors():
+        with stop_on_signals(), one_line_errors():
             write_gif(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:  # the GIF is written in one rename at the end: nothing half-written
+        print(f"stopped by {stop.name}: no GIF written", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

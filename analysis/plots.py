@@ -28,12 +28,21 @@ def panels(rows: int, cols: int, figsize: tuple[float, float], **kwargs: Any) ->
 
 
 def save(fig: Any, path: Path, dpi: int = 120, tight: bool = True) -> None:
-    """Write ``fig`` to ``path`` (parents created) and free it."""
+    """Write ``fig`` to ``path`` (parents created; the format from its suffix) and free it. Rendered in memory,
+    then renamed into place (``utils.atomic_write_bytes``): a stop or a full disk never leaves half a picture
+    over the previous one."""
+    import io
+
+    from utils import atomic_write_bytes
+
     if tight:
         fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, dpi=dpi, format=Path(path).suffix.lstrip(".").lower() or "png")
+    finally:
+        pyplot().close(fig)
+    atomic_write_bytes(Path(path), lambda f: f.write(buffer.getvalue()))
 
 
 def band(ax: Any, x: Sequence[float], mean: Sequence[float], spread: Sequence[float], *, color: str,

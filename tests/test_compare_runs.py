@@ -92,3 +92,26 @@ def test_strict_options(runs: list[Path], capsys: pytest.CaptureFixture[str]) ->
         compare_runs.main([str(runs[0]), "--ouput=r.png"])
     assert exit_info.value.code == 2
     assert "did you mean --output" in capsys.readouterr().err
+
+
+def test_a_stop_while_drawing_keeps_the_previous_picture(runs: list[Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+
+    from matplotlib.figure import Figure
+
+    output = tmp_path / "out" / "report.png"
+    output.parent.mkdir()
+    output.write_bytes(b"the previous picture")
+    real = Figure.savefig
+
+    def interrupted(self, target, **kwargs):  # type: ignore[no-untyped-def]
+        real(self, target, **kwargs)  # half the work done, then a scheduler's SIGTERM lands
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    assert compare_runs.main([*map(str, runs), "--output", str(output)]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "stopped by SIGTERM: no picture written"
+    assert output.read_bytes() == b"the previous picture" and [p.name for p in output.parent.iterdir()] == ["report.png"]

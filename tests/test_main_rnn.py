@@ -89,6 +89,24 @@ def test_derive_test_and_gif(search: Path, tmp_path: Path, capsys: pytest.Captur
     assert iio.imread(gif).shape[0] == 3  # one frame per derived drawing
 
 
+def test_a_stopped_gif_writes_nothing(search: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+
+    real = generate_gif.render_frames
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        frames = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C once the frames are drawn, before the file is written
+        return frames
+
+    monkeypatch.setattr(generate_gif, "render_frames", interrupted)
+    gif = tmp_path / "stopped.gif"
+    assert generate_gif.main([f"--model_name={search.name}", f"--log_dir={search.parent}", f"--output={gif}"]) == 130
+    assert capsys.readouterr().err.strip() == "stopped by SIGINT: no GIF written" and list(tmp_path.iterdir()) == []
+
+
 def test_derive_never_replaces_a_better_best_arch(search: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "derived"
     shutil.copytree(search, run)
