@@ -58,19 +58,27 @@ def test_summary_chooses_the_best_mean_over_complete_seeds_and_pairs_it_with_the
     ledger = {f"task/si/{v}/s{k}": {"record": {"metrics": {"average_accuracy": a, "forgetting": 1 - a}}}
               for (v, k), a in acc.items()}
     found = tune.summary(ledger, {("task", "si"): ["0.5", "5", "50"]}, {("task", "si"): "50"})["task/si"]
-    assert found["seeds"] == 2 and found["chosen"] == "5" and found["published"] == "50"
-    versus = found["chosen_vs_published"]  # in points, paired t by hand: differences 2 and 1, mean 1.5, sd 0.7071, t(1) 12.706
+    assert found["seeds"] == 2 and found["best"] == "5" and found["published"] == "50"
+    assert found["chosen"] == "50"  # the best's interval below reaches under zero: no measured gain, the paper's kept
+    versus = found["best_vs_published"]  # in points, paired t by hand: differences 2 and 1, mean 1.5, sd 0.7071, t(1) 12.706
     assert versus["mean"] == pytest.approx(1.5)
     assert versus["hi"] - versus["mean"] == pytest.approx(12.7062 * 0.70711 / np.sqrt(2), rel=1e-4)
     rows = {r["name"]: r for r in found["sweep"]["rows"]}
     assert rows["strength=5"]["mean"] == pytest.approx(95.5) and rows["strength=0.5"]["n"] == 2
     tied = {k: {"record": {"metrics": {"average_accuracy": 0.9, "forgetting": 0.1}}} for k in ledger}
-    assert tune.summary(tied, {("task", "si"): ["0.5", "5", "50"]}, {("task", "si"): "50"})["task/si"]["chosen"] == "50"
+    assert tune.summary(tied, {("task", "si"): ["0.5", "5", "50"]}, {("task", "si"): "50"})["task/si"]["best"] == "50"
+    steady = {(v, k): a for k, (low, best, paper) in enumerate([(0.90, 0.95, 0.93), (0.90, 0.96, 0.95), (0.90, 0.965, 0.95)])
+              for v, a in (("0.5", low), ("5", best), ("50", paper))}  # 5 beats 50 by 2, 1 and 1.5 points
+    gain = tune.summary({f"task/si/{v}/s{k}": {"record": {"metrics": {"average_accuracy": a, "forgetting": 1 - a}}}
+                         for (v, k), a in steady.items()}, {("task", "si"): ["0.5", "5", "50"]}, {("task", "si"): "50"})
+    # mean 1.5, sd 0.5, t(2) 4.303: [1.5 - 1.242, 1.5 + 1.242] lies above zero, so the best is chosen
+    assert gain["task/si"]["best_vs_published"]["lo"] == pytest.approx(1.5 - 4.3027 * 0.5 / np.sqrt(3), rel=1e-4)
+    assert gain["task/si"]["chosen"] == "5"
     empty = tune.summary({}, {("task", "si"): ["5", "50"]}, {("task", "si"): "50"})["task/si"]
     assert empty["seeds"] == 0 and empty["chosen"] is None and empty["sweep"] is None
     assert "| task | si | si_c=50 | - |" in tune.markdown({"task/si": empty}, "vandeven2019")
     text = tune.markdown(tune.summary(ledger, {("task", "si"): ["5", "50"]}, {("task", "si"): "50"}), "vandeven2019")
-    assert "| task | si | si_c=50 | 5 (grid edge) |" in text  # the best may lie beyond the grid
+    assert "| task | si | si_c=50 | 5 (grid edge) |" in text and text.count("| 50 | 2 (P(best)") == 1  # the best may lie beyond the grid
 
 
 def test_a_tiny_tuning_run_end_to_end_resumes_and_reports(tmp_path: Path) -> None:
@@ -86,7 +94,8 @@ def test_a_tiny_tuning_run_end_to_end_resumes_and_reports(tmp_path: Path) -> Non
     report = json.loads((out / "tune_vandeven2019.json").read_text())["class/si"]
     accs = {v: np.mean([100 * e["record"]["metrics"]["average_accuracy"] for e in lines if f"/{v}/" in e["key"]])
             for v in ("0.05", "0.5", "5")}
-    assert report["seeds"] == 2 and accs[report["chosen"]] == pytest.approx(max(accs.values()))
+    assert report["seeds"] == 2 and accs[report["best"]] == pytest.approx(max(accs.values()))
+    assert report["chosen"] in (report["best"], "0.5")
     assert "| class | si | si_c=0.5 |" in (out / "tune_vandeven2019.md").read_text()
     with Image.open(out / "tune_vandeven2019.png") as picture:
         assert picture.size[0] > 300

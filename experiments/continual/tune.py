@@ -18,8 +18,10 @@ runs only the units its ledger lacks.
 
 The report (``<out>/tune_<protocol>.{json,md,png}``) gives, per scenario and strategy, the sweep's statistics
 (:func:`experiments.sweep.report.summarise`: t intervals, paired differences to the published value, noise floor,
-smallest detectable effect, how often each value is best) and the chosen value: the grid value with the highest
-mean validation accuracy (the published one where it ties). The chosen values become the per-scenario defaults by
+smallest detectable effect, how often each value is best), the best value (the highest mean validation accuracy)
+and the chosen one: the best where its paired t interval against the paper's value lies above zero, else the paper's
+(no change without a measured gain: with a few seeds the best mean of five is often noise). The chosen values
+become the per-scenario defaults by
 hand, in each regulariser's ``TUNED_STRENGTHS`` table (read with ``--cl_strengths=tuned``, the default), citing
 this report; the grid's centre stays the paper's value (``SCENARIO_STRENGTHS``).
 """
@@ -121,7 +123,9 @@ def sweep_units(protocol: str, scenario: str, name: str, values: Sequence[str], 
 
 def summary(ledger: dict[str, dict[str, Any]], sweeps: dict[tuple[str, str], list[str]],
             references: dict[tuple[str, str], str]) -> dict[str, Any]:
-    """Per sweep: the sweep's statistics and the chosen strength (``None`` until a seed has finished the grid)."""
+    """Per sweep: the sweep's statistics, the best strength (highest mean) and the chosen one: the best where its
+    paired 95 % t interval against the published value excludes zero from below, else the published one (``None``
+    until a seed has finished the grid)."""
     from analysis.stats import paired_difference
     from experiments.sweep.report import paired_columns, summarise_columns
 
@@ -131,18 +135,19 @@ def summary(ledger: dict[str, dict[str, Any]], sweeps: dict[tuple[str, str], lis
         table = paired_columns(ledger, prefix, values, MEASURE, scale=100.0)  # percentage points
         seeds = len(table[values[0]])
         reference = references[scenario, strategy]
-        found, versus, chosen = None, None, None
+        found, versus, best, chosen = None, None, None, None
         if seeds:
             extras = {m: paired_columns(ledger, prefix, values, m, scale=100.0) for m in EXTRAS}
             found = summarise_columns("strength", table, reference, False, extras)
             means = {r["setting"]["strength"]: r["mean"] for r in found["rows"] if "mean" in r}
             top = max(means.values())  # a tie keeps the published value: no change without a measured gain
-            chosen = reference if means.get(reference) == top else next(v for v in values if means.get(v) == top)
-            if seeds >= 2 and chosen != reference:  # a paired t interval at any n >= 2
-                versus = paired_difference(table[chosen], table[reference])
+            best = reference if means.get(reference) == top else next(v for v in values if means.get(v) == top)
+            if seeds >= 2 and best != reference:  # a paired t interval at any n >= 2
+                versus = paired_difference(table[best], table[reference])
+            chosen = best if versus is not None and versus["lo"] > 0 else reference
         out[prefix] = {"scenario": scenario, "strategy": strategy, "option": strength_option(strategy),
-                       "published": reference, "grid": values, "seeds": seeds, "chosen": chosen,
-                       "chosen_vs_published": versus, "sweep": found}
+                       "published": reference, "grid": values, "seeds": seeds, "best": best, "chosen": chosen,
+                       "best_vs_published": versus, "sweep": found}
     return out
 
 
@@ -154,18 +159,18 @@ def markdown(found: dict[str, Any], protocol: str) -> str:
     for s in found.values():
         sweep = s["sweep"]
         if sweep is None:
-            rows.append([s["scenario"], s["strategy"], f"{s['option']}={s['published']}", "-", "-", "-", "-", "0"])
+            rows.append([s["scenario"], s["strategy"], f"{s['option']}={s['published']}", "-", "-", "-", "-", "-", "0"])
             continue
         by = {r["setting"]["strength"]: r for r in sweep["rows"]}
-        best, ref = by[s["chosen"]], by[s["published"]]
-        diff = interval_text(s["chosen_vs_published"]) if s["chosen_vs_published"] else "-"
-        p_best = sweep["best_frequency"].get("strength=" + s["chosen"], math.nan)
-        edge = " (grid edge)" if s["chosen"] in (s["grid"][0], s["grid"][-1]) else ""  # the best may lie beyond
-        rows.append([s["scenario"], s["strategy"], f"{s['option']}={s['published']}", s["chosen"] + edge,
-                     interval_text(best, fmt=".2f"), interval_text(ref, fmt=".2f"), diff,
+        best, ref = by[s["best"]], by[s["published"]]
+        diff = interval_text(s["best_vs_published"]) if s["best_vs_published"] else "-"
+        p_best = sweep["best_frequency"].get("strength=" + s["best"], math.nan)
+        edge = " (grid edge)" if s["best"] in (s["grid"][0], s["grid"][-1]) else ""  # the best may lie beyond
+        rows.append([s["scenario"], s["strategy"], f"{s['option']}={s['published']}", s["best"] + edge,
+                     interval_text(best, fmt=".2f"), interval_text(ref, fmt=".2f"), diff, s["chosen"],
                      f"{s['seeds']} (P(best) {p_best:.2f}, detectable {sweep['detectable_effect']:.3g})"])
-    head = ["scenario", "strategy", "published", "chosen", "valid acc at chosen (%)", "at published (%)",
-            "chosen - published (points, paired t)", "seeds"]
+    head = ["scenario", "strategy", "published", "best", "valid acc at best (%)", "at published (%)",
+            "best - published (points, paired t)", "chosen", "seeds"]
     return table(head, rows, f"Strengths tuned on the validation split ({protocol})")
 
 
