@@ -109,3 +109,21 @@ def test_a_tiny_tuning_run_end_to_end_resumes_and_reports(tmp_path: Path) -> Non
     with pytest.raises(SystemExit) as refused:  # an even grid would leave out the published value
         tune.main([*argv[:3], "--points=4", *argv[4:]])
     assert refused.value.code == 2
+
+
+def test_the_tuned_defaults_are_the_committed_reports_choices() -> None:
+    """Every scenario in a TUNED table was swept whole and the table holds the report's chosen value."""
+    from modes.continual import strategy_options, strength_table
+
+    report = json.loads((Path(__file__).resolve().parent.parent / "results/continual/tune_vandeven2019.json").read_text())
+    checked = 0
+    for strategy, declared in strategy_options().items():
+        if declared.strength is None or not declared.strength.tuned:
+            continue
+        for scenario, values in strength_table(declared.strength.tuned).get("vandeven2019", {}).items():
+            for value, number in values.items():
+                name = strategy if value == "strength" else f"{strategy}.{value}"
+                found = report[f"{scenario}/{name}"]
+                assert found["seeds"] >= 3 and float(found["chosen"]) == number, (scenario, name)
+                checked += 1
+    assert checked >= 7  # the class scenario at least: six strengths and online EWC's gamma
