@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +17,8 @@ from engine.lifecycle import run_path
 from options.plugin import StrategyOptions
 from regularizers import REGULARIZERS
 from utils import UserError
+
+log = logging.getLogger("wpl")
 
 if TYPE_CHECKING:
     from experiments.continual.run import ContinualConfig
@@ -65,6 +68,26 @@ def resolved_values(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         table = (scenario_values(strategy, args.cl_protocol, scenario, args.cl_strengths) if None in given.values() else {})
         resolved[strategy] = {key: float(table[key] if value is None else value) for key, value in given.items()}
     return resolved
+
+
+def strength_sources(args: argparse.Namespace, resolved: dict[str, dict[str, float]]) -> str:
+    """One line for the log: each requested strategy's strength and where it came from (its option, the values
+    tuned on the validation split, or the protocol's untuned table: the papers' values)."""
+    scenario = FIXED_SCENARIO.get(args.benchmark, args.scenario)
+    parts = []
+    for strategy in args.strategies:
+        declared = strategy_options().get(strategy)
+        if declared is None or declared.strength is None:
+            continue
+        if getattr(args, declared.strength.option) is not None:
+            source = f"--{declared.strength.option}"
+        elif args.cl_strengths == "tuned" and declared.strength.tuned and scenario in strength_table(
+                declared.strength.tuned).get(args.cl_protocol, {}):
+            source = "tuned on validation"
+        else:
+            source = "untuned: the protocol's table"
+        parts.append(f"{strategy} {resolved[strategy]['strength']:g} ({source})")
+    return f"strengths ({args.cl_protocol}, {scenario} scenario): " + ("; ".join(parts) or "none")
 
 
 def regularizer_options(args: argparse.Namespace, resolved: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
@@ -129,6 +152,7 @@ def mode_continual(args: argparse.Namespace, explicit: set[str], device: torch.d
     from experiments.continual.main import run_continual
 
     cfg = build_config(args, explicit)
+    log.info(strength_sources(args, resolved_values(args)))
     run_continual(run_path(args.log_dir, args.benchmark, args.comment), args.benchmark, args.scenario, args.data_dir,
                   cfg, num_tasks=args.num_tasks, task_split=args.task_split, task_order=args.cl_task_order, resume=args.resume,
                   use_tensorboard=args.use_tensorboard, **eval_split(args))

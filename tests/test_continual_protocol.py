@@ -170,3 +170,13 @@ def test_a_checkpoint_from_before_the_protocols_is_refused_in_one_line(tmp_path:
     with pytest.raises(UserError) as err:
         resumable_state(tmp_path / "latest.pt", old, {"benchmark": "split_mnist", "protocol": "vandeven2019"})
     assert "before --cl_protocol" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_log_says_where_each_strength_came_from() -> None:
+    from modes.continual import resolved_values, strength_sources
+
+    args = config.parse_args(["--mode=continual", "--scenario=class", "--strategies=none,si,mas", "--mas_lambda=3"])
+    line = strength_sources(args, resolved_values(args))
+    assert line == "strengths (vandeven2019, class scenario): si 0.5 (tuned on validation); mas 3 (--mas_lambda)"
+    args = config.parse_args(["--mode=continual", "--scenario=task", "--strategies=ewc", "--cl_strengths=published"])
+    assert strength_sources(args, resolved_values(args)).endswith("ewc 1e+07 (untuned: the protocol's table)")
