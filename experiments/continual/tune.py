@@ -21,9 +21,9 @@ The report (``<out>/tune_<protocol>.{json,md,png}``) gives, per scenario and str
 smallest detectable effect, how often each value is best), the best value (the highest mean validation accuracy)
 and the chosen one: the best where its paired t interval against the paper's value lies above zero, else the paper's
 (no change without a measured gain: with a few seeds the best mean of five is often noise). The chosen values
-become the per-scenario defaults by
-hand, in each regulariser's ``TUNED_STRENGTHS`` table (read with ``--cl_strengths=tuned``, the default), citing
-this report; the grid's centre stays the paper's value (``SCENARIO_STRENGTHS``).
+become the per-scenario defaults by hand, in each regulariser's ``TUNED_STRENGTHS`` table (read with
+``--cl_strengths=tuned``, the default), citing this report; the grid's centre stays the paper's value
+(``SCENARIO_STRENGTHS``).
 """
 
 from __future__ import annotations
