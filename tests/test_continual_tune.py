@@ -91,6 +91,8 @@ def test_a_tiny_tuning_run_end_to_end_resumes_and_reports(tmp_path: Path) -> Non
     lines = [json.loads(line) for line in ledger.read_text().splitlines()]
     assert [e["key"] for e in lines] == [f"class/si/{v}/s{k}" for k in (0, 1) for v in ("0.05", "0.5", "5")]
     assert all(e["kwargs"]["eval_split"] == "valid" and e["record"]["eval_split"] == "valid" for e in lines)
+    assert all("curve" not in e["record"] and len(e["record"]["R"]) == len(e["record"]["tasks"]) for e in lines)  # metrics and R only
+    assert all(np.isfinite(e["record"]["metrics"]["integrated_loss"]) for e in lines)  # computed from the curve
     report = json.loads((out / "tune_vandeven2019.json").read_text())["class/si"]
     accs = {v: np.mean([100 * e["record"]["metrics"]["average_accuracy"] for e in lines if f"/{v}/" in e["key"]])
             for v in ("0.05", "0.5", "5")}
