@@ -41,18 +41,25 @@ def strength_table(name: str) -> dict[str, dict[str, dict[str, float]]]:
     return table
 
 
-def scenario_values(strategy: str, protocol: str, scenario: str, source: str = "published") -> dict[str, float]:
-    """The values for ``strategy`` in ``scenario`` (``strength``, and ``gamma`` for online EWC): the published
-    protocol's, or with ``source="tuned"`` the ones chosen on the validation split where its declaration's tuned
-    table holds this protocol and scenario (the published ones elsewhere)."""
+def tuned_values(strategy: str, protocol: str, scenario: str) -> dict[str, float] | None:
+    """The values chosen on the validation split for ``strategy`` in this protocol and scenario, or ``None`` where
+    its declaration's tuned table does not hold them."""
     strength = strategy_options()[strategy].strength
     if strength is None:
         raise KeyError(f"--strategies={strategy} declares no strength")
-    if source == "tuned" and strength.tuned:
-        tuned = strength_table(strength.tuned).get(protocol, {}).get(scenario)
-        if tuned is not None:
-            return tuned
-    return strength_table(strength.table)[protocol][scenario]
+    return strength_table(strength.tuned).get(protocol, {}).get(scenario) if strength.tuned else None
+
+
+def scenario_values(strategy: str, protocol: str, scenario: str, source: str = "published") -> dict[str, float]:
+    """The values for ``strategy`` in ``scenario`` (``strength``, and ``gamma`` for online EWC): the published
+    protocol's, or with ``source="tuned"`` the tuned ones where they exist (:func:`tuned_values`)."""
+    tuned = tuned_values(strategy, protocol, scenario) if source == "tuned" else None
+    if tuned is not None:
+        return tuned
+    table = strategy_options()[strategy].strength
+    if table is None:
+        raise KeyError(f"--strategies={strategy} declares no strength")
+    return strength_table(table.table)[protocol][scenario]
 
 
 def resolved_values(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -81,8 +88,7 @@ def strength_sources(args: argparse.Namespace, resolved: dict[str, dict[str, flo
             continue
         if getattr(args, declared.strength.option) is not None:
             source = f"--{declared.strength.option}"
-        elif args.cl_strengths == "tuned" and declared.strength.tuned and scenario in strength_table(
-                declared.strength.tuned).get(args.cl_protocol, {}):
+        elif args.cl_strengths == "tuned" and tuned_values(strategy, args.cl_protocol, scenario) is not None:
             source = "tuned on validation"
         else:
             source = "untuned: the protocol's table"
