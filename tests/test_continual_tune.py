@@ -112,6 +112,22 @@ def test_a_tiny_tuning_run_end_to_end_resumes_and_reports(tmp_path: Path) -> Non
         tune.main([*argv[:3], "--points=4", *argv[4:]])
     assert refused.value.code == 2
 
+    assert tune.main([*argv[:5], "--grid", "class/si=0.05,5,50", *argv[5:]]) == 0  # a grid of its own, beyond the edge
+    wider = [json.loads(line)["key"] for line in ledger.read_text().splitlines()]
+    assert wider[:6] == [e["key"] for e in lines] and wider[6:] == ["class/si/50/s0", "class/si/50/s1"]  # only 50 ran
+    assert json.loads((out / "tune_vandeven2019.json").read_text())["class/si"]["grid"] == ["0.05", "0.5", "5", "50"]
+
+
+def test_a_grid_of_its_own_is_spelt_like_the_log_grid_and_bad_specs_are_one_line() -> None:
+    assert tune.grid_overrides(["task/wpl=1e9,1000,1e+11", "si=5"]) == {"task/wpl": ["1000", "1e+09", "1e+11"],
+                                                                          "si": ["5"]}
+    for bad in ("task/wpl", "=5", "wpl=", "wpl=1,x", "wpl=-1", "wpl=nan"):
+        with pytest.raises(ValueError, match="expected"):
+            tune.grid_overrides([bad])
+    with pytest.raises(SystemExit) as refused:
+        tune.main(["--report_only", "--scenarios=task", "--strategies=si", "--grid", "task/wpl=1e9"])
+    assert refused.value.code == 2  # a sweep this run does not hold
+
 
 def test_the_tuned_defaults_are_the_committed_reports_choices() -> None:
     """Every scenario in a TUNED table was swept whole and the table holds the report's chosen value."""

@@ -2,7 +2,8 @@
 
     python -m experiments.continual.tune [--protocol=vandeven2019] [--scenarios=class,domain,task]
         [--strategies=ewc,online_ewc,si,mas,wpl,l2,online_ewc.gamma] [--decades=2] [--points=5] [--seeds=3]
-        [--data_dir=../shared/data] [--ledger=FILE] [--out=DIR] [--workers=N] [--report_only] [-- OPTIONS]
+        [--grid=[SCENARIO/]SWEEP=V1,V2,...] [--data_dir=../shared/data] [--ledger=FILE] [--out=DIR] [--workers=N]
+        [--report_only] [-- OPTIONS]
 
 One unit is (scenario, strategy, strength, seed): that strategy over the whole task sequence, exactly as
 ``python -m experiments.continual.protocol --scenario=<scenario> --strategies=<strategy> -- --<option>=<strength>
@@ -10,7 +11,9 @@ One unit is (scenario, strategy, strength, seed): that strategy over the whole t
 split). The grid of a strategy is its protocol value (the published one, the reference) times ``10 ** k`` for
 ``--points`` values of k evenly from ``-decades`` to ``+decades``; online EWC keeps its protocol's gamma. A seed
 fixes the initial weights and the batches whatever the strength, so the values of a seed are paired across the
-grid (the sweep's design). Online EWC's decay is swept too, as ``online_ewc.gamma``: a linear grid
+grid (the sweep's design). ``--grid task/wpl=1e3,...,1e11`` gives one sweep values of its own (the published
+value joins them), for a best at the default grid's edge; values the ledger holds already do not run again.
+Online EWC's decay is swept too, as ``online_ewc.gamma``: a linear grid
 (``EXTRA_GRIDS``) with the strength at the paper's, so each value is tuned with the other at the paper's (one step
 of coordinate-wise tuning, not a joint grid). Units run sweep by sweep (scenario, then strategy) and seed by seed inside a sweep,
 so a run cut short leaves whole sweeps and whole paired seeds; ``--resume`` is implicit: rerunning the command
@@ -100,6 +103,22 @@ def sweep_grid(name: str, reference: str, decades: float, points: int) -> list[s
     if swept(name)[1] == "strength":
         return grid(float(reference), decades, points)
     return sorted({*EXTRA_GRIDS[name], reference}, key=float)
+
+
+def grid_overrides(specs: Sequence[str]) -> dict[str, list[str]]:
+    """``--grid [SCENARIO/]SWEEP=V1,V2,...`` -> {"task/wpl" or "wpl": the values spelt ``%g``}: a grid of one's own
+    for a sweep whose best lies at the default grid's edge (the published value joins it: it is the reference)."""
+    out = {}
+    for spec in specs:
+        name, _, values = spec.partition("=")
+        try:
+            spelt = sorted({f"{float(v):.6g}" for v in values.split(",")}, key=float)
+        except ValueError:
+            spelt = []
+        if not name or not spelt or not all(math.isfinite(float(v)) and float(v) > 0 for v in spelt):
+            raise ValueError(f"--grid {spec!r}: expected [SCENARIO/]SWEEP=V1,V2,... of positive numbers")
+        out[name] = spelt
+    return out
 
 
 def sweep_units(protocol: str, scenario: str, name: str, values: Sequence[str], seeds: int, data_dir: str,
@@ -217,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--decades", type=float, default=2.0, help="the grid spans this many decades either side")
     p.add_argument("--points", type=int, default=5, help="strengths per grid")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--grid", action="append", default=[], metavar="[SCENARIO/]SWEEP=V1,V2,...",
+                   help="this sweep's values instead of the log grid (repeatable), e.g. task/wpl=1e3,1e5,1e7,1e9")
     p.add_argument("--data_dir", default="../shared/data")
     add_ledger_options(p, ledger="", ledger_help="default: <out>/tune_<protocol>.jsonl", out="results/continual",
                        extra_help="options added to every unit's --mode=continual command line (after --)")
@@ -227,7 +248,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"among {','.join(SCENARIOS)}")
     try:
         references = {(sc, st): f"{published(args.protocol, sc, st):.6g}" for sc in scenarios for st in strategies}
-        sweeps = {(sc, st): sweep_grid(st, ref, args.decades, args.points) for (sc, st), ref in references.items()}
+        own = grid_overrides(args.grid)
+        unknown = set(own) - {k for sc, st in references for k in (st, f"{sc}/{st}")}
+        if unknown:
+            raise ValueError(f"--grid names no sweep of this run: {', '.join(sorted(unknown))}")
+        sweeps = {}
+        for (sc, st), ref in references.items():
+            values = own.get(f"{sc}/{st}", own.get(st))
+            sweeps[sc, st] = (sweep_grid(st, ref, args.decades, args.points) if values is None
+                              else sorted({*values, ref}, key=float))
     except (KeyError, ValueError) as err:
         p.error(f"{err}")
 
