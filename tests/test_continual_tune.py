@@ -144,4 +144,4 @@ def test_the_tuned_defaults_are_the_committed_reports_choices() -> None:
                 found = report[f"{scenario}/{name}"]
                 assert found["seeds"] >= 3 and float(found["chosen"]) == number, (scenario, name)
                 checked += 1
-    assert checked >= 7  # the class scenario at least: six strengths and online EWC's gamma
+    assert checked == 21  # three scenarios: six strengths and online EWC's gamma each

@@ -32,7 +32,7 @@ def measure(protocol: str, scenario: str, strategies: Sequence[str], seed: int, 
             extra: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Per strategy: strength, penalty scale, summed and largest trunk importance after task 0, and the trace."""
     from data.tasks import build_sequence
-    from experiments.continual.protocol import BASE_SEED, protocol_config
+    from experiments.continual.protocol import BASE_SEED, protocol_config, sequence_settings
     from experiments.continual.run import build_model, fresh_run, train_task
     from utils import UserError
 
@@ -41,7 +41,10 @@ def measure(protocol: str, scenario: str, strategies: Sequence[str], seed: int, 
         def set_postfix(self, **kwargs: Any) -> None: ...
 
     benchmark, cfg = protocol_config(protocol, scenario, [f"--strategies={','.join(strategies)}", *extra])
-    seq = build_sequence(benchmark, scenario, data_dir, seed=BASE_SEED, eval_split="valid")
+    order = sequence_settings(extra)  # the digit pairs and held-out fraction a protocol unit would use
+    shuffled = order.get("task_order") == "shuffled"
+    seq = build_sequence(benchmark, scenario, data_dir, seed=seed if shuffled else BASE_SEED, eval_split="valid",
+                         task_order=order.get("task_order", "fixed"), valid_fraction=order.get("valid_fraction", 0.1))
     init = build_model(seq, cfg, seed).state_dict()
     rows = []
     for strategy in strategies:
