@@ -145,7 +145,10 @@ def test_a_report_uses_only_seeds_every_strategy_finished(tmp_path: Path) -> Non
     from experiments.continual.published import report
 
     text = report(ledger, tmp_path, "vandeven2019")
-    assert "1 paired seeds" in text and "| none | 50.00 ± 0.00 |" in text
+    assert "1 paired seeds" in text and "| none | 50.00 ± 0.00 |" in text and "Every unit ran with" not in text
+    text = report(ledger, tmp_path, "vandeven2019", ["--lambda_fisher=0.01"])
+    assert text.endswith("Every unit ran with `--lambda_fisher=0.01` added to the protocol's options.")
+    assert (tmp_path / "l.md").read_text() == text + "\n"
 
 
 def test_a_published_figure_becomes_the_t_interval_of_its_mean() -> None:
@@ -180,3 +183,14 @@ def test_the_log_says_where_each_strength_came_from() -> None:
     assert line == "strengths (vandeven2019, class scenario): si 0.5 (tuned on validation); mas 3 (--mas_lambda)"
     args = config.parse_args(["--mode=continual", "--scenario=task", "--strategies=ewc", "--cl_strengths=published"])
     assert strength_sources(args, resolved_values(args)).endswith("ewc 1e+07 (untuned: the protocol's table)")
+
+
+def test_a_reports_strengths_line_tells_the_papers_the_tuned_and_an_options_value_apart() -> None:
+    from experiments.continual.published import strengths_line
+
+    def ran(**strengths: float) -> list[dict]:
+        return [{"kwargs": {"config": {"strengths": {name: value}}}} for name, value in strengths.items()]
+
+    line = strengths_line(ran(si=5000.0, ewc=1e6, wpl=1e10), "vandeven2019", "domain")
+    assert line.endswith("ewc 1e+06 (untuned); si 5000 (tuned; untuned 500); wpl 1e+10 (set by an option; untuned 100000).")
+    assert strengths_line([], "vandeven2019", "task").endswith("TUNED_STRENGTHS): none.")

@@ -99,6 +99,7 @@ def test_a_tiny_tuning_run_end_to_end_resumes_and_reports(tmp_path: Path) -> Non
     assert report["seeds"] == 2 and accs[report["best"]] == pytest.approx(max(accs.values()))
     assert report["chosen"] in (report["best"], "0.5")
     assert "| class | si | si_c=0.5 |" in (out / "tune_vandeven2019.md").read_text()
+    assert f"Every unit ran with `{' '.join(TINY)}` added" in (out / "tune_vandeven2019.md").read_text()
     with Image.open(out / "tune_vandeven2019.png") as picture:
         assert picture.size[0] > 300
 

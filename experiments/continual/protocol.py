@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.report_only:
             run_units(units(args.protocol, args.scenario, strategies, args.seeds, args.data_dir,
                             args.extra), ledger, workers=args.workers, desc="continual units")
-        return report(ledger, Path(args.out), args.protocol)
+        return report(ledger, Path(args.out), args.protocol, args.extra)
 
     return protocol_cli(body)
 

@@ -116,8 +116,8 @@ def plot(summary: dict[str, Any], protocol: str, scenario: str, path: Path) -> N
 
 def strengths_line(entries: Sequence[dict[str, Any]], protocol: str, scenario: str) -> str:
     """The strength each strategy ran with, as its units store it, and whether it is the untuned table's (the papers'
-    values; WPL's the project's earlier default) or another, tuned on the validation split."""
-    from modes.continual import scenario_values
+    values; WPL's the project's earlier default), the one tuned on the validation split, or another (an option)."""
+    from modes.continual import scenario_values, tuned_values
 
     ran: dict[str, float] = {}
     for entry in entries:
@@ -125,13 +125,16 @@ def strengths_line(entries: Sequence[dict[str, Any]], protocol: str, scenario: s
     parts = []
     for strategy, value in sorted(ran.items()):
         paper = float(scenario_values(strategy, protocol, scenario, "published")["strength"])
-        parts.append(f"{strategy} {value:g}" + (" (untuned)" if value == paper else f" (tuned; untuned {paper:g})"))
+        tuned = (tuned_values(strategy, protocol, scenario) or {}).get("strength")
+        source = "untuned" if value == paper else "tuned" if value == tuned else "set by an option"
+        parts.append(f"{strategy} {value:g} ({source}" + ("" if value == paper else f"; untuned {paper:g}") + ")")
     return ("Strengths (untuned: SCENARIO_STRENGTHS beside each regulariser, the papers' values; tuned: on the "
             "validation split, TUNED_STRENGTHS): " + ("; ".join(parts) if parts else "none") + ".")
 
 
-def report(ledger: Path, out: Path, protocol: str) -> str:
-    """Summarise ``ledger`` into ``<out>/<ledger name>.md``, ``.json`` and ``.png``; returns the markdown."""
+def report(ledger: Path, out: Path, protocol: str, extra: Sequence[str] = ()) -> str:
+    """Summarise ``ledger`` into ``<out>/<ledger name>.md``, ``.json`` and ``.png``; returns the markdown. ``extra``:
+    the options its units ran with beyond the protocol's, named in the report."""
     entries = list(read_ledger(ledger).values())
     records = [entry["record"] for entry in entries]
     if not records:
@@ -148,7 +151,8 @@ def report(ledger: Path, out: Path, protocol: str) -> str:
     text = "\n\n".join([markdown(summary, title), side_by_side(summary, scenario, len(seeds)),
                         "Published: " + "; ".join(SOURCES.values()) + ". [95 %]: the t interval of the published mean "
                         "rebuilt from its ± and runs; apart: it does not overlap ours. (recalled): not checked against "
-                        "the paper's text.", strengths_line(entries, protocol, scenario)])
+                        "the paper's text.", strengths_line(entries, protocol, scenario)]
+                       + ([f"Every unit ran with `{' '.join(extra)}` added to the protocol's options."] if extra else []))
     stem = out / ledger.stem
     save_json(stem.with_suffix(".json"), {"ledger": str(ledger), "protocol": protocol, "scenario": scenario,
                                           "seeds": seeds, "units": len(records), "summary": summary})

@@ -272,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         text = markdown(found, args.protocol) + "\n"
+        if args.extra:  # the report alone must say what its units ran with beyond the protocol
+            text += f"\nEvery unit ran with `{' '.join(args.extra)}` added to the protocol's options.\n"
         save_json(out / f"tune_{args.protocol}.json", found)
         (out / f"tune_{args.protocol}.md").write_text(text)
         plot(found, out / f"tune_{args.protocol}.png")
