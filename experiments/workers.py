@@ -188,6 +188,7 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
                             f"this run: use a new run (another --comment) or the settings it was started with")
     _repair_tail(ledger)
     todo = [u for u in units if u.key not in done]
+    wanted = set(keys)  # the ledger may hold other runs' units too (another sweep, a wider grid): not counted
     bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=desc, disable=None, dynamic_ncols=True)
 
     def finish(unit: Unit, result: dict[str, Any]) -> None:
@@ -195,7 +196,7 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
         _append(ledger, entry)
         done[unit.key] = entry
         bar.update(1)
-        log.info("unit %s done in %.0f s (%d of %d)", unit.key, result["seconds"], len(done), len(units))
+        log.info("unit %s done in %.0f s (%d of %d)", unit.key, result["seconds"], len(done.keys() & wanted), len(units))
 
     try:
         if workers <= 1 or len(todo) <= 1:
@@ -203,7 +204,7 @@ def run_units(units: Iterable[Unit], ledger: Path, workers: int = 1, desc: str =
         else:
             _run_parallel(todo, min(workers, len(todo)), finish, devices)
     except Stopped as stop:  # the stop line says what is kept (main.py adds the resume command)
-        kept = read_ledger(ledger).keys() & set(keys)  # the ledger itself: a signal may land between its line and `done`
+        kept = read_ledger(ledger).keys() & wanted  # the ledger itself: a signal may land between its line and `done`
         stop.saved = f"{len(kept)} of {len(units)} {desc} finished and kept in {ledger}"
         raise
     finally:

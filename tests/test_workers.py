@@ -61,6 +61,14 @@ def test_a_rerun_skips_finished_units_and_refuses_changed_ones(tmp_path: Path) -
         run_units(changed, ledger)
 
 
+def test_the_progress_line_counts_this_runs_units_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ledger = tmp_path / "l.jsonl"
+    run_units(units(3), ledger)  # another run's units in the same ledger
+    caplog.set_level("INFO", logger="wpl")
+    run_units([*units(1), Unit("v0", "tests.test_workers:seeded_draw", {"seed": 9, "pause": 0.0})], ledger)
+    assert [r.getMessage().split(" (")[-1] for r in caplog.records if "done in" in r.getMessage()] == ["2 of 2)"]
+
+
 def draw_from(seed: int, options: dict[str, object]) -> dict[str, float]:
     """A unit target with a data location among its options (it reads nothing there)."""
     return seeded_draw(seed)
