@@ -65,6 +65,7 @@ def test_the_progress_line_counts_this_runs_units_only(tmp_path: Path, caplog: p
     ledger = tmp_path / "l.jsonl"
     run_units(units(3), ledger)  # another run's units in the same ledger
     caplog.set_level("INFO", logger="wpl")
+    caplog.clear()  # the first run's lines, where an earlier test left the logger at INFO
     run_units([*units(1), Unit("v0", "tests.test_workers:seeded_draw", {"seed": 9, "pause": 0.0})], ledger)
     assert [r.getMessage().split(" (")[-1] for r in caplog.records if "done in" in r.getMessage()] == ["2 of 2)"]
 
