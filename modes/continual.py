@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.lifecycle import run_path
-from options.plugin import StrategyOptions
+from options.plugin import Strength, StrategyOptions
 from regularizers import REGULARIZERS
 from utils import UserError
 
@@ -41,12 +41,17 @@ def strength_table(name: str) -> dict[str, dict[str, dict[str, float]]]:
     return table
 
 
-def tuned_values(strategy: str, protocol: str, scenario: str) -> dict[str, float] | None:
-    """The values chosen on the validation split for ``strategy`` in this protocol and scenario, or ``None`` where
-    its declaration's tuned table does not hold them."""
+def declared_strength(strategy: str) -> Strength:
     strength = strategy_options()[strategy].strength
     if strength is None:
         raise KeyError(f"--strategies={strategy} declares no strength")
+    return strength
+
+
+def tuned_values(strategy: str, protocol: str, scenario: str) -> dict[str, float] | None:
+    """The values chosen on the validation split for ``strategy`` in this protocol and scenario, or ``None`` where
+    its declaration's tuned table does not hold them."""
+    strength = declared_strength(strategy)
     return strength_table(strength.tuned).get(protocol, {}).get(scenario) if strength.tuned else None
 
 
@@ -54,12 +59,7 @@ def scenario_values(strategy: str, protocol: str, scenario: str, source: str = "
     """The values for ``strategy`` in ``scenario`` (``strength``, and ``gamma`` for online EWC): the published
     protocol's, or with ``source="tuned"`` the tuned ones where they exist (:func:`tuned_values`)."""
     tuned = tuned_values(strategy, protocol, scenario) if source == "tuned" else None
-    if tuned is not None:
-        return tuned
-    table = strategy_options()[strategy].strength
-    if table is None:
-        raise KeyError(f"--strategies={strategy} declares no strength")
-    return strength_table(table.table)[protocol][scenario]
+    return strength_table(declared_strength(strategy).table)[protocol][scenario] if tuned is None else tuned
 
 
 def resolved_values(args: argparse.Namespace) -> dict[str, dict[str, float]]:

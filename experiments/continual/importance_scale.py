@@ -31,27 +31,22 @@ REFERENCE = "ewc"
 def measure(protocol: str, scenario: str, strategies: Sequence[str], seed: int, data_dir: str,
             extra: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Per strategy: strength, penalty scale, summed and largest trunk importance after task 0, and the trace."""
-    from data.tasks import build_sequence
-    from experiments.continual.protocol import BASE_SEED, protocol_config, sequence_settings
+    from tqdm import tqdm
+
+    from experiments.continual.protocol import BASE_SEED, protocol_config, sequence_settings, unit_sequence
     from experiments.continual.run import build_model, fresh_run, train_task
     from utils import UserError
 
-    class Quiet:  # train_task reports progress to a bar; one task needs none
-        def update(self, n: int) -> None: ...
-        def set_postfix(self, **kwargs: Any) -> None: ...
-
     benchmark, cfg = protocol_config(protocol, scenario, [f"--strategies={','.join(strategies)}", *extra])
-    order = sequence_settings(extra)  # the digit pairs and held-out fraction a protocol unit would use
-    shuffled = order.get("task_order") == "shuffled"
-    seq = build_sequence(benchmark, scenario, data_dir, seed=seed if shuffled else BASE_SEED, eval_split="valid",
-                         task_order=order.get("task_order", "fixed"), valid_fraction=order.get("valid_fraction", 0.1))
+    order = {**sequence_settings(extra), "eval_split": "valid"}  # the digit pairs a protocol unit would use
+    seq = unit_sequence(benchmark, scenario, data_dir, seed, BASE_SEED, **order)
     init = build_model(seq, cfg, seed).state_dict()
     rows = []
     for strategy in strategies:
         model, optim, reg = fresh_run(seq, cfg, seed, strategy, init)
         if reg is None:
             raise UserError(f"--strategies={strategy} has no importance to measure")
-        train_task(model, optim, reg, strategy, seq, 0, cfg, seed, [], 0, Quiet())
+        train_task(model, optim, reg, strategy, seq, 0, cfg, seed, [], 0, tqdm(disable=True))
         trunk = [f for g in model.groups() if g.startswith("trunk.") for f in reg.importance[g]]
         total = float(sum(float(f.double().sum()) for f in trunk))
         scale = float(reg.penalty_scale())

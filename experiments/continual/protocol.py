@@ -31,9 +31,12 @@ import argparse
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from experiments.workers import Unit, add_ledger_options, protocol_cli, run_units
+
+if TYPE_CHECKING:
+    from data.tasks import TaskSequence
 
 BASE_SEED = 12345  # --random_seed's default: seed k of the protocol is BASE_SEED + k
 DEFAULT_STRATEGIES = "none,ewc,online_ewc,si,mas,wpl"  # the protocol's --strategies (run.strategies(): every one known)
@@ -96,18 +99,27 @@ def units(protocol: str, scenario: str, strategies: Sequence[str], seeds: int, d
     return out
 
 
+def unit_sequence(benchmark: str, scenario: str, data_dir: str, seed: int, sequence_seed: int, task_order: str = "fixed",
+                  eval_split: str = "test", valid_fraction: float = 0.1) -> TaskSequence:
+    """A unit's task sequence: the fixed digit pairs drawn from ``sequence_seed``, or a shuffled order from the unit's
+    own ``seed``."""
+    from data.tasks import build_sequence
+
+    return build_sequence(benchmark, scenario, data_dir, seed=seed if task_order == "shuffled" else sequence_seed,
+                          task_order=task_order, eval_split=eval_split, valid_fraction=valid_fraction)
+
+
 def run_unit(benchmark: str, scenario: str, data_dir: str, sequence_seed: int, config: dict[str, Any],
              task_order: str = "fixed", eval_split: str = "test", valid_fraction: float = 0.1) -> dict[str, Any]:
     """One strategy on one seed over the whole sequence: its accuracy matrix, curve, time and metrics; ``tasks``
     names the digit pairs in the order trained (a shuffled order draws them from the unit's seed); ``eval_split``
     says what the metrics measure (``data.tasks.holdout``)."""
-    from data.tasks import build_sequence
     from experiments.continual.run import ContinualConfig, run_experiment
     from experiments.continual.report import run_metrics
 
     cfg = ContinualConfig(**{**config, "betas": tuple(config["betas"])})
-    seq = build_sequence(benchmark, scenario, data_dir, seed=cfg.first_seed if task_order == "shuffled" else sequence_seed,
-                         task_order=task_order, eval_split=eval_split, valid_fraction=valid_fraction)
+    seq = unit_sequence(benchmark, scenario, data_dir, cfg.first_seed, sequence_seed, task_order, eval_split,
+                        valid_fraction)
     runs = run_experiment(lambda _: seq, cfg, None, lambda _: None, lambda _: None)["runs"]
     (strategy,), seed = cfg.strategies, cfg.first_seed
     run = runs[f"{strategy}/{seed}"]

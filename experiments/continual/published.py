@@ -132,6 +132,11 @@ def strengths_line(entries: Sequence[dict[str, Any]], protocol: str, scenario: s
             "validation split, TUNED_STRENGTHS): " + ("; ".join(parts) if parts else "none") + ".")
 
 
+def options_line(extra: Sequence[str]) -> str:
+    """What a report's units ran with beyond the protocol's options (the ``--`` part of its command), or nothing."""
+    return f"Every unit ran with `{' '.join(extra)}` added to the protocol's options." if extra else ""
+
+
 def report(ledger: Path, out: Path, protocol: str, extra: Sequence[str] = ()) -> str:
     """Summarise ``ledger`` into ``<out>/<ledger name>.md``, ``.json`` and ``.png``; returns the markdown. ``extra``:
     the options its units ran with beyond the protocol's, named in the report."""
@@ -151,8 +156,7 @@ def report(ledger: Path, out: Path, protocol: str, extra: Sequence[str] = ()) ->
     text = "\n\n".join([markdown(summary, title), side_by_side(summary, scenario, len(seeds)),
                         "Published: " + "; ".join(SOURCES.values()) + ". [95 %]: the t interval of the published mean "
                         "rebuilt from its ± and runs; apart: it does not overlap ours. (recalled): not checked against "
-                        "the paper's text.", strengths_line(entries, protocol, scenario)]
-                       + ([f"Every unit ran with `{' '.join(extra)}` added to the protocol's options."] if extra else []))
+                        "the paper's text.", strengths_line(entries, protocol, scenario), options_line(extra)]).rstrip()
     stem = out / ledger.stem
     save_json(stem.with_suffix(".json"), {"ledger": str(ledger), "protocol": protocol, "scenario": scenario,
                                           "seeds": seeds, "units": len(records), "summary": summary})

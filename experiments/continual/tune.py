@@ -227,6 +227,7 @@ def plot(found: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from experiments.continual.published import options_line
     from utils import UserError, save_json
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -271,9 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"{ledger}: no sweep has a seed with every strength finished yet")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        text = markdown(found, args.protocol) + "\n"
-        if args.extra:  # the report alone must say what its units ran with beyond the protocol
-            text += f"\nEvery unit ran with `{' '.join(args.extra)}` added to the protocol's options.\n"
+        text = "\n\n".join([markdown(found, args.protocol), options_line(args.extra)]).rstrip() + "\n"
         save_json(out / f"tune_{args.protocol}.json", found)
         (out / f"tune_{args.protocol}.md").write_text(text)
         plot(found, out / f"tune_{args.protocol}.png")
