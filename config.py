@@ -183,6 +183,14 @@ def build_parser() -> StrictParser:
                         "global average pooling and a linear layer (ENAS)", role=("shape", "search"))
     g.add_argument("--cnn_channels_last", type=str2bool, default=True,
                    help="run the CNN in channels-last memory layout (1.7x faster steps on the CPU; false: NCHW)", role="runtime")
+    g.add_argument("--cnn_cudnn_benchmark", type=b, default=True,
+                   help="on a CUDA device, cuDNN times its convolution algorithms once per new shape and keeps the "
+                        "fastest (the micro-CNN's shapes recur); off under --deterministic", role="runtime")
+    g.add_argument("--cnn_eval_images", type=int, default=-1,
+                   help="most images per CNN inference forward: the reward's, the forgetting metric's and evaluations' "
+                        "batches run together up to this many, each normalised with its own statistics (the logits of "
+                        "one by one, up to rounding); 0: one batch per forward; -1: 1024 on a CUDA device (launch-bound "
+                        "there), 0 on the CPU (larger batches run slower there)", role="runtime")
     g.add_argument("--shared_cnn_lr", type=float, default=0.05,
                    help="CNN shared lr (ENAS micro search: SGD, Nesterov momentum 0.9, cosine from 0.05 to 0.0005); "
                         "the RNN's shared_lr of 20 diverges on images")

@@ -17,16 +17,21 @@ from torch.nn import functional as F
 from benchmarks import bench_util as U
 from benchmarks.bench_util import Size
 
+CNN_REWARD_BATCHES, CNN_ERROR_BATCHES = 20, 4  # the paper command's --nb_batch_reward_controller, --forgetting_eval_batches
+
 
 def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     try:
         import config
         from models import cnn
-        from spaces.cnn import PAPER_OPS, CNNSpaceConfig
+        from spaces.cnn import AUTO_EVAL_IMAGES, PAPER_OPS, CNNSpaceConfig, run_together
     except Exception as err:  # noqa: BLE001 - any import problem means "not available"
         out["cnn"] = f"unavailable: {type(err).__name__}: {err}"
         return
     torch.manual_seed(args.seed)
+    if U.DEVICE.type == "cuda":  # as CNNSpace sets it (--cnn_cudnn_benchmark)
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    out["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     ops = list(PAPER_OPS)
     try:
         style = cnn.CNNStyle.enas() if args.preset == "enas" else cnn.CNNStyle()
@@ -78,6 +83,28 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
 
     eval_batch()
     out["cnn_eval_batch_s"] = U.summary([U.timed(eval_batch) for _ in range(args.reps)])
+    # The reward's 20 batches and the forgetting metric's 4 as CNNSpace runs them: together up to
+    # --cnn_eval_images per forward (default: 1024 on CUDA, one batch at a time on the CPU).
+    cap = args.cnn_eval_images if args.cnn_eval_images >= 0 else AUTO_EVAL_IMAGES.get(U.DEVICE.type, 0)
+    out["cnn_eval_images"] = cap
+    for name, count in (("reward", CNN_REWARD_BATCHES), ("error", CNN_ERROR_BATCHES)):
+        batches = [(images, labels)] * count
+
+        @torch.inference_mode()
+        def evaluate(batches: list[tuple[torch.Tensor, torch.Tensor]] = batches) -> None:
+            model.eval()
+            correct = torch.zeros((), dtype=torch.long, device=U.DEVICE)
+            for x, y, groups in run_together(batches, cap):
+                with amp, cnn.batched(model, groups):
+                    correct += (model(x, arch).argmax(1) == y).sum()
+            int(correct)
+            model.train()
+
+        evaluate()
+        out[f"cnn_{name}_s"] = U.summary([U.timed(evaluate) for _ in range(args.reps)])
+        for key, value in U.profile_counts(evaluate).items():
+            if key != "cell_ops":
+                out[f"cnn_{name}_{key}"] = value
     from models.controller import Controller
 
     where = torch.device("cpu") if args.controller_device == "cpu" else U.DEVICE  # --controller_device

@@ -20,6 +20,8 @@ from torch import Tensor
 import config
 from benchmarks import bench_util as U
 from benchmarks.bench_util import ALPHA, Size
+from models.rnn_cell import Plan
+from models.rnn_graph import ArchTensors, arch_tensors, run_graphed
 from spaces.rnn import RNNSpace, RNNSpaceConfig
 from regularizers.base import HeldOut
 from regularizers.wpl_search import SearchWPL, WPLSearchConfig
@@ -92,6 +94,36 @@ def add_counts(out: dict[str, Any], prefix: str, counts: dict[str, float], step_
     print(f"  {prefix}: " + "  ".join(f"{k} {v:.4g}" for k, v in counts.items()), file=sys.stderr, flush=True)
 
 
+def graph_content_counts(s: Size, plan: Plan, out: dict[str, Any]) -> None:
+    """Operators of the cell's CUDA-graph passes (``models.rnn_graph``) for one BPTT slice, run eagerly
+    on this device: ``*_kernel_ops`` is what a capture holds, i.e. about the kernels one replay runs on
+    a GPU (a few ATen operators launch two). Measurable without a GPU, so a change to the graphed
+    cell's formulation shows its kernel count here first. ``graph_train_*``: training forward and
+    backward; ``graph_infer_*``: the inference pass (rewards, errors, evaluations)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(s.bptt, s.batch, 2 * s.hid, generator=g).to(U.DEVICE).requires_grad_(True)
+    h0 = torch.randn(s.batch, s.hid, generator=g).to(U.DEVICE).requires_grad_(True)
+    weights = [(torch.randn(2 * s.hid, s.hid, generator=g) / s.hid**0.5).to(U.DEVICE).requires_grad_(True)
+               for _ in range(plan.n)]
+    data = ArchTensors(*(t.to(U.DEVICE) for t in arch_tensors(plan)))
+
+    def train() -> None:
+        raw, hidden = run_graphed(None, plan, data, x, h0, weights[0], weights[1:])
+        torch.autograd.grad((raw, hidden), (x, h0, *weights), (torch.ones_like(raw), torch.ones_like(hidden)))
+
+    @torch.no_grad()
+    def infer() -> None:
+        run_graphed(None, plan, data, x, h0, weights[0], weights[1:])
+
+    for key, fn in (("graph_train", train), ("graph_infer", infer)):
+        fn()
+        counts = U.profile_counts(fn)
+        out[f"{key}_ops"], out[f"{key}_kernel_ops"] = counts["ops"], counts["kernel_ops"]
+    print(f"  graph content: training {out['graph_train_kernel_ops']:.0f} computing operators "
+          f"({out['graph_train_ops']:.0f} in all), inference {out['graph_infer_kernel_ops']:.0f} "
+          f"({out['graph_infer_ops']:.0f})", file=sys.stderr, flush=True)
+
+
 def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     trainer, wpl = build_trainer(s, args)
     space = trainer.space
@@ -162,6 +194,8 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["fisher_refresh_batches_cpu"] = U.summary(rec["refresh_ratio_cpu"])
     out["peak_rss_mib_after_rnn"] = U.peak_rss_mib()
     add_counts(out, "rnn_step", U.profile_counts(lambda: shared_batch(trainer, arch, None)), med_plain)
+
+    graph_content_counts(s, Plan(arch, space.model.next_state), out)
 
     # Controller: sampling one architecture, and one REINFORCE step (reward on one validation batch).
     for _ in range(max(1, args.warmup)):

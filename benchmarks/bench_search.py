@@ -68,7 +68,7 @@ from utils import keep_freed_memory
 # and the defaults they rely on: what one search epoch runs, counted in benchmarked units.
 RNN_CMD = dict(shared_steps=60, batches=7, controller_steps=2000, derive_samples=100, save_epoch=30,
                valid_slices=33)  # PTB valid: 73,760 tokens / 64 columns = 1,152 rows, 33 slices of 35
-CNN_CMD = dict(shared_steps=70, batches=7, controller_steps=1000, reward_batches=20, error_batches=4,
+CNN_CMD = dict(shared_steps=70, batches=7, controller_steps=1000,
                derive_samples=100, save_epoch=10, valid_batches=157)  # 5,000 held-out images / 32
 
 
@@ -79,9 +79,10 @@ def projection(out: dict[str, Any]) -> list[str]:
     metric's two ``Space.error`` calls per step, one REINFORCE step per controller step):
         60 x (sample + 7 x WPL batch + Fisher refresh + 2 x error) + 2000 x REINFORCE step
         derive (every 30th epoch) = 100 x error + 33 x valid slice
-    CNN (WPL off: --start_using_fisher=50000; reward on 20 validation batches):
-        70 x (7 x batch + 2 x 4 x eval batch) + 1000 x (20 x eval batch + controller update)
-        derive (every 10th epoch) = (100 x 4 + 157) x eval batch
+    CNN (WPL off: --start_using_fisher=50000; reward on 20 validation batches, error on 4, each run
+    as CNNSpace runs them: together up to --cnn_eval_images per forward):
+        70 x (7 x batch + 2 x error) + 1000 x (reward + controller update)
+        derive (every 10th epoch) = 100 x error + 157 valid batches, run as the reward's 20 are (157/20 rewards)
     """
     med = {k: v["median"] for k, v in out.items() if isinstance(v, dict) and "median" in v}
     lines = []
@@ -99,17 +100,17 @@ def projection(out: dict[str, Any]) -> list[str]:
                   f"  + derive every 30th epoch: {derive:.1f} s [100 x error + 33 x PTB valid slice]"
                   + (f" (measured with --derive-samples {out['derive_samples']}: {med['rnn_derive_s']:.1f} s)"
                      if "rnn_derive_s" in med else "")]
-    if {"cnn_step_s", "cnn_eval_batch_s", "cnn_controller_update_s"} <= med.keys():
-        c, ev = CNN_CMD, med["cnn_eval_batch_s"]
-        shared = c["shared_steps"] * (c["batches"] * med["cnn_step_s"] + 2 * c["error_batches"] * ev)
-        ctrl = c["controller_steps"] * (c["reward_batches"] * ev + med["cnn_controller_update_s"])
-        derive = (c["derive_samples"] * c["error_batches"] + c["valid_batches"]) * ev
+    if {"cnn_step_s", "cnn_eval_batch_s", "cnn_reward_s", "cnn_error_s", "cnn_controller_update_s"} <= med.keys():
+        c = CNN_CMD
+        shared = c["shared_steps"] * (c["batches"] * med["cnn_step_s"] + 2 * med["cnn_error_s"])
+        ctrl = c["controller_steps"] * (med["cnn_reward_s"] + med["cnn_controller_update_s"])
+        derive = c["derive_samples"] * med["cnn_error_s"] + c["valid_batches"] / 20 * med["cnn_reward_s"]
         out["projected_cnn_epoch_s"] = shared + ctrl
         out["projected_cnn_derive_s"] = derive
         lines += [f"CNN command, one epoch: {shared + ctrl:.1f} s = shared phase {shared:.1f} s "
-                  f"[70 x (7 x batch + 2 x 4 x eval batch)] + controller {ctrl:.1f} s "
-                  f"[1000 x (20 x eval batch + controller update)]",
-                  f"  + derive every 10th epoch: {derive:.1f} s [(100 x 4 + 157) x eval batch]"]
+                  f"[70 x (7 x batch + 2 x error)] + controller {ctrl:.1f} s "
+                  f"[1000 x (reward + controller update)]",
+                  f"  + derive every 10th epoch: {derive:.1f} s [100 x error + 157 valid batches, run as 157/20 rewards]"]
     return lines
 
 
@@ -150,12 +151,16 @@ ROWS = [
     ("controller_step_roofline_ratio", "  its reward forward's roofline / step", ""),
     ("controller_step_roofline_ratio_cpu", "  same, from CPU times", ""),
     ("rnn_step_ops", "RNN training batch: dispatched operators", ""),
+    ("rnn_step_kernel_ops", "  of which compute (views, allocations left out)", ""),
     ("rnn_step_cell_ops", "  of which in the cell (one graph on CUDA)", ""),
     ("rnn_step_launches", "  host launches (kernels, graphs, copies)", ""),
     ("rnn_step_kernels", "  device kernels", ""),
     ("rnn_step_syncs", "  host synchronisations", ""),
     ("rnn_step_gpu_busy", "  GPU busy (kernel time / step time)", ""),
+    ("graph_train_kernel_ops", "RNN cell's CUDA-graph content, training slice (computing operators, run eagerly)", ""),
+    ("graph_infer_kernel_ops", "  same, inference slice (the reward's forward)", ""),
     ("controller_step_ops", "REINFORCE step: dispatched operators", ""),
+    ("controller_step_kernel_ops", "  of which compute (views, allocations left out)", ""),
     ("controller_step_cell_ops", "  of which in the cell (one graph on CUDA)", ""),
     ("controller_step_launches", "  host launches (kernels, graphs, copies)", ""),
     ("controller_step_kernels", "  device kernels", ""),
@@ -169,6 +174,15 @@ ROWS = [
     ("cnn_images_per_s", "CNN images/s", ""),
     ("cnn_images_per_cpu_s", "CNN images per CPU second", ""),
     ("cnn_eval_batch_s", "CNN eval batch (inference)", " s"),
+    ("cnn_eval_images", "CNN images per inference forward (--cnn_eval_images; 0: one batch)", ""),
+    ("cnn_reward_s", "CNN reward: 20 eval batches as the space runs them", " s"),
+    ("cnn_reward_ops", "  dispatched operators", ""),
+    ("cnn_reward_kernel_ops", "  of which compute (views, allocations left out)", ""),
+    ("cnn_reward_launches", "  host launches (kernels, graphs, copies)", ""),
+    ("cnn_reward_kernels", "  device kernels", ""),
+    ("cnn_reward_syncs", "  host synchronisations", ""),
+    ("cnn_error_s", "CNN Space.error: 4 eval batches as the space runs them", " s"),
+    ("cnn_error_ops", "  dispatched operators", ""),
     ("cnn_controller_update_s", "CNN controller update (no reward)", " s"),
     ("peak_gpu_mib_after_rnn", "peak GPU memory after the RNN part", " MiB"),
     ("peak_gpu_mib", "peak GPU memory", " MiB"),
@@ -202,6 +216,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--controller-device", choices=("cpu", "model"), default="cpu",
                    help="where the controller runs, as main.py's --controller_device (model: the --device)")
     p.add_argument("--nchw", action="store_true", help="run the CNN in NCHW layout (--cnn_channels_last=false)")
+    p.add_argument("--cnn_eval_images", type=int, default=-1,
+                   help="as main.py's: images per CNN inference forward (-1: the device's default; 0: one batch)")
+    p.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
+                   help="CUDA: leave cuDNN's autotuning off (main.py's --cnn_cudnn_benchmark=False)")
     p.add_argument("--plain-cell", action="store_true",
                    help="run the RNN cell step by step with ordinary autograd ops (SharedRNN.fused=False): "
                         "the formulation of the paper's code, the 'before' of the fused cell")

@@ -189,12 +189,23 @@ LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaun
             "cudaMemcpyAsync", "cudaMemsetAsync")
 
 
+# ATen operators that launch no kernel: views and allocations; and those that compute only when they
+# must copy, which then shows as a computing operator nested below them (not so: ``to`` a dtype a tensor
+# already has, a ``reshape`` that is a ``view``).
+NO_KERNEL = frozenset(f"aten::{name}" for name in (
+    "view", "select", "slice", "transpose", "t", "as_strided", "unsqueeze", "squeeze", "expand", "expand_as",
+    "permute", "alias", "detach", "narrow", "unbind", "split", "chunk", "view_as", "_unsafe_view",
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize_", "lift_fresh"))
+COPY_IF_NEEDED = frozenset(("aten::to", "aten::reshape", "aten::contiguous", "aten::type_as"))
+
+
 def profile_counts(fn: Callable[[], Any]) -> dict[str, float]:
     """What one call of ``fn`` dispatches, from ``torch.profiler``: measurable without a GPU.
 
-    * ``ops``: outermost ATen operators (each one a kernel launch or more on a GPU, the per-op
-      Python and dispatcher cost on any device); ``cell_ops``: those inside the RNN cell (its
-      forward and its autograd node), the part a CUDA graph replays in one launch;
+    * ``ops``: outermost ATen operators (the per-op Python and dispatcher cost on any device);
+      ``kernel_ops``: those of them that compute (views and allocations left out: ``NO_KERNEL``),
+      each one kernel or more on a GPU; ``cell_ops``: those inside the RNN cell (its forward and its
+      autograd node), the part a CUDA graph replays in one launch;
     * on CUDA also ``launches`` (kernel, graph, copy and memset launches the host made), ``kernels``
       (device activities, graph-replayed kernels included where the profiler sees them),
       ``kernel_s`` (their summed time) and ``syncs`` (host synchronisations, counted by
@@ -208,7 +219,7 @@ def profile_counts(fn: Callable[[], Any]) -> dict[str, float]:
         fn()
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
-    counts = {"ops": 0.0, "cell_ops": 0.0}
+    counts = {"ops": 0.0, "kernel_ops": 0.0, "cell_ops": 0.0}
     kernels, kernel_us, launches = 0, 0.0, 0
     for e in prof.events():
         if e.device_type == DeviceType.CUDA:
@@ -228,6 +239,8 @@ def profile_counts(fn: Callable[[], Any]) -> dict[str, float]:
             parent = parent.cpu_parent
         if not nested:
             counts["ops"] += 1
+            counts["kernel_ops"] += e.name not in NO_KERNEL and (
+                e.name not in COPY_IF_NEEDED or any(c.name not in NO_KERNEL for c in e.cpu_children))
             counts["cell_ops"] += in_cell
     if DEVICE.type == "cuda":
         counts.update(launches=launches, kernels=kernels, kernel_s=kernel_us / 1e6, syncs=count_syncs(fn))

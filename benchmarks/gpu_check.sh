@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One prepared check of a fresh GPU machine, from the repository root, in under 8 minutes:
-#   install -> the GPU -> python -m pytest -m cuda -> bench_search.py at paper size in four settings
+#   install -> the GPU -> python -m pytest -m cuda -> bench_search.py at paper size in five settings
 #   (fp32 with TF32 and bf16 --amp, the RNN cell as CUDA graphs and the controller on the CPU, the
-#   defaults; then the eager cell with the controller on the GPU, the defaults before, plain and
-#   --compile'd) -> a summary with kernels and launches per step, GPU busy fraction and projections.
+#   defaults; the eager cell with the controller on the GPU, the defaults before; and the CNN part
+#   twice more: one inference batch per forward (--cnn_eval_images 0) and without cuDNN's autotuning,
+#   the CNN defaults before) -> a summary with kernels and launches per step, GPU busy fraction and
+#   projections.
 # It runs with whatever torch the machine has (offline GPU images cannot install the pinned one)
 # and says which.
 # Every phase has its own time limit and a failing phase does not stop the others.
@@ -20,15 +22,15 @@ OUT=${GPU_CHECK_OUT:-gpu_check_out}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
-# Time limits (s): install 60 + tests 180 + 2 x 70 + 80 + 100 = 560 s at most, plus nvidia-smi.
+# Time limits (s): install 60 + tests 180 + 2 x 70 + 80 + 2 x 45 = 550 s at most, plus nvidia-smi.
 if [ "$SIZE" = tiny ]; then  # the pipeline's smoke test: a few cheap CUDA tests, one repetition each
     BENCH=(--size tiny --reps 1 --warmup 0 --derive-samples 3 --threads 1)
     TESTS=(-m cuda -k "fused_cell_matches or wpl_on_the_device")
-    LIMIT_TEST=60; LIMIT_BENCH=30; LIMIT_EAGER=30; LIMIT_COMPILE=30
+    LIMIT_TEST=60; LIMIT_BENCH=30; LIMIT_EAGER=30; LIMIT_CNN=30
 else
     BENCH=(--size paper --reps 3 --warmup 1 --derive-samples 100)
     TESTS=(-m cuda)
-    LIMIT_TEST=180; LIMIT_BENCH=70; LIMIT_EAGER=80; LIMIT_COMPILE=100
+    LIMIT_TEST=180; LIMIT_BENCH=70; LIMIT_EAGER=80; LIMIT_CNN=45
 fi
 SUMMARY=()
 START=$(date +%s)
@@ -71,14 +73,15 @@ TEST_ENV=()
 [ "$DEVICE" = cpu ] && TEST_ENV=(env CUDA_TESTS_ON_CPU=1)
 phase cuda_tests "$LIMIT_TEST" "${TEST_ENV[@]}" $PY -m pytest "${TESTS[@]}" -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_graphs.py tests/test_cuda_cnn.py
 
-VARIANTS=(fp32_tf32 bf16 eager_fp32_tf32 eager_fp32_tf32_compile)
+VARIANTS=(fp32_tf32 bf16 eager_fp32_tf32 cnn_one_batch cnn_no_autotune)
 for variant in "${VARIANTS[@]}"; do
     flags=(--device "$DEVICE" --json "$OUT/bench_$variant.json")
     [ "$DEVICE" = cuda ] && flags+=(--tf32)
     limit=$LIMIT_BENCH
     case $variant in bf16*) flags+=(--amp) ;; esac
     case $variant in eager*) flags+=(--eager-cell --controller-device model --reps 2); limit=$LIMIT_EAGER ;; esac
-    case $variant in *compile) flags+=(--compile --parts rnn); limit=$LIMIT_COMPILE ;; esac
+    case $variant in cnn_*) flags+=(--parts cnn); limit=$LIMIT_CNN ;; esac
+    case $variant in cnn_one_batch) flags+=(--cnn_eval_images 0) ;; cnn_no_autotune) flags+=(--no-cudnn-benchmark) ;; esac
     phase "$variant" "$limit" $PY -m benchmarks.bench_search "${BENCH[@]}" "${flags[@]}"
 done
 
@@ -91,10 +94,12 @@ from pathlib import Path
 rows = [("rnn_step_s", "shared batch s"), ("rnn_step_kernels", "kernels"), ("rnn_step_launches", "launches"),
         ("rnn_step_gpu_busy", "GPU busy"), ("wpl_step_s", "+WPL s"), ("controller_step_s", "REINFORCE s"),
         ("controller_step_launches", "launches"), ("controller_step_syncs", "syncs"), ("rnn_derive_s", "RNN derive s"),
-        ("cnn_step_s", "CNN batch s"), ("peak_gpu_mib", "peak GPU MiB"), ("projected_rnn_epoch_s", "RNN epoch s"),
+        ("graph_train_kernel_ops", "graph train"), ("graph_infer_kernel_ops", "graph infer"),
+        ("cnn_step_s", "CNN batch s"), ("cnn_eval_batch_s", "CNN eval s"), ("cnn_reward_s", "CNN reward s"),
+        ("cnn_reward_kernels", "kernels"), ("peak_gpu_mib", "peak GPU MiB"), ("projected_rnn_epoch_s", "RNN epoch s"),
         ("projected_cnn_epoch_s", "CNN epoch s")]
 print("\n" + f"{'setting':24s}" + "".join(f"{label:>13s}" for _, label in rows))
-for variant in ("fp32_tf32", "bf16", "eager_fp32_tf32", "eager_fp32_tf32_compile"):
+for variant in ("fp32_tf32", "bf16", "eager_fp32_tf32", "cnn_one_batch", "cnn_no_autotune"):
     path = Path(sys.argv[1]) / f"bench_{variant}.json"
     if not path.is_file():
         print(f"{variant:24s} (no result)")
@@ -108,9 +113,12 @@ for variant in ("fp32_tf32", "bf16", "eager_fp32_tf32", "eager_fp32_tf32_compile
     print(f"{variant:24s}" + "".join(cells))
 print("\nEpoch projections: medians of the step times above times the counts of the paper's commands (RNN: "
       "60 x (sample + 7 WPL batches + Fisher refresh + 2 forgetting errors) + 2000 REINFORCE steps; CNN: "
-      "70 x (7 batches + 8 eval batches) + 1000 x (20 eval batches + controller update)); derives are extra, "
+      "70 x (7 batches + 2 errors of 4 eval batches) + 1000 x (reward of 20 eval batches + controller update), "
+      "the eval batches run together up to --cnn_eval_images per forward); derives are extra, "
       "see each phase's log and benchmarks/README.md. kernels/launches/syncs: one shared batch and one REINFORCE "
       "step under torch.profiler (launches: host-side kernel, graph and copy launches); GPU busy: their kernel time "
-      "over the unprofiled step time. eager_*: the cell eager and the controller on the GPU (the defaults before "
-      "--cuda_graphs and --controller_device); *_compile: RNN part only.")
+      "over the unprofiled step time; graph train/infer: the computing operators one BPTT slice's CUDA graphs hold "
+      "(counted eagerly, as on a CPU). eager_*: the cell eager and the controller on the GPU (the defaults before "
+      "--cuda_graphs and --controller_device); cnn_*: CNN part only, one eval batch per forward or without "
+      "cudnn.benchmark.")
 EOF

@@ -40,14 +40,15 @@ penalty can prevent.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from models.cnn_ops import DEPTHWISE, OPS, FactorizedReduce, batch_norm, cat_channels, make_op, relu_conv_bn
+from models.cnn_ops import DEPTHWISE, OPS, BatchStatsNorm, FactorizedReduce, batch_norm, cat_channels, make_op, relu_conv_bn
 
 __all__ = ["OPS", "CNNArch", "CNNStyle", "Cell", "FactorizedReduce", "SharedCNN", "cat_channels", "live_nodes", "make_op"]
 
@@ -130,6 +131,21 @@ def encode(arch: CNNArch, normal_ops: Sequence[str], reduce_ops: Sequence[str]) 
         for (i, a), (k, b) in cell:
             tokens += [i, index[a], k, index[b]]
     return tokens
+
+
+@contextmanager
+def batched(model: nn.Module, groups: int) -> Iterator[None]:
+    """Within it, a forward of ``model`` (a ``SharedCNN``, pruned, averaged or wrapped) takes its images as
+    ``groups`` equal batches, each normalised with its own statistics (``BatchStatsNorm``): the logits
+    are those of the batches run one by one."""
+    norms = [m for m in model.modules() if isinstance(m, BatchStatsNorm)]
+    for m in norms:
+        m.groups = groups
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.groups = 1
 
 
 def live_nodes(cell: CellSpec, output: str) -> list[int]:

@@ -26,9 +26,38 @@ OPS = ("identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5", "sep_co
 DEPTHWISE = ("grouped", "separable")
 
 
-def batch_norm(channels: int, affine: bool) -> nn.BatchNorm2d:
+class BatchStatsNorm(nn.BatchNorm2d):
+    """Batch norm on batch statistics only (``models.cnn`` explains why), optionally per group of images.
+
+    With ``groups = G > 1`` an input of ``G * B`` images is ``G`` batches run together: each is
+    normalised with its own statistics, as if it had been run alone. That is how the reward and the
+    forgetting metric run their 20 or 4 validation batches in one forward (``models.cnn.batched``):
+    on a GPU the micro-CNN is launch-bound, and one forward launches what one batch does. The
+    grouped path is the same arithmetic as ``F.batch_norm``'s (biased variance, ``eps``), in another
+    order of operations; ``groups = 1`` is ``nn.BatchNorm2d`` itself.
+    """
+
+    groups: int = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.groups == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        if n % self.groups:
+            raise ValueError(f"{n} images are not {self.groups} equal batches")
+        xg = x.view(self.groups, n // self.groups, c, h, w)  # splits the outermost dimension: any layout
+        var, mean = torch.var_mean(xg, dim=(1, 3, 4), correction=0, keepdim=True)
+        scale = (var + self.eps).rsqrt_()  # (groups, 1, c, 1, 1): few, tiny kernels
+        if self.weight is not None:
+            scale = scale * self.weight.view(1, 1, c, 1, 1)
+        bias = self.bias.view(1, 1, c, 1, 1) if self.bias is not None else torch.zeros_like(scale)
+        shift = torch.addcmul(bias, mean, scale, value=-1)
+        return torch.addcmul(shift, xg, scale).view(n, c, h, w)  # the one pass over the images
+
+
+def batch_norm(channels: int, affine: bool) -> BatchStatsNorm:
     """Batch norm on batch statistics only (``models.cnn`` explains why)."""
-    return nn.BatchNorm2d(channels, affine=affine, track_running_stats=False)
+    return BatchStatsNorm(channels, affine=affine, track_running_stats=False)
 
 
 class _ChannelCat(torch.autograd.Function):

@@ -8,10 +8,12 @@ So here the architecture is data, not control flow:
 
 * node ``j`` reads its parent's state with ``index_select`` on a (nodes, batch, hid) buffer, the
   parent index being a device tensor;
-* its activation is chosen with ``torch.where`` among the four candidates (each computed by the same
-  kernel as the eager cell, so the selected values are bit for bit the eager ones);
+* its activation is one ``index_select`` from a scratch buffer where the matmul wrote its input and
+  the three other candidates sit beside it (each computed by the same kernel as the eager cell, so
+  the selected values are bit for bit the eager ones); the backward picks the derivative the same way;
 * the loose ends are averaged with a 0/1 mask over the nodes, and in the backward each node gathers
-  its children's gradients with one (1 x n) @ (n x batch*hid) product over a 0/1 child matrix;
+  its children's gradients and its share of the output's with one (1 x n+1) @ (n+1 x batch*hid)
+  product over a 0/1 matrix;
 * the weights of every node are stacked into one (n, 2 hid, hid) tensor.
 
 The same kernels then serve every sampled cell of a given shape (time steps, batch, width, nodes,
@@ -32,37 +34,37 @@ from torch import Tensor
 from models.rnn_cell import Plan, _clip_scale, _mm, clip_backward
 
 ACT_ORDER = ("tanh", "sigmoid", "ReLU", "identity")
+# Where each activation's value sits in the forward's per-node scratch (batch, 6, hid): the matmul's two
+# halves (gate input, then the activation input ``a``: the identity's value), their sigmoids (the
+# gate, sigmoid(a): one kernel), tanh(a), relu(a); and its derivative in the backward's scratch
+# (batch, 4, hid): the identity's (the incoming gradient), then tanh's, sigmoid's, relu's.
+FORWARD_SLOT = {"tanh": 4, "sigmoid": 3, "ReLU": 5, "identity": 1}
+BACKWARD_SLOT = {"tanh": 1, "sigmoid": 2, "ReLU": 3, "identity": 0}
 
 
 class ArchTensors(NamedTuple):
     """An architecture as tensors (all on the CPU until copied into a graph's inputs)."""
 
     parent: Tensor  # (n,) int64: each node's parent (node 0: 0, unused; it reads the previous state)
-    act: Tensor  # (n, 4) bool: one-hot over ACT_ORDER
+    fwd_slot: Tensor  # (n,) int64: where node j's activation value sits in the forward's scratch
+    bwd_slot: Tensor  # (n,) int64: where its derivative times the gradient sits in the backward's
     loose: Tensor  # (n,) float: 1 on the loose ends
     inv_k: Tensor  # () float: 1 / number of loose ends
-    child: Tensor  # (n, n) float: child[p, c] = 1 where node c reads node p
+    child: Tensor  # (n, n + 1) float: child[p, c] = 1 where node c reads node p; child[p, n] = loose[p]
 
 
 def arch_tensors(plan: Plan) -> ArchTensors:
     n = plan.n
     parent = torch.tensor([max(p, 0) for p in plan.parents], dtype=torch.int64)
-    act = torch.zeros(n, len(ACT_ORDER), dtype=torch.bool)
-    for j, name in enumerate(plan.acts):
-        act[j, ACT_ORDER.index(name)] = True
+    fwd = torch.tensor([FORWARD_SLOT[a] for a in plan.acts], dtype=torch.int64)
+    bwd = torch.tensor([BACKWARD_SLOT[a] for a in plan.acts], dtype=torch.int64)
     loose = torch.zeros(n)
     loose[list(plan.loose)] = 1.0
-    child = torch.zeros(n, n)
+    child = torch.zeros(n, n + 1)
     for c in range(1, n):
         child[plan.parents[c], c] = 1.0
-    return ArchTensors(parent, act, loose, torch.tensor(1.0 / len(plan.loose)), child)
-
-
-def _select(act: Tensor, j: int, values: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
-    """The candidate ``values`` (in ACT_ORDER) picked by node ``j``'s one-hot row: exact selection."""
-    out = torch.where(act[j, 2], values[2], values[3])
-    out = torch.where(act[j, 1], values[1], out)
-    return torch.where(act[j, 0], values[0], out)
+    child[:, n] = loose
+    return ArchTensors(parent, fwd, bwd, loose, torch.tensor(1.0 / len(plan.loose)), child)
 
 
 def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: Tensor, save: bool
@@ -70,18 +72,25 @@ def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: T
     """Forward through every time step, as ``rnn_cell._unroll`` but with ``arch`` as data.
 
     ``weights`` is (n, 2 hid, hid): node 0's hidden-to-hidden matrix, then each node's edge matrix.
+    Per node and step, inference runs 7 kernels: the parent's gather, the matmul (into the scratch's
+    first two slots), both sigmoids in one, tanh and relu, one gather of the chosen activation, and the
+    highway mix ``h_in + c * (f - h_in)`` as one ``lerp``. Training runs 9: it keeps the gate (a copy)
+    and the mix's difference for the backward, so the mix is a subtraction and an ``addcmul``.
     Returns ``(raw, hidden)`` and, with ``save``, the buffers the backward reads:
-    ``nodes, gates, acts`` (time, n, batch, hid), ``states`` (time + 1, batch, hid), ``norms``.
+    ``nodes, gates, acts, diffs`` (time, n, batch, hid), ``states`` (time + 1, batch, hid), ``norms``.
     """
     steps, batch, hid = x_proj.size(0), h0.size(0), h0.size(1)
     n = weights.size(0)
     new = h0.new_empty
     keep = steps if save else 1
-    nodes, gates, acts = new(keep, n, batch, hid), new(keep, n, batch, hid), new(keep, n, batch, hid)
+    nodes, acts = new(keep, n, batch, hid), new(keep, n, batch, hid)
+    gates, diffs = (new(keep, n, batch, hid) if save else nodes for _ in range(2))  # training only
     states = new(steps + 1 if save else 2, batch, hid)
     norms = new(steps if save else 1, batch, 1)
     raw = new(steps, batch, hid)
-    pre = new(batch, 2 * hid)
+    scratch = new(batch, 6, hid)  # gate input, a, the gate, sigmoid(a), tanh(a), relu(a)
+    pre = scratch[:, :2].view(batch, 2 * hid)  # the matmul's output, in place
+    a, both, gate = scratch[:, 1], scratch[:, 2:4], scratch[:, 2]
     states[0].copy_(h0)
     w_t = weights.transpose(1, 2)
     loose = arch.loose.to(h0.dtype).view(n, 1, 1)
@@ -91,10 +100,16 @@ def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: T
         for j in range(n):
             h_in = h_prev if j == 0 else nodes[s].index_select(0, arch.parent[j:j + 1])[0]
             _mm(h_in, w_t[j], pre, x_proj[t] if j == 0 else None)
-            torch.sigmoid(pre[:, :hid], out=gates[s, j])
-            a = pre[:, hid:]
-            acts[s, j].copy_(_select(arch.act, j, (torch.tanh(a), torch.sigmoid(a), torch.clamp(a, min=0.0), a)))
-            torch.addcmul(h_in, gates[s, j], acts[s, j] - h_in, out=nodes[s, j])
+            torch.sigmoid(scratch[:, :2], out=both)
+            torch.tanh(a, out=scratch[:, 4])
+            torch.clamp(a, min=0.0, out=scratch[:, 5])
+            torch.index_select(scratch, 1, arch.fwd_slot[j:j + 1], out=acts[s, j].view(batch, 1, hid))
+            if save:
+                gates[s, j].copy_(gate)
+                torch.sub(acts[s, j], h_in, out=diffs[s, j])
+                torch.addcmul(h_in, gates[s, j], diffs[s, j], out=nodes[s, j])
+            else:
+                torch.lerp(h_in, acts[s, j], gate, out=nodes[s, j])
         torch.mul((nodes[s] * loose).sum(0), arch.inv_k, out=raw[t])
         state = nodes[s, n - 1] if last else raw[t]
         norm = torch.linalg.vector_norm(state, dim=-1, keepdim=True, out=norms[s])
@@ -102,42 +117,47 @@ def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: T
     hidden = states[steps if save else steps % 2].clone()
     if not save:
         return raw, hidden
-    return raw, hidden, nodes, gates, acts, states, norms
+    return raw, hidden, nodes, gates, acts, diffs, states, norms
 
 
 def unroll_backward(arch: ArchTensors, last: bool, weights: Tensor, raw: Tensor, nodes: Tensor, gates: Tensor,
-                    acts: Tensor, states: Tensor, norms: Tensor, grad_raw: Tensor, grad_hidden: Tensor
+                    acts: Tensor, diffs: Tensor, states: Tensor, norms: Tensor, grad_raw: Tensor, grad_hidden: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(d_x_proj, d_h0, d_weights)`` of ``unroll``'s outputs, the architecture as data.
 
     The arithmetic of ``rnn_cell._UnrolledCell.backward``: per step, from the last node to the first,
-    each node's gradient is its share of the output's plus what its children sent back.
+    each node's gradient is its share of the output's plus what its children sent back, gathered in
+    one (1 x n+1) @ (n+1 x batch*hid) product over the 0/1 child matrix whose last column is the loose
+    ends (row n of ``contrib`` holds the output's gradient). Per node 10 kernels: that product, the
+    gate's two, the activations' four and one gather of the chosen one, the input's and the matmul.
     """
     steps, batch, hid = raw.shape
     n = weights.size(0)
     new = raw.new_empty
     dpre = new(n, steps, batch, 2 * hid)
-    contrib = raw.new_zeros(n, batch, hid)  # what each node sends to its parent at this step
-    gin, tmp, coef = new(batch, hid), new(batch, hid), new(batch, 1)
+    contrib = raw.new_zeros(n + 1, batch, hid)  # what each node sends to its parent; row n: the output's share
+    flat = contrib.view(n + 1, batch * hid)
+    g, gin, tmp, coef = new(batch, hid), new(batch, hid), new(batch, hid), new(batch, 1)
+    scratch = new(batch, 4, hid)  # g * c (the identity's), then tanh's, sigmoid's and relu's derivatives times it
+    gc = scratch[:, 0]
     dh = grad_hidden.to(raw.dtype).clone()
-    loose = arch.loose.to(raw.dtype)
     child = arch.child.to(raw.dtype)
     for t in range(steps - 1, -1, -1):
         d_state = clip_backward(nodes[t, n - 1] if last else raw[t], norms[t], dh, coef)
-        g_out = (grad_raw[t] if last else grad_raw[t] + d_state) * arch.inv_k
-        contrib.zero_()
+        contrib[:n].zero_()
+        torch.mul(grad_raw[t] if last else grad_raw[t] + d_state, arch.inv_k, out=contrib[n])
         for j in range(n - 1, -1, -1):
-            g = loose[j] * g_out + (child[j] @ contrib.view(n, batch * hid)).view(batch, hid)
+            torch.mm(child[j:j + 1], flat, out=g.view(1, batch * hid))
             if last and j == n - 1:
-                g = g + d_state
-            h_in = states[t] if j == 0 else nodes[t].index_select(0, arch.parent[j:j + 1])[0]
+                g.add_(d_state)
             c, f, d = gates[t, j], acts[t, j], dpre[j, t]
-            torch.mul(torch.sub(f, h_in, out=tmp), g, out=tmp)
+            torch.mul(diffs[t, j], g, out=tmp)
             torch.ops.aten.sigmoid_backward.grad_input(tmp, c, grad_input=d[:, :hid])
-            gc = g * c
-            d[:, hid:].copy_(_select(arch.act, j, (torch.ops.aten.tanh_backward(gc, f),
-                                                   torch.ops.aten.sigmoid_backward(gc, f),
-                                                   torch.ops.aten.threshold_backward(gc, f, 0), gc)))
+            torch.mul(g, c, out=gc)
+            torch.ops.aten.tanh_backward.grad_input(gc, f, grad_input=scratch[:, 1])
+            torch.ops.aten.sigmoid_backward.grad_input(gc, f, grad_input=scratch[:, 2])
+            torch.ops.aten.threshold_backward.grad_input(gc, f, 0, grad_input=scratch[:, 3])
+            torch.index_select(scratch, 1, arch.bwd_slot[j:j + 1], out=d.view(batch, 2, hid)[:, 1:])
             torch.sub(g, gc, out=gin)
             w = weights[j]
             if w.dtype != raw.dtype:  # autocast: the matmul in the weights' precision
@@ -220,16 +240,16 @@ class _GraphedCell(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_raw: Tensor | None, grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:
-        weights, raw, nodes, gates, acts, states, norms, *arch = ctx.saved_tensors
+        weights, raw, nodes, gates, acts, diffs, states, norms, *arch = ctx.saved_tensors
         last = ctx.last
         grad_raw = raw.new_zeros(raw.shape) if grad_raw is None else grad_raw.to(raw.dtype)
         grad_hidden = raw.new_zeros(states.shape[1:]) if grad_hidden is None else grad_hidden
 
-        def bwd(w: Tensor, r: Tensor, nd: Tensor, gt: Tensor, ac: Tensor, st: Tensor, nm: Tensor, gr: Tensor,
-                gh: Tensor, *a: Tensor) -> tuple[Tensor, ...]:
-            return unroll_backward(ArchTensors(*a), last, w, r, nd, gt, ac, st, nm, gr, gh)
+        def bwd(w: Tensor, r: Tensor, nd: Tensor, gt: Tensor, ac: Tensor, df: Tensor, st: Tensor, nm: Tensor,
+                gr: Tensor, gh: Tensor, *a: Tensor) -> tuple[Tensor, ...]:
+            return unroll_backward(ArchTensors(*a), last, w, r, nd, gt, ac, df, st, nm, gr, gh)
 
-        inputs = (weights, raw, nodes, gates, acts, states, norms, grad_raw, grad_hidden, *arch)
+        inputs = (weights, raw, nodes, gates, acts, diffs, states, norms, grad_raw, grad_hidden, *arch)
         graphs: CellGraphs | None = ctx.graphs
         d_x, d_h0, d_w = graphs.run(f"backward-{last}", bwd, inputs) if graphs is not None else bwd(*inputs)
         needs = ctx.needs_input_grad

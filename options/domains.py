@@ -70,7 +70,7 @@ DOMAINS: dict[str, Domain] = {  # config.py's own options; the plug-ins' are in 
     "temporal_activation_regularization_amount": NON_NEGATIVE, "norm_stabilizer_regularization_amount": NON_NEGATIVE,
     "norm_stabilizer_fixed_point": NON_NEGATIVE, "output_classes": COUNT, "cnn_height": COUNT, "cnn_width": COUNT,
     "cnn_input_channels": COUNT, "cnn_final_filter_size": COUNT, "cnn_num_repeat_normal": COUNT,
-    "cnn_num_modules": COUNT, "num_workers": NATURAL, "cnn_hid": COUNT, "shared_cnn_lr": POSITIVE,
+    "cnn_num_modules": COUNT, "cnn_eval_images": Domain(lo=-1, integer=True), "num_workers": NATURAL, "cnn_hid": COUNT, "shared_cnn_lr": POSITIVE,
     "shared_cnn_lr_min": NON_NEGATIVE, "shared_cnn_momentum": PROBABILITY, "shared_cnn_l2_reg": NON_NEGATIVE,
     "shared_cnn_grad_clip": NON_NEGATIVE, "valid_size": COUNT,
     # learning

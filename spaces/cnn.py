@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ log = logging.getLogger("wpl")
 
 PAPER_OPS = ("identity", "avg3x3", "max3x3", "depthwise_3x3", "depthwise_5x5")
 MIN_EVAL_BATCH = 16  # test batches smaller than this (the paper command's size) give noisy batch statistics
+AUTO_EVAL_IMAGES = {"cuda": 1024}  # --cnn_eval_images=-1 per device type (others: 0, one batch per forward)
 STREAM_SALT = {"train": 1, "fisher": 2, "reward": 3, "fixed": 4, "evaluate": 6}  # separates the streams' seeds
 
 
@@ -61,6 +62,8 @@ class CNNSpaceConfig:
     cnn_cell_output: str
     cnn_classifier: str
     cnn_channels_last: bool
+    cnn_eval_images: int
+    cnn_cudnn_benchmark: bool
     batch_size: int
     test_batch_size: int
     forgetting_eval_batches: int
@@ -91,6 +94,9 @@ class CNNSpace:
                                cfg.cnn_num_modules, cfg.cnn_num_repeat_normal, self.normal_ops, self.reduce_ops,
                                cnn_style(cfg), image_size=data.size, channels_last=cfg.cnn_channels_last).to(device)
         self._preprocess = Preprocess(data, device)
+        self._eval_images = cfg.cnn_eval_images if cfg.cnn_eval_images >= 0 else AUTO_EVAL_IMAGES.get(device.type, 0)
+        if device.type == "cuda" and cfg.cnn_cudnn_benchmark and not torch.are_deterministic_algorithms_enabled():
+            torch.backends.cudnn.benchmark = True  # process-wide; only convolutions on CUDA read it
         seed, workers = cfg.random_seed, cfg.num_workers
         self._streams = {
             "train": BatchStream(data.train, cfg.batch_size, self._preprocess, seed=seed, salt=STREAM_SALT["train"],
@@ -184,8 +190,9 @@ class CNNSpace:
         model = self.model if model is None else model
         model.eval()
         correct, total = torch.zeros((), dtype=torch.long, device=self._preprocess.device), 0
-        for images, labels in batches:
-            correct += (model(images, arch).argmax(1) == labels).sum()
+        for images, labels, groups in run_together(batches, self._eval_images):
+            with cnn.batched(model, groups):
+                correct += (model(images, arch).argmax(1) == labels).sum()
             total += len(labels)
         correct_all, total_all = comm.sum_values([int(correct), total])  # one host synchronisation per call
         return int(correct_all), int(total_all)
@@ -228,6 +235,26 @@ class CNNSpace:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, s in self._streams.items():
             s.load_state_dict(state[name])
+
+
+def run_together(batches: Iterable[tuple[Tensor, Tensor]], max_images: int) -> Iterator[tuple[Tensor, Tensor, int]]:
+    """Consecutive batches of one size concatenated, up to ``max_images`` per group (at least one batch):
+    ``(images, labels, number of batches)``, for ``SharedCNN.batched``. Why: on a GPU the micro-CNN's
+    inference is launch-bound, and the reward's 20 batches then cost about what one does."""
+    pending: list[tuple[Tensor, Tensor]] = []
+    for images, labels in batches:
+        if pending and (len(images) != len(pending[0][0]) or (len(pending) + 1) * len(images) > max_images):
+            yield _joined(pending)
+            pending = []
+        pending.append((images, labels))
+    if pending:
+        yield _joined(pending)
+
+
+def _joined(batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, int]:
+    if len(batches) == 1:
+        return batches[0][0], batches[0][1], 1
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]), len(batches)
 
 
 def cnn_dot(arch: CNNArch, output: str) -> str:

@@ -10,6 +10,7 @@ the project dispatches in one training batch (and in one reward forward) and com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -88,3 +89,30 @@ def test_worker_benchmark_records_equal_a_serial_run(tmp_path: Path) -> None:
                               "--json", str(tmp_path / "w.json")])
     assert out["records_equal"] is True
     assert json.loads((tmp_path / "w.json").read_text()) == out
+
+
+def test_profile_counts_tell_computing_operators_from_views() -> None:
+    a, b = torch.randn(4, 6), torch.randn(6, 3)
+    counts = U.profile_counts(lambda: (a.t().t() @ b.view(6, 3)).to(torch.float32).to(torch.float64).sum())
+    # t, t, view, mm, to (a no-op), to (copies), sum: 7 operators, 3 of which compute
+    assert (counts["ops"], counts["kernel_ops"]) == (7, 3)
+
+
+def test_graph_content_counts_per_node_by_hand() -> None:
+    """What the cell's CUDA graphs hold, counted on the CPU: each further node adds, per time step, 7
+    kernels to inference (parent's gather, matmul, both sigmoids, tanh, relu, the activation's gather,
+    lerp) and 19 to training (forward 9: the gate's copy and the mix as sub + addcmul instead of lerp;
+    backward 10: the children's product, the gate's 2, the activations' 4 and their gather, the input's,
+    the matmul), plus 2 per node in the weight gradient (gather, matmul)."""
+    from benchmarks.bench_rnn import graph_content_counts
+    from models.rnn_arch import RNNArch
+    from models.rnn_cell import Plan
+
+    size = dataclasses.replace(U.SIZES["tiny"], bptt=5)
+    counts = []
+    for n in (3, 4):
+        out: dict[str, Any] = {}
+        graph_content_counts(size, Plan(RNNArch(("tanh",) * n, tuple(range(n - 1))), "avg"), out)
+        counts.append(out)
+    assert counts[1]["graph_infer_kernel_ops"] - counts[0]["graph_infer_kernel_ops"] == 7 * 5
+    assert counts[1]["graph_train_kernel_ops"] - counts[0]["graph_train_kernel_ops"] == 19 * 5 + 2

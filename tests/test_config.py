@@ -103,6 +103,7 @@ def test_configs_saved_before_an_option_existed_take_its_legacy_value() -> None:
 RUNTIME_BEFORE = {
     "load_path", "log_dir", "data_dir", "num_gpu", "log_level", "use_tensorboard", "num_workers",
     "resume", "resume_with_new_params", "mode", "comment", "dataset", "max_epoch", "log_step", "cnn_channels_last",
+    "cnn_eval_images", "cnn_cudnn_benchmark",  # how many inference batches run together, cuDNN's autotuning: speed
     "dist_backend", "dist_timeout",  # data-parallel: how this process joins, not what it computes
     "save_on_signal",
 }

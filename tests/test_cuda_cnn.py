@@ -106,3 +106,23 @@ def test_cnn_search_on_the_device_reads_pinned_batches_with_workers(tmp_path: Pa
     assert f"on {DEVICE.type}" in (run / "train.log").read_text()
     assert main.main(["--mode=test", f"--load_path={run}", "--num_gpu=0"]) == 0  # device checkpoint, CPU test
     assert 0 <= json.loads((run / "test_results.json").read_text())["test_acc"] <= 100
+
+
+@pytest.mark.parametrize("layout", [False, True], ids=["nchw", "nhwc"])
+def test_batches_run_together_on_the_device_give_their_own_logits(layout: bool) -> None:
+    """``--cnn_eval_images`` (on by default on CUDA): 20 batches in one forward, each normalised alone,
+    against the same 20 forwards one by one on the device (the grouped batch norm sums in another order:
+    the bound of the CPU's test, tests/test_cnn_batched.py)."""
+    from models.cnn import batched
+
+    torch.manual_seed(0)
+    ops = list(OPS)
+    model = SharedCNN(3, 10, 3, 24, 2, 1, ops, ops, CNNStyle(), image_size=(16, 16), channels_last=layout).to(DEVICE).eval()
+    g = torch.Generator().manual_seed(4)
+    arch = decode([int(torch.randint(n, (1,), generator=g)) for n in decision_sizes(3, len(ops), len(ops))], ops, ops)
+    batches = [(torch.randn(8, 3, 16, 16, generator=g) + k / 10).to(DEVICE) for k in range(20)]
+    with torch.inference_mode():
+        alone = torch.cat([model(b, arch) for b in batches])
+        with batched(model, 20):
+            together = model(torch.cat(batches), arch)
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)

@@ -36,10 +36,11 @@ def test_arch_tensors_by_hand() -> None:
     arch = RNNArch(("tanh", "ReLU", "sigmoid", "identity", "tanh"), (0, 0, 1, 1))  # loose ends 2, 3, 4
     data = arch_tensors(Plan(arch, "avg"))
     assert data.parent.tolist() == [0, 0, 0, 1, 1]
-    assert data.act.float().argmax(1).tolist() == [0, 2, 1, 3, 0]  # ACT_ORDER: tanh, sigmoid, ReLU, identity
-    assert data.act.sum(1).tolist() == [1] * 5
+    # forward scratch: gate input, a, gate, sigmoid(a), tanh(a), relu(a); backward: identity, tanh, sigmoid, relu
+    assert data.fwd_slot.tolist() == [4, 5, 3, 1, 4] and data.bwd_slot.tolist() == [1, 3, 2, 0, 1]
     assert data.loose.tolist() == [0, 0, 1, 1, 1] and float(data.inv_k) == pytest.approx(1 / 3)
-    assert data.child.nonzero().tolist() == [[0, 1], [0, 2], [1, 3], [1, 4]]
+    assert data.child[:, :5].nonzero().tolist() == [[0, 1], [0, 2], [1, 3], [1, 4]]
+    assert torch.equal(data.child[:, 5], data.loose)  # the last column: each node's share of the output
 
 
 def cell_inputs(n: int, seed: int) -> list[torch.Tensor]:
