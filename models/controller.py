@@ -65,12 +65,13 @@ class Controller(nn.Module):
         for t in range(len(self.decision_sizes)):
             state = self.lstm(x, state)
             logp = F.log_softmax(self._logits(state[0], t), dim=-1)
+            probs = logp.exp()
             if tokens is None:
-                action = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+                action = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             else:
                 action = tokens[:, t].to(device)
             chosen.append(action)
             log_probs.append(logp.gather(1, action[:, None]).squeeze(1))
-            entropies.append(-(logp.exp() * logp).sum(-1))
+            entropies.append(-(probs * logp).sum(-1))
             x = self.embed(action + self.offsets[t])
         return Sample(torch.stack(chosen, 1), torch.stack(log_probs, 1), torch.stack(entropies, 1))
