@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--controller-device", choices=("cpu", "model"), default="cpu",
                    help="where the controller runs, as main.py's --controller_device (model: the --device)")
     p.add_argument("--nchw", action="store_true", help="run the CNN in NCHW layout (--cnn_channels_last=false)")
-    p.add_argument("--cnn_eval_images", type=int, default=-1,
+    p.add_argument("--cnn-eval-images", dest="cnn_eval_images", type=int, default=-1,
                    help="as main.py's: images per CNN inference forward (-1: the device's default; 0: one batch)")
     p.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                    help="CUDA: leave cuDNN's autotuning off (main.py's --cnn_cudnn_benchmark=False)")

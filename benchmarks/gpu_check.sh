@@ -3,7 +3,7 @@
 #   install -> the GPU -> python -m pytest -m cuda -> bench_search.py at paper size in five settings
 #   (fp32 with TF32 and bf16 --amp, the RNN cell as CUDA graphs and the controller on the CPU, the
 #   defaults; the eager cell with the controller on the GPU, the defaults before; and the CNN part
-#   twice more: one inference batch per forward (--cnn_eval_images 0) and without cuDNN's autotuning,
+#   twice more: one inference batch per forward (--cnn-eval-images 0) and without cuDNN's autotuning,
 #   the CNN defaults before) -> a summary with kernels and launches per step, GPU busy fraction and
 #   projections.
 # It runs with whatever torch the machine has (offline GPU images cannot install the pinned one)
@@ -81,7 +81,7 @@ for variant in "${VARIANTS[@]}"; do
     case $variant in bf16*) flags+=(--amp) ;; esac
     case $variant in eager*) flags+=(--eager-cell --controller-device model --reps 2); limit=$LIMIT_EAGER ;; esac
     case $variant in cnn_*) flags+=(--parts cnn); limit=$LIMIT_CNN ;; esac
-    case $variant in cnn_one_batch) flags+=(--cnn_eval_images 0) ;; cnn_no_autotune) flags+=(--no-cudnn-benchmark) ;; esac
+    case $variant in cnn_one_batch) flags+=(--cnn-eval-images 0) ;; cnn_no_autotune) flags+=(--no-cudnn-benchmark) ;; esac
     phase "$variant" "$limit" $PY -m benchmarks.bench_search "${BENCH[@]}" "${flags[@]}"
 done
 
