@@ -84,7 +84,8 @@ def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: T
     new = h0.new_empty
     keep = steps if save else 1
     nodes, acts = new(keep, n, batch, hid), new(keep, n, batch, hid)
-    gates, diffs = (new(keep, n, batch, hid) if save else nodes for _ in range(2))  # training only
+    if save:  # what only the backward reads
+        gates, diffs = new(keep, n, batch, hid), new(keep, n, batch, hid)
     states = new(steps + 1 if save else 2, batch, hid)
     norms = new(steps if save else 1, batch, 1)
     raw = new(steps, batch, hid)
@@ -93,7 +94,7 @@ def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: T
     a, both, gate = scratch[:, 1], scratch[:, 2:4], scratch[:, 2]
     states[0].copy_(h0)
     w_t = weights.transpose(1, 2)
-    loose = arch.loose.to(h0.dtype).view(n, 1, 1)
+    mean_row = (arch.loose * arch.inv_k).to(h0.dtype).view(1, n)  # the loose ends' mean as one product
     for t in range(steps):
         s = t if save else 0
         h_prev = states[t if save else t % 2]
@@ -110,7 +111,7 @@ def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: T
                 torch.addcmul(h_in, gates[s, j], diffs[s, j], out=nodes[s, j])
             else:
                 torch.lerp(h_in, acts[s, j], gate, out=nodes[s, j])
-        torch.mul((nodes[s] * loose).sum(0), arch.inv_k, out=raw[t])
+        torch.mm(mean_row, nodes[s].view(n, batch * hid), out=raw[t].view(1, batch * hid))
         state = nodes[s, n - 1] if last else raw[t]
         norm = torch.linalg.vector_norm(state, dim=-1, keepdim=True, out=norms[s])
         torch.mul(state, _clip_scale(norm), out=states[t + 1 if save else (t + 1) % 2])

@@ -40,7 +40,7 @@ def test_the_first_screen_has_a_short_usage_and_the_newcomers_options_with_choic
         assert shown in screen, shown
     for mode, line in config.MODES.about.items():  # every mode with its one line
         assert f"{mode}: {line}" in screen
-    assert "--alpha_fisher" not in screen and "network: 43 options" in screen  # the rest, one line per group
+    assert "--alpha_fisher" not in screen and "network: 45 options" in screen  # the rest, one line per group
 
 
 def test_help_all_lists_every_option_and_choice_metavars(capsys: pytest.CaptureFixture[str]) -> None:
