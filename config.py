@@ -293,6 +293,10 @@ def build_parser() -> StrictParser:
     g.add_argument("--cuda_graphs", type=b, default=True,
                    help="on a CUDA device, run the RNN cell as CUDA graphs with the architecture as data, one capture "
                         "per shape (models/rnn_graph.py); False: the eager cell (or --compile's kernels)")
+    g.add_argument("--cuda_graph_fusion", type=b, default=False,
+                   help="with --cuda_graphs, each node's elementwise work in the graphed RNN cell is one kernel compiled "
+                        "by torch.compile (Triton): 3 kernels per node and step in inference instead of 7, 6 in training "
+                        "instead of 19 (models/rnn_graph_fused.py; off until measured on a GPU)")
     g.add_argument("--use_tensorboard", type=b, default=True, help="write TensorBoard events", role="runtime")
     g.add_argument("--save_on_signal", type=b, default=False,
                    help="on SIGTERM/SIGINT write latest.pt at the next step before stopping (a resume restarts that epoch)",

@@ -50,6 +50,7 @@ class TrainerConfig:
     amp: bool  # speed options (GPU; see models/rnn.py)
     compile: bool
     cuda_graphs: bool
+    cuda_graph_fusion: bool
 
 
 class Trainer:
@@ -71,7 +72,7 @@ class Trainer:
             else:
                 log.warning("--compile: %s has no compiled path; running eagerly", type(space.model).__name__)
         if cfg.cuda_graphs and hasattr(space.model, "enable_cuda_graphs"):  # --cuda_graphs: only on a CUDA device
-            space.model.enable_cuda_graphs()
+            space.model.enable_cuda_graphs(fuse=cfg.cuda_graph_fusion)
             if cfg.compile and next(space.model.parameters()).is_cuda:
                 log.warning("--compile: on a GPU the RNN cell runs as CUDA graphs (--cuda_graphs=True), which take "
                             "the place of its compiled kernels; --cuda_graphs=False uses them (docs/benchmarks.md)")

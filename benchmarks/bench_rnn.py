@@ -22,6 +22,7 @@ from benchmarks import bench_util as U
 from benchmarks.bench_util import ALPHA, Size
 from models.rnn_cell import Plan
 from models.rnn_graph import ArchTensors, arch_tensors, run_graphed
+from models.rnn_graph_fused import FusedNodes
 from spaces.rnn import RNNSpace, RNNSpaceConfig
 from regularizers.base import HeldOut
 from regularizers.wpl_search import SearchWPL, WPLSearchConfig
@@ -63,7 +64,7 @@ def build_trainer(s: Size, args: argparse.Namespace) -> tuple[Trainer, TimedWPL]
                                                           fisher_clip_by_norm=10.0, momentum=True, wpl_alpha_mode="compound"))
     wpl.begin_epoch(0)
     tcfg = config.defaults(TrainerConfig, num_batch_per_iter=1, amp=args.amp, compile=args.compile,
-                           cuda_graphs=args.cuda_graphs)
+                           cuda_graphs=args.cuda_graphs, cuda_graph_fusion=getattr(args, "fused_graphs", False))
     space.model.fused = not args.plain_cell
     return Trainer(space, sampler, None, tcfg, None, {}), wpl
 
@@ -94,12 +95,13 @@ def add_counts(out: dict[str, Any], prefix: str, counts: dict[str, float], step_
     print(f"  {prefix}: " + "  ".join(f"{k} {v:.4g}" for k, v in counts.items()), file=sys.stderr, flush=True)
 
 
-def graph_content_counts(s: Size, plan: Plan, out: dict[str, Any]) -> None:
+def graph_content_counts(s: Size, plan: Plan, out: dict[str, Any], fused: FusedNodes | None = None) -> None:
     """Operators of the cell's CUDA-graph passes (``models.rnn_graph``) for one BPTT slice, run eagerly
     on this device: ``*_kernel_ops`` is what a capture holds, i.e. about the kernels one replay runs on
     a GPU (a few ATen operators launch two). Measurable without a GPU, so a change to the graphed
     cell's formulation shows its kernel count here first. ``graph_train_*``: training forward and
-    backward; ``graph_infer_*``: the inference pass (rewards, errors, evaluations)."""
+    backward; ``graph_infer_*``: the inference pass (rewards, errors, evaluations); with ``fused``
+    (``--cuda_graph_fusion``) ``graph_fused_*``, each compiled region counted as one kernel."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(s.bptt, s.batch, 2 * s.hid, generator=g).to(U.DEVICE).requires_grad_(True)
     h0 = torch.randn(s.batch, s.hid, generator=g).to(U.DEVICE).requires_grad_(True)
@@ -108,20 +110,21 @@ def graph_content_counts(s: Size, plan: Plan, out: dict[str, Any]) -> None:
     data = ArchTensors(*(t.to(U.DEVICE) for t in arch_tensors(plan)))
 
     def train() -> None:
-        raw, hidden = run_graphed(None, plan, data, x, h0, weights[0], weights[1:])
+        raw, hidden = run_graphed(None, plan, data, x, h0, weights[0], weights[1:], fused)
         torch.autograd.grad((raw, hidden), (x, h0, *weights), (torch.ones_like(raw), torch.ones_like(hidden)))
 
     @torch.no_grad()
     def infer() -> None:
-        run_graphed(None, plan, data, x, h0, weights[0], weights[1:])
+        run_graphed(None, plan, data, x, h0, weights[0], weights[1:], fused)
 
-    for key, fn in (("graph_train", train), ("graph_infer", infer)):
+    prefix = "graph_fused" if fused is not None else "graph"
+    for key, fn in ((f"{prefix}_train", train), (f"{prefix}_infer", infer)):
         fn()
         counts = U.profile_counts(fn)
         out[f"{key}_ops"], out[f"{key}_kernel_ops"] = counts["ops"], counts["kernel_ops"]
-    print(f"  graph content: training {out['graph_train_kernel_ops']:.0f} computing operators "
-          f"({out['graph_train_ops']:.0f} in all), inference {out['graph_infer_kernel_ops']:.0f} "
-          f"({out['graph_infer_ops']:.0f})", file=sys.stderr, flush=True)
+    print(f"  {prefix} content: training {out[f'{prefix}_train_kernel_ops']:.0f} computing operators "
+          f"({out[f'{prefix}_train_ops']:.0f} in all), inference {out[f'{prefix}_infer_kernel_ops']:.0f} "
+          f"({out[f'{prefix}_infer_ops']:.0f})", file=sys.stderr, flush=True)
 
 
 def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -196,6 +199,8 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     add_counts(out, "rnn_step", U.profile_counts(lambda: shared_batch(trainer, arch, None)), med_plain)
 
     graph_content_counts(s, Plan(arch, space.model.next_state), out)
+    if getattr(args, "fused_graphs", False):
+        graph_content_counts(s, Plan(arch, space.model.next_state), out, FusedNodes())
 
     # Controller: sampling one architecture, and one REINFORCE step (reward on one validation batch).
     for _ in range(max(1, args.warmup)):

@@ -159,6 +159,8 @@ ROWS = [
     ("rnn_step_gpu_busy", "  GPU busy (kernel time / step time)", ""),
     ("graph_train_kernel_ops", "RNN cell's CUDA-graph content, training slice (computing operators, run eagerly)", ""),
     ("graph_infer_kernel_ops", "  same, inference slice (the reward's forward)", ""),
+    ("graph_fused_train_kernel_ops", "  with --fused-graphs, training slice", ""),
+    ("graph_fused_infer_kernel_ops", "  with --fused-graphs, inference slice", ""),
     ("controller_step_ops", "REINFORCE step: dispatched operators", ""),
     ("controller_step_kernel_ops", "  of which compute (views, allocations left out)", ""),
     ("controller_step_cell_ops", "  of which in the cell (one graph on CUDA)", ""),
@@ -216,6 +218,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--controller-device", choices=("cpu", "model"), default="cpu",
                    help="where the controller runs, as main.py's --controller_device (model: the --device)")
     p.add_argument("--nchw", action="store_true", help="run the CNN in NCHW layout (--cnn_channels_last=false)")
+    p.add_argument("--fused-graphs", action="store_true",
+                   help="CUDA graphs with each node's elementwise work compiled into one kernel (main.py's "
+                        "--cuda_graph_fusion); on any device also counts that formulation's graph content")
     p.add_argument("--cnn-eval-images", dest="cnn_eval_images", type=int, default=-1,
                    help="as main.py's: images per CNN inference forward (-1: the device's default; 0: one batch)")
     p.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": str(U.DEVICE), "gpu": torch.cuda.get_device_name() if U.DEVICE.type == "cuda" else None,
         "tf32": args.tf32, "derive_samples": args.derive_samples,
         "amp": args.amp, "compile": args.compile, "malloc_tuned": malloc_tuned, "cnn_channels_last": not args.nchw,
-        "plain_cell": args.plain_cell, "cuda_graphs": args.cuda_graphs, "controller_device": args.controller_device, "preset": args.preset, "torch": torch.__version__, "python": platform.python_version(),
+        "plain_cell": args.plain_cell, "cuda_graphs": args.cuda_graphs, "fused_graphs": args.fused_graphs, "controller_device": args.controller_device, "preset": args.preset, "torch": torch.__version__, "python": platform.python_version(),
         "cpus": os.cpu_count(), "uptime_start": U.uptime(), "loadavg_start": U.loadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

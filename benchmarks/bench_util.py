@@ -229,7 +229,8 @@ def profile_counts(fn: Callable[[], Any]) -> dict[str, float]:
         if e.name in LAUNCHES:
             launches += 1
             continue
-        if not e.name.startswith("aten::"):
+        compiled = e.name.startswith("Torch-Compiled Region")  # the project's compiled regions: one kernel each
+        if not (e.name.startswith("aten::") or compiled):
             continue
         nested = in_cell = False
         parent = e.cpu_parent
@@ -237,7 +238,9 @@ def profile_counts(fn: Callable[[], Any]) -> dict[str, float]:
             nested = nested or parent.name.startswith("aten::")
             in_cell = in_cell or any(mark in parent.name for mark in CELL_MARKS)
             parent = parent.cpu_parent
-        if not nested:
+        if compiled:
+            counts["kernel_ops"] += not nested
+        elif not nested:
             counts["ops"] += 1
             counts["kernel_ops"] += e.name not in NO_KERNEL and (
                 e.name not in COPY_IF_NEEDED or any(c.name not in NO_KERNEL for c in e.cpu_children))

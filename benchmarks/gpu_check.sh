@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared check of a fresh GPU machine, from the repository root, in under 8 minutes:
 #   install -> the GPU -> python -m pytest -m cuda -> bench_search.py at paper size in five settings
-#   (fp32 with TF32 and bf16 --amp, the RNN cell as CUDA graphs and the controller on the CPU, the
-#   defaults; the eager cell with the controller on the GPU, the defaults before; and the CNN part
+#   (fp32 with TF32, the RNN cell as CUDA graphs and the controller on the CPU, the defaults; the same
+#   with each node's elementwise work compiled into one kernel, --fused-graphs; the eager cell with
+#   the controller on the GPU, the defaults before; and the CNN part
 #   twice more: one inference batch per forward (--cnn-eval-images 0) and without cuDNN's autotuning,
 #   the CNN defaults before) -> a summary with kernels and launches per step, GPU busy fraction and
 #   projections.
@@ -73,12 +74,12 @@ TEST_ENV=()
 [ "$DEVICE" = cpu ] && TEST_ENV=(env CUDA_TESTS_ON_CPU=1)
 phase cuda_tests "$LIMIT_TEST" "${TEST_ENV[@]}" $PY -m pytest "${TESTS[@]}" -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_graphs.py tests/test_cuda_cnn.py
 
-VARIANTS=(fp32_tf32 bf16 eager_fp32_tf32 cnn_one_batch cnn_no_autotune)
+VARIANTS=(fp32_tf32 fused_fp32_tf32 eager_fp32_tf32 cnn_one_batch cnn_no_autotune)
 for variant in "${VARIANTS[@]}"; do
     flags=(--device "$DEVICE" --json "$OUT/bench_$variant.json")
     [ "$DEVICE" = cuda ] && flags+=(--tf32)
     limit=$LIMIT_BENCH
-    case $variant in bf16*) flags+=(--amp) ;; esac
+    case $variant in fused*) flags+=(--fused-graphs --parts rnn) ;; esac
     case $variant in eager*) flags+=(--eager-cell --controller-device model --reps 2); limit=$LIMIT_EAGER ;; esac
     case $variant in cnn_*) flags+=(--parts cnn); limit=$LIMIT_CNN ;; esac
     case $variant in cnn_one_batch) flags+=(--cnn-eval-images 0) ;; cnn_no_autotune) flags+=(--no-cudnn-benchmark) ;; esac
@@ -95,11 +96,12 @@ rows = [("rnn_step_s", "shared batch s"), ("rnn_step_kernels", "kernels"), ("rnn
         ("rnn_step_gpu_busy", "GPU busy"), ("wpl_step_s", "+WPL s"), ("controller_step_s", "REINFORCE s"),
         ("controller_step_launches", "launches"), ("controller_step_syncs", "syncs"), ("rnn_derive_s", "RNN derive s"),
         ("graph_train_kernel_ops", "graph train"), ("graph_infer_kernel_ops", "graph infer"),
+        ("graph_fused_train_kernel_ops", "fused train"), ("graph_fused_infer_kernel_ops", "fused infer"),
         ("cnn_step_s", "CNN batch s"), ("cnn_eval_batch_s", "CNN eval s"), ("cnn_reward_s", "CNN reward s"),
         ("cnn_reward_kernels", "kernels"), ("peak_gpu_mib", "peak GPU MiB"), ("projected_rnn_epoch_s", "RNN epoch s"),
         ("projected_cnn_epoch_s", "CNN epoch s")]
 print("\n" + f"{'setting':24s}" + "".join(f"{label:>13s}" for _, label in rows))
-for variant in ("fp32_tf32", "bf16", "eager_fp32_tf32", "cnn_one_batch", "cnn_no_autotune"):
+for variant in ("fp32_tf32", "fused_fp32_tf32", "eager_fp32_tf32", "cnn_one_batch", "cnn_no_autotune"):
     path = Path(sys.argv[1]) / f"bench_{variant}.json"
     if not path.is_file():
         print(f"{variant:24s} (no result)")
@@ -118,7 +120,7 @@ print("\nEpoch projections: medians of the step times above times the counts of 
       "see each phase's log and benchmarks/README.md. kernels/launches/syncs: one shared batch and one REINFORCE "
       "step under torch.profiler (launches: host-side kernel, graph and copy launches); GPU busy: their kernel time "
       "over the unprofiled step time; graph train/infer: the computing operators one BPTT slice's CUDA graphs hold "
-      "(counted eagerly, as on a CPU). eager_*: the cell eager and the controller on the GPU (the defaults before "
+      "(counted eagerly, as on a CPU); fused_*: --fused-graphs (--cuda_graph_fusion), RNN part only. eager_*: the cell eager and the controller on the GPU (the defaults before "
       "--cuda_graphs and --controller_device); cnn_*: CNN part only, one eval batch per forward or without "
       "cudnn.benchmark.")
 EOF

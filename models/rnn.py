@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from models.rnn_arch import RNNArch
 from models.rnn_cell import EAGER, CompiledKernels, Plan, run_cell
 from models.rnn_graph import ArchTensors, CellGraphs, arch_tensors, run_graphed
+from models.rnn_graph_fused import FusedNodes
 
 WDROP_SCOPES = ("node0", "all")
 OUTPUT_NORMS = ("batchnorm", "none")
@@ -148,6 +149,7 @@ class SharedRNN(nn.Module):
         self._kernels: Any = EAGER
         self._plans: dict[RNNArch, Plan] = {}
         self.cuda_graphs: CellGraphs | None = None
+        self.fused_nodes: FusedNodes | None = None
         self._arch_data: dict[tuple[RNNArch, torch.device], ArchTensors] = {}
         self.encoder = nn.Embedding(ntokens, embed)
         # Node 0: rows [0, hid) produce c_0, rows [hid, 2 hid) the candidate h_0.
@@ -205,9 +207,11 @@ class SharedRNN(nn.Module):
         ``compile_options`` go to ``torch.compile``, e.g. ``backend="eager"`` to check the tracing only)."""
         self._kernels = CompiledKernels(**compile_options)
 
-    def enable_cuda_graphs(self, limit: int = 8) -> CellGraphs:
-        """On a CUDA device, run the cell as CUDA graphs (one capture per shape, ``limit`` kept)."""
+    def enable_cuda_graphs(self, limit: int = 8, fuse: bool = False) -> CellGraphs:
+        """On a CUDA device, run the cell as CUDA graphs (one capture per shape, ``limit`` kept); ``fuse``:
+        each node's elementwise work in them as one compiled kernel (``models.rnn_graph_fused``)."""
         self.cuda_graphs = CellGraphs(limit)
+        self.fused_nodes = FusedNodes() if fuse else None
         return self.cuda_graphs
 
     def _arch_tensors(self, arch: RNNArch, device: torch.device) -> ArchTensors:
@@ -245,7 +249,7 @@ class SharedRNN(nn.Module):
         with torch.profiler.record_function("SharedRNN.cell"):  # benchmarks count the cell's operators by it
             if self.cuda_graphs is not None and self.fused and x_proj.is_cuda:
                 raw, hidden = run_graphed(self.cuda_graphs, plan, self._arch_tensors(arch, x_proj.device), x_proj,
-                                          hidden, w_h0, w_edges)
+                                          hidden, w_h0, w_edges, self.fused_nodes)
             else:
                 raw, hidden = run_cell(plan, self._kernels, self.fused, x_proj, hidden, w_h0, w_edges)
         if self.output_norm is not None:

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from models.rnn_cell import Plan, _clip_scale, _mm, clip_backward
+
+if TYPE_CHECKING:
+    from models.rnn_graph_fused import FusedNodes
 
 ACT_ORDER = ("tanh", "sigmoid", "ReLU", "identity")
 # Where each activation's value sits in the forward's per-node scratch (batch, 6, hid): the matmul's two
@@ -67,8 +70,8 @@ def arch_tensors(plan: Plan) -> ArchTensors:
     return ArchTensors(parent, fwd, bwd, loose, torch.tensor(1.0 / len(plan.loose)), child)
 
 
-def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: Tensor, save: bool
-           ) -> tuple[Tensor, ...]:
+def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: Tensor, save: bool,
+           fused: FusedNodes | None = None) -> tuple[Tensor, ...]:
     """Forward through every time step, as ``rnn_cell._unroll`` but with ``arch`` as data.
 
     ``weights`` is (n, 2 hid, hid): node 0's hidden-to-hidden matrix, then each node's edge matrix.
@@ -76,6 +79,7 @@ def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: T
     first two slots), both sigmoids in one, tanh and relu, one gather of the chosen activation, and the
     highway mix ``h_in + c * (f - h_in)`` as one ``lerp``. Training runs 9: it keeps the gate (a copy)
     and the mix's difference for the backward, so the mix is a subtraction and an ``addcmul``.
+    ``fused`` does each node's elementwise work in one compiled kernel instead (``rnn_graph_fused``).
     Returns ``(raw, hidden)`` and, with ``save``, the buffers the backward reads:
     ``nodes, gates, acts, diffs`` (time, n, batch, hid), ``states`` (time + 1, batch, hid), ``norms``.
     """
@@ -101,6 +105,12 @@ def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: T
         for j in range(n):
             h_in = h_prev if j == 0 else nodes[s].index_select(0, arch.parent[j:j + 1])[0]
             _mm(h_in, w_t[j], pre, x_proj[t] if j == 0 else None)
+            if fused is not None:
+                if save:
+                    fused.train(pre, h_in, arch.fwd_slot[j:j + 1], gates[s, j], acts[s, j], diffs[s, j], nodes[s, j])
+                else:
+                    fused.infer(pre, h_in, arch.fwd_slot[j:j + 1], nodes[s, j])
+                continue
             torch.sigmoid(scratch[:, :2], out=both)
             torch.tanh(a, out=scratch[:, 4])
             torch.clamp(a, min=0.0, out=scratch[:, 5])
@@ -122,8 +132,8 @@ def unroll(arch: ArchTensors, last: bool, x_proj: Tensor, h0: Tensor, weights: T
 
 
 def unroll_backward(arch: ArchTensors, last: bool, weights: Tensor, raw: Tensor, nodes: Tensor, gates: Tensor,
-                    acts: Tensor, diffs: Tensor, states: Tensor, norms: Tensor, grad_raw: Tensor, grad_hidden: Tensor
-                    ) -> tuple[Tensor, Tensor, Tensor]:
+                    acts: Tensor, diffs: Tensor, states: Tensor, norms: Tensor, grad_raw: Tensor, grad_hidden: Tensor,
+                    fused: FusedNodes | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(d_x_proj, d_h0, d_weights)`` of ``unroll``'s outputs, the architecture as data.
 
     The arithmetic of ``rnn_cell._UnrolledCell.backward``: per step, from the last node to the first,
@@ -152,14 +162,17 @@ def unroll_backward(arch: ArchTensors, last: bool, weights: Tensor, raw: Tensor,
             if last and j == n - 1:
                 g.add_(d_state)
             c, f, d = gates[t, j], acts[t, j], dpre[j, t]
-            torch.mul(diffs[t, j], g, out=tmp)
-            torch.ops.aten.sigmoid_backward.grad_input(tmp, c, grad_input=d[:, :hid])
-            torch.mul(g, c, out=gc)
-            torch.ops.aten.tanh_backward.grad_input(gc, f, grad_input=scratch[:, 1])
-            torch.ops.aten.sigmoid_backward.grad_input(gc, f, grad_input=scratch[:, 2])
-            torch.ops.aten.threshold_backward.grad_input(gc, f, 0, grad_input=scratch[:, 3])
-            torch.index_select(scratch, 1, arch.bwd_slot[j:j + 1], out=d.view(batch, 2, hid)[:, 1:])
-            torch.sub(g, gc, out=gin)
+            if fused is not None:
+                fused.backward(g, diffs[t, j], c, f, arch.bwd_slot[j:j + 1], d, gin)
+            else:
+                torch.mul(diffs[t, j], g, out=tmp)
+                torch.ops.aten.sigmoid_backward.grad_input(tmp, c, grad_input=d[:, :hid])
+                torch.mul(g, c, out=gc)
+                torch.ops.aten.tanh_backward.grad_input(gc, f, grad_input=scratch[:, 1])
+                torch.ops.aten.sigmoid_backward.grad_input(gc, f, grad_input=scratch[:, 2])
+                torch.ops.aten.threshold_backward.grad_input(gc, f, 0, grad_input=scratch[:, 3])
+                torch.index_select(scratch, 1, arch.bwd_slot[j:j + 1], out=d.view(batch, 2, hid)[:, 1:])
+                torch.sub(g, gc, out=gin)
             w = weights[j]
             if w.dtype != raw.dtype:  # autocast: the matmul in the weights' precision
                 res = (d.to(w.dtype) @ w).to(raw.dtype) + gin
@@ -227,41 +240,43 @@ class _GraphedCell(torch.autograd.Function):
     when ``graphs`` is given, eager otherwise (the CPU tests)."""
 
     @staticmethod
-    def forward(ctx: Any, graphs: CellGraphs | None, last: bool, arch: ArchTensors, x_proj: Tensor, h0: Tensor,
-                weights: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx: Any, graphs: CellGraphs | None, fused: FusedNodes | None, last: bool, arch: ArchTensors,
+                x_proj: Tensor, h0: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         def fwd(x: Tensor, h: Tensor, w: Tensor, *a: Tensor) -> tuple[Tensor, ...]:
-            return unroll(ArchTensors(*a), last, x, h, w, True)
+            return unroll(ArchTensors(*a), last, x, h, w, True, fused)
 
         inputs = (x_proj, h0, weights, *arch)
-        out = graphs.run(f"train-{last}", fwd, inputs) if graphs is not None else fwd(*inputs)
+        out = graphs.run(f"train-{last}-{fused is not None}", fwd, inputs) if graphs is not None else fwd(*inputs)
         raw, hidden, *saved = out
-        ctx.graphs, ctx.last, ctx.x_dtype = graphs, last, x_proj.dtype
+        ctx.graphs, ctx.fused, ctx.last, ctx.x_dtype = graphs, fused, last, x_proj.dtype
         ctx.save_for_backward(weights, raw, *saved, *arch)
         return raw, hidden
 
     @staticmethod
     def backward(ctx: Any, grad_raw: Tensor | None, grad_hidden: Tensor | None) -> tuple[Tensor | None, ...]:
         weights, raw, nodes, gates, acts, diffs, states, norms, *arch = ctx.saved_tensors
-        last = ctx.last
+        last, fused = ctx.last, ctx.fused
         grad_raw = raw.new_zeros(raw.shape) if grad_raw is None else grad_raw.to(raw.dtype)
         grad_hidden = raw.new_zeros(states.shape[1:]) if grad_hidden is None else grad_hidden
 
         def bwd(w: Tensor, r: Tensor, nd: Tensor, gt: Tensor, ac: Tensor, df: Tensor, st: Tensor, nm: Tensor,
                 gr: Tensor, gh: Tensor, *a: Tensor) -> tuple[Tensor, ...]:
-            return unroll_backward(ArchTensors(*a), last, w, r, nd, gt, ac, df, st, nm, gr, gh)
+            return unroll_backward(ArchTensors(*a), last, w, r, nd, gt, ac, df, st, nm, gr, gh, fused)
 
         inputs = (weights, raw, nodes, gates, acts, diffs, states, norms, grad_raw, grad_hidden, *arch)
         graphs: CellGraphs | None = ctx.graphs
-        d_x, d_h0, d_w = graphs.run(f"backward-{last}", bwd, inputs) if graphs is not None else bwd(*inputs)
+        kind = f"backward-{last}-{fused is not None}"
+        d_x, d_h0, d_w = graphs.run(kind, bwd, inputs) if graphs is not None else bwd(*inputs)
         needs = ctx.needs_input_grad
-        return (None, None, None, d_x.to(ctx.x_dtype) if needs[3] else None, d_h0 if needs[4] else None,
-                d_w if needs[5] else None)
+        return (None, None, None, None, d_x.to(ctx.x_dtype) if needs[4] else None, d_h0 if needs[5] else None,
+                d_w if needs[6] else None)
 
 
 def run_graphed(graphs: CellGraphs | None, plan: Plan, arch: ArchTensors, x_proj: Tensor, hidden: Tensor,
-                w_h0: Tensor, w_edges: list[Tensor]) -> tuple[Tensor, Tensor]:
+                w_h0: Tensor, w_edges: list[Tensor], fused: FusedNodes | None = None) -> tuple[Tensor, Tensor]:
     """The cell over every time step with ``arch`` as data (on ``x_proj``'s device): outputs and the
-    state for the next slice, as ``rnn_cell.run_cell``; ``graphs`` None runs the same passes eagerly.
+    state for the next slice, as ``rnn_cell.run_cell``; ``graphs`` None runs the same passes eagerly,
+    ``fused`` each node's elementwise work as one compiled kernel.
 
     Under autocast the matmuls run in the low precision and the elementwise work in fp32, as there.
     """
@@ -274,11 +289,12 @@ def run_graphed(graphs: CellGraphs | None, plan: Plan, arch: ArchTensors, x_proj
         if low is not None:
             weights = weights.to(low)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x_proj, hidden, weights)):
-            return _GraphedCell.apply(graphs, plan.last, arch, x_proj, hidden, weights)
+            return _GraphedCell.apply(graphs, fused, plan.last, arch, x_proj, hidden, weights)
 
         def infer(x: Tensor, h: Tensor, w: Tensor, *a: Tensor) -> tuple[Tensor, ...]:
-            return unroll(ArchTensors(*a), plan.last, x, h, w, False)
+            return unroll(ArchTensors(*a), plan.last, x, h, w, False, fused)
 
         inputs = (x_proj, hidden, weights, *arch)
-        raw, hidden = graphs.run(f"infer-{plan.last}", infer, inputs) if graphs is not None else infer(*inputs)
+        kind = f"infer-{plan.last}-{fused is not None}"
+        raw, hidden = graphs.run(kind, infer, inputs) if graphs is not None else infer(*inputs)
         return raw, hidden

@@ -79,6 +79,35 @@ def test_graph_replays_are_as_accurate_as_the_eager_cell_for_every_architecture(
     assert graphs.captures == 2  # one forward and one backward graph served all six (gradients in eval mode too)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fused_graph_replays_are_within_an_ulps_reach_of_the_eager_cell(training: bool) -> None:
+    """``--cuda_graph_fusion``: replays whose nodes' elementwise work is one compiled (Triton) kernel each,
+    against float64. Error model as tests/test_rnn_graph.py's fused test: the compiler's math rounds
+    differently by an ulp, so the bound is twice the worse of the eager cell and the eager cell with its
+    weights moved by one fp32 ulp (the recurrence's own sensitivity), plus ~8 epsilons."""
+    net = model("last").train(training)
+    exact_net, moved = copy.deepcopy(net).double(), copy.deepcopy(net)
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.mul_(1 + 2**-23 * torch.randint(-1, 2, p.shape, generator=g).float().to(DEVICE))
+    tokens, h0 = torch.randint(50, (9, 4), generator=g).to(DEVICE), torch.randn(4, 16, generator=g).to(DEVICE)
+    graphs = net.enable_cuda_graphs(fuse=True)
+    for arch in random_archs(4, 5, seed=7):
+        exact_out, exact_grads = step(exact_net, arch, tokens, h0.double())
+        moved_out, moved_grads = step(moved, arch, tokens, h0)
+        net.cuda_graphs = None
+        eager_out, eager_grads = step(net, arch, tokens, h0)
+        net.cuda_graphs = graphs
+        fused_out, fused_grads = step(net, arch, tokens, h0)
+        for a, b, m, ref in zip(fused_out, eager_out, moved_out, exact_out):
+            assert rel_err(a, ref) <= 2 * max(rel_err(b, ref), rel_err(m, ref)) + 1e-6, (arch, rel_err(a, ref))
+        for name, ref in exact_grads.items():
+            bound = 2 * max(rel_err(eager_grads[name], ref), rel_err(moved_grads[name], ref)) + 1e-6
+            assert rel_err(fused_grads[name], ref) <= bound, (arch, name, rel_err(fused_grads[name], ref), bound)
+    assert graphs.captures == 2  # the compiled kernels live inside the same two captures
+
+
 def test_one_capture_per_pass_serves_every_architecture_and_inference() -> None:
     net = model("last").train()
     graphs = net.enable_cuda_graphs()

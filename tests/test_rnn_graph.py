@@ -14,6 +14,7 @@ from models.rnn import SharedRNN
 from models.rnn_arch import RNNArch
 from models.rnn_cell import EAGER, Plan, run_cell
 from models.rnn_graph import arch_tensors, run_graphed
+from models.rnn_graph_fused import FusedNodes
 
 ACTS = ("tanh", "sigmoid", "ReLU", "identity")
 
@@ -107,3 +108,57 @@ def test_cuda_graphs_leave_a_cpu_model_on_the_eager_cell() -> None:
     before = net(tokens, h0, arch).logits
     graphs = net.enable_cuda_graphs()
     assert torch.equal(net(tokens, h0, arch).logits, before) and graphs.captures == 0
+
+
+@pytest.fixture(scope="module")
+def fused_nodes() -> FusedNodes:
+    """The compiled node kernels (Inductor's C++ backend here), or a skip where no compiler can build them."""
+    try:
+        torch.compile(lambda t: t * 2 + 1, dynamic=False, fullgraph=True)(torch.ones(3))
+    except Exception as err:  # noqa: BLE001 - no C++ compiler or Python headers: not this project's fault
+        pytest.skip(f"torch.compile cannot build kernels here: {type(err).__name__}: {err}")
+    return FusedNodes()
+
+
+def ulp_perturbed_errors(arch: RNNArch, next_state: str, tensors: list[torch.Tensor], exact: list[torch.Tensor]
+                         ) -> list[float]:
+    """The eager fp32 cell's distance from float64 when its inputs move by one fp32 ulp (3 random draws,
+    the worst): how far any fp32 implementation that rounds differently may land. With the norm clip
+    active the recurrence amplifies a rounding difference tens of times (measured: 4e-5 on ``hidden``
+    and the gradients for one cell below, where the unperturbed cell happens to be 3e-7 off)."""
+    worst = [0.0] * len(exact)
+    for k in range(3):
+        g = torch.Generator().manual_seed(k)
+        moved = [(t.detach() * (1 + 2**-23 * torch.randint(-1, 2, t.shape, generator=g).float())).requires_grad_(True)
+                 for t in tensors]
+        worst = [max(w, rel(a, ref)) for w, a, ref in zip(worst, forward_backward(arch, next_state, False, moved), exact)]
+    return worst
+
+
+@pytest.mark.parametrize("next_state", ["avg", "last"])
+def test_fused_node_kernels_are_as_accurate_as_the_eager_cell(next_state: str, fused_nodes: FusedNodes) -> None:
+    """``--cuda_graph_fusion``'s compiled kernels (one per node and pass) in the data cell, against float64.
+    Error model: the compiler's elementwise math (vectorised tanh, exp) rounds differently from ATen's, by
+    an ulp, so the bound is twice the eager cell's error with its inputs moved by one ulp
+    (``ulp_perturbed_errors``), plus ~8 fp32 epsilons. Every activation occurs, node 0 included."""
+    archs = [RNNArch(("tanh", "ReLU", "sigmoid", "identity", "tanh", "ReLU"), (0, 0, 1, 1, 3)),
+             RNNArch(("identity", "sigmoid", "tanh", "ReLU", "sigmoid", "identity"), (0, 1, 2, 0, 4))]
+    for i, arch in enumerate(archs):
+        plan = Plan(arch, next_state)
+        tensors = cell_inputs(arch.num_nodes, seed=20 + i)
+        exact = forward_backward(arch, next_state, False, [t.detach().double().requires_grad_(True) for t in tensors])
+        eager = forward_backward(arch, next_state, False, tensors)
+        bounds = [2 * max(rel(b, ref), p) + 1e-6
+                  for b, ref, p in zip(eager, exact, ulp_perturbed_errors(arch, next_state, tensors, exact))]
+        for t in tensors:
+            t.grad = None
+        x, h0, w_h0, *w_edges = tensors
+        raw, hidden = run_graphed(None, plan, arch_tensors(plan), x, h0, w_h0, w_edges, fused_nodes)
+        (raw.square().sum() * 0.3 + hidden.pow(3).sum()).backward()
+        fused = [raw.detach(), hidden.detach(), *(t.grad for t in tensors)]
+        for a, ref, bound in zip(fused, exact, bounds):
+            assert rel(a, ref) <= bound, (str(arch), rel(a, ref), bound)
+        with torch.no_grad():
+            inferred = run_graphed(None, plan, arch_tensors(plan), x, h0, w_h0, w_edges, fused_nodes)
+        for a, ref, bound in zip(inferred, exact, bounds):
+            assert rel(a, ref) <= bound
