@@ -88,9 +88,11 @@ class QuadraticStore:
         """Add ``scale * Omega * (theta - theta*)`` into ``.grad``; return the penalty (detached 0-d).
 
         The same gradient ``quadratic(...).backward()`` would add, without a second autograd graph.
-        Large tensors go through in cache-sized chunks with two small scratch buffers, so the work
-        reads theta, theta*, Omega and the gradient once, writes the gradient once, and allocates
-        nothing the size of the weights; small ones take whole-tensor foreach ops.
+        On the CPU large tensors go through in cache-sized chunks with two small scratch buffers, so
+        the work reads theta, theta*, Omega and the gradient once, writes the gradient once, and
+        allocates nothing the size of the weights; small ones take whole-tensor foreach ops. On a GPU
+        every tensor takes the foreach ops: a few launches for all of them, where chunks would launch
+        four kernels per MiB (about 400 per paper-size batch), and its caches are not what chunks fit.
         """
         params, importance, anchor = self.gather(names)
         if not params:
@@ -101,7 +103,8 @@ class QuadraticStore:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
         dots: list[Tensor] = []
-        large = [i for i, p in enumerate(params) if p.numel() > CHUNK and p.is_contiguous() and grads[i].is_contiguous()
+        large = [i for i, p in enumerate(params) if p.device.type == "cpu" and p.numel() > CHUNK
+                 and p.is_contiguous() and grads[i].is_contiguous()
                  and importance[i].is_contiguous() and anchor[i].is_contiguous()
                  and p.dtype == grads[i].dtype == importance[i].dtype == anchor[i].dtype]
         small = sorted(set(range(len(params))) - set(large))

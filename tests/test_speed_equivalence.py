@@ -209,10 +209,17 @@ def test_gradients_accumulate_and_second_backward_through_the_carried_state() ->
 
 # ---------------------------------------------------------------------------------------- WPL
 @pytest.mark.parametrize("mode", ["loss", "compound"])
-def test_chunked_penalty_gradient_equals_autograd_on_large_tensors(mode: str) -> None:
-    """Tensors above the chunk size take the chunked path, small ones the foreach path."""
+@pytest.mark.parametrize("chunks", [True, False], ids=["cpu-chunks", "gpu-foreach"])
+def test_chunked_penalty_gradient_equals_autograd_on_large_tensors(mode: str, chunks: bool,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU tensors above the chunk size take the chunked path, small ones the foreach path; on a
+    GPU every tensor takes the foreach path (here: the chunk size out of reach)."""
+    from regularizers import store
     from regularizers.store import CHUNK
     from regularizers.wpl import WPL
+
+    if not chunks:
+        monkeypatch.setattr(store, "CHUNK", 1 << 40)
 
     torch.manual_seed(0)
     big = torch.nn.Parameter(torch.randn(CHUNK * 2 + 123))  # three chunks, the last one partial
