@@ -71,11 +71,16 @@ class Trainer:
                 space.model.enable_compile()
             else:
                 log.warning("--compile: %s has no compiled path; running eagerly", type(space.model).__name__)
-        if cfg.cuda_graphs and hasattr(space.model, "enable_cuda_graphs"):  # --cuda_graphs: only on a CUDA device
+        graphed = cfg.cuda_graphs and hasattr(space.model, "enable_cuda_graphs")
+        on_gpu = next(space.model.parameters()).is_cuda
+        if graphed:  # --cuda_graphs: only on a CUDA device
             space.model.enable_cuda_graphs(fuse=cfg.cuda_graph_fusion)
-            if cfg.compile and next(space.model.parameters()).is_cuda:
+            if cfg.compile and on_gpu:
                 log.warning("--compile: on a GPU the RNN cell runs as CUDA graphs (--cuda_graphs=True), which take "
                             "the place of its compiled kernels; --cuda_graphs=False uses them (docs/benchmarks.md)")
+        if cfg.cuda_graph_fusion and not (graphed and on_gpu):
+            log.warning("--cuda_graph_fusion: it fuses the RNN cell's CUDA graphs, which run only with --cuda_graphs=True "
+                        "on a CUDA device; nothing to fuse here")
         self.shared_optim = build_optimizer(self.spec, space.model.parameters(), cfg.shared_optim)
         self.guard = NonFiniteGuard("shared-step loss", "the search diverged (try a smaller --shared_lr or --alpha_fisher)",
                                     lambda: f"epoch {self.epoch}, shared step {self.shared_step}", lambda: last_checkpoint(run))

@@ -110,6 +110,22 @@ def test_cuda_graphs_leave_a_cpu_model_on_the_eager_cell() -> None:
     assert torch.equal(net(tokens, h0, arch).logits, before) and graphs.captures == 0
 
 
+def test_cuda_graph_fusion_without_graphs_says_it_has_nothing_to_fuse(caplog: pytest.LogCaptureFixture) -> None:
+    import argparse
+    import logging
+
+    from benchmarks import bench_rnn
+    from benchmarks.bench_util import SIZES
+
+    args = argparse.Namespace(seed=0, amp=False, compile=False, cuda_graphs=True, fused_graphs=True,
+                              controller_device="cpu", preset="paper", plain_cell=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wpl"):
+        trainer, _ = bench_rnn.build_trainer(SIZES["tiny"], args)  # the CPU: the graphs never run
+    assert "--cuda_graph_fusion" in caplog.text and "nothing to fuse here" in caplog.text
+    assert trainer.space.model.fused_nodes is not None  # set, unused: the CPU keeps the eager cell
+
+
 @pytest.fixture(scope="module")
 def fused_nodes() -> FusedNodes:
     """The compiled node kernels (Inductor's C++ backend here), or a skip where no compiler can build them."""
