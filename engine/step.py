@@ -94,6 +94,21 @@ class Step:
         self.optimizer.step()
         return True
 
+    def step_scaled(self, loss: Tensor, scale: float) -> bool:
+        """Step with ``.grad`` already holding the gradient of ``loss / scale``, back-propagated before
+        ``scale`` was known (the REINFORCE controller's log-probabilities, while the device computed the
+        reward): ``.grad *= scale``, then as ``update`` (finite check of ``loss``, clip, step)."""
+        if self.data_parallel:
+            raise RuntimeError("step_scaled: a data-parallel gradient is averaged in its backward pass")
+        if not self.guard.check(loss.detach(), self.loss_name):
+            return False
+        torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], scale)
+        self.guard.ok()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        return True
+
     def update_regularised(self, loss: Tensor, reg: Regularizer | None, names: Sequence[str]) -> tuple[bool, Tensor | None]:
         """:meth:`update` with a regulariser's per-update hooks, the one place the loops call them: after the
         backward pass ``after_backward`` reads the loss's gradient and ``add_penalty_grad_`` adds the penalty's

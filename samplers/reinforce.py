@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from engine import NonFiniteGuard, NonFiniteLoss, Step, cosine, first_nonfinite
 from models.controller import Controller
-from spaces.base import SearchSpace
+from spaces.base import SearchSpace, start_reward
 from engine.runlog import RunDir
 from samplers.base import best_of, last_checkpoint
 from engine.stopping import boundary
@@ -74,6 +74,11 @@ class ReinforceSampler:
         # the engine's guarded update; every rank computes the same loss, so its gradient is not averaged
         self.updater = Step(self.optim, controller.parameters(), cfg.controller_grad_clip, self.guard, replicated=True,
                             loss_name="controller loss")
+        # With one architecture per step, no discount and the entropy in the reward, the policy gradient is
+        # (reward - baseline) times that of the log-probabilities alone: a host-side controller computes the
+        # latter while a GPU computes the reward, and scales it after (the same step up to fp32 rounding).
+        on_gpu = next(space.model.parameters()).is_cuda and not next(controller.parameters()).is_cuda
+        self.overlap = on_gpu and cfg.policy_batch_size == 1 and cfg.discount == 1.0 and cfg.entropy_mode == "reward"
 
     @classmethod
     def build(cls, space: SearchSpace, cfg: ReinforceConfig, device: torch.device, run: RunDir | None) -> ReinforceSampler:
@@ -122,8 +127,15 @@ class ReinforceSampler:
             self.controller.train()
             sample = self.controller(c.policy_batch_size)
             archs = [self.space.decode(t) for t in sample.tokens.tolist()]
-            with self.autocast():
-                scored = [self.space.reward(a, c.nb_batch_reward_controller, c.reward_c, c.ppl_square) for a in archs]
+            if self.overlap:  # queue the reward on the GPU, back-propagate the log-probabilities meanwhile
+                with self.autocast():
+                    finish = start_reward(self.space, archs[0], c.nb_batch_reward_controller, c.reward_c, c.ppl_square)
+                self.updater.zero_grad()
+                (-sample.log_probs.sum()).backward()
+                scored = [finish()]
+            else:
+                with self.autocast():
+                    scored = [self.space.reward(a, c.nb_batch_reward_controller, c.reward_c, c.ppl_square) for a in archs]
             reward = torch.tensor([r for r, _ in scored], device=sample.log_probs.device)
             if not self.guard.check(reward, "reward"):
                 continue
@@ -138,10 +150,10 @@ class ReinforceSampler:
             steps = sample.log_probs.size(1)
             discounts = c.discount ** torch.arange(steps - 1, -1, -1, device=reward.device, dtype=reward.dtype)
             adv = reward[:, None] * discounts - self.baseline
-            loss = -(sample.log_probs * adv).sum(1).mean()
+            loss = -((sample.log_probs.detach() if self.overlap else sample.log_probs) * adv).sum(1).mean()
             if c.entropy_mode == "regularizer":
                 loss = loss - c.entropy_coeff * entropy.mean()
-            if not self.updater.update(loss):
+            if not (self.updater.step_scaled(loss, float(adv[0, 0])) if self.overlap else self.updater.update(loss)):
                 continue
             if not bool(torch.cat([p.detach().reshape(-1) for p in self.controller.parameters()]).isfinite().all()):
                 raise NonFiniteLoss(f"the controller's weights became non-finite at epoch {epoch} (try a smaller "

@@ -90,6 +90,18 @@ class SearchSpace(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def start_reward(space: SearchSpace, arch: Any, num_batches: int, reward_c: float, square: bool
+                 ) -> Callable[[], tuple[float, float]]:
+    """``space.reward`` in two halves: the returned call gives its result. Spaces that can queue their
+    forwards on the device and wait later (``start_reward``: the RNN and the micro-CNN) do; for the
+    others the reward is computed here, at once."""
+    start = getattr(space, "start_reward", None)
+    if start is not None:
+        return start(arch, num_batches, reward_c, square)
+    result = space.reward(arch, num_batches, reward_c, square)
+    return lambda: result
+
+
 def load_shared_weights(model: nn.Module, shared_state: dict[str, Tensor]) -> None:
     """Give a model pruned to one architecture (``prune_to``) the weights of a shared model, by name."""
     model.load_state_dict({name: shared_state[name] for name in model.state_dict()})

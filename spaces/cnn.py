@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -185,8 +185,12 @@ class CNNSpace:
         self.model.eval()
         return self._stream_loss("fisher", arch)
 
-    @torch.inference_mode()
     def _count_correct(self, arch: CNNArch, batches: Any, model: nn.Module | None = None) -> tuple[int, int]:
+        return self._start_count(arch, batches, model)()
+
+    @torch.inference_mode()
+    def _start_count(self, arch: CNNArch, batches: Any, model: nn.Module | None = None) -> Callable[[], tuple[int, int]]:
+        """The forwards queued on the device; the call it returns waits for them: (correct, total)."""
         model = self.model if model is None else model
         model.eval()
         correct, total = torch.zeros((), dtype=torch.long, device=self._preprocess.device), 0
@@ -194,8 +198,12 @@ class CNNSpace:
             with cnn.batched(model, groups):
                 correct += (model(images, arch).argmax(1) == labels).sum()
             total += len(labels)
-        correct_all, total_all = comm.sum_values([int(correct), total])  # one host synchronisation per call
-        return int(correct_all), int(total_all)
+
+        def finish() -> tuple[int, int]:
+            correct_all, total_all = comm.sum_values([int(correct), total])  # one host synchronisation per call
+            return int(correct_all), int(total_all)
+
+        return finish
 
     def error(self, arch: CNNArch) -> float:
         """Error rate in percent on the fixed forgetting batches (eval mode)."""
@@ -205,10 +213,20 @@ class CNNSpace:
     def reward(self, arch: CNNArch, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
         """``reward_c * acc`` (or ``* acc**2``) with acc the fraction correct on the next validation
         batches; the returned metric is that accuracy in percent, the unit of every other ``acc`` logged."""
+        return self.start_reward(arch, num_batches, reward_c, square)()
+
+    def start_reward(self, arch: CNNArch, num_batches: int, reward_c: float, square: bool
+                     ) -> Callable[[], tuple[float, float]]:
+        """``reward``'s forwards queued on the device; the call it returns waits for them (as the RNN's)."""
         stream = self._streams["reward"]
-        correct, total = self._count_correct(arch, (stream.next() for _ in range(num_batches)))
-        acc = correct / total
-        return reward_c * (acc**2 if square else acc), 100.0 * acc
+        counting = self._start_count(arch, [stream.next() for _ in range(num_batches)])
+
+        def finish() -> tuple[float, float]:
+            correct, total = counting()
+            acc = correct / total
+            return reward_c * (acc**2 if square else acc), 100.0 * acc
+
+        return finish
 
     def evaluate(self, arch: CNNArch, split: str, model: nn.Module | None = None) -> dict[str, float]:
         """Accuracy in percent over the whole split, un-augmented, eval mode, class-mixed batches

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -213,14 +213,25 @@ class RNNSpace:
         total, count = comm.sum_values([total, count])
         return total / count
 
-    @torch.inference_mode()
     def reward(self, arch: RNNArch, num_batches: int, reward_c: float, square: bool) -> tuple[float, float]:
+        return self.start_reward(arch, num_batches, reward_c, square)()
+
+    @torch.inference_mode()
+    def start_reward(self, arch: RNNArch, num_batches: int, reward_c: float, square: bool
+                     ) -> Callable[[], tuple[float, float]]:
+        """``reward``'s forward passes, queued on the device; the call it returns waits for them and
+        gives ``reward``'s result, leaving the host free meanwhile (``samplers.reinforce``)."""
         self.model.eval()
-        ces = [float(self._stream_loss(self._streams["reward"], arch).ce) for _ in range(num_batches)]
-        if world().active:  # each rank's mean over its columns; equal shares, so their mean is the global one
-            ces = [c / world().size for c in comm.sum_values(ces)]
-        ppl = perplexity(sum(ces) / len(ces))
-        return reward_c / (ppl**2 if square else ppl), ppl
+        losses = [self._stream_loss(self._streams["reward"], arch).ce for _ in range(num_batches)]
+
+        def finish() -> tuple[float, float]:
+            ces = [float(ce) for ce in losses]
+            if world().active:  # each rank's mean over its columns; equal shares, so their mean is the global one
+                ces = [c / world().size for c in comm.sum_values(ces)]
+            ppl = perplexity(sum(ces) / len(ces))
+            return reward_c / (ppl**2 if square else ppl), ppl
+
+        return finish
 
     @torch.inference_mode()
     def evaluate(self, arch: RNNArch, split: str, model: nn.Module | None = None) -> dict[str, float]:
