@@ -229,6 +229,27 @@ def test_perplexity_is_exp_of_total_nll_over_tokens(data_dir: Path) -> None:
     assert space.evaluate(arch, "test")["test_ppl"] == pytest.approx(math.exp(float(nll) / data[1:].numel()), rel=1e-4)
 
 
+def test_the_forgetting_error_with_its_slices_side_by_side_is_the_error_of_each_slice(data_dir: Path) -> None:
+    """On a GPU ``Space.error`` reads its fixed slices as one batch of their columns; forced here on the CPU,
+    it equals the error summed slice by slice (the same tokens, each column from a zero state)."""
+    corpus = build_corpus(data_dir / "tiny")
+    cfg = config.defaults(RNNSpaceConfig, num_blocks=4, shared_embed=8, shared_hid=8, batch_size=3,
+                          shared_rnn_max_length=6, forgetting_eval_batches=4)
+    space = RNNSpace(corpus, cfg, torch.device("cpu"))
+    assert not space.join_fixed_batches and len(space.fixed_batches) == 4  # the CPU: one slice at a time
+    arch = RNNArch(("tanh", "sigmoid", "ReLU", "identity"), (0, 1, 1))
+    alone = space.error(arch)
+    model = space.model.eval()
+    with torch.no_grad():  # by hand: every slice from a zero state, the tokens' mean cross-entropy
+        nll = sum(float(F.cross_entropy(model(x, model.init_hidden(3), arch).logits.flatten(0, 1), y.flatten(),
+                                        reduction="sum")) for x, y in space.fixed_batches)
+    assert alone == pytest.approx(nll / (4 * 6 * 3), rel=1e-6)
+    space.join_fixed_batches = True
+    assert space.error(arch) == pytest.approx(alone, rel=1e-6)
+    (x, y), = space._error_batches()
+    assert x.shape == y.shape == (6, 12) and torch.equal(x[:, 3:6], space.fixed_batches[1][0])
+
+
 def test_wpl_groups_are_the_edges_of_the_architecture(data_dir: Path) -> None:
     corpus = build_corpus(data_dir / "tiny")
     space = RNNSpace(corpus, config.defaults(RNNSpaceConfig, num_blocks=4, shared_embed=8, shared_hid=8, batch_size=4), torch.device("cpu"))
