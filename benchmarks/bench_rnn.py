@@ -218,6 +218,10 @@ def bench_rnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["controller_step_roofline_ratio"] = U.summary(roofs)
     out["controller_step_roofline_ratio_cpu"] = U.summary(roofs_cpu)
     add_counts(out, "controller_step", U.profile_counts(lambda: trainer.sampler.learn(0)), statistics.median(steps))
+    if trainer.sampler.overlap:  # a GPU: the same step with the controller's backward after the reward, as before
+        trainer.sampler.overlap = False
+        out["controller_step_no_overlap_s"] = U.summary([U.timed(lambda: trainer.sampler.learn(0)) for _ in range(args.reps)])
+        trainer.sampler.overlap = True
 
     # Evaluation: Space.error (the forgetting metric's and the derive's unit: the fixed validation
     # batches in eval mode), one slice of a full-split evaluation, and a whole derive when asked.

@@ -148,6 +148,7 @@ ROWS = [
     ("controller_sample_s", "controller sample", " s"),
     ("controller_step_s", "controller REINFORCE step", " s"),
     ("controller_step_cpu_s", "  same, CPU time", " s"),
+    ("controller_step_no_overlap_s", "  same, the controller's backward after the reward (GPU)", " s"),
     ("controller_step_roofline_ratio", "  its reward forward's roofline / step", ""),
     ("controller_step_roofline_ratio_cpu", "  same, from CPU times", ""),
     ("rnn_step_ops", "RNN training batch: dispatched operators", ""),

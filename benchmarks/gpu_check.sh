@@ -95,6 +95,7 @@ from pathlib import Path
 
 rows = [("rnn_step_s", "shared batch s"), ("rnn_step_kernels", "kernels"), ("rnn_step_launches", "launches"),
         ("rnn_step_gpu_busy", "GPU busy"), ("wpl_step_s", "+WPL s"), ("controller_step_s", "REINFORCE s"),
+        ("controller_step_no_overlap_s", "no overlap s"),
         ("controller_step_launches", "launches"), ("controller_step_syncs", "syncs"), ("rnn_derive_s", "RNN derive s"),
         ("graph_train_kernel_ops", "graph train"), ("graph_infer_kernel_ops", "graph infer"),
         ("graph_fused_train_kernel_ops", "fused train"), ("graph_fused_infer_kernel_ops", "fused infer"),
