@@ -68,6 +68,17 @@ def _act_backward(name: str, grad: Tensor, f: Tensor, out: Tensor) -> None:
         out.copy_(grad)
 
 
+def act_grad(name: str, grad: Tensor, f: Tensor) -> Tensor:
+    """``grad * act'(a)`` with ``act'`` read from ``f = act(a)``, as pure tensor ops (for ``torch.compile``)."""
+    if name == "tanh":
+        return grad * (1 - f * f)
+    if name == "sigmoid":
+        return grad * (f * (1 - f))
+    if name == "ReLU":
+        return torch.where(f > 0, grad, torch.zeros_like(grad))
+    return grad
+
+
 class _Kernels:
     """The per-node elementwise work, eager: every result written into a preallocated buffer."""
 
@@ -116,15 +127,7 @@ class CompiledKernels:
 
             def backward_(g: Tensor, h_in: Tensor, c: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
                 gc = g * c
-                if act == "tanh":
-                    da = gc * (1 - f * f)
-                elif act == "sigmoid":
-                    da = gc * (f * (1 - f))
-                elif act == "ReLU":
-                    da = torch.where(f > 0, gc, torch.zeros_like(gc))
-                else:
-                    da = gc
-                return torch.cat([g * (f - h_in) * (c * (1 - c)), da], -1), g - gc
+                return torch.cat([g * (f - h_in) * (c * (1 - c)), act_grad(act, gc, f)], -1), g - gc
 
             table[act] = torch.compile(backward_ if backward else forward, **self.options)
         return table[act]

@@ -20,14 +20,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from models.rnn_arch import ACTIVATIONS
+from models.rnn_cell import act_grad
 from models.rnn_graph import BACKWARD_SLOT, FORWARD_SLOT
 
 
 def _activation(a: Tensor, slot: Tensor) -> Tensor:
     """The activation ``slot`` (``FORWARD_SLOT``'s numbering) names, as one elementwise expression."""
-    f = torch.where(slot == FORWARD_SLOT["ReLU"], torch.clamp(a, min=0.0), a)
-    f = torch.where(slot == FORWARD_SLOT["sigmoid"], torch.sigmoid(a), f)
-    return torch.where(slot == FORWARD_SLOT["tanh"], torch.tanh(a), f)
+    f = a
+    for name in ("ReLU", "sigmoid", "tanh"):
+        f = torch.where(slot == FORWARD_SLOT[name], ACTIVATIONS[name](a), f)
+    return f
 
 
 def node_infer(pre: Tensor, h_in: Tensor, slot: Tensor, node: Tensor) -> None:
@@ -52,9 +55,9 @@ def node_backward(g: Tensor, diff: Tensor, c: Tensor, f: Tensor, slot: Tensor, d
     ``g * (1 - c)``, what flows on to the node's input, into ``gin``."""
     hid = g.size(1)
     gc = g * c
-    da = torch.where(slot == BACKWARD_SLOT["ReLU"], torch.where(f > 0, gc, torch.zeros_like(gc)), gc)
-    da = torch.where(slot == BACKWARD_SLOT["sigmoid"], gc * (1 - f) * f, da)
-    da = torch.where(slot == BACKWARD_SLOT["tanh"], gc * (1 - f * f), da)
+    da = gc
+    for name in ("ReLU", "sigmoid", "tanh"):
+        da = torch.where(slot == BACKWARD_SLOT[name], act_grad(name, gc, f), da)
     dpre[:, :hid].copy_(diff * g * (1 - c) * c)
     dpre[:, hid:].copy_(da)
     gin.copy_(g - gc)
