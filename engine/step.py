@@ -88,11 +88,14 @@ class Step:
             extra = before_step()
             if extra is not None and not self.guard.check(extra, what):
                 return False
+        self._clip_and_step()
+        return True
+
+    def _clip_and_step(self) -> None:
         self.guard.ok()
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
-        return True
 
     def step_scaled(self, loss: Tensor, scale: float) -> bool:
         """Step with ``.grad`` already holding the gradient of ``loss / scale``, back-propagated before
@@ -103,10 +106,7 @@ class Step:
         if not self.guard.check(loss.detach(), self.loss_name):
             return False
         torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], scale)
-        self.guard.ok()
-        if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
+        self._clip_and_step()
         return True
 
     def update_regularised(self, loss: Tensor, reg: Regularizer | None, names: Sequence[str]) -> tuple[bool, Tensor | None]:
