@@ -24,7 +24,7 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     try:
         import config
         from models import cnn
-        from spaces.cnn import AUTO_EVAL_IMAGES, PAPER_OPS, CNNSpaceConfig, run_together
+        from spaces.cnn import PAPER_OPS, CNNSpaceConfig, eval_images, queue_count
     except Exception as err:  # noqa: BLE001 - any import problem means "not available"
         out["cnn"] = f"unavailable: {type(err).__name__}: {err}"
         return
@@ -85,19 +85,14 @@ def bench_cnn(s: Size, args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["cnn_eval_batch_s"] = U.summary([U.timed(eval_batch) for _ in range(args.reps)])
     # The reward's 20 batches and the forgetting metric's 4 as CNNSpace runs them: together up to
     # --cnn_eval_images per forward (default: 1024 on CUDA, one batch at a time on the CPU).
-    cap = args.cnn_eval_images if args.cnn_eval_images >= 0 else AUTO_EVAL_IMAGES.get(U.DEVICE.type, 0)
-    out["cnn_eval_images"] = cap
+    cap = out["cnn_eval_images"] = eval_images(args.cnn_eval_images, U.DEVICE)
     for name, count in (("reward", CNN_REWARD_BATCHES), ("error", CNN_ERROR_BATCHES)):
         batches = [(images, labels)] * count
 
         @torch.inference_mode()
         def evaluate(batches: list[tuple[torch.Tensor, torch.Tensor]] = batches) -> None:
-            model.eval()
-            correct = torch.zeros((), dtype=torch.long, device=U.DEVICE)
-            for x, y, groups in run_together(batches, cap):
-                with amp, cnn.batched(model, groups):
-                    correct += (model(x, arch).argmax(1) == y).sum()
-            int(correct)
+            with amp:
+                int(queue_count(model, arch, batches, cap, U.DEVICE)[0])
             model.train()
 
         evaluate()

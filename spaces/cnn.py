@@ -94,7 +94,7 @@ class CNNSpace:
                                cfg.cnn_num_modules, cfg.cnn_num_repeat_normal, self.normal_ops, self.reduce_ops,
                                cnn_style(cfg), image_size=data.size, channels_last=cfg.cnn_channels_last).to(device)
         self._preprocess = Preprocess(data, device)
-        self._eval_images = cfg.cnn_eval_images if cfg.cnn_eval_images >= 0 else AUTO_EVAL_IMAGES.get(device.type, 0)
+        self._eval_images = eval_images(cfg.cnn_eval_images, device)
         if device.type == "cuda" and cfg.cnn_cudnn_benchmark and not torch.are_deterministic_algorithms_enabled():
             torch.backends.cudnn.benchmark = True  # process-wide; only convolutions on CUDA read it
         seed, workers = cfg.random_seed, cfg.num_workers
@@ -191,13 +191,8 @@ class CNNSpace:
     @torch.inference_mode()
     def _start_count(self, arch: CNNArch, batches: Any, model: nn.Module | None = None) -> Callable[[], tuple[int, int]]:
         """The forwards queued on the device; the call it returns waits for them: (correct, total)."""
-        model = self.model if model is None else model
-        model.eval()
-        correct, total = torch.zeros((), dtype=torch.long, device=self._preprocess.device), 0
-        for images, labels, groups in run_together(batches, self._eval_images):
-            with cnn.batched(model, groups):
-                correct += (model(images, arch).argmax(1) == labels).sum()
-            total += len(labels)
+        correct, total = queue_count(self.model if model is None else model, arch, batches, self._eval_images,
+                                     self._preprocess.device)
 
         def finish() -> tuple[int, int]:
             correct_all, total_all = comm.sum_values([int(correct), total])  # one host synchronisation per call
@@ -253,6 +248,24 @@ class CNNSpace:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, s in self._streams.items():
             s.load_state_dict(state[name])
+
+
+def eval_images(option: int, device: torch.device) -> int:
+    """``--cnn_eval_images`` resolved: ``-1`` is the device type's default (``AUTO_EVAL_IMAGES``)."""
+    return option if option >= 0 else AUTO_EVAL_IMAGES.get(device.type, 0)
+
+
+def queue_count(model: nn.Module, arch: CNNArch, batches: Iterable[tuple[Tensor, Tensor]], max_images: int,
+                device: torch.device) -> tuple[Tensor, int]:
+    """Eval-mode forwards of ``batches`` (run together up to ``max_images``) queued on ``device``: the count of
+    correct predictions, still on the device (reading it waits for them), and the number of images."""
+    model.eval()
+    correct, total = torch.zeros((), dtype=torch.long, device=device), 0
+    for images, labels, groups in run_together(batches, max_images):
+        with cnn.batched(model, groups):
+            correct += (model(images, arch).argmax(1) == labels).sum()
+        total += len(labels)
+    return correct, total
 
 
 def run_together(batches: Iterable[tuple[Tensor, Tensor]], max_images: int) -> Iterator[tuple[Tensor, Tensor, int]]:
